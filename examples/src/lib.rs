@@ -1,0 +1,1 @@
+//! Runnable examples of the `lock` crate; see the `examples/` folder.

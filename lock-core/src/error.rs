@@ -1,0 +1,75 @@
+//! The one error type of the `lock` crates.
+
+use std::time::Duration;
+
+/// A boxed error from a backend's transport, client library or server.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when opening services, sessions and locks.
+///
+/// Messages never contain secrets such as passwords.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No backend is registered for the connection string's scheme.
+    #[error("unsupported service: `{scheme}` (available schemes: {})", available.join(", "))]
+    UnsupportedService {
+        /// The scheme that was asked for.
+        scheme: String,
+        /// The schemes that are registered in this program.
+        available: Vec<String>,
+    },
+    /// The connection string could not be parsed or names an unknown option.
+    #[error("invalid connection string: {0}")]
+    InvalidConnectionString(String),
+    /// The operation was canceled because its session ended while it waited.
+    #[error("canceled: {0}")]
+    Canceled(String),
+    /// The service, session or locker was already closed.
+    #[error("already closed: {0}")]
+    AlreadyClosed(&'static str),
+    /// `lock()` did not get the lock within the session's timeout.
+    #[error("timed out after {} waiting for the lock", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// The session configuration is not usable with this backend.
+    #[error("invalid session configuration: {0}")]
+    InvalidConfig(String),
+    /// The lock id is empty or too long.
+    #[error("invalid lock id: {0}")]
+    InvalidId(String),
+    /// This locker already holds the lock or is already waiting for it.
+    #[error(
+        "this locker already holds or is acquiring the lock; unlock it first or use another locker"
+    )]
+    AlreadyLocked,
+    /// `unlock()` was called on a locker that does not hold the lock.
+    #[error("this locker does not hold the lock")]
+    NotHeld,
+    /// The backend failed: transport, authentication, permissions or server errors.
+    #[error("{backend} backend: {source}")]
+    Backend {
+        /// The backend's scheme, e.g. `etcd`.
+        backend: &'static str,
+        /// What went wrong underneath.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// Wraps a backend's own error, keeping the backend's name.
+    pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Backend {
+            backend,
+            source: source.into(),
+        }
+    }
+
+    /// Whether retrying the same call later may succeed (transport failures, timeouts).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Backend { .. } | Error::Timeout(_))
+    }
+}

@@ -1,0 +1,197 @@
+//! Building blocks backends use to tell holders that a lock or session is gone.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// A reusable, edge-triggered signal: each call to [`fire`](Signal::fire) ends the current
+/// *epoch*. A holder remembers the epoch it was granted in; it has lost its lock as soon as the
+/// signal's epoch moved on.
+///
+/// Backends keep one `Signal` per locker (and one per session) and reuse it across successive
+/// holds, so granting a lock allocates nothing.
+pub struct Signal {
+    epoch: AtomicU64,
+    listeners: AtomicUsize,
+    notify: Notify,
+}
+
+impl Signal {
+    /// A new signal in epoch 0.
+    pub const fn new() -> Self {
+        Signal {
+            epoch: AtomicU64::new(0),
+            listeners: AtomicUsize::new(0),
+            notify: Notify::const_new(),
+        }
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Ends the current epoch and wakes every task waiting on it.
+    pub fn fire(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        // Pairs with `wait`: a waiter registers in `listeners` before it reads `epoch`, so
+        // either it sees the new epoch or we see it and wake it.
+        if self.listeners.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Resolves once the epoch differs from `epoch`, or once `deadline` has passed.
+    pub(crate) async fn wait(&self, epoch: u64, deadline: Option<&Deadline>) {
+        self.listeners.fetch_add(1, Ordering::SeqCst);
+        let _listening = Listening(&self.listeners);
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.epoch() != epoch {
+                return;
+            }
+            match deadline.and_then(Deadline::instant) {
+                None => notified.await,
+                Some(at) if at <= Instant::now() => return,
+                Some(at) => {
+                    // The deadline may move later while we sleep: loop and re-read it.
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+            }
+            if deadline.is_some_and(Deadline::has_passed) {
+                return;
+            }
+        }
+    }
+}
+
+impl Default for Signal {
+    fn default() -> Self {
+        Signal::new()
+    }
+}
+
+impl fmt::Debug for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signal")
+            .field("epoch", &self.epoch())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Listening<'a>(&'a AtomicUsize);
+
+impl Drop for Listening<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A point on the monotonic clock after which something (a session's lease) must be assumed
+/// gone, shared between the task that extends it and every [`Held`](crate::Held) that checks
+/// it. Checking it is a clock read, so a process that resumes from a pause sees the loss before
+/// any timer task has run.
+pub struct Deadline {
+    base: Instant,
+    /// Nanoseconds after `base`; `u64::MAX` means "no deadline".
+    nanos: AtomicU64,
+}
+
+impl Deadline {
+    /// A deadline at `at`.
+    pub fn new(at: Instant) -> Self {
+        let d = Deadline {
+            base: Instant::now(),
+            nanos: AtomicU64::new(u64::MAX),
+        };
+        d.set(at);
+        d
+    }
+
+    /// Moves the deadline to `at` (earlier or later).
+    pub fn set(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.base).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
+        self.nanos.store(nanos, Ordering::SeqCst);
+    }
+
+    /// Moves the deadline to `at` only if that is later than the current one.
+    pub fn extend_to(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.base).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
+        self.nanos.fetch_max(nanos, Ordering::SeqCst);
+    }
+
+    /// Makes the deadline pass now, for good.
+    pub fn expire(&self) {
+        self.nanos.store(0, Ordering::SeqCst);
+    }
+
+    /// The deadline as an instant.
+    pub fn instant(&self) -> Option<Instant> {
+        match self.nanos.load(Ordering::SeqCst) {
+            u64::MAX => None,
+            n => Some(self.base + Duration::from_nanos(n)),
+        }
+    }
+
+    /// Whether the deadline has passed.
+    pub fn has_passed(&self) -> bool {
+        self.instant().is_some_and(|at| at <= Instant::now())
+    }
+}
+
+impl fmt::Debug for Deadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let left = self
+            .instant()
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        f.debug_struct("Deadline")
+            .field("remaining", &left)
+            .finish()
+    }
+}
+
+/// A view of one epoch of a [`Signal`], optionally bounded by a [`Deadline`]: the thing a
+/// [`Held`](crate::Held) and a [`Done`](crate::Done) are made of.
+#[derive(Clone)]
+pub(crate) struct Watch {
+    signal: Arc<Signal>,
+    epoch: u64,
+    deadline: Option<Arc<Deadline>>,
+}
+
+impl Watch {
+    pub(crate) fn new(signal: Arc<Signal>, epoch: u64, deadline: Option<Arc<Deadline>>) -> Self {
+        Watch {
+            signal,
+            epoch,
+            deadline,
+        }
+    }
+
+    pub(crate) fn is_fired(&self) -> bool {
+        self.signal.epoch() != self.epoch
+            || self.deadline.as_deref().is_some_and(Deadline::has_passed)
+    }
+
+    pub(crate) async fn fired(self) {
+        self.signal.wait(self.epoch, self.deadline.as_deref()).await;
+    }
+}
+
+impl fmt::Debug for Watch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watch")
+            .field("fired", &self.is_fired())
+            .finish()
+    }
+}

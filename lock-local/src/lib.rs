@@ -1,0 +1,42 @@
+//! The `local:` backend of [`lock`](https://docs.rs/lock): in-process locks with every
+//! semantic of the `lock` contract (lost signal, fencing tokens, FIFO, timeouts, cancel
+//! safety) and no I/O. Normally used through the `lock` crate: `lock::new("local:")`.
+//!
+//! The TTL of a session is not used: the process is the whole world, so nothing expires.
+
+mod locker;
+mod service;
+mod session;
+mod table;
+
+pub use locker::LocalLocker;
+pub use service::LocalService;
+pub use session::LocalSession;
+
+use lock_core::{ConnectionString, OpenFuture, Registry, Service, ServiceFactory};
+
+/// The scheme of this backend: `local`.
+pub const SERVICE_LOCAL: &str = "local";
+
+fn open(cs: ConnectionString) -> OpenFuture {
+    Box::pin(async move {
+        if !cs.body().is_empty() {
+            return Err(lock_core::Error::InvalidConnectionString(
+                "`local:` takes nothing after the colon".into(),
+            ));
+        }
+        cs.options().finish()?;
+        Ok(Box::new(LocalService::new()) as Box<dyn Service>)
+    })
+}
+
+/// The registration of this backend, for [`Registry::register`]. Linking this crate
+/// registers it in [`Registry::global`] already.
+pub const FACTORY: ServiceFactory = ServiceFactory::new(SERVICE_LOCAL, open);
+
+/// Registers `local:` in `registry`.
+pub fn register(registry: &Registry) {
+    registry.register(FACTORY);
+}
+
+lock_core::register_service!(SERVICE_LOCAL, open);

@@ -1,0 +1,162 @@
+//! Misuse gets the documented error, never a panic or a hang.
+
+use std::time::Duration;
+
+use lock_core::{Error, LockerExt, SessionConfig};
+
+use crate::conformance::{expect_err, PATIENCE};
+use crate::{ensure, Harness, Outcome};
+
+fn already_closed(e: &Error) -> bool {
+    matches!(e, Error::AlreadyClosed(_))
+}
+
+/// `lock`/`try_lock` on a locker that holds the lock fail with `AlreadyLocked` and keep the hold.
+pub async fn locking_twice_is_already_locked(h: &Harness) -> Outcome {
+    let service = h.service().await?;
+    let session = service.new_session(&h.config()).await?;
+    let locker = session.new_locker(&h.id("twice"));
+    let held = locker.lock().await?;
+    let again = h
+        .within(PATIENCE, "lock() on a locker that holds", locker.lock())
+        .await?;
+    expect_err(
+        "lock() on a locker that holds",
+        again,
+        "AlreadyLocked",
+        |e| matches!(e, Error::AlreadyLocked),
+    )?;
+    let again = h
+        .within(
+            PATIENCE,
+            "try_lock() on a locker that holds",
+            locker.try_lock(),
+        )
+        .await?;
+    expect_err(
+        "try_lock() on a locker that holds",
+        again,
+        "AlreadyLocked",
+        |e| matches!(e, Error::AlreadyLocked),
+    )?;
+    ensure!(
+        !held.is_lost(),
+        "a rejected second lock() lost the first hold"
+    );
+    locker.unlock().await?;
+    service.close().await?;
+    Ok(())
+}
+
+/// `unlock` without holding fails with `NotHeld`, also the second time.
+pub async fn unlock_without_lock_is_not_held(h: &Harness) -> Outcome {
+    let service = h.service().await?;
+    let session = service.new_session(&h.config()).await?;
+    let locker = session.new_locker(&h.id("not-held"));
+    expect_err(
+        "unlock() before lock()",
+        locker.unlock().await,
+        "NotHeld",
+        |e| matches!(e, Error::NotHeld),
+    )?;
+    locker.lock().await?;
+    locker.unlock().await?;
+    expect_err("a second unlock()", locker.unlock().await, "NotHeld", |e| {
+        matches!(e, Error::NotHeld)
+    })?;
+    service.close().await?;
+    Ok(())
+}
+
+/// A second `close` of a session or a service fails with `AlreadyClosed`.
+pub async fn closing_twice_is_already_closed(h: &Harness) -> Outcome {
+    let service = h.service().await?;
+    let session = service.new_session(&h.config()).await?;
+    session.close().await?;
+    expect_err(
+        "a second session close()",
+        session.close().await,
+        "AlreadyClosed",
+        already_closed,
+    )?;
+    service.close().await?;
+    expect_err(
+        "a second service close()",
+        service.close().await,
+        "AlreadyClosed",
+        already_closed,
+    )
+}
+
+/// Lockers of a closed session fail with `AlreadyClosed`.
+pub async fn use_after_close_is_already_closed(h: &Harness) -> Outcome {
+    let service = h.service().await?;
+    let session = service.new_session(&h.config()).await?;
+    let before = session.new_locker(&h.id("after-close"));
+    session.close().await?;
+    let after = session.new_locker(&h.id("after-close"));
+    expect_err(
+        "lock() after session close",
+        before.lock().await,
+        "AlreadyClosed",
+        already_closed,
+    )?;
+    expect_err(
+        "try_lock() after session close",
+        after.try_lock().await,
+        "AlreadyClosed",
+        already_closed,
+    )?;
+    expect_err(
+        "unlock() after session close",
+        before.unlock().await,
+        "AlreadyClosed",
+        already_closed,
+    )?;
+    service.close().await?;
+    Ok(())
+}
+
+/// A zero TTL or zero timeout is `InvalidConfig`.
+pub async fn invalid_config_is_rejected(h: &Harness) -> Outcome {
+    let service = h.service().await?;
+    let invalid = |e: &Error| matches!(e, Error::InvalidConfig(_));
+    expect_err(
+        "a zero TTL",
+        service
+            .new_session(&SessionConfig::new(Duration::ZERO))
+            .await,
+        "InvalidConfig",
+        invalid,
+    )?;
+    let zero_timeout = h.config().with_timeout(Duration::ZERO);
+    expect_err(
+        "a zero timeout",
+        service.new_session(&zero_timeout).await,
+        "InvalidConfig",
+        invalid,
+    )?;
+    service.close().await?;
+    Ok(())
+}
+
+/// `LockerExt::with_lock` runs the closure under the lock and unlocks afterwards.
+pub async fn with_lock_runs_and_unlocks(h: &Harness) -> Outcome {
+    let service = h.service().await?;
+    let session = service.new_session(&h.config()).await?;
+    let locker = session.new_locker(&h.id("with-lock"));
+    let (token, lost_inside) = locker
+        .with_lock(|held| async move { (held.fencing_token(), held.is_lost()) })
+        .await?;
+    ensure!(
+        token > 0 && !lost_inside,
+        "with_lock ran without a live hold"
+    );
+    ensure!(
+        locker.try_lock().await?.is_some(),
+        "with_lock did not unlock"
+    );
+    locker.unlock().await?;
+    service.close().await?;
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! The conformance suite: one public async function per property of the `lock` contract.
+//!
+//! Each function opens its own services through the [`Harness`](crate::Harness), uses ids
+//! under the harness's random prefix, bounds every wait, and returns a
+//! [`Failure`](crate::Failure) naming the violated property. The functions and their names are
+//! **not a stable API**; use [`conformance_tests!`](crate::conformance_tests) to get one test
+//! per function.
+
+mod errors;
+mod exclusion;
+mod ids;
+mod lost;
+mod waiting;
+
+pub use errors::*;
+pub use exclusion::*;
+pub use ids::*;
+pub use lost::*;
+pub use waiting::*;
+
+use std::time::Duration;
+
+use lock_core::Error;
+
+use crate::Failure;
+
+/// How long the suite waits for something that must happen.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Checks that `result` failed with an error `expected` accepts.
+pub(crate) fn expect_err<T>(
+    what: &str,
+    result: Result<T, Error>,
+    expected: &str,
+    accept: impl Fn(&Error) -> bool,
+) -> Result<(), Failure> {
+    match result {
+        Err(e) if accept(&e) => Ok(()),
+        Err(e) => Err(Failure::new(format!(
+            "{what}: expected {expected}, got error `{e}`"
+        ))),
+        Ok(_) => Err(Failure::new(format!(
+            "{what}: expected {expected}, but it succeeded"
+        ))),
+    }
+}

@@ -1,0 +1,139 @@
+//! Waiting: timeouts, cancellation, and sessions ending under a waiter.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lock_core::{Error, Session};
+
+use crate::conformance::{expect_err, PATIENCE};
+use crate::{ensure, Failure, Harness, Outcome};
+
+/// `lock()` fails with `Timeout` after the session's timeout (not before, not much later), and
+/// leaves no trace: the lock is free once the holder unlocks.
+pub async fn lock_times_out_after_session_timeout(h: &Harness) -> Outcome {
+    let service = h.service().await?;
+    let id = h.id("timeout");
+    let holder = service.new_session(&h.config()).await?;
+    let a = holder.new_locker(&id);
+    a.lock().await?;
+    let timeout = (h.settle() * 3).max(Duration::from_millis(300));
+    let waiting = service
+        .new_session(&h.config().with_timeout(timeout))
+        .await?;
+    let b = waiting.new_locker(&id);
+    let start = Instant::now();
+    let result = h
+        .within(timeout + PATIENCE, "lock() with a timeout", b.lock())
+        .await?;
+    let took = start.elapsed();
+    expect_err(
+        "lock() on a held id with a timeout",
+        result,
+        "Timeout",
+        |e| matches!(e, Error::Timeout(_)),
+    )?;
+    ensure!(
+        took >= timeout,
+        "lock() timed out after {took:?}, before the timeout of {timeout:?}"
+    );
+    ensure!(
+        took < timeout + Duration::from_secs(3),
+        "lock() timed out after {took:?}, long after {timeout:?}"
+    );
+    a.unlock().await?;
+    let third = service.new_session(&h.config()).await?;
+    let c = third.new_locker(&id);
+    ensure!(
+        c.try_lock().await?.is_some(),
+        "the timed-out waiter left something behind: the id is not free"
+    );
+    c.unlock().await?;
+    ensure!(
+        b.try_lock().await?.is_some(),
+        "the timed-out locker cannot lock afterwards"
+    );
+    service.close().await?;
+    Ok(())
+}
+
+/// Dropping a pending `lock()` future withdraws it: the next waiter is granted promptly, and
+/// the dropped locker holds nothing.
+pub async fn dropped_lock_future_leaves_nothing(h: &Harness) -> Outcome {
+    let service = h.service().await?;
+    let id = h.id("cancel");
+    let (s1, s2, s3) = (
+        service.new_session(&h.config()).await?,
+        service.new_session(&h.config()).await?,
+        service.new_session(&h.config()).await?,
+    );
+    let (a, b, c) = (s1.new_locker(&id), s2.new_locker(&id), s3.new_locker(&id));
+    a.lock().await?;
+    ensure!(
+        tokio::time::timeout(h.settle(), b.lock()).await.is_err(),
+        "lock() was granted on a held id"
+    );
+    let next = tokio::spawn(async move {
+        let r = c.lock().await;
+        (r, c)
+    });
+    tokio::time::sleep(h.settle()).await;
+    a.unlock().await?;
+    let (granted, c) = h
+        .within(
+            Duration::from_secs(3),
+            "the waiter behind a dropped lock() future",
+            next,
+        )
+        .await?
+        .map_err(|e| Failure::new(format!("waiter panicked: {e}")))?;
+    granted?;
+    expect_err(
+        "unlock by the locker whose lock() was dropped",
+        b.unlock().await,
+        "NotHeld",
+        |e| matches!(e, Error::NotHeld),
+    )?;
+    c.unlock().await?;
+    ensure!(
+        b.try_lock().await?.is_some(),
+        "the locker whose lock() was dropped cannot lock later"
+    );
+    service.close().await?;
+    Ok(())
+}
+
+/// A waiter whose session is closed stops waiting with `Canceled`.
+pub async fn waiter_is_canceled_when_its_session_closes(h: &Harness) -> Outcome {
+    let service = h.service().await?;
+    let id = h.id("canceled");
+    let holder = service.new_session(&h.config()).await?;
+    let a = holder.new_locker(&id);
+    let held = a.lock().await?;
+    let waiting: Arc<dyn Session> = Arc::from(service.new_session(&h.config()).await?);
+    let b = waiting.new_locker(&id);
+    let pending = tokio::spawn(async move { b.lock().await });
+    tokio::time::sleep(h.settle()).await;
+    waiting.close().await?;
+    let result = h
+        .within(PATIENCE, "the waiter after its session closed", pending)
+        .await?
+        .map_err(|e| Failure::new(format!("waiter panicked: {e}")))?;
+    expect_err(
+        "lock() whose session closed while waiting",
+        result,
+        "Canceled",
+        |e| matches!(e, Error::Canceled(_)),
+    )?;
+    ensure!(
+        !held.is_lost(),
+        "closing a waiter's session disturbed the holder"
+    );
+    a.unlock().await?;
+    let third = service.new_session(&h.config()).await?;
+    ensure!(
+        third.new_locker(&id).try_lock().await?.is_some(),
+        "the canceled waiter left something behind"
+    );
+    service.close().await?;
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! Conformance suite and test tools for backends of [`lock`](https://docs.rs/lock).
+//!
+//! Every backend — the ones in this repository and third-party ones — proves it honours the
+//! `lock` contract by running the same suite from its own `tests/conformance.rs`:
+//!
+//! ```ignore
+//! lock_testkit::conformance_tests!(lock_testkit::Harness::from_uri("local:"));
+//! ```
+//!
+//! This expands into one `#[test]` per property, each running on its own multi-threaded tokio
+//! runtime. The individual functions live in [`conformance`]; they and their names are **not a
+//! stable API** and grow with the contract.
+
+pub mod conformance;
+mod failure;
+mod harness;
+
+pub use failure::{Failure, Outcome};
+pub use harness::Harness;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use tokio;
+
+    /// Runs one conformance function on a fresh two-thread runtime, panicking with its failure.
+    pub fn run<F: std::future::Future<Output = crate::Outcome>>(name: &str, fut: F) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("building a tokio runtime");
+        if let Err(failure) = runtime.block_on(fut) {
+            panic!("conformance check `{name}` failed: {failure}");
+        }
+    }
+}
+
+/// Expands into one `#[test]` per conformance function, each calling it with a fresh
+/// [`Harness`] made by the given expression.
+///
+/// ```ignore
+/// lock_testkit::conformance_tests!(lock_testkit::Harness::from_uri("example-mem:"));
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr $(,)?) => {
+        $crate::__conformance_test! {
+            $harness;
+            seed_example_counts_to_1000,
+            counter_has_no_lost_update,
+            lockers_of_one_session_exclude_each_other,
+            lockers_of_two_sessions_exclude_each_other,
+            ids_are_independent,
+            waiters_are_granted_in_fifo_order,
+            fencing_tokens_strictly_increase,
+            fencing_tokens_increase_under_contention,
+            try_lock_does_not_wait,
+            lost_fires_on_unlock,
+            lost_fires_on_session_close,
+            lost_fires_on_session_drop,
+            lost_fires_on_service_close,
+            lost_fires_before_next_holder_is_granted,
+            dropping_a_holding_locker_releases,
+            held_lock_survives_past_ttl,
+            lock_times_out_after_session_timeout,
+            dropped_lock_future_leaves_nothing,
+            waiter_is_canceled_when_its_session_closes,
+            locking_twice_is_already_locked,
+            unlock_without_lock_is_not_held,
+            closing_twice_is_already_closed,
+            use_after_close_is_already_closed,
+            invalid_config_is_rejected,
+            with_lock_runs_and_unlocks,
+            unusual_ids_work,
+            invalid_ids_are_rejected,
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_test {
+    ($harness:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::__private::run(stringify!($name), async {
+                    let harness: $crate::Harness = $harness;
+                    $crate::conformance::$name(&harness).await
+                });
+            }
+        )*
+    };
+}

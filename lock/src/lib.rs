@@ -1,0 +1,21 @@
+#![doc = include_str!("../../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use lock_core::*;
+
+/// The in-process `local:` backend.
+#[cfg(feature = "local")]
+#[cfg_attr(docsrs, doc(cfg(feature = "local")))]
+pub use lock_local as local;
+
+// Reference every enabled backend so the linker keeps its registration (an unreferenced crate
+// is not linked, and its `register_service!` would silently vanish).
+#[cfg(feature = "local")]
+extern crate lock_local as _;
+
+/// The schemes of the backends this build of `lock` enables by feature, in the order of the
+/// features. `services()` lists these and any scheme another crate registered.
+pub const ENABLED_BACKENDS: &[&str] = &[
+    #[cfg(feature = "local")]
+    "local",
+];
