@@ -3,7 +3,7 @@
 //! Every backend — the ones in this repository and third-party ones — proves it honours the
 //! `lock` contract by running the same suite from its own `tests/conformance.rs`:
 //!
-//! ```ignore
+//! ```text
 //! lock_testkit::conformance_tests!(lock_testkit::Harness::from_uri("local:"));
 //! ```
 //!
@@ -38,7 +38,7 @@ pub mod __private {
 /// Expands into one `#[test]` per conformance function, each calling it with a fresh
 /// [`Harness`] made by the given expression.
 ///
-/// ```ignore
+/// ```text
 /// lock_testkit::conformance_tests!(lock_testkit::Harness::from_uri("example-mem:"));
 /// ```
 #[macro_export]
