@@ -1,0 +1,155 @@
+//! Connecting to the cluster as the connection string says.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+use lock_core::{Error, Result};
+
+use crate::config::{EtcdConfig, OLDEST_SUPPORTED_VERSION};
+use crate::error::{etcd_error, request, timeout_error};
+
+/// gRPC's default for how long a keep-alive ping may go unanswered.
+const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn read(option: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        Error::InvalidConnectionString(format!(
+            "option `{option}`: cannot read `{}`: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn options(config: &EtcdConfig) -> Result<ConnectOptions> {
+    let mut options = ConnectOptions::new().with_connect_timeout(config.dial_timeout);
+    if let Some(time) = config.dial_keep_alive_time {
+        let timeout = config
+            .dial_keep_alive_timeout
+            .unwrap_or(DEFAULT_KEEP_ALIVE_TIMEOUT);
+        options = options
+            .with_keep_alive(time, timeout)
+            .with_keep_alive_while_idle(true);
+    }
+    if let Some(user) = &config.username {
+        options = options.with_user(
+            user.clone(),
+            config.password().unwrap_or_default().to_owned(),
+        );
+    }
+    if let Some(files) = &config.tls {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &files.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read("ca-file", ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&files.cert_file, &files.key_file) {
+            tls = tls.identity(Identity::from_pem(
+                read("cert-file", cert)?,
+                read("key-file", key)?,
+            ));
+        }
+        options = options.with_tls(tls);
+    }
+    Ok(options)
+}
+
+/// Connects, then proves the cluster answers (and is new enough) within `dial-timeout`.
+pub(crate) async fn connect(config: &EtcdConfig) -> Result<Client> {
+    let options = options(config)?;
+    let limit = config.dial_timeout;
+    let client = match tokio::time::timeout(
+        limit,
+        Client::connect(&config.endpoints, Some(options)),
+    )
+    .await
+    {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => return Err(etcd_error("connecting to etcd", e)),
+        Err(_) => return Err(timeout_error("connecting to etcd", limit)),
+    };
+    let mut kv = client.kv_client();
+    let probe = GetOptions::new().with_prefix().with_count_only();
+    request(
+        "reaching the cluster",
+        limit,
+        kv.get(config.prefix.as_str(), Some(probe)),
+    )
+    .await?;
+    if config.reject_old_cluster {
+        let mut maintenance = client.maintenance_client();
+        let status = request("asking the cluster's version", limit, maintenance.status()).await?;
+        check_version(status.version())?;
+    }
+    Ok(client)
+}
+
+fn check_version(version: &str) -> Result<()> {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    let parsed = (parts.next().flatten(), parts.next().flatten());
+    match parsed {
+        (Some(major), Some(minor)) if (major, minor) >= OLDEST_SUPPORTED_VERSION => Ok(()),
+        _ => Err(Error::backend(
+            crate::SERVICE_ETCD,
+            format!(
+                "the etcd cluster runs version {version}, older than {}.{} (reject-old-cluster=true)",
+                OLDEST_SUPPORTED_VERSION.0, OLDEST_SUPPORTED_VERSION.1
+            ),
+        )),
+    }
+}
+
+/// Refreshes the client's endpoints from the member list every `interval`, like etcd's Go
+/// client's `AutoSyncInterval`.
+pub(crate) async fn auto_sync(
+    client: Client,
+    endpoints: Arc<Mutex<BTreeSet<String>>>,
+    interval: Duration,
+    limit: Duration,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let mut cluster = client.cluster_client();
+        let Ok(Ok(resp)) = tokio::time::timeout(limit, cluster.member_list()).await else {
+            continue;
+        };
+        let current: BTreeSet<String> = resp
+            .members()
+            .iter()
+            .flat_map(|m| m.client_urls().iter().cloned())
+            .collect();
+        if current.is_empty() {
+            continue;
+        }
+        let known = endpoints.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for url in current.difference(&known) {
+            if client.add_endpoint(url).await.is_ok() {
+                endpoints
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(url.clone());
+            }
+        }
+        for url in known.difference(&current) {
+            if client.remove_endpoint(url).await.is_ok() {
+                endpoints
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(url);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_are_compared_numerically() {
+        assert!(super::check_version("3.5.1").is_ok());
+        assert!(super::check_version("3.10.0").is_ok());
+        assert!(super::check_version("4.0.0").is_ok());
+        assert!(super::check_version("3.3.27").is_err());
+        assert!(super::check_version("2.3.8").is_err());
+        assert!(super::check_version("garbage").is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! Turning etcd client errors into [`lock_core::Error`]s that say what to do.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use lock_core::Error;
+
+/// An etcd failure with what we were doing when it happened.
+#[derive(Debug)]
+pub(crate) struct EtcdError {
+    context: &'static str,
+    message: String,
+}
+
+impl fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.context, self.message)
+    }
+}
+
+impl std::error::Error for EtcdError {}
+
+pub(crate) fn etcd_error(context: &'static str, e: etcd_client::Error) -> Error {
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    let hint = if lower.contains("authentication failed") || lower.contains("invalid auth token") {
+        " (check the username and password)"
+    } else if lower.contains("permission denied") {
+        " (the etcd user's role must allow read and write on the lock prefix)"
+    } else if lower.contains("user name is empty") || lower.contains("user name not found") {
+        " (the cluster has authentication enabled: pass username and password)"
+    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
+    {
+        " (check ca-file, cert-file and key-file against the cluster's certificates)"
+    } else {
+        ""
+    };
+    Error::backend(
+        crate::SERVICE_ETCD,
+        EtcdError {
+            context,
+            message: format!("{text}{hint}"),
+        },
+    )
+}
+
+pub(crate) fn timeout_error(context: &'static str, after: Duration) -> Error {
+    Error::backend(
+        crate::SERVICE_ETCD,
+        EtcdError {
+            context,
+            message: format!("no answer from etcd within {after:?}; is the cluster reachable?"),
+        },
+    )
+}
+
+/// Runs one etcd request with a time limit.
+pub(crate) async fn request<T>(
+    context: &'static str,
+    limit: Duration,
+    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(etcd_error(context, e)),
+        Err(_) => Err(timeout_error(context, limit)),
+    }
+}

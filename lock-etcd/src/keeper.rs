@@ -1,0 +1,303 @@
+//! Keeps every lease of a service alive over **one** keep-alive stream, and decides when a
+//! session must be given up.
+//!
+//! Conservative loss: a keep-alive sent at `t` and acknowledged proves the server extended the
+//! lease to at least `t + TTL` (it received the request after `t`). So the client believes the
+//! lease alive until `t + TTL − margin` for the latest acknowledged send `t`: that is the
+//! session's [`Deadline`]. Once it passes without a fresh acknowledgement, the session ends and
+//! every hold fires `lost()` — before the server can expire the lease and hand the locks on.
+//! `Held::is_lost()` reads the deadline directly, so even a process that wakes from a pause
+//! sees the loss before this task has run.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
+use lock_core::Deadline;
+use tokio::sync::Notify;
+
+use crate::session::{EndReason, SessionCore};
+
+/// How much earlier than the server the client gives a lease up.
+pub(crate) fn margin(ttl: Duration) -> Duration {
+    (ttl / 10).max(Duration::from_millis(100))
+}
+
+/// How often a lease is refreshed: three times per TTL, as etcd's own clients do.
+fn interval(ttl: Duration) -> Duration {
+    ttl / 3
+}
+
+#[derive(Default)]
+pub(crate) struct Keeper {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    leases: HashMap<i64, Lease>,
+    revoke: Vec<i64>,
+    stopped: bool,
+    stream_opens: u64,
+}
+
+struct Lease {
+    ttl: Duration,
+    deadline: Arc<Deadline>,
+    session: Weak<SessionCore>,
+    /// Send times of unacknowledged keep-alives, oldest first (the server answers in order).
+    sent: VecDeque<Instant>,
+    next_send: Instant,
+}
+
+impl Keeper {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts keeping `lease` alive; it was granted by a request sent at `granted_at`.
+    pub(crate) fn add(
+        &self,
+        lease: i64,
+        ttl: Duration,
+        granted_at: Instant,
+        deadline: Arc<Deadline>,
+        session: Weak<SessionCore>,
+    ) {
+        self.state().leases.insert(
+            lease,
+            Lease {
+                ttl,
+                deadline,
+                session,
+                sent: VecDeque::new(),
+                next_send: granted_at + interval(ttl),
+            },
+        );
+        self.wake.notify_one();
+    }
+
+    /// Stops keeping `lease` alive.
+    pub(crate) fn remove(&self, lease: i64) {
+        self.state().leases.remove(&lease);
+    }
+
+    /// Stops keeping `lease` alive, returning its session if it still exists.
+    fn forget(&self, lease: i64) -> Option<Arc<SessionCore>> {
+        self.state().leases.remove(&lease)?.session.upgrade()
+    }
+
+    /// Stops keeping `lease` alive and revokes it in the background.
+    pub(crate) fn revoke_later(&self, lease: i64) {
+        let mut st = self.state();
+        st.leases.remove(&lease);
+        st.revoke.push(lease);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Ends the task (after revoking what is queued).
+    pub(crate) fn stop(&self) {
+        self.state().stopped = true;
+        self.wake.notify_one();
+    }
+
+    /// How many keep-alive streams were opened so far (1 unless the connection was lost).
+    pub(crate) fn stream_opens(&self) -> u64 {
+        self.state().stream_opens
+    }
+
+    fn ack(&self, lease: i64, ttl: i64) -> Option<Arc<SessionCore>> {
+        let mut st = self.state();
+        let entry = st.leases.get_mut(&lease)?;
+        let sent_at = entry.sent.pop_front()?;
+        if ttl <= 0 {
+            // The server no longer knows the lease.
+            drop(st);
+            return self.forget(lease);
+        }
+        let granted = Duration::from_secs(ttl.unsigned_abs()).min(entry.ttl);
+        entry
+            .deadline
+            .extend_to(sent_at + granted - margin(entry.ttl));
+        None
+    }
+
+    /// The work due now: expired sessions, leases to refresh, leases to revoke, and when to
+    /// look again.
+    fn due(&self, now: Instant, can_send: bool) -> Due {
+        let mut st = self.state();
+        let mut due = Due {
+            expired: Vec::new(),
+            send: Vec::new(),
+            revoke: std::mem::take(&mut st.revoke),
+            wake_at: now + Duration::from_secs(3600),
+            stopped: st.stopped,
+            any: !st.leases.is_empty(),
+        };
+        st.leases.retain(|id, lease| {
+            if lease.deadline.has_passed() {
+                due.expired.extend(lease.session.upgrade());
+                return false;
+            }
+            if let Some(at) = lease.deadline.instant() {
+                due.wake_at = due.wake_at.min(at);
+            }
+            if lease.next_send <= now && can_send {
+                due.send.push(*id);
+                lease.sent.push_back(now);
+                lease.next_send = now + interval(lease.ttl);
+            }
+            due.wake_at = due
+                .wake_at
+                .min(lease.next_send.max(now + Duration::from_millis(10)));
+            true
+        });
+        due
+    }
+
+    fn any_lease(&self) -> Option<(i64, Duration)> {
+        self.state()
+            .leases
+            .iter()
+            .next()
+            .map(|(id, l)| (*id, l.ttl))
+    }
+
+    fn stream_lost(&self) {
+        for lease in self.state().leases.values_mut() {
+            lease.sent.clear();
+        }
+    }
+
+    fn sent_for_open(&self, lease: i64, at: Instant) {
+        let mut st = self.state();
+        st.stream_opens += 1;
+        if let Some(l) = st.leases.get_mut(&lease) {
+            l.sent.push_back(at);
+            l.next_send = at + interval(l.ttl);
+        }
+    }
+}
+
+struct Due {
+    expired: Vec<Arc<SessionCore>>,
+    send: Vec<i64>,
+    revoke: Vec<i64>,
+    wake_at: Instant,
+    stopped: bool,
+    any: bool,
+}
+
+/// The keeper task.
+pub(crate) async fn run(keeper: Arc<Keeper>, client: etcd_client::Client, limit: Duration) {
+    let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+    let mut retry_at = Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let now = Instant::now();
+        let due = keeper.due(now, stream.is_some());
+        for session in due.expired {
+            session.end(EndReason::Expired);
+        }
+        for lease in due.revoke {
+            let mut leases = client.lease_client();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;
+            });
+        }
+        if due.stopped {
+            return;
+        }
+        let mut wake_at = due.wake_at;
+        if stream.is_none() && due.any {
+            if now >= retry_at {
+                if let Some((lease, _)) = keeper.any_lease() {
+                    match open(&client, lease, limit, &keeper).await {
+                        Ok(s) => {
+                            stream = Some(s);
+                            backoff = Duration::from_millis(50);
+                            continue;
+                        }
+                        Err(OpenError::Gone) => {
+                            if let Some(session) = keeper.forget(lease) {
+                                session.end(EndReason::LeaseGone);
+                            }
+                            continue;
+                        }
+                        Err(OpenError::Failed) => {}
+                    }
+                }
+                retry_at = Instant::now() + backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            wake_at = wake_at.min(retry_at);
+        }
+        if let Some((sender, _)) = &stream {
+            for lease in &due.send {
+                let mut one = LeaseKeeper {
+                    id: *lease,
+                    sender: sender.sender.clone(),
+                };
+                if one.keep_alive().await.is_err() {
+                    stream = None;
+                    keeper.stream_lost();
+                    break;
+                }
+            }
+        }
+        let message = async {
+            match stream.as_mut() {
+                Some((_, s)) => s.message().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            message = message => match message {
+                Ok(Some(resp)) => {
+                    if let Some(session) = keeper.ack(resp.id(), resp.ttl()) {
+                        session.end(EndReason::LeaseGone);
+                    }
+                }
+                _ => {
+                    stream = None;
+                    keeper.stream_lost();
+                    retry_at = Instant::now() + backoff;
+                }
+            },
+            () = tokio::time::sleep_until(wake_at.into()) => {}
+            () = keeper.wake.notified() => {}
+        }
+    }
+}
+
+enum OpenError {
+    /// The lease used to open the stream is gone.
+    Gone,
+    /// The cluster did not answer; try again later.
+    Failed,
+}
+
+async fn open(
+    client: &etcd_client::Client,
+    lease: i64,
+    limit: Duration,
+    keeper: &Keeper,
+) -> Result<(LeaseKeeper, LeaseKeepAliveStream), OpenError> {
+    let sent_at = Instant::now();
+    let mut leases = client.lease_client();
+    match tokio::time::timeout(limit, leases.keep_alive(lease)).await {
+        Ok(Ok(pair)) => {
+            // Opening sent one keep-alive and consumed its (positive) answer.
+            keeper.sent_for_open(lease, sent_at);
+            keeper.ack(lease, i64::MAX);
+            Ok(pair)
+        }
+        Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => {
+            Err(OpenError::Gone)
+        }
+        _ => Err(OpenError::Failed),
+    }
+}

@@ -1,0 +1,57 @@
+//! The `etcd:` backend of [`lock`](https://docs.rs/lock): distributed locks on an etcd v3
+//! cluster. Normally used through the `lock` crate with feature `etcd`:
+//! `lock::new("etcd:http://127.0.0.1:2379")`.
+//!
+//! - A session is one etcd lease with the session's TTL (whole seconds; at least the server's
+//!   minimum, 2 s with etcd's default election timeout). All sessions of a service share one
+//!   keep-alive stream.
+//! - The client believes a lease alive only until the send time of its last acknowledged
+//!   keep-alive plus the TTL minus a margin (a tenth of the TTL, at least 100 ms). When that
+//!   passes, every hold of the session is lost — before the server can expire the lease.
+//! - Each locker owns one key `<prefix><id>/<lease>-<n>`; waiters queue by create revision and
+//!   each watches only its predecessor. The fencing token is the key's create revision.
+//!
+//! Building needs `protoc` (etcd-client compiles etcd's protobuf definitions): install
+//! `protobuf-compiler` or set `PROTOC`. `cargo xtask test` provides one itself.
+
+mod config;
+mod connect;
+mod error;
+mod hub;
+mod keeper;
+mod keys;
+mod locker;
+mod service;
+mod session;
+
+pub use config::{
+    EtcdConfig, TlsFiles, DEFAULT_DIAL_TIMEOUT, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT,
+    OLDEST_SUPPORTED_VERSION,
+};
+pub use keys::decode_id;
+pub use locker::EtcdLocker;
+pub use service::EtcdService;
+pub use session::EtcdSession;
+
+use lock_core::{ConnectionString, OpenFuture, Registry, Service, ServiceFactory};
+
+/// The scheme of this backend: `etcd`.
+pub const SERVICE_ETCD: &str = "etcd";
+
+fn open(cs: ConnectionString) -> OpenFuture {
+    Box::pin(async move {
+        let config = EtcdConfig::parse(&cs)?;
+        Ok(Box::new(EtcdService::connect(config).await?) as Box<dyn Service>)
+    })
+}
+
+/// The registration of this backend, for [`Registry::register`]. Linking this crate
+/// registers it in [`Registry::global`] already.
+pub const FACTORY: ServiceFactory = ServiceFactory::new(SERVICE_ETCD, open);
+
+/// Registers `etcd:` in `registry`.
+pub fn register(registry: &Registry) {
+    registry.register(FACTORY);
+}
+
+lock_core::register_service!(SERVICE_ETCD, open);

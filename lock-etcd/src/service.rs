@@ -1,0 +1,234 @@
+//! The etcd service: one client, one keep-alive stream, one delete-watch.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use lock_core::{async_trait, Deadline, Error, Result, Service, Session, SessionConfig};
+use tokio::task::JoinHandle;
+
+use crate::config::EtcdConfig;
+use crate::error::request;
+use crate::hub::Hub;
+use crate::keeper::{self, Keeper};
+use crate::session::{EndReason, EtcdSession, SessionCore};
+
+pub(crate) struct ServiceCore {
+    pub(crate) client: etcd_client::Client,
+    pub(crate) config: EtcdConfig,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) keeper: Arc<Keeper>,
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// What each lock key holds: who took it, for people reading the keys.
+    pub(crate) owner: String,
+    endpoints: Arc<Mutex<BTreeSet<String>>>,
+    /// Open sessions; `None` once the service is closed.
+    sessions: Mutex<Option<HashMap<u64, Weak<SessionCore>>>>,
+    next_key: AtomicU64,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ServiceCore {
+    fn sessions(&self) -> MutexGuard<'_, Option<HashMap<u64, Weak<SessionCore>>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn next_key(&self) -> u64 {
+        self.next_key.fetch_add(1, Relaxed)
+    }
+
+    pub(crate) fn forget_session(&self, key: u64) {
+        if let Some(s) = self.sessions().as_mut() {
+            s.remove(&key);
+        }
+    }
+}
+
+impl Drop for ServiceCore {
+    fn drop(&mut self) {
+        self.keeper.stop();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The `etcd:` service. Open it with `lock::new("etcd:http://…")` or [`EtcdService::connect`].
+///
+/// Sessions keep the service's connection alive; [`Service::close`] ends every session and
+/// revokes their leases.
+#[derive(Clone)]
+pub struct EtcdService {
+    core: Arc<ServiceCore>,
+}
+
+impl EtcdService {
+    /// Connects as `config` says, waits (up to `dial-timeout`) for the cluster to answer, and
+    /// starts the keep-alive and watch tasks. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when the cluster cannot be reached, refuses the credentials or
+    /// certificates, or is too old (with `reject-old-cluster`);
+    /// [`Error::InvalidConnectionString`] when a TLS file cannot be read.
+    pub async fn connect(config: EtcdConfig) -> Result<Self> {
+        let client = crate::connect::connect(&config).await?;
+        let hub = Arc::new(Hub::default());
+        let keeper = Arc::new(Keeper::default());
+        let limit = config.request_timeout;
+        let mut tasks = vec![hub.start(&client, &config.prefix, limit).await?];
+        tasks.push(tokio::spawn(keeper::run(
+            keeper.clone(),
+            client.clone(),
+            limit,
+        )));
+        let endpoints = Arc::new(Mutex::new(
+            config.endpoints.iter().cloned().collect::<BTreeSet<_>>(),
+        ));
+        if let Some(interval) = config.auto_sync_interval {
+            tasks.push(tokio::spawn(crate::connect::auto_sync(
+                client.clone(),
+                endpoints.clone(),
+                interval,
+                limit,
+            )));
+        }
+        Ok(EtcdService {
+            core: Arc::new(ServiceCore {
+                client,
+                owner: owner_description(),
+                config,
+                hub,
+                keeper,
+                runtime: tokio::runtime::Handle::current(),
+                endpoints,
+                sessions: Mutex::new(Some(HashMap::new())),
+                next_key: AtomicU64::new(1),
+                tasks,
+            }),
+        })
+    }
+
+    /// The configuration this service was opened with.
+    pub fn config(&self) -> &EtcdConfig {
+        &self.core.config
+    }
+
+    /// The endpoints the client currently uses (refreshed by `auto-sync-interval`).
+    pub fn endpoints(&self) -> Vec<String> {
+        self.core
+            .endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// How many keep-alive streams this service has opened: one for all of its sessions, plus
+    /// one per reconnection after a connection loss.
+    pub fn keep_alive_streams_opened(&self) -> u64 {
+        self.core.keeper.stream_opens()
+    }
+
+    /// The underlying etcd client, for inspection and tests.
+    pub fn client(&self) -> &etcd_client::Client {
+        &self.core.client
+    }
+}
+
+#[async_trait]
+impl Service for EtcdService {
+    async fn new_session(&self, config: &SessionConfig) -> Result<Box<dyn Session>> {
+        config.validate()?;
+        if self.core.sessions().is_none() {
+            return Err(Error::AlreadyClosed("the service was closed"));
+        }
+        let secs = config.ttl.as_secs();
+        if secs == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "ttl {:?} is below one second; etcd leases have whole-second TTLs",
+                config.ttl
+            )));
+        }
+        let ttl = Duration::from_secs(secs);
+        let limit = self.core.config.request_timeout;
+        let mut leases = self.core.client.lease_client();
+        let granted_at = Instant::now();
+        let grant = request(
+            "granting the session's lease",
+            limit,
+            leases.grant(secs as i64, None),
+        )
+        .await?;
+        let lease = grant.id();
+        if grant.ttl() != secs as i64 {
+            let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;
+            return Err(Error::InvalidConfig(format!(
+                "the etcd server changed the session ttl from {secs}s to {}s; its minimum lease TTL is {}s, use at least that",
+                grant.ttl(),
+                grant.ttl().max(secs as i64)
+            )));
+        }
+        let deadline = Arc::new(Deadline::new(granted_at + ttl - keeper::margin(ttl)));
+        let key = self.core.next_key();
+        let session = Arc::new(SessionCore::new(
+            key,
+            self.core.clone(),
+            lease,
+            ttl,
+            config.timeout,
+            deadline.clone(),
+        ));
+        let registered = match self.core.sessions().as_mut() {
+            Some(sessions) => {
+                sessions.insert(key, Arc::downgrade(&session));
+                true
+            }
+            None => false,
+        };
+        if !registered {
+            let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;
+            return Err(Error::AlreadyClosed("the service was closed"));
+        }
+        self.core
+            .keeper
+            .add(lease, ttl, granted_at, deadline, Arc::downgrade(&session));
+        Ok(Box::new(EtcdSession::new(session)))
+    }
+
+    async fn close(&self) -> Result<()> {
+        let Some(sessions) = self.core.sessions().take() else {
+            return Err(Error::AlreadyClosed("the service was already closed"));
+        };
+        let mut first_error = None;
+        for session in sessions.into_values().filter_map(|s| s.upgrade()) {
+            match session.close(EndReason::ServiceClosed).await {
+                Ok(()) | Err(Error::AlreadyClosed(_)) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.core.keeper.stop();
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl fmt::Debug for EtcdService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdService")
+            .field("config", &self.core.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn owner_description() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    format!("host={} pid={}", host.trim(), std::process::id())
+}

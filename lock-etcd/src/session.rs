@@ -1,0 +1,214 @@
+//! A session: one etcd lease, kept alive by the service's keeper.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use lock_core::{async_trait, Deadline, Done, Error, Locker, Result, Session, Signal};
+
+use crate::error::request;
+use crate::locker::{EtcdLocker, LockerCore};
+use crate::service::ServiceCore;
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndReason {
+    Closed,
+    Dropped,
+    /// No keep-alive was acknowledged in time: the client gave the lease up.
+    Expired,
+    /// The server said the lease does not exist (revoked or expired).
+    LeaseGone,
+    ServiceClosed,
+}
+
+impl EndReason {
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            EndReason::Closed => "the session was closed",
+            EndReason::Dropped => "the session was dropped",
+            EndReason::Expired => "the session's lease could not be kept alive within its TTL",
+            EndReason::LeaseGone => "the session's lease was revoked or expired on the etcd server",
+            EndReason::ServiceClosed => "the service was closed",
+        }
+    }
+}
+
+pub(crate) struct SessionCore {
+    pub(crate) key: u64,
+    pub(crate) service: Arc<ServiceCore>,
+    pub(crate) lease: i64,
+    pub(crate) ttl: Duration,
+    pub(crate) timeout: Option<Duration>,
+    /// When the lease must be assumed gone; see the keeper.
+    pub(crate) deadline: Arc<Deadline>,
+    /// Fired once, when the session ends.
+    end_signal: Arc<Signal>,
+    ended: Mutex<Option<EndReason>>,
+    lockers: Mutex<HashMap<u64, Weak<LockerCore>>>,
+}
+
+impl SessionCore {
+    pub(crate) fn new(
+        key: u64,
+        service: Arc<ServiceCore>,
+        lease: i64,
+        ttl: Duration,
+        timeout: Option<Duration>,
+        deadline: Arc<Deadline>,
+    ) -> Self {
+        SessionCore {
+            key,
+            service,
+            lease,
+            ttl,
+            timeout,
+            deadline,
+            end_signal: Arc::new(Signal::new()),
+            ended: Mutex::new(None),
+            lockers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lockers(&self) -> MutexGuard<'_, HashMap<u64, Weak<LockerCore>>> {
+        self.lockers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why the session ended, if it did (its deadline passing counts).
+    pub(crate) fn ended(&self) -> Option<EndReason> {
+        let ended = *self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        ended.or_else(|| self.deadline.has_passed().then_some(EndReason::Expired))
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        match self.ended() {
+            None => Ok(()),
+            Some(reason) => Err(Error::AlreadyClosed(reason.describe())),
+        }
+    }
+
+    pub(crate) fn forget_locker(&self, key: u64) {
+        self.lockers().remove(&key);
+    }
+
+    /// Ends the session: every hold fires `lost()`, waiters stop, `done()` resolves, and the
+    /// lease is given to the keeper to revoke (unless the caller revokes it, or it is gone).
+    /// Returns false if it had ended already.
+    pub(crate) fn end(&self, reason: EndReason) -> bool {
+        {
+            let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+            if ended.is_some() {
+                return false;
+            }
+            *ended = Some(reason);
+        }
+        self.deadline.expire();
+        let lockers: Vec<_> = self
+            .lockers()
+            .drain()
+            .filter_map(|(_, l)| l.upgrade())
+            .collect();
+        for locker in lockers {
+            locker.session_ended();
+        }
+        self.end_signal.fire();
+        self.service.forget_session(self.key);
+        match reason {
+            EndReason::Closed | EndReason::ServiceClosed | EndReason::LeaseGone => {
+                self.service.keeper.remove(self.lease)
+            }
+            EndReason::Dropped | EndReason::Expired => self.service.keeper.revoke_later(self.lease),
+        }
+        true
+    }
+
+    /// Ends the session and revokes its lease, waiting for the server.
+    pub(crate) async fn close(&self, reason: EndReason) -> Result<()> {
+        if !self.end(reason) {
+            return Err(Error::AlreadyClosed("the session was already closed"));
+        }
+        let mut leases = self.service.client.lease_client();
+        let limit = self.service.config.request_timeout;
+        match request(
+            "revoking the session's lease",
+            limit,
+            leases.revoke(self.lease),
+        )
+        .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("requested lease not found") => Ok(()),
+            Err(e) => {
+                // The lease runs out on its own within the TTL; try once more in the background.
+                self.service.keeper.revoke_later(self.lease);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SessionCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdSession")
+            .field("lease", &format_args!("{:016x}", self.lease))
+            .field("ttl", &self.ttl)
+            .field("timeout", &self.timeout)
+            .field("ended", &self.ended())
+            .finish()
+    }
+}
+
+/// A session of the `etcd:` backend: one etcd lease with the session's TTL. See
+/// [`lock_core::Session`].
+pub struct EtcdSession {
+    core: Arc<SessionCore>,
+}
+
+impl EtcdSession {
+    pub(crate) fn new(core: Arc<SessionCore>) -> Self {
+        EtcdSession { core }
+    }
+
+    /// The id of the session's etcd lease.
+    pub fn lease_id(&self) -> i64 {
+        self.core.lease
+    }
+}
+
+#[async_trait]
+impl Session for EtcdSession {
+    fn new_locker(&self, id: &str) -> Box<dyn Locker> {
+        let key = self.core.service.next_key();
+        let locker = EtcdLocker::new(key, id, self.core.clone());
+        self.core.lockers().insert(key, locker.weak());
+        if self.core.ended().is_some() {
+            locker.core().session_ended();
+        }
+        Box::new(locker)
+    }
+
+    fn done(&self) -> Done {
+        Done::new(
+            self.core.end_signal.clone(),
+            0,
+            Some(self.core.deadline.clone()),
+        )
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.core.close(EndReason::Closed).await
+    }
+}
+
+impl Drop for EtcdSession {
+    fn drop(&mut self) {
+        self.core.end(EndReason::Dropped);
+    }
+}
+
+impl fmt::Debug for EtcdSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.core.fmt(f)
+    }
+}

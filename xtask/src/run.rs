@@ -1,0 +1,159 @@
+//! The subcommands.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use lock_testkit::etcd::{Binaries, Cluster, ClusterSpec, BIN_VAR, ENDPOINTS_VAR, REQUIRE_VAR};
+
+use crate::provision;
+
+pub(crate) fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo(protoc: &std::path::Path) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root()).env("PROTOC", protoc);
+    cmd
+}
+
+fn step(name: &str, cmd: &mut Command) -> Result<(), String> {
+    eprintln!("xtask: {name}");
+    let start = Instant::now();
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{name}: could not run: {e}"))?;
+    eprintln!(
+        "xtask: {name}: {} in {:.0?}",
+        if status.success() { "ok" } else { "FAILED" },
+        start.elapsed()
+    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{name} failed ({status})"))
+    }
+}
+
+fn binaries(tools: &provision::Tools) -> Binaries {
+    Binaries {
+        etcd: tools.etcd.clone(),
+        etcdctl: tools.etcdctl.clone(),
+    }
+}
+
+fn bin_dir(tools: &provision::Tools) -> PathBuf {
+    tools.etcd.parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// `cargo xtask test [--quick]`.
+pub(crate) fn test(args: &[String]) -> Result<(), String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let tools = provision::all()?;
+    if !quick {
+        step(
+            "cargo fmt --check",
+            cargo(&tools.protoc).args(["fmt", "--all", "--", "--check"]),
+        )?;
+        step(
+            "cargo clippy",
+            cargo(&tools.protoc).args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+        step(
+            "cargo doc",
+            cargo(&tools.protoc)
+                .args(["doc", "--workspace", "--no-deps", "--all-features"])
+                .env("RUSTDOCFLAGS", "-D warnings"),
+        )?;
+    }
+    // Build first, so the cluster does not idle through a long compile.
+    step(
+        "cargo test (build)",
+        cargo(&tools.protoc).args(["test", "--workspace", "--all-features", "--no-run"]),
+    )?;
+    let cluster = Cluster::start(&binaries(&tools), &ClusterSpec::default())?;
+    eprintln!("xtask: etcd cluster up: {}", cluster.endpoints());
+    let result = step(
+        "cargo test",
+        cargo(&tools.protoc)
+            .args(["test", "--workspace", "--all-features"])
+            .env(ENDPOINTS_VAR, cluster.endpoints())
+            .env(BIN_VAR, bin_dir(&tools))
+            .env(REQUIRE_VAR, "1"),
+    );
+    drop(cluster);
+    eprintln!("xtask: etcd cluster stopped");
+    result
+}
+
+/// `cargo xtask bench [local|etcd]`.
+pub(crate) fn bench(args: &[String]) -> Result<(), String> {
+    let which = args.first().map(String::as_str).unwrap_or("all");
+    let tools = provision::all()?;
+    if matches!(which, "all" | "local") {
+        step(
+            "bench local",
+            cargo(&tools.protoc).args(["bench", "-p", "lock-local", "--bench", "local"]),
+        )?;
+    }
+    if matches!(which, "all" | "etcd") {
+        let spec = ClusterSpec {
+            nodes: 1,
+            ..ClusterSpec::default()
+        };
+        let single = Cluster::start(&binaries(&tools), &spec)?;
+        let cluster = Cluster::start(&binaries(&tools), &ClusterSpec::default())?;
+        let result = step(
+            "bench etcd",
+            cargo(&tools.protoc)
+                .args(["bench", "-p", "lock-etcd", "--bench", "etcd"])
+                .env(ENDPOINTS_VAR, single.endpoints())
+                .env("LOCK_ETCD_CLUSTER_ENDPOINTS", cluster.endpoints()),
+        );
+        drop((single, cluster));
+        result?;
+    }
+    if !matches!(which, "all" | "local" | "etcd") {
+        return Err(format!("unknown benchmark `{which}`: use local or etcd"));
+    }
+    Ok(())
+}
+
+/// `cargo xtask etcd [--nodes N]`.
+pub(crate) fn etcd(args: &[String]) -> Result<(), String> {
+    let nodes = match args {
+        [flag, n] if flag == "--nodes" => n
+            .parse()
+            .map_err(|_| format!("--nodes takes a number, not `{n}`"))?,
+        [] => 3,
+        _ => return Err("usage: cargo xtask etcd [--nodes N]".to_owned()),
+    };
+    let tools = provision::all()?;
+    let cluster = Cluster::start(
+        &binaries(&tools),
+        &ClusterSpec {
+            nodes,
+            ..ClusterSpec::default()
+        },
+    )?;
+    println!("etcd:{}", cluster.endpoints());
+    eprintln!(
+        "xtask: {nodes}-node etcd cluster running (data in {}); Ctrl-C stops it",
+        cluster.dir().display()
+    );
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
