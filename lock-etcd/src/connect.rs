@@ -68,17 +68,20 @@ pub(crate) async fn connect(config: &EtcdConfig) -> Result<Client> {
         Ok(Err(e)) => return Err(etcd_error("connecting to etcd", e)),
         Err(_) => return Err(timeout_error("connecting to etcd", limit)),
     };
-    let mut kv = client.kv_client();
+    let kv = client.kv_client();
     let probe = GetOptions::new().with_prefix().with_count_only();
-    request(
-        "reaching the cluster",
-        limit,
-        kv.get(config.prefix.as_str(), Some(probe)),
-    )
+    request("reaching the cluster", limit, || {
+        let (mut kv, probe) = (kv.clone(), probe.clone());
+        async move { kv.get(config.prefix.as_str(), Some(probe)).await }
+    })
     .await?;
     if config.reject_old_cluster {
-        let mut maintenance = client.maintenance_client();
-        let status = request("asking the cluster's version", limit, maintenance.status()).await?;
+        let maintenance = client.maintenance_client();
+        let status = request("asking the cluster's version", limit, || {
+            let mut maintenance = maintenance.clone();
+            async move { maintenance.status().await }
+        })
+        .await?;
         check_version(status.version())?;
     }
     Ok(client)

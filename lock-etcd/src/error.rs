@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lock_core::Error;
 
@@ -55,8 +55,8 @@ pub(crate) fn timeout_error(context: &'static str, after: Duration) -> Error {
     )
 }
 
-/// Runs one etcd request with a time limit.
-pub(crate) async fn request<T>(
+/// Runs a single-shot future (a stream message) with a time limit.
+pub(crate) async fn once<T>(
     context: &'static str,
     limit: Duration,
     fut: impl Future<Output = Result<T, etcd_client::Error>>,
@@ -65,5 +65,45 @@ pub(crate) async fn request<T>(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(etcd_error(context, e)),
         Err(_) => Err(timeout_error(context, limit)),
+    }
+}
+
+/// Whether `e` means the request did not reach a working member (connection refused, no
+/// leader during an election), so that sending it again may succeed.
+pub(crate) fn is_unavailable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::Unavailable,
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+/// Runs one etcd request, sending it again while the cluster is unavailable (a dead member,
+/// an election), for at most `limit` in all.
+///
+/// Every request this crate sends is safe to repeat: the acquire txn only puts our key if it
+/// is absent, unlock and cleanup compare before they delete, and the rest only read.
+pub(crate) async fn request<T, F, Fut>(
+    context: &'static str,
+    limit: Duration,
+    mut call: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = Instant::now() + limit;
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, call()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if is_unavailable(&e) && Instant::now() + backoff < deadline => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+            }
+            Ok(Err(e)) => return Err(etcd_error(context, e)),
+            Err(_) => return Err(timeout_error(context, limit)),
+        }
     }
 }

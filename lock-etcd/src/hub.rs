@@ -15,7 +15,7 @@ use std::time::Duration;
 use etcd_client::{EventType, WatchFilterType, WatchOptions};
 use tokio::task::JoinHandle;
 
-use crate::error::request;
+use crate::error::{once, request};
 
 /// Called with the revision at which the key was deleted (or seen absent).
 pub(crate) type Callback = Box<dyn Fn(i64) + Send + Sync>;
@@ -108,15 +108,14 @@ async fn open(
     let options = WatchOptions::new()
         .with_prefix()
         .with_filters([WatchFilterType::NoPut]);
-    let mut watch = client.watch_client();
-    let mut stream = request(
-        "watching the lock prefix",
-        limit,
-        watch.watch(prefix, Some(options)),
-    )
+    let watch = client.watch_client();
+    let mut stream = request("watching the lock prefix", limit, || {
+        let (mut watch, options) = (watch.clone(), options.clone());
+        async move { watch.watch(prefix, Some(options)).await }
+    })
     .await?;
     // The first message confirms the watch.
-    match request("watching the lock prefix", limit, stream.message()).await? {
+    match once("watching the lock prefix", limit, stream.message()).await? {
         Some(resp) if resp.created() && !resp.canceled() => Ok(stream),
         Some(resp) => Err(lock_core::Error::backend(
             crate::SERVICE_ETCD,
@@ -184,14 +183,15 @@ async fn recheck(
     client: &etcd_client::Client,
     limit: Duration,
 ) -> lock_core::Result<()> {
-    let mut kv = client.kv_client();
+    let kv = client.kv_client();
     for key in hub.keys() {
-        let options = etcd_client::GetOptions::new().with_count_only();
-        let resp = request(
-            "checking a lock key",
-            limit,
-            kv.get(key.as_str(), Some(options)),
-        )
+        let resp = request("checking a lock key", limit, || {
+            let (mut kv, key) = (kv.clone(), key.clone());
+            async move {
+                kv.get(key, Some(etcd_client::GetOptions::new().with_count_only()))
+                    .await
+            }
+        })
         .await?;
         if resp.count() == 0 {
             let revision = resp.header().map_or(0, |h| h.revision());

@@ -81,6 +81,16 @@ impl LockerCore {
         self.session.service.config.request_timeout
     }
 
+    /// Sends a txn (again while the cluster is unavailable: every txn here is idempotent).
+    async fn txn(&self, context: &'static str, txn: Txn) -> Result<TxnResponse> {
+        let kv = self.kv();
+        request(context, self.limit(), || {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
     fn canceled(&self) -> Error {
         match self.session.ended() {
             Some(reason) => Error::Canceled(reason.describe().to_owned()),
@@ -202,7 +212,7 @@ impl LockerCore {
             )])
             .and_then([self.put_own_key(), self.newest_two()])
             .or_else([TxnOp::get(self.key.as_str(), None)]);
-        let resp = request("taking the lock", self.limit(), self.kv().txn(txn)).await?;
+        let resp = self.txn("taking the lock", txn).await?;
         let (rev, mut pred, mut check) = if resp.succeeded() {
             let rev = header_revision(&resp);
             let pred = range(&resp, 1)
@@ -264,7 +274,7 @@ impl LockerCore {
                 rev,
             )])
             .and_then([TxnOp::get(self.range.as_str(), Some(options))]);
-        let resp = request("waiting for the lock", self.limit(), self.kv().txn(txn)).await?;
+        let resp = self.txn("waiting for the lock", txn).await?;
         if !resp.succeeded() {
             return Err(self.canceled());
         }
@@ -288,7 +298,7 @@ impl LockerCore {
                 Compare::create_revision(self.range.as_str(), CompareOp::Equal, 0).with_prefix(),
             ])
             .and_then([self.put_own_key()]);
-        let resp = request("trying the lock", self.limit(), self.kv().txn(txn)).await?;
+        let resp = self.txn("trying the lock", txn).await?;
         if !resp.succeeded() {
             return Ok(None);
         }
@@ -453,7 +463,7 @@ impl Locker for EtcdLocker {
                 rev,
             )])
             .and_then([TxnOp::delete(core.key.as_str(), None)]);
-        match request("releasing the lock", core.limit(), core.kv().txn(txn)).await {
+        match core.txn("releasing the lock", txn).await {
             Ok(resp) if resp.succeeded() => Ok(()),
             Ok(_) => Err(Error::NotHeld),
             Err(e) => {

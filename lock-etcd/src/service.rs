@@ -157,11 +157,10 @@ impl Service for EtcdService {
         let limit = self.core.config.request_timeout;
         let mut leases = self.core.client.lease_client();
         let granted_at = Instant::now();
-        let grant = request(
-            "granting the session's lease",
-            limit,
-            leases.grant(secs as i64, None),
-        )
+        let grant = request("granting the session's lease", limit, || {
+            let mut leases = leases.clone();
+            async move { leases.grant(secs as i64, None).await }
+        })
         .await?;
         let lease = grant.id();
         if grant.ttl() != secs as i64 {

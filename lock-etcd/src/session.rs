@@ -128,13 +128,13 @@ impl SessionCore {
         if !self.end(reason) {
             return Err(Error::AlreadyClosed("the session was already closed"));
         }
-        let mut leases = self.service.client.lease_client();
+        let leases = self.service.client.lease_client();
         let limit = self.service.config.request_timeout;
-        match request(
-            "revoking the session's lease",
-            limit,
-            leases.revoke(self.lease),
-        )
+        let lease = self.lease;
+        match request("revoking the session's lease", limit, || {
+            let mut leases = leases.clone();
+            async move { leases.revoke(lease).await }
+        })
         .await
         {
             Ok(_) => Ok(()),

@@ -367,30 +367,47 @@ impl Cluster {
         self.members[i].child.is_some()
     }
 
-    /// The index of the current leader, asked of the running members.
+    /// The index of the current leader, asked of the running members (waits up to 10 s for
+    /// an election to finish).
     pub fn leader(&self) -> Option<usize> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(i) = self.leader_now() {
+                return Some(i);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn leader_now(&self) -> Option<usize> {
         let running: Vec<String> = (0..self.members.len())
             .filter(|&i| self.is_running(i) && !self.members[i].paused)
             .map(|i| self.url(&self.members[i]))
             .collect();
+        let endpoints = format!("--endpoints={}", running.join(","));
         let out = self
-            .etcdctl(&[
-                &format!("--endpoints={}", running.join(",")),
-                "endpoint",
-                "status",
-                "-w",
-                "fields",
-            ])
+            .etcdctl(&[&endpoints, "endpoint", "status", "-w", "fields"])
             .ok()?;
-        // `fields` output: blocks of `"Key" : value` lines, one block per endpoint.
-        let mut endpoint = None;
+        // `fields` output: one block of `"Key" : value` lines per endpoint, `Endpoint` last.
+        let (mut member, mut leader) = (None, None);
         for line in out.lines() {
-            if let Some(v) = line.strip_prefix("\"Endpoint\" : ") {
-                endpoint = Some(v.trim_matches('"').to_owned());
-            }
-            if line.starts_with("\"IsLeader\" : true") {
-                let url = endpoint.clone()?;
-                return self.members.iter().position(|m| self.url(m) == url);
+            let Some((key, value)) = line.split_once(" : ") else {
+                continue;
+            };
+            match key.trim_matches('"') {
+                "MemberID" => member = Some(value.to_owned()),
+                "Leader" => leader = Some(value.to_owned()),
+                "Endpoint" => {
+                    if member.is_some() && member == leader && leader.as_deref() != Some("0") {
+                        let url = value.trim_matches('"');
+                        return self.members.iter().position(|m| self.url(m) == url);
+                    }
+                    (member, leader) = (None, None);
+                }
+                _ => {}
             }
         }
         None

@@ -8,8 +8,15 @@ pub use lock_core::*;
 #[cfg_attr(docsrs, doc(cfg(feature = "local")))]
 pub use lock_local as local;
 
+/// The etcd v3 backend `etcd:`.
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use lock_etcd as etcd;
+
 // Reference every enabled backend so the linker keeps its registration (an unreferenced crate
 // is not linked, and its `register_service!` would silently vanish).
+#[cfg(feature = "etcd")]
+extern crate lock_etcd as _;
 #[cfg(feature = "local")]
 extern crate lock_local as _;
 
@@ -18,4 +25,6 @@ extern crate lock_local as _;
 pub const ENABLED_BACKENDS: &[&str] = &[
     #[cfg(feature = "local")]
     "local",
+    #[cfg(feature = "etcd")]
+    "etcd",
 ];

@@ -11,6 +11,8 @@ fn every_enabled_backend_is_registered() {
     }
     #[cfg(feature = "local")]
     assert!(lock::ENABLED_BACKENDS.contains(&"local"));
+    #[cfg(feature = "etcd")]
+    assert!(lock::ENABLED_BACKENDS.contains(&"etcd"));
 }
 
 #[tokio::test]

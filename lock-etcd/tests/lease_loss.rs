@@ -1,0 +1,161 @@
+//! Losing a lock from outside: the lease revoked, or the lock key deleted.
+
+mod common;
+
+use std::time::Duration;
+
+use etcd_client::GetOptions;
+use lock_core::{Error, Service, SessionConfig};
+use lock_etcd::{EtcdConfig, EtcdService};
+
+async fn service(endpoints: &str, prefix: &str) -> EtcdService {
+    let config = EtcdConfig::from_uri(&format!("etcd:{endpoints}?prefix={prefix}")).unwrap();
+    EtcdService::connect(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_lease_from_outside_fires_lost_and_done() {
+    let Some(endpoints) = common::shared("revoking_the_lease_from_outside_fires_lost_and_done")
+    else {
+        return;
+    };
+    let prefix = common::unique_prefix("revoke");
+    let service = service(&endpoints, &prefix).await;
+    let session = service
+        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let done = session.done();
+    let (a, b) = (session.new_locker("a"), session.new_locker("b"));
+    let (held_a, held_b) = (a.lock().await.unwrap(), b.lock().await.unwrap());
+
+    let mut raw = common::raw(&endpoints).await;
+    let keys = raw
+        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let lease = keys.kvs()[0].lease();
+    assert!(
+        keys.kvs().iter().all(|kv| kv.lease() == lease),
+        "all keys of a session share its lease"
+    );
+    raw.lease_revoke(lease).await.unwrap();
+
+    for held in [&held_a, &held_b] {
+        tokio::time::timeout(Duration::from_secs(5), held.lost())
+            .await
+            .expect("lost() after the lease was revoked");
+        assert!(held.is_lost());
+    }
+    tokio::time::timeout(Duration::from_secs(5), done)
+        .await
+        .expect("done() after the lease was revoked");
+    assert!(matches!(a.unlock().await, Err(Error::AlreadyClosed(_))));
+    service.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_lock_key_from_outside_fires_lost_for_that_lock_only() {
+    let Some(endpoints) =
+        common::shared("deleting_the_lock_key_from_outside_fires_lost_for_that_lock_only")
+    else {
+        return;
+    };
+    let prefix = common::unique_prefix("delete");
+    let service = service(&endpoints, &prefix).await;
+    let session = service
+        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let (a, b) = (
+        session.new_locker("victim"),
+        session.new_locker("bystander"),
+    );
+    let (held_a, held_b) = (a.lock().await.unwrap(), b.lock().await.unwrap());
+
+    let mut raw = common::raw(&endpoints).await;
+    let victim = format!("{prefix}victim/");
+    raw.delete(
+        victim.as_str(),
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
+
+    tokio::time::timeout(Duration::from_secs(5), held_a.lost())
+        .await
+        .expect("lost() after the key was deleted");
+    assert!(
+        !held_b.is_lost(),
+        "another lock of the same session was reported lost"
+    );
+    assert!(!session.done().is_done(), "the session ended");
+    assert!(matches!(a.unlock().await, Err(Error::NotHeld)));
+    // The lock can be taken again, with a higher token.
+    let again = a.lock().await.unwrap();
+    assert!(again.fencing_token() > held_a.fencing_token());
+    a.unlock().await.unwrap();
+    b.unlock().await.unwrap();
+    service.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlock_and_close_leave_no_keys_or_leases() {
+    let Some(endpoints) = common::shared("unlock_and_close_leave_no_keys_or_leases") else {
+        return;
+    };
+    let prefix = common::unique_prefix("clean");
+    let service = service(&endpoints, &prefix).await;
+    let mut raw = common::raw(&endpoints).await;
+    let session = service
+        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let holder = session.new_locker("x");
+    holder.lock().await.unwrap();
+    let other = service
+        .new_session(
+            &SessionConfig::new(Duration::from_secs(10)).with_timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    let waiter = other.new_locker("x");
+    assert!(matches!(waiter.lock().await, Err(Error::Timeout(_))));
+    let count = |kvs: etcd_client::GetResponse| kvs.count();
+    let keys = raw
+        .get(
+            prefix.as_str(),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(count(keys), 1, "the timed-out waiter's key was not removed");
+    holder.unlock().await.unwrap();
+    let keys = raw
+        .get(
+            prefix.as_str(),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(count(keys), 0, "unlock left the key behind");
+    holder.lock().await.unwrap();
+    drop(session); // revoked in the background
+    let mut gone = false;
+    for _ in 0..100 {
+        let keys = raw
+            .get(
+                prefix.as_str(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .unwrap();
+        if keys.count() == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "a dropped session's keys were not removed");
+    service.close().await.unwrap();
+}
