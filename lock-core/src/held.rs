@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::signal::{Deadline, Signal, Watch};
+use crate::signal::{Deadline, HasSignal, Watch};
 
 /// A granted lock: a signal that fires the moment the lock is no longer held, and the lock's
 /// fencing token.
@@ -34,12 +34,13 @@ pub struct Held {
 }
 
 impl Held {
-    /// Builds a hold from a backend's loss signal.
+    /// Builds a hold from a backend's loss signal: an `Arc<Signal>`, or an `Arc` of any backend
+    /// state that owns one ([`HasSignal`]).
     ///
-    /// The hold is lost once `signal` leaves `epoch` (see [`Signal::fire`]) or, when given, once
-    /// `deadline` passes. For backends.
-    pub fn new(
-        signal: Arc<Signal>,
+    /// The hold is lost once the signal leaves `epoch` (see
+    /// [`Signal::fire`](crate::Signal::fire)) or, when given, once `deadline` passes. For backends.
+    pub fn new<S: HasSignal>(
+        signal: Arc<S>,
         epoch: u64,
         deadline: Option<Arc<Deadline>>,
         token: u64,
@@ -107,7 +108,7 @@ pub struct Done {
 
 impl Done {
     /// A future for the end of the `epoch` of `signal` (and `deadline`, if any). For backends.
-    pub fn new(signal: Arc<Signal>, epoch: u64, deadline: Option<Arc<Deadline>>) -> Self {
+    pub fn new<S: HasSignal>(signal: Arc<S>, epoch: u64, deadline: Option<Arc<Deadline>>) -> Self {
         Done {
             watch: Watch::new(signal, epoch, deadline),
             fut: None,

@@ -61,7 +61,7 @@ pub use ext::LockerExt;
 pub use held::{Done, Held, Lost};
 pub use id::{validate_id, MAX_ID_LEN};
 pub use registry::{new, services, OpenFuture, Registry, ServiceFactory};
-pub use signal::{Deadline, Signal};
+pub use signal::{Deadline, HasSignal, Signal};
 pub use traits::{Locker, Service, Session};
 pub use uri::{is_secret_option, ConnectionString, Options};
 

@@ -160,31 +160,50 @@ impl fmt::Debug for Deadline {
     }
 }
 
+/// Something that owns a [`Signal`]: the signal itself, or a backend's locker or session state,
+/// so that a [`Held`](crate::Held) can share the backend's existing `Arc` instead of needing a
+/// separate allocation.
+pub trait HasSignal: Send + Sync + 'static {
+    /// The signal.
+    fn signal(&self) -> &Signal;
+}
+
+impl HasSignal for Signal {
+    fn signal(&self) -> &Signal {
+        self
+    }
+}
+
 /// A view of one epoch of a [`Signal`], optionally bounded by a [`Deadline`]: the thing a
 /// [`Held`](crate::Held) and a [`Done`](crate::Done) are made of.
 #[derive(Clone)]
 pub(crate) struct Watch {
-    signal: Arc<Signal>,
+    source: Arc<dyn HasSignal>,
     epoch: u64,
     deadline: Option<Arc<Deadline>>,
 }
 
 impl Watch {
-    pub(crate) fn new(signal: Arc<Signal>, epoch: u64, deadline: Option<Arc<Deadline>>) -> Self {
+    pub(crate) fn new(
+        source: Arc<dyn HasSignal>,
+        epoch: u64,
+        deadline: Option<Arc<Deadline>>,
+    ) -> Self {
         Watch {
-            signal,
+            source,
             epoch,
             deadline,
         }
     }
 
     pub(crate) fn is_fired(&self) -> bool {
-        self.signal.epoch() != self.epoch
+        self.source.signal().epoch() != self.epoch
             || self.deadline.as_deref().is_some_and(Deadline::has_passed)
     }
 
     pub(crate) async fn fired(self) {
-        self.signal.wait(self.epoch, self.deadline.as_deref()).await;
+        let deadline = self.deadline.as_deref();
+        self.source.signal().wait(self.epoch, deadline).await;
     }
 }
 

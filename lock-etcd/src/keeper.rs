@@ -125,15 +125,13 @@ impl Keeper {
         None
     }
 
-    /// The work due now: expired sessions, leases to refresh, leases to revoke, and when to
-    /// look again.
-    fn due(&self, now: Instant, can_send: bool) -> Due {
+    /// The work due before `horizon`: expired sessions, leases to refresh, leases to revoke.
+    fn due(&self, horizon: Instant, can_send: bool) -> Due {
         let mut st = self.state();
         let mut due = Due {
             expired: Vec::new(),
             send: Vec::new(),
             revoke: std::mem::take(&mut st.revoke),
-            wake_at: now + Duration::from_secs(3600),
             stopped: st.stopped,
             any: !st.leases.is_empty(),
         };
@@ -142,17 +140,12 @@ impl Keeper {
                 due.expired.extend(lease.session.upgrade());
                 return false;
             }
-            if let Some(at) = lease.deadline.instant() {
-                due.wake_at = due.wake_at.min(at);
-            }
-            if lease.next_send <= now && can_send {
+            if lease.next_send <= horizon && can_send {
+                let now = Instant::now();
                 due.send.push(*id);
                 lease.sent.push_back(now);
                 lease.next_send = now + interval(lease.ttl);
             }
-            due.wake_at = due
-                .wake_at
-                .min(lease.next_send.max(now + Duration::from_millis(10)));
             true
         });
         due
@@ -186,39 +179,49 @@ struct Due {
     expired: Vec<Arc<SessionCore>>,
     send: Vec<i64>,
     revoke: Vec<i64>,
-    wake_at: Instant,
     stopped: bool,
     any: bool,
 }
+
+/// How often the keeper looks at its leases: sends due within the next tick go out now (a
+/// little early is harmless), so the work per tick is one pass over the leases, whatever their
+/// number.
+const TICK: Duration = Duration::from_millis(50);
 
 /// The keeper task.
 pub(crate) async fn run(keeper: Arc<Keeper>, client: etcd_client::Client, limit: Duration) {
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
     let mut retry_at = Instant::now();
     let mut backoff = Duration::from_millis(50);
+    let mut next_tick = Instant::now();
     loop {
         let now = Instant::now();
-        let due = keeper.due(now, stream.is_some());
-        for session in due.expired {
-            session.end(EndReason::Expired);
-        }
-        for lease in due.revoke {
-            let mut leases = client.lease_client();
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;
-            });
-        }
-        if due.stopped {
-            return;
-        }
-        let mut wake_at = due.wake_at;
-        if stream.is_none() && due.any {
-            if now >= retry_at {
+        if now >= next_tick {
+            let due = keeper.due(now + TICK, stream.is_some());
+            for session in due.expired {
+                session.end(EndReason::Expired);
+            }
+            for lease in due.revoke {
+                let mut leases = client.lease_client();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;
+                });
+            }
+            if due.stopped {
+                return;
+            }
+            next_tick = if due.any {
+                now + TICK
+            } else {
+                now + Duration::from_secs(3600)
+            };
+            if stream.is_none() && due.any && now >= retry_at {
                 if let Some((lease, _)) = keeper.any_lease() {
                     match open(&client, lease, limit, &keeper).await {
                         Ok(s) => {
                             stream = Some(s);
                             backoff = Duration::from_millis(50);
+                            next_tick = Instant::now(); // send what is due on the new stream
                             continue;
                         }
                         Err(OpenError::Gone) => {
@@ -227,24 +230,24 @@ pub(crate) async fn run(keeper: Arc<Keeper>, client: etcd_client::Client, limit:
                             }
                             continue;
                         }
-                        Err(OpenError::Failed) => {}
+                        Err(OpenError::Failed) => {
+                            retry_at = Instant::now() + backoff;
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                        }
                     }
                 }
-                retry_at = Instant::now() + backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
-            wake_at = wake_at.min(retry_at);
-        }
-        if let Some((sender, _)) = &stream {
-            for lease in &due.send {
-                let mut one = LeaseKeeper {
-                    id: *lease,
-                    sender: sender.sender.clone(),
-                };
-                if one.keep_alive().await.is_err() {
-                    stream = None;
-                    keeper.stream_lost();
-                    break;
+            if let Some((sender, _)) = &stream {
+                for lease in &due.send {
+                    let mut one = LeaseKeeper {
+                        id: *lease,
+                        sender: sender.sender.clone(),
+                    };
+                    if one.keep_alive().await.is_err() {
+                        stream = None;
+                        keeper.stream_lost();
+                        break;
+                    }
                 }
             }
         }
@@ -267,8 +270,8 @@ pub(crate) async fn run(keeper: Arc<Keeper>, client: etcd_client::Client, limit:
                     retry_at = Instant::now() + backoff;
                 }
             },
-            () = tokio::time::sleep_until(wake_at.into()) => {}
-            () = keeper.wake.notified() => {}
+            () = tokio::time::sleep_until(next_tick.into()) => {}
+            () = keeper.wake.notified() => next_tick = Instant::now(),
         }
     }
 }

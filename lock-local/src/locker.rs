@@ -1,36 +1,47 @@
 //! A locker of the local backend.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::atomic::{AtomicU64, AtomicU8};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
-use lock_core::{async_trait, Error, Held, Locker, Result, Signal};
+use lock_core::{async_trait, Error, HasSignal, Held, Locker, Result, Signal};
 
 use crate::session::SessionShared;
-use crate::table::{Attempt, Waiter, CANCELED, HELD, IDLE};
+use crate::table::{Attempt, CANCELED, HELD, IDLE};
 
 /// The state of one locker, shared with the table's queues.
 #[derive(Debug)]
 pub(crate) struct LockerShared {
     pub(crate) key: u64,
     pub(crate) id: Arc<str>,
+    /// The id's hash in the table, computed once.
+    pub(crate) hash: u64,
     /// Why the id is unusable, if it is.
     invalid_id: Option<String>,
     pub(crate) session: Arc<SessionShared>,
     /// Fired on every release; one epoch per hold.
-    pub(crate) signal: Arc<Signal>,
-    /// IDLE, WAITING or HELD; written under the table mutex.
+    pub(crate) signal: Signal,
+    /// IDLE, WAITING, HELD or CANCELED; written under the table mutex.
     pub(crate) state: AtomicU8,
     /// Token and signal epoch of the current hold; written under the table mutex.
     pub(crate) token: AtomicU64,
     pub(crate) epoch: AtomicU64,
 }
 
+impl HasSignal for LockerShared {
+    fn signal(&self) -> &Signal {
+        &self.signal
+    }
+}
+
 impl LockerShared {
-    pub(crate) fn held(&self) -> Held {
+    pub(crate) fn held(self: &Arc<Self>) -> Held {
         Held::new(
-            self.signal.clone(),
+            self.clone(),
             self.epoch.load(Relaxed),
             None,
             self.token.load(Relaxed),
@@ -48,13 +59,14 @@ impl LocalLocker {
         LocalLocker {
             shared: Arc::new(LockerShared {
                 key,
+                hash: session.service.hash(id),
                 id: Arc::from(id),
                 invalid_id: lock_core::validate_id(id).err().map(|e| match e {
                     Error::InvalidId(reason) => reason,
                     other => other.to_string(),
                 }),
                 session,
-                signal: Arc::new(Signal::new()),
+                signal: Signal::new(),
                 state: AtomicU8::new(IDLE),
                 token: AtomicU64::new(0),
                 epoch: AtomicU64::new(0),
@@ -63,7 +75,7 @@ impl LocalLocker {
     }
 
     /// Takes the table mutex after checking what can be checked without it.
-    fn attempt(&self, queue: bool) -> Result<Attempt> {
+    fn attempt(&self, queue: Option<&Waker>) -> Result<Attempt> {
         let l = &self.shared;
         if let Some(reason) = &l.invalid_id {
             return Err(Error::InvalidId(reason.clone()));
@@ -81,29 +93,25 @@ impl LocalLocker {
 #[async_trait]
 impl Locker for LocalLocker {
     async fn lock(&self) -> Result<Held> {
-        let waiter = match self.attempt(true)? {
-            Attempt::Granted(held) => return Ok(held),
-            Attempt::Queued(waiter) => waiter,
-            Attempt::Busy => unreachable!("queue was requested"),
-        };
-        let mut wait = Wait {
-            waiter,
+        let mut acquire = std::pin::pin!(Acquiring {
+            locker: self,
+            queued: false,
             finished: false,
-        };
+        });
         match self.shared.session.timeout {
-            None => wait.until_granted().await,
-            Some(limit) => match tokio::time::timeout(limit, wait.until_granted()).await {
+            None => acquire.await,
+            Some(limit) => match tokio::time::timeout(limit, acquire.as_mut()).await {
                 Ok(outcome) => outcome,
-                Err(_) => wait.give_up(limit),
+                Err(_) => acquire.give_up(limit),
             },
         }
     }
 
     async fn try_lock(&self) -> Result<Option<Held>> {
-        match self.attempt(false)? {
-            Attempt::Granted(held) => Ok(Some(held)),
+        match self.attempt(None)? {
+            Attempt::Granted => Ok(Some(self.shared.held())),
             Attempt::Busy => Ok(None),
-            Attempt::Queued(_) => unreachable!("no queueing was requested"),
+            Attempt::Queued => unreachable!("no queueing was requested"),
         }
     }
 
@@ -114,7 +122,9 @@ impl Locker for LocalLocker {
         if l.state.load(Relaxed) != HELD {
             return Err(Error::NotHeld);
         }
-        table.release(l);
+        let wake = table.release(l);
+        drop(table);
+        wake.wake();
         Ok(())
     }
 
@@ -126,8 +136,11 @@ impl Locker for LocalLocker {
 impl Drop for LocalLocker {
     fn drop(&mut self) {
         let l = &self.shared;
-        l.session.service.table().evict(l);
-        l.session.forget_locker(l.key);
+        // No `lock()` can be pending (it borrows the locker), so an idle locker stays idle.
+        if l.state.load(Acquire) != IDLE {
+            let wake = l.session.service.table().evict(l);
+            wake.wake();
+        }
     }
 }
 
@@ -140,61 +153,105 @@ impl fmt::Debug for LocalLocker {
     }
 }
 
-/// A queued `lock()` call. Dropping it unfinished withdraws from the queue, or passes the lock
-/// on if it was granted meanwhile: cancel safety.
-struct Wait {
-    waiter: Arc<Waiter>,
+/// A `lock()` call: takes the lock or queues with the task's waker (in the table, under the
+/// mutex the attempt holds anyway). Dropping it unfinished withdraws from the queue, or passes
+/// the lock on if it was granted meanwhile: cancel safety.
+struct Acquiring<'a> {
+    locker: &'a LocalLocker,
+    queued: bool,
     finished: bool,
 }
 
-impl Wait {
-    async fn until_granted(&mut self) -> Result<Held> {
-        loop {
-            // `notify_one` stores a permit, so a grant between this check and the await is
-            // not missed.
-            match self.waiter.state.load(Acquire) {
-                HELD => {
-                    self.finished = true;
-                    return Ok(self.waiter.locker.held());
-                }
-                CANCELED => {
-                    self.finished = true;
-                    return Err(Error::Canceled(
-                        "the session ended while waiting for the lock".into(),
-                    ));
-                }
-                _ => self.waiter.notify.notified().await,
+fn canceled() -> Error {
+    Error::Canceled("the session ended while waiting for the lock".into())
+}
+
+impl Acquiring<'_> {
+    fn shared(&self) -> &Arc<LockerShared> {
+        &self.locker.shared
+    }
+
+    /// The outcome once the state left WAITING; `None` while it waits.
+    fn outcome(&mut self) -> Option<Result<Held>> {
+        let l = self.shared();
+        match l.state.load(Acquire) {
+            HELD => Some(Ok(l.held())),
+            CANCELED => {
+                l.state.store(IDLE, Relaxed);
+                Some(Err(canceled()))
             }
+            _ => None,
         }
     }
 
     /// The timeout expired: take the lock if it was granted in the meantime, else withdraw.
-    fn give_up(&mut self, limit: std::time::Duration) -> Result<Held> {
-        let mut table = self.waiter.locker.session.service.table();
+    fn give_up(mut self: Pin<&mut Self>, limit: std::time::Duration) -> Result<Held> {
+        let service = self.shared().session.service.clone();
+        let mut table = service.table();
         self.finished = true;
-        match self.waiter.state.load(Acquire) {
-            HELD => Ok(self.waiter.locker.held()),
-            CANCELED => Err(Error::Canceled(
-                "the session ended while waiting for the lock".into(),
-            )),
-            _ => {
-                table.withdraw(&self.waiter);
-                Err(Error::Timeout(limit))
-            }
+        if let Some(outcome) = self.outcome() {
+            return outcome;
         }
+        let _ = table.withdraw(self.shared());
+        Err(Error::Timeout(limit))
     }
 }
 
-impl Drop for Wait {
+impl Future for Acquiring<'_> {
+    type Output = Result<Held>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Held>> {
+        if !self.queued {
+            return match self.locker.attempt(Some(cx.waker())) {
+                Ok(Attempt::Granted) => {
+                    self.finished = true;
+                    Poll::Ready(Ok(self.shared().held()))
+                }
+                Ok(Attempt::Queued) => {
+                    self.queued = true;
+                    Poll::Pending
+                }
+                Ok(Attempt::Busy) => unreachable!("a waker was given"),
+                Err(e) => {
+                    self.finished = true;
+                    Poll::Ready(Err(e))
+                }
+            };
+        }
+        if let Some(outcome) = self.outcome() {
+            self.finished = true;
+            return Poll::Ready(outcome);
+        }
+        // Polled while still waiting (another task, or a spurious wake-up): refresh the waker
+        // under the mutex, where grants happen.
+        let service = self.shared().session.service.clone();
+        let mut table = service.table();
+        if let Some(outcome) = self.outcome() {
+            self.finished = true;
+            return Poll::Ready(outcome);
+        }
+        table.rewake(self.shared(), cx.waker());
+        Poll::Pending
+    }
+}
+
+impl Drop for Acquiring<'_> {
     fn drop(&mut self) {
-        if self.finished {
+        if !self.queued || self.finished {
             return;
         }
-        let mut table = self.waiter.locker.session.service.table();
-        match self.waiter.state.load(Acquire) {
-            HELD => table.release(&self.waiter.locker),
-            CANCELED => {}
-            _ => table.withdraw(&self.waiter),
+        let l = &self.locker.shared;
+        let mut table = l.session.service.table();
+        match l.state.load(Acquire) {
+            HELD => {
+                let wake = table.release(l);
+                drop(table);
+                wake.wake();
+            }
+            CANCELED => l.state.store(IDLE, Relaxed),
+            _ => {
+                let _ = table.withdraw(l);
+            }
         }
     }
 }

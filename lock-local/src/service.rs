@@ -1,42 +1,43 @@
 //! The local service: one id table for the whole process (or for each service opened).
 
-use std::collections::HashMap;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use hashbrown::DefaultHashBuilder;
 use lock_core::{async_trait, Error, Result, Service, Session, SessionConfig};
 
-use crate::session::{LocalSession, SessionShared};
+use crate::session::{push_pruned, LocalSession, SessionShared};
 use crate::table::Table;
 
 #[derive(Debug, Default)]
 pub(crate) struct ServiceShared {
     table: Mutex<Table>,
     /// Open sessions; `None` once the service is closed.
-    sessions: Mutex<Option<HashMap<u64, Weak<SessionShared>>>>,
+    sessions: Mutex<Option<Vec<Weak<SessionShared>>>>,
     next_key: AtomicU64,
+    hasher: DefaultHashBuilder,
 }
 
 impl ServiceShared {
+    /// The table hash of `id`; lockers compute it once.
+    pub(crate) fn hash(&self, id: &str) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
     pub(crate) fn table(&self) -> MutexGuard<'_, Table> {
         // The table is consistent at every unlock point (no code panics while holding it
         // mid-update), so a poisoned mutex is safe to keep using.
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn sessions(&self) -> MutexGuard<'_, Option<HashMap<u64, Weak<SessionShared>>>> {
+    fn sessions(&self) -> MutexGuard<'_, Option<Vec<Weak<SessionShared>>>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn next_key(&self) -> u64 {
         self.next_key.fetch_add(1, Relaxed)
-    }
-
-    pub(crate) fn forget_session(&self, key: u64) {
-        if let Some(sessions) = self.sessions().as_mut() {
-            sessions.remove(&key);
-        }
     }
 }
 
@@ -72,7 +73,7 @@ impl LocalService {
     pub fn new() -> Self {
         LocalService {
             shared: Arc::new(ServiceShared {
-                sessions: Mutex::new(Some(HashMap::new())),
+                sessions: Mutex::new(Some(Vec::new())),
                 ..ServiceShared::default()
             }),
         }
@@ -95,10 +96,9 @@ impl Default for LocalService {
 impl Service for LocalService {
     async fn new_session(&self, config: &SessionConfig) -> Result<Box<dyn Session>> {
         config.validate()?;
-        let key = self.shared.next_key();
-        let session = Arc::new(SessionShared::new(key, self.shared.clone(), config.timeout));
+        let session = Arc::new(SessionShared::new(self.shared.clone(), config.timeout));
         match self.shared.sessions().as_mut() {
-            Some(sessions) => sessions.insert(key, Arc::downgrade(&session)),
+            Some(sessions) => push_pruned(sessions, Arc::downgrade(&session)),
             None => return Err(Error::AlreadyClosed("the service was closed")),
         };
         Ok(Box::new(LocalSession::new(session)))
@@ -108,7 +108,7 @@ impl Service for LocalService {
         let Some(sessions) = self.shared.sessions().take() else {
             return Err(Error::AlreadyClosed("the service was already closed"));
         };
-        for session in sessions.into_values().filter_map(|s| s.upgrade()) {
+        for session in sessions.into_iter().filter_map(|s| s.upgrade()) {
             let _ = session.close();
         }
         Ok(())

@@ -1,36 +1,50 @@
 //! A session of the local backend.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use lock_core::{async_trait, Done, Error, Locker, Result, Session, Signal};
+use lock_core::{async_trait, Done, Error, HasSignal, Locker, Result, Session, Signal};
 
 use crate::locker::{LocalLocker, LockerShared};
 use crate::service::ServiceShared;
+use crate::table::Wake;
 
 #[derive(Debug)]
 pub(crate) struct SessionShared {
-    pub(crate) key: u64,
     pub(crate) service: Arc<ServiceShared>,
     pub(crate) timeout: Option<Duration>,
     closed: AtomicBool,
     /// Fired once, when the session ends.
-    done: Arc<Signal>,
-    lockers: Mutex<HashMap<u64, Weak<LockerShared>>>,
+    done: Signal,
+    /// Every locker made by the session; dropped ones are pruned when the list grows.
+    lockers: Mutex<Vec<Weak<LockerShared>>>,
+}
+
+impl HasSignal for SessionShared {
+    fn signal(&self) -> &Signal {
+        &self.done
+    }
+}
+
+/// Adds `item` to a list of weak references, first dropping the dead ones if the list is full
+/// (so it stays within twice the number of live items, without work on every drop).
+pub(crate) fn push_pruned<T>(list: &mut Vec<Weak<T>>, item: Weak<T>) {
+    if list.len() == list.capacity() {
+        list.retain(|w| w.strong_count() > 0);
+    }
+    list.push(item);
 }
 
 impl SessionShared {
-    pub(crate) fn new(key: u64, service: Arc<ServiceShared>, timeout: Option<Duration>) -> Self {
+    pub(crate) fn new(service: Arc<ServiceShared>, timeout: Option<Duration>) -> Self {
         SessionShared {
-            key,
             service,
             timeout,
             closed: AtomicBool::new(false),
-            done: Arc::new(Signal::new()),
-            lockers: Mutex::new(HashMap::new()),
+            done: Signal::new(),
+            lockers: Mutex::new(Vec::new()),
         }
     }
 
@@ -43,11 +57,7 @@ impl SessionShared {
         Ok(())
     }
 
-    pub(crate) fn forget_locker(&self, key: u64) {
-        self.lockers_map().remove(&key);
-    }
-
-    fn lockers_map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Weak<LockerShared>>> {
+    fn lockers_list(&self) -> std::sync::MutexGuard<'_, Vec<Weak<LockerShared>>> {
         self.lockers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -56,18 +66,16 @@ impl SessionShared {
         if self.closed.swap(true, SeqCst) {
             return Err(Error::AlreadyClosed("the session was already closed"));
         }
-        self.service.forget_session(self.key);
         let lockers: Vec<_> = self
-            .lockers_map()
-            .drain()
-            .filter_map(|(_, l)| l.upgrade())
+            .lockers_list()
+            .drain(..)
+            .filter_map(|l| l.upgrade())
             .collect();
-        {
+        let wakes: Vec<_> = {
             let mut table = self.service.table();
-            for locker in &lockers {
-                table.evict(locker);
-            }
-        }
+            lockers.iter().map(|l| table.evict(l)).collect()
+        };
+        wakes.into_iter().for_each(Wake::wake);
         self.done.fire();
         Ok(())
     }
@@ -90,12 +98,12 @@ impl Session for LocalSession {
     fn new_locker(&self, id: &str) -> Box<dyn Locker> {
         let key = self.shared.service.next_key();
         let locker = LocalLocker::new(key, id, self.shared.clone());
-        self.shared.lockers_map().insert(key, locker.weak());
+        push_pruned(&mut self.shared.lockers_list(), locker.weak());
         Box::new(locker)
     }
 
     fn done(&self) -> Done {
-        Done::new(self.shared.done.clone(), 0, None)
+        Done::new(self.shared.clone(), 0, None)
     }
 
     async fn close(&self) -> Result<()> {

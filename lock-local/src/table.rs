@@ -1,131 +1,156 @@
 //! The id table: who holds each id and who waits for it, under one mutex.
+//!
+//! Hashes are computed once per locker (at `new_locker`), so lock and unlock hash nothing.
 
-use std::collections::hash_map::{Entry as MapEntry, HashMap};
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::sync::Arc;
+use std::task::Waker;
 
-use lock_core::Held;
-use tokio::sync::Notify;
+use hashbrown::hash_table::{Entry as SlotEntry, HashTable};
 
 use crate::locker::LockerShared;
 
-/// Locker (and waiter) states; changed only under the table mutex.
+/// Locker states; changed only under the table mutex.
 pub(crate) const IDLE: u8 = 0;
 pub(crate) const WAITING: u8 = 1;
 pub(crate) const HELD: u8 = 2;
-/// Waiter state only: the session ended while waiting.
+/// The session ended while the locker waited.
 pub(crate) const CANCELED: u8 = 3;
 
 /// Every id that somebody holds or waits for. An id nobody holds has no entry.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Table {
-    ids: HashMap<Arc<str>, Entry>,
+    ids: HashTable<Entry>,
     last_token: u64,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("ids", &self.ids.len())
+            .finish()
+    }
+}
+
 struct Entry {
+    hash: u64,
+    id: Arc<str>,
     /// The key of the holding locker. Every entry has a holder: a release hands the lock to the
     /// first waiter directly.
     holder: u64,
-    waiters: VecDeque<Arc<Waiter>>,
+    waiters: VecDeque<Waiter>,
 }
 
-/// A locker queued for an id.
-#[derive(Debug)]
-pub(crate) struct Waiter {
-    pub(crate) locker: Arc<LockerShared>,
-    pub(crate) state: AtomicU8,
-    pub(crate) notify: Notify,
+/// A queued locker and the waker of its pending `lock()`.
+struct Waiter {
+    locker: Arc<LockerShared>,
+    waker: Waker,
 }
 
 /// The outcome of trying to take an id at once.
 pub(crate) enum Attempt {
-    Granted(Held),
-    Queued(Arc<Waiter>),
+    Granted,
+    Queued,
     Busy,
 }
 
+fn same_id(locker: &LockerShared) -> impl Fn(&Entry) -> bool + '_ {
+    move |e: &Entry| Arc::ptr_eq(&e.id, &locker.id) || *e.id == *locker.id
+}
+
 impl Table {
-    /// Grants `locker` the id if nobody holds it; otherwise queues it (when `queue`).
-    pub(crate) fn acquire(&mut self, locker: &Arc<LockerShared>, queue: bool) -> Attempt {
-        match self.ids.entry(locker.id.clone()) {
-            MapEntry::Vacant(v) => {
+    /// Grants `locker` the id if nobody holds it; otherwise queues it with `waker` (when given).
+    pub(crate) fn acquire(&mut self, locker: &Arc<LockerShared>, queue: Option<&Waker>) -> Attempt {
+        match self.ids.entry(locker.hash, same_id(locker), |e| e.hash) {
+            SlotEntry::Vacant(v) => {
                 v.insert(Entry {
+                    hash: locker.hash,
+                    id: locker.id.clone(),
                     holder: locker.key,
                     waiters: VecDeque::new(),
                 });
                 grant(&mut self.last_token, locker);
-                Attempt::Granted(locker.held())
+                Attempt::Granted
             }
-            MapEntry::Occupied(_) if !queue => Attempt::Busy,
-            MapEntry::Occupied(mut o) => {
-                let waiter = Arc::new(Waiter {
-                    locker: locker.clone(),
-                    state: AtomicU8::new(WAITING),
-                    notify: Notify::new(),
-                });
-                o.get_mut().waiters.push_back(waiter.clone());
-                locker.state.store(WAITING, Relaxed);
-                Attempt::Queued(waiter)
-            }
+            SlotEntry::Occupied(mut o) => match queue {
+                None => Attempt::Busy,
+                Some(waker) => {
+                    locker.state.store(WAITING, Release);
+                    o.get_mut().waiters.push_back(Waiter {
+                        locker: locker.clone(),
+                        waker: waker.clone(),
+                    });
+                    Attempt::Queued
+                }
+            },
         }
     }
 
     /// Releases the id `locker` holds: fires its lost signal, then hands the id to the first
-    /// waiter (waking only that one) or removes the entry.
-    pub(crate) fn release(&mut self, locker: &LockerShared) {
+    /// waiter or removes the entry. Returns the new holder, to be woken (only that one) once
+    /// the caller has let go of the table mutex.
+    #[must_use = "the new holder must be woken"]
+    pub(crate) fn release(&mut self, locker: &LockerShared) -> Wake {
         debug_assert_eq!(locker.state.load(Relaxed), HELD);
         locker.state.store(IDLE, Relaxed);
         locker.signal.fire();
-        let MapEntry::Occupied(mut o) = self.ids.entry(locker.id.clone()) else {
+        let Ok(mut slot) = self.ids.find_entry(locker.hash, same_id(locker)) else {
             unreachable!("a held id has an entry");
         };
-        debug_assert_eq!(o.get().holder, locker.key);
-        match o.get_mut().waiters.pop_front() {
+        debug_assert_eq!(slot.get().holder, locker.key);
+        match slot.get_mut().waiters.pop_front() {
             Some(next) => {
-                o.get_mut().holder = next.locker.key;
+                slot.get_mut().holder = next.locker.key;
                 grant(&mut self.last_token, &next.locker);
-                next.state.store(HELD, Release);
-                next.notify.notify_one();
+                Wake(Some(next.waker))
             }
             None => {
-                o.remove();
+                slot.remove();
+                Wake(None)
             }
         }
     }
 
-    /// Takes `waiter` out of its queue (it stopped waiting).
-    pub(crate) fn withdraw(&mut self, waiter: &Arc<Waiter>) {
-        if let Some(entry) = self.ids.get_mut(&waiter.locker.id) {
-            entry.waiters.retain(|w| !Arc::ptr_eq(w, waiter));
-        }
-        waiter.locker.state.store(IDLE, Relaxed);
+    /// Takes a waiting `locker` out of its queue (it stopped waiting), returning its waker.
+    pub(crate) fn withdraw(&mut self, locker: &LockerShared) -> Option<Waker> {
+        locker.state.store(IDLE, Relaxed);
+        let entry = self.ids.find_mut(locker.hash, same_id(locker))?;
+        let at = entry
+            .waiters
+            .iter()
+            .position(|w| w.locker.key == locker.key)?;
+        entry.waiters.remove(at).map(|w| w.waker)
     }
 
-    /// Ends whatever `locker` does: releases its hold, or cancels its wait.
-    pub(crate) fn evict(&mut self, locker: &LockerShared) {
+    /// Replaces the waker of a waiting `locker` (its `lock()` was polled by another task).
+    pub(crate) fn rewake(&mut self, locker: &LockerShared, waker: &Waker) {
+        let Some(entry) = self.ids.find_mut(locker.hash, same_id(locker)) else {
+            return;
+        };
+        if let Some(w) = entry
+            .waiters
+            .iter_mut()
+            .find(|w| w.locker.key == locker.key)
+        {
+            if !w.waker.will_wake(waker) {
+                w.waker = waker.clone();
+            }
+        }
+    }
+
+    /// Ends whatever `locker` does: releases its hold, or cancels its wait. Returns who must
+    /// be woken once the table mutex is released.
+    #[must_use = "the returned locker must be woken"]
+    pub(crate) fn evict(&mut self, locker: &LockerShared) -> Wake {
         match locker.state.load(Relaxed) {
             HELD => self.release(locker),
             WAITING => {
-                let entry = self
-                    .ids
-                    .get_mut(&locker.id)
-                    .expect("a waited-for id has an entry");
-                if let Some(at) = entry
-                    .waiters
-                    .iter()
-                    .position(|w| w.locker.key == locker.key)
-                {
-                    let waiter = entry.waiters.remove(at).expect("position is in range");
-                    waiter.state.store(CANCELED, Release);
-                    waiter.notify.notify_one();
-                }
-                locker.state.store(IDLE, Relaxed);
+                let waker = self.withdraw(locker);
+                locker.state.store(CANCELED, Release);
+                Wake(waker)
             }
-            _ => {}
+            _ => Wake(None),
         }
     }
 
@@ -135,13 +160,25 @@ impl Table {
     }
 }
 
+/// A locker whose state changed (granted or canceled) and whose pending `lock()` must be
+/// woken — after the table mutex is released, so that it does not wake into a held mutex.
+pub(crate) struct Wake(Option<Waker>);
+
+impl Wake {
+    pub(crate) fn wake(self) {
+        if let Some(waker) = self.0 {
+            waker.wake();
+        }
+    }
+}
+
 /// Records a grant on `locker`; the caller has made it the holder.
 ///
 /// The hold's epoch is taken now, under the mutex: if the locker's session ends before a
 /// queued waiter gets to run, the waiter's `Held` is already lost.
 fn grant(last_token: &mut u64, locker: &LockerShared) {
     *last_token += 1;
-    locker.state.store(HELD, Relaxed);
     locker.token.store(*last_token, Relaxed);
     locker.epoch.store(locker.signal.epoch(), Relaxed);
+    locker.state.store(HELD, Release);
 }

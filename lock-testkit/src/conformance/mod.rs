@@ -2,7 +2,7 @@
 //!
 //! Each function opens its own services through the [`Harness`](crate::Harness), uses ids
 //! under the harness's random prefix, bounds every wait, and returns a
-//! [`Failure`](crate::Failure) naming the violated property. The functions and their names are
+//! [`Failure`] naming the violated property. The functions and their names are
 //! **not a stable API**; use [`conformance_tests!`](crate::conformance_tests) to get one test
 //! per function.
 

@@ -1,0 +1,66 @@
+//! The lost signal: epochs, deadlines, and waking.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lock_core::{Deadline, Done, Held, Signal};
+
+#[tokio::test]
+async fn a_hold_is_lost_once_its_epoch_ends_and_stays_lost() {
+    let signal = Arc::new(Signal::new());
+    let held = Held::new(signal.clone(), signal.epoch(), None, 7);
+    assert!(!held.is_lost());
+    assert_eq!(held.fencing_token(), 7);
+    let waiting = tokio::spawn(held.lost());
+    tokio::task::yield_now().await;
+    signal.fire();
+    tokio::time::timeout(Duration::from_secs(1), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    let next = Held::new(signal.clone(), signal.epoch(), None, 8);
+    assert!(
+        held.is_lost() && !next.is_lost(),
+        "a new epoch does not revive the old hold"
+    );
+}
+
+#[tokio::test]
+async fn a_passed_deadline_is_seen_without_any_task_running() {
+    let deadline = Arc::new(Deadline::new(Instant::now() + Duration::from_millis(50)));
+    let signal = Arc::new(Signal::new());
+    let held = Held::new(signal.clone(), 0, Some(deadline.clone()), 1);
+    assert!(!held.is_lost());
+    std::thread::sleep(Duration::from_millis(60)); // a "pause": no timer, no task ran
+    assert!(held.is_lost(), "is_lost() must read the clock");
+}
+
+#[tokio::test]
+async fn lost_resolves_at_the_deadline_and_follows_extensions() {
+    let deadline = Arc::new(Deadline::new(Instant::now() + Duration::from_millis(100)));
+    let held = Held::new(Arc::new(Signal::new()), 0, Some(deadline.clone()), 1);
+    deadline.extend_to(Instant::now() + Duration::from_millis(300));
+    deadline.extend_to(Instant::now()); // never moves it earlier
+    let start = Instant::now();
+    held.lost().await;
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn done_resolves_when_fired_or_expired() {
+    let signal = Arc::new(Signal::new());
+    let done = Done::new(signal.clone(), 0, None);
+    assert!(!done.is_done());
+    signal.fire();
+    tokio::time::timeout(Duration::from_secs(1), done)
+        .await
+        .unwrap();
+    let deadline = Arc::new(Deadline::new(Instant::now() + Duration::from_secs(3600)));
+    let done = Done::new(Arc::new(Signal::new()), 0, Some(deadline.clone()));
+    deadline.expire();
+    assert!(done.is_done());
+}

@@ -1,0 +1,48 @@
+//! The id table holds nothing for ids nobody holds or waits for.
+
+use std::time::Duration;
+
+use lock_core::{Service, SessionConfig};
+use lock_local::LocalService;
+
+#[tokio::test]
+async fn a_million_distinct_ids_leave_the_table_empty() {
+    let service = LocalService::new();
+    let session = service
+        .new_session(&SessionConfig::default())
+        .await
+        .unwrap();
+    for n in 0..1_000_000u32 {
+        let locker = session.new_locker(&format!("job/{n}"));
+        locker.lock().await.unwrap();
+        assert_eq!(service.active_ids(), 1);
+        locker.unlock().await.unwrap();
+    }
+    assert_eq!(service.active_ids(), 0);
+}
+
+#[tokio::test]
+async fn waiters_timeouts_cancellations_and_closes_leave_the_table_empty() {
+    let service = LocalService::new();
+    let holder = service
+        .new_session(&SessionConfig::default())
+        .await
+        .unwrap();
+    let waiting = service
+        .new_session(&SessionConfig::default().with_timeout(Duration::from_millis(20)))
+        .await
+        .unwrap();
+    for n in 0..100 {
+        let id = format!("id/{n}");
+        let (a, b) = (holder.new_locker(&id), waiting.new_locker(&id));
+        a.lock().await.unwrap();
+        assert!(b.lock().await.is_err()); // timed out
+        let _ = tokio::time::timeout(Duration::from_millis(1), b.lock()).await; // dropped
+        drop(a); // releases
+    }
+    assert_eq!(service.active_ids(), 0);
+    let c = holder.new_locker("last");
+    c.lock().await.unwrap();
+    holder.close().await.unwrap();
+    assert_eq!(service.active_ids(), 0);
+}
