@@ -8,7 +8,12 @@ use lock_testkit::Harness;
 
 fn etcd() -> Option<Harness> {
     let endpoints = lock_testkit::etcd::shared_endpoints("etcd conformance")?;
-    Some(Harness::from_uri(format!("etcd:{endpoints}")).with_settle(Duration::from_millis(300)))
+    // A 5 s TTL: the whole suite runs at once next to a 3-member cluster on two cores, and a
+    // keep-alive answered later than TTL − margin rightly ends the session.
+    let harness = Harness::from_uri(format!("etcd:{endpoints}"))
+        .with_ttl(Duration::from_secs(5))
+        .with_settle(Duration::from_millis(300));
+    Some(harness)
 }
 
 lock_testkit::conformance_tests!(etcd());
