@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --example counter                       # local: backend
-//! cargo run --example counter -- etcd:http://…      # any connection string
+//! cargo run --example counter --features lock-examples/etcd -- etcd:http://127.0.0.1:2379
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -69,10 +69,16 @@ pub(crate) async fn once<T>(
 }
 
 /// Whether `e` means the request did not reach a working member (connection refused, no
-/// leader during an election), so that sending it again may succeed.
+/// leader during an election) or the cluster asked us to slow down (`too many requests`, its
+/// apply backlog is full), so that sending it again later may succeed.
 pub(crate) fn is_unavailable(e: &etcd_client::Error) -> bool {
     match e {
-        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::Unavailable,
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+            ) || status.message().contains("too many requests")
+        }
         etcd_client::Error::TransportError(_) => true,
         _ => false,
     }

@@ -1,0 +1,303 @@
+//! `cargo xtask bench etcd`: the `etcd:` backend against baselines measured in the same run on
+//! the same etcd (a fresh single member unless stated):
+//!
+//! - F, the floor: sequential `put` + `delete` of one key with etcd-client;
+//! - R, etcd's own lock: the `Lock`/`Unlock` RPC (the server-side `concurrency.Mutex`) with
+//!   leases that outlive the run.
+//!
+//! Prints a Markdown table (the one in docs/BENCHMARKS.md).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, LockOptions};
+use lock_core::{Service, SessionConfig};
+use lock_etcd::{EtcdConfig, EtcdService};
+
+const UNCONTENDED: usize = 400;
+const CONTENDERS: usize = 16;
+const CONTENDED_FOR: Duration = Duration::from_secs(5);
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("bench/{name}/{nanos:x}")
+}
+
+async fn ours(endpoints: &str) -> Arc<dyn Service> {
+    let config =
+        EtcdConfig::from_uri(&format!("etcd:{endpoints}?prefix={}/", unique("ours"))).unwrap();
+    Arc::new(EtcdService::connect(config).await.unwrap())
+}
+
+async fn raw(endpoints: &str) -> Client {
+    Client::connect(endpoints.split(',').collect::<Vec<_>>(), None)
+        .await
+        .unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Mean, p50 and p99 of `n` sequential runs of `f`.
+async fn timed<F, Fut>(n: usize, mut f: F) -> (Duration, Duration, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut times = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await;
+        times.push(t.elapsed());
+    }
+    let mean = start.elapsed() / n as u32;
+    times.sort();
+    (mean, percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+struct Row {
+    name: String,
+    ours: String,
+    baseline: String,
+    ratio: String,
+    target: &'static str,
+}
+
+async fn floor_and_uncontended(endpoints: &str, rows: &mut Vec<Row>) -> f64 {
+    let mut kv = raw(endpoints).await.kv_client();
+    let key = unique("floor");
+    let (f_mean, f50, f99) = timed(UNCONTENDED, || {
+        let (mut kv, key) = (kv.clone(), key.clone());
+        async move {
+            kv.put(key.as_str(), "x", None).await.unwrap();
+            kv.delete(key.as_str(), None).await.unwrap();
+        }
+    })
+    .await;
+    let (p_mean, _, _) = timed(UNCONTENDED, || {
+        let (mut kv, key) = (kv.clone(), key.clone());
+        async move {
+            kv.put(key.as_str(), "x", None).await.unwrap();
+        }
+    })
+    .await;
+    kv.delete(key.as_str(), None).await.unwrap();
+    let service = ours(endpoints).await;
+    let session = service
+        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let locker = session.new_locker("uncontended");
+    let (o_mean, o50, o99) = timed(UNCONTENDED, || async {
+        locker.lock().await.unwrap();
+        locker.unlock().await.unwrap();
+    })
+    .await;
+    service.close().await.unwrap();
+    rows.push(Row {
+        name: "1. uncontended lock+unlock, one task (ms/cycle; p50/p99)".into(),
+        ours: format!("{:.3} ({:.3}/{:.3})", ms(o_mean), ms(o50), ms(o99)),
+        baseline: format!("F {:.3} ({:.3}/{:.3})", ms(f_mean), ms(f50), ms(f99)),
+        ratio: format!("{:.2}× F", o_mean.as_secs_f64() / f_mean.as_secs_f64()),
+        target: "≤ 1.1× F",
+    });
+    1.0 / p_mean.as_secs_f64()
+}
+
+async fn contended(endpoints: &str, put_rate: f64, rows: &mut Vec<Row>) {
+    // R: the Lock RPC, 16 contenders each with its own lease.
+    let client = raw(endpoints).await;
+    let name = unique("rpc");
+    let stop = Instant::now() + CONTENDED_FOR;
+    let count = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CONTENDERS {
+        let (mut client, name, count) = (client.clone(), name.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            let lease = client.lease_grant(60, None).await.unwrap().id();
+            while Instant::now() < stop {
+                let key = client
+                    .lock(name.as_str(), Some(LockOptions::new().with_lease(lease)))
+                    .await
+                    .unwrap();
+                client.unlock(key.key()).await.unwrap();
+                count.fetch_add(1, Relaxed);
+            }
+            client.lease_revoke(lease).await.unwrap();
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let r_rate = count.load(Relaxed) as f64 / start.elapsed().as_secs_f64();
+
+    let service = ours(endpoints).await;
+    let stop = Instant::now() + CONTENDED_FOR;
+    let count = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CONTENDERS {
+        let (service, count) = (service.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            let session = service
+                .new_session(&SessionConfig::new(Duration::from_secs(10)))
+                .await
+                .unwrap();
+            let locker = session.new_locker("contended");
+            while Instant::now() < stop {
+                locker.lock().await.unwrap();
+                locker.unlock().await.unwrap();
+                count.fetch_add(1, Relaxed);
+            }
+            session.close().await.unwrap();
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let o_rate = count.load(Relaxed) as f64 / start.elapsed().as_secs_f64();
+    service.close().await.unwrap();
+    rows.push(Row {
+        name: format!("2. {CONTENDERS} tasks on one id, own sessions (handoffs/s)"),
+        ours: format!("{o_rate:.0}"),
+        baseline: format!("R {r_rate:.0}; puts/s {put_rate:.0}"),
+        ratio: format!("{:.2}× R; {:.2}× puts", o_rate / r_rate, o_rate / put_rate),
+        target: "≥ 3× R; ≥ 0.4× puts",
+    });
+}
+
+/// The seed example on `service`: the wall time, or the first error.
+async fn seed_ours(service: &Arc<dyn Service>, sessions: usize) -> Result<Duration, String> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..sessions {
+        let (service, counter) = (service.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            let config = SessionConfig::new(Duration::from_secs(30));
+            let session = service.new_session(&config).await?;
+            let locker = session.new_locker("seed");
+            let held = locker.lock().await?;
+            assert!(!held.is_lost());
+            counter.store(counter.load(Relaxed) + 1, Relaxed);
+            locker.unlock().await?;
+            session.close().await
+        }));
+    }
+    let mut first_error = None;
+    for t in tasks {
+        if let Err(e) = t.await.unwrap() {
+            first_error.get_or_insert(e.to_string());
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    assert_eq!(counter.load(Relaxed), sessions as u64, "lost updates");
+    Ok(start.elapsed())
+}
+
+async fn seed_rpc(endpoints: &str, sessions: usize) -> Duration {
+    let client = raw(endpoints).await;
+    let name = unique("seed-rpc");
+    let counter = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..sessions {
+        let (mut client, name, counter) = (client.clone(), name.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            let lease = client.lease_grant(60, None).await.unwrap().id();
+            let key = client
+                .lock(name.as_str(), Some(LockOptions::new().with_lease(lease)))
+                .await
+                .unwrap();
+            counter.store(counter.load(Relaxed) + 1, Relaxed);
+            client.unlock(key.key()).await.unwrap();
+            client.lease_revoke(lease).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(counter.load(Relaxed), sessions as u64);
+    start.elapsed()
+}
+
+async fn seed(endpoints: &str, rows: &mut Vec<Row>) {
+    let r = seed_rpc(endpoints, 1000).await;
+    let service = ours(endpoints).await;
+    let o = seed_ours(&service, 1000).await;
+    let secs = |d: &Result<Duration, String>| match d {
+        Ok(d) => format!("{:.2}", d.as_secs_f64()),
+        Err(e) => format!("failed: {e}"),
+    };
+    rows.push(Row {
+        name: "3. seed example, 1000 sessions (s)".into(),
+        ours: secs(&o),
+        baseline: format!("R {:.2}", r.as_secs_f64()),
+        ratio: o.as_ref().map_or("–".into(), |o| {
+            format!("{:.2}× R", o.as_secs_f64() / r.as_secs_f64())
+        }),
+        target: "≤ 0.5× R",
+    });
+    let limit = Duration::from_secs(180);
+    let o10 = tokio::time::timeout(limit, seed_ours(&service, 10_000))
+        .await
+        .unwrap_or_else(|_| Err(format!("not done within {}s", limit.as_secs())));
+    let _ = service.close().await;
+    let ratio = match (&o, &o10) {
+        (Ok(one), Ok(ten)) => format!("{:.1}× (10k/1k)", ten.as_secs_f64() / one.as_secs_f64()),
+        _ => "–".into(),
+    };
+    rows.push(Row {
+        name: "4. seed example, 10,000 sessions (s)".into(),
+        ours: secs(&o10),
+        baseline: format!("ours at 1000: {}", secs(&o)),
+        ratio,
+        target: "≤ 12×, no error, no lost update",
+    });
+}
+
+fn main() {
+    let endpoints = std::env::var("LOCK_ETCD_ENDPOINTS")
+        .expect("LOCK_ETCD_ENDPOINTS is not set: run `cargo xtask bench etcd`");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    rt.block_on(async {
+        let put_rate = floor_and_uncontended(&endpoints, &mut rows).await;
+        contended(&endpoints, put_rate, &mut rows).await;
+        seed(&endpoints, &mut rows).await;
+        if let Ok(cluster) = std::env::var("LOCK_ETCD_CLUSTER_ENDPOINTS") {
+            let mut informative = Vec::new();
+            floor_and_uncontended(&cluster, &mut informative).await;
+            for mut row in informative {
+                row.name = format!("3-member cluster: {}", row.name.trim_start_matches("1. "));
+                row.target = "informative";
+                rows.push(row);
+            }
+        }
+    });
+    println!("| benchmark | etcd: | baseline | ratio | target |");
+    println!("|---|---:|---:|---:|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.name, r.ours, r.baseline, r.ratio, r.target
+        );
+    }
+}
