@@ -292,6 +292,29 @@ impl LockerCore {
         Ok(())
     }
 
+    /// One acquisition attempt: checks, waits for an earlier attempt's cleanup, watches our key,
+    /// runs `op`, and abandons (removing our key) if `op` fails or is dropped.
+    async fn attempt<T, F, Fut>(self: &Arc<Self>, op: F) -> Result<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.precheck()?;
+        self.finish_cleanup().await;
+        self.begin()?;
+        let mut attempt = Attempt {
+            core: self,
+            finished: false,
+        };
+        let result = op().await;
+        attempt.finished = true;
+        if result.is_err() {
+            self.abandon();
+            self.finish_cleanup().await;
+        }
+        result
+    }
+
     async fn try_acquire(&self) -> Result<Option<Held>> {
         let txn = Txn::new()
             .when([
@@ -300,6 +323,9 @@ impl LockerCore {
             .and_then([self.put_own_key()]);
         let resp = self.txn("trying the lock", txn).await?;
         if !resp.succeeded() {
+            let mut st = self.state();
+            st.phase = Phase::Idle;
+            st.own = None;
             return Ok(None);
         }
         self.set_rev(header_revision(&resp))?;
@@ -395,52 +421,20 @@ impl Drop for Attempt<'_> {
 impl Locker for EtcdLocker {
     async fn lock(&self) -> Result<Held> {
         let core = &self.core;
-        core.precheck()?;
-        core.finish_cleanup().await;
-        core.begin()?;
-        let mut attempt = Attempt {
-            core,
-            finished: false,
-        };
-        let result = match core.session.timeout {
-            None => core.acquire().await,
-            Some(limit) => tokio::time::timeout(limit, core.acquire())
-                .await
-                .unwrap_or(Err(Error::Timeout(limit))),
-        };
-        attempt.finished = true;
-        if result.is_err() {
-            core.abandon();
-            core.finish_cleanup().await;
-        }
-        result
+        core.attempt(|| async {
+            match core.session.timeout {
+                None => core.acquire().await,
+                Some(limit) => tokio::time::timeout(limit, core.acquire())
+                    .await
+                    .unwrap_or(Err(Error::Timeout(limit))),
+            }
+        })
+        .await
     }
 
     async fn try_lock(&self) -> Result<Option<Held>> {
         let core = &self.core;
-        core.precheck()?;
-        core.finish_cleanup().await;
-        core.begin()?;
-        let mut attempt = Attempt {
-            core,
-            finished: false,
-        };
-        let result = core.try_acquire().await;
-        attempt.finished = true;
-        match result {
-            Ok(Some(held)) => Ok(Some(held)),
-            Ok(None) => {
-                let mut st = core.state();
-                st.phase = Phase::Idle;
-                st.own = None;
-                Ok(None)
-            }
-            Err(e) => {
-                core.abandon();
-                core.finish_cleanup().await;
-                Err(e)
-            }
-        }
+        core.attempt(|| core.try_acquire()).await
     }
 
     async fn unlock(&self) -> Result<()> {

@@ -8,9 +8,7 @@
 //! - `LOCK_ETCD_ENDPOINTS`: comma-separated client URLs of the shared cluster;
 //! - `LOCK_REQUIRE_ETCD=1`: tests needing etcd fail instead of skipping when it is missing.
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -194,7 +192,7 @@ impl Cluster {
     }
 
     fn try_start(bins: &Binaries, spec: &ClusterSpec) -> Result<Cluster, String> {
-        let token = random_token();
+        let token = crate::random_hex();
         let dir = std::env::temp_dir().join(format!("lock-etcd-{}-{token}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let ports = free_ports(spec.nodes * 2)?;
@@ -515,15 +513,4 @@ fn free_ports(n: usize) -> Result<Vec<u16>, String> {
         .iter()
         .map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string()))
         .collect()
-}
-
-fn random_token() -> String {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    format!("{:08x}", h.finish() as u32)
 }

@@ -1,9 +1,7 @@
 //! What the conformance functions are given: a way to open the backend under test.
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,13 +135,5 @@ impl fmt::Debug for Harness {
 }
 
 fn random_prefix() -> String {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    h.write_u32(std::process::id());
-    format!("t{:012x}/", h.finish() & 0xffff_ffff_ffff)
+    format!("t{}/", crate::random_hex())
 }
