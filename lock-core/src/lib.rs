@@ -20,9 +20,10 @@
 //!
 //! # Writing a backend
 //!
-//! Implement [`Service`], [`Session`] and [`Locker`] (with `#[async_trait]`), build each
-//! [`Held`] from a [`Signal`] you fire when the lock stops being held, and register the scheme
-//! with one line. Any crate can do this; `lock::new("yours:…")` then finds it as long as the
+//! Implement [`Service`], [`Session`] and [`Locker`] — their async methods return
+//! [`OpFuture`]: `OpFuture::ready(…)` when you can answer at once, `OpFuture::boxed(async {…})`
+//! otherwise —, build each [`Held`] from a [`Signal`] you fire when the lock stops being held
+//! (or from your own state implementing [`HasSignal`]), and register the scheme with one line. Any crate can do this; `lock::new("yours:…")` then finds it as long as the
 //! program links your crate (reference it, e.g. `use your_backend as _;`, or call
 //! [`Registry::register`] yourself).
 //!
@@ -50,6 +51,7 @@ mod error;
 mod ext;
 mod held;
 mod id;
+mod op;
 mod registry;
 mod signal;
 mod traits;
@@ -60,13 +62,11 @@ pub use error::{BoxError, Error, Result};
 pub use ext::LockerExt;
 pub use held::{Done, Held, Lost};
 pub use id::{validate_id, MAX_ID_LEN};
+pub use op::OpFuture;
 pub use registry::{new, services, OpenFuture, Registry, ServiceFactory};
 pub use signal::{Deadline, HasSignal, Signal};
 pub use traits::{Locker, Service, Session};
 pub use uri::{is_secret_option, ConnectionString, Options};
-
-/// Re-exported so backends need not depend on it themselves.
-pub use async_trait::async_trait;
 
 #[doc(hidden)]
 pub mod __private {

@@ -1,17 +1,15 @@
-//! The three traits every backend implements.
+//! The three traits every backend implements. Their async methods return [`OpFuture`]: ready
+//! (no allocation) when the backend can answer at once, boxed when it must wait.
 
 use std::fmt::Debug;
 
-use async_trait::async_trait;
-
-use crate::{Done, Held, Result, SessionConfig};
+use crate::{Done, Held, OpFuture, Result, SessionConfig};
 
 /// A locking service: a connection to a backend, from which sessions are opened.
 ///
 /// Open one with [`crate::new`] from a connection string such as `local:` or
 /// `etcd:http://127.0.0.1:2379`. Sessions keep the service's resources alive: dropping the
 /// service handle ends nothing; [`close`](Service::close) ends every session.
-#[async_trait]
 pub trait Service: Send + Sync + Debug {
     /// Opens a session with the given configuration.
     ///
@@ -20,14 +18,17 @@ pub trait Service: Send + Sync + Debug {
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a configuration the backend
     /// cannot honour; [`Error::AlreadyClosed`](crate::Error::AlreadyClosed) after `close`;
     /// [`Error::Backend`](crate::Error::Backend) when the backend cannot be reached.
-    async fn new_session(&self, config: &SessionConfig) -> Result<Box<dyn Session>>;
+    fn new_session<'a>(
+        &'a self,
+        config: &'a SessionConfig,
+    ) -> OpFuture<'a, Result<Box<dyn Session>>>;
 
     /// Closes the service: every session ends and every lock is reported lost.
     ///
     /// # Errors
     ///
     /// [`Error::AlreadyClosed`](crate::Error::AlreadyClosed) on the second call.
-    async fn close(&self) -> Result<()>;
+    fn close(&self) -> OpFuture<'_, Result<()>>;
 }
 
 /// A session: one party's identity towards the backend, with a TTL. Every lock taken through
@@ -35,7 +36,6 @@ pub trait Service: Send + Sync + Debug {
 ///
 /// Dropping a session ends it (in the background for remote backends); [`close`](Session::close)
 /// is the clean path.
-#[async_trait]
 pub trait Session: Send + Sync + Debug {
     /// A locker for lock `id`. Lockers of the same id exclude each other, whether they belong
     /// to the same session or to different ones. An invalid id is reported by the locker's
@@ -52,11 +52,10 @@ pub trait Session: Send + Sync + Debug {
     /// # Errors
     ///
     /// [`Error::AlreadyClosed`](crate::Error::AlreadyClosed) on the second call.
-    async fn close(&self) -> Result<()>;
+    fn close(&self) -> OpFuture<'_, Result<()>>;
 }
 
 /// One party's handle on one lock id.
-#[async_trait]
 pub trait Locker: Send + Sync + Debug {
     /// Waits for the lock, in FIFO order with other waiters, up to the session's timeout.
     ///
@@ -69,14 +68,14 @@ pub trait Locker: Send + Sync + Debug {
     /// [`Error::Canceled`](crate::Error::Canceled) if the session ends while waiting;
     /// [`Error::AlreadyClosed`](crate::Error::AlreadyClosed) if it had ended before;
     /// [`Error::InvalidId`](crate::Error::InvalidId).
-    async fn lock(&self) -> Result<Held>;
+    fn lock(&self) -> OpFuture<'_, Result<Held>>;
 
     /// Takes the lock if nobody holds it or waits for it; never waits.
     ///
     /// # Errors
     ///
     /// As [`lock`](Locker::lock), except that a held lock gives `Ok(None)`.
-    async fn try_lock(&self) -> Result<Option<Held>>;
+    fn try_lock(&self) -> OpFuture<'_, Result<Option<Held>>>;
 
     /// Releases the lock; its [`Held::lost`] fires.
     ///
@@ -86,7 +85,7 @@ pub trait Locker: Send + Sync + Debug {
     /// [`Error::AlreadyClosed`](crate::Error::AlreadyClosed) after the session ended. An error
     /// from a remote backend is informative: the lock is released at the latest when the
     /// session's TTL runs out.
-    async fn unlock(&self) -> Result<()>;
+    fn unlock(&self) -> OpFuture<'_, Result<()>>;
 
     /// The lock id this locker was made for.
     fn id(&self) -> &str;

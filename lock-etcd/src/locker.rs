@@ -23,7 +23,7 @@ use etcd_client::{
     Compare, CompareOp, GetOptions, KvClient, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
     TxnOpResponse, TxnResponse,
 };
-use lock_core::{async_trait, Error, Held, Locker, Result, Signal};
+use lock_core::{Error, Held, Locker, OpFuture, Result, Signal};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -417,54 +417,59 @@ impl Drop for Attempt<'_> {
     }
 }
 
-#[async_trait]
 impl Locker for EtcdLocker {
-    async fn lock(&self) -> Result<Held> {
-        let core = &self.core;
-        core.attempt(|| async {
-            match core.session.timeout {
-                None => core.acquire().await,
-                Some(limit) => tokio::time::timeout(limit, core.acquire())
-                    .await
-                    .unwrap_or(Err(Error::Timeout(limit))),
+    fn lock(&self) -> OpFuture<'_, Result<Held>> {
+        OpFuture::boxed(async move {
+            let core = &self.core;
+            core.attempt(|| async {
+                match core.session.timeout {
+                    None => core.acquire().await,
+                    Some(limit) => tokio::time::timeout(limit, core.acquire())
+                        .await
+                        .unwrap_or(Err(Error::Timeout(limit))),
+                }
+            })
+            .await
+        })
+    }
+
+    fn try_lock(&self) -> OpFuture<'_, Result<Option<Held>>> {
+        OpFuture::boxed(async move {
+            let core = &self.core;
+            core.attempt(|| core.try_acquire()).await
+        })
+    }
+
+    fn unlock(&self) -> OpFuture<'_, Result<()>> {
+        OpFuture::boxed(async move {
+            let core = &self.core;
+            core.session.check_open()?;
+            let rev = {
+                let mut st = core.state();
+                if st.phase != Phase::Held {
+                    return Err(Error::NotHeld);
+                }
+                st.phase = Phase::Idle;
+                st.own = None;
+                core.signal.fire();
+                st.rev
+            };
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    core.key.as_str(),
+                    CompareOp::Equal,
+                    rev,
+                )])
+                .and_then([TxnOp::delete(core.key.as_str(), None)]);
+            match core.txn("releasing the lock", txn).await {
+                Ok(resp) if resp.succeeded() => Ok(()),
+                Ok(_) => Err(Error::NotHeld),
+                Err(e) => {
+                    core.abandon(); // keep trying in the background
+                    Err(e)
+                }
             }
         })
-        .await
-    }
-
-    async fn try_lock(&self) -> Result<Option<Held>> {
-        let core = &self.core;
-        core.attempt(|| core.try_acquire()).await
-    }
-
-    async fn unlock(&self) -> Result<()> {
-        let core = &self.core;
-        core.session.check_open()?;
-        let rev = {
-            let mut st = core.state();
-            if st.phase != Phase::Held {
-                return Err(Error::NotHeld);
-            }
-            st.phase = Phase::Idle;
-            st.own = None;
-            core.signal.fire();
-            st.rev
-        };
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                core.key.as_str(),
-                CompareOp::Equal,
-                rev,
-            )])
-            .and_then([TxnOp::delete(core.key.as_str(), None)]);
-        match core.txn("releasing the lock", txn).await {
-            Ok(resp) if resp.succeeded() => Ok(()),
-            Ok(_) => Err(Error::NotHeld),
-            Err(e) => {
-                core.abandon(); // keep trying in the background
-                Err(e)
-            }
-        }
     }
 
     fn id(&self) -> &str {

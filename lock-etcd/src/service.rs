@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use lock_core::{async_trait, Deadline, Error, Result, Service, Session, SessionConfig};
+use lock_core::{Deadline, Error, OpFuture, Result, Service, Session, SessionConfig};
 use tokio::task::JoinHandle;
 
 use crate::config::EtcdConfig;
@@ -139,80 +139,86 @@ impl EtcdService {
     }
 }
 
-#[async_trait]
 impl Service for EtcdService {
-    async fn new_session(&self, config: &SessionConfig) -> Result<Box<dyn Session>> {
-        config.validate()?;
-        if self.core.sessions().is_none() {
-            return Err(Error::AlreadyClosed("the service was closed"));
-        }
-        let secs = config.ttl.as_secs();
-        if secs == 0 {
-            return Err(Error::InvalidConfig(format!(
-                "ttl {:?} is below one second; etcd leases have whole-second TTLs",
-                config.ttl
-            )));
-        }
-        let ttl = Duration::from_secs(secs);
-        let limit = self.core.config.request_timeout;
-        let mut leases = self.core.client.lease_client();
-        let granted_at = Instant::now();
-        let grant = request("granting the session's lease", limit, || {
-            let mut leases = leases.clone();
-            async move { leases.grant(secs as i64, None).await }
-        })
-        .await?;
-        let lease = grant.id();
-        if grant.ttl() != secs as i64 {
-            let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;
-            return Err(Error::InvalidConfig(format!(
-                "the etcd server changed the session ttl from {secs}s to {}s; its minimum lease TTL is {}s, use at least that",
-                grant.ttl(),
-                grant.ttl().max(secs as i64)
-            )));
-        }
-        let deadline = Arc::new(Deadline::new(granted_at + ttl - keeper::margin(ttl)));
-        let key = self.core.next_key();
-        let session = Arc::new(SessionCore::new(
-            key,
-            self.core.clone(),
-            lease,
-            ttl,
-            config.timeout,
-            deadline.clone(),
-        ));
-        let registered = match self.core.sessions().as_mut() {
-            Some(sessions) => {
-                sessions.insert(key, Arc::downgrade(&session));
-                true
+    fn new_session<'a>(
+        &'a self,
+        config: &'a SessionConfig,
+    ) -> OpFuture<'a, Result<Box<dyn Session>>> {
+        OpFuture::boxed(async move {
+            config.validate()?;
+            if self.core.sessions().is_none() {
+                return Err(Error::AlreadyClosed("the service was closed"));
             }
-            None => false,
-        };
-        if !registered {
-            let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;
-            return Err(Error::AlreadyClosed("the service was closed"));
-        }
-        self.core
-            .keeper
-            .add(lease, ttl, granted_at, deadline, Arc::downgrade(&session));
-        Ok(Box::new(EtcdSession::new(session)))
+            let secs = config.ttl.as_secs();
+            if secs == 0 {
+                return Err(Error::InvalidConfig(format!(
+                    "ttl {:?} is below one second; etcd leases have whole-second TTLs",
+                    config.ttl
+                )));
+            }
+            let ttl = Duration::from_secs(secs);
+            let limit = self.core.config.request_timeout;
+            let mut leases = self.core.client.lease_client();
+            let granted_at = Instant::now();
+            let grant = request("granting the session's lease", limit, || {
+                let mut leases = leases.clone();
+                async move { leases.grant(secs as i64, None).await }
+            })
+            .await?;
+            let lease = grant.id();
+            if grant.ttl() != secs as i64 {
+                let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;
+                return Err(Error::InvalidConfig(format!(
+                    "the etcd server changed the session ttl from {secs}s to {}s; its minimum lease TTL is {}s, use at least that",
+                    grant.ttl(),
+                    grant.ttl().max(secs as i64)
+                )));
+            }
+            let deadline = Arc::new(Deadline::new(granted_at + ttl - keeper::margin(ttl)));
+            let key = self.core.next_key();
+            let session = Arc::new(SessionCore::new(
+                key,
+                self.core.clone(),
+                lease,
+                ttl,
+                config.timeout,
+                deadline.clone(),
+            ));
+            let registered = match self.core.sessions().as_mut() {
+                Some(sessions) => {
+                    sessions.insert(key, Arc::downgrade(&session));
+                    true
+                }
+                None => false,
+            };
+            if !registered {
+                let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;
+                return Err(Error::AlreadyClosed("the service was closed"));
+            }
+            self.core
+                .keeper
+                .add(lease, ttl, granted_at, deadline, Arc::downgrade(&session));
+            Ok(Box::new(EtcdSession::new(session)) as Box<dyn Session>)
+        })
     }
 
-    async fn close(&self) -> Result<()> {
-        let Some(sessions) = self.core.sessions().take() else {
-            return Err(Error::AlreadyClosed("the service was already closed"));
-        };
-        let mut first_error = None;
-        for session in sessions.into_values().filter_map(|s| s.upgrade()) {
-            match session.close(EndReason::ServiceClosed).await {
-                Ok(()) | Err(Error::AlreadyClosed(_)) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
+    fn close(&self) -> OpFuture<'_, Result<()>> {
+        OpFuture::boxed(async move {
+            let Some(sessions) = self.core.sessions().take() else {
+                return Err(Error::AlreadyClosed("the service was already closed"));
+            };
+            let mut first_error = None;
+            for session in sessions.into_values().filter_map(|s| s.upgrade()) {
+                match session.close(EndReason::ServiceClosed).await {
+                    Ok(()) | Err(Error::AlreadyClosed(_)) => {}
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
-        }
-        self.core.keeper.stop();
-        first_error.map_or(Ok(()), Err)
+            self.core.keeper.stop();
+            first_error.map_or(Ok(()), Err)
+        })
     }
 }
 

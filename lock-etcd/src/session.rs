@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use lock_core::{async_trait, Deadline, Done, Error, Locker, Result, Session, Signal};
+use lock_core::{Deadline, Done, Error, Locker, OpFuture, Result, Session, Signal};
 
 use crate::error::request;
 use crate::locker::{EtcdLocker, LockerCore};
@@ -176,7 +176,6 @@ impl EtcdSession {
     }
 }
 
-#[async_trait]
 impl Session for EtcdSession {
     fn new_locker(&self, id: &str) -> Box<dyn Locker> {
         let key = self.core.service.next_key();
@@ -196,8 +195,8 @@ impl Session for EtcdSession {
         )
     }
 
-    async fn close(&self) -> Result<()> {
-        self.core.close(EndReason::Closed).await
+    fn close(&self) -> OpFuture<'_, Result<()>> {
+        OpFuture::boxed(async move { self.core.close(EndReason::Closed).await })
     }
 }
 

@@ -8,6 +8,7 @@ mod locker;
 mod service;
 mod session;
 mod table;
+mod weak_list;
 
 pub use locker::LocalLocker;
 pub use service::LocalService;

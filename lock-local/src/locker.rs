@@ -6,9 +6,11 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::atomic::{AtomicU64, AtomicU8};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
-use lock_core::{async_trait, Error, HasSignal, Held, Locker, Result, Signal};
+use atomic_waker::AtomicWaker;
+
+use lock_core::{Error, HasSignal, Held, Locker, OpFuture, Result, Signal};
 
 use crate::session::SessionShared;
 use crate::table::{Attempt, CANCELED, HELD, IDLE};
@@ -27,6 +29,9 @@ pub(crate) struct LockerShared {
     pub(crate) signal: Signal,
     /// IDLE, WAITING, HELD or CANCELED; written under the table mutex.
     pub(crate) state: AtomicU8,
+    /// The waker of a pending `lock()`. Registered by the waiter, woken by whoever granted or
+    /// canceled it (after setting `state`), so a grant is never missed.
+    waker: AtomicWaker,
     /// Token and signal epoch of the current hold; written under the table mutex.
     pub(crate) token: AtomicU64,
     pub(crate) epoch: AtomicU64,
@@ -39,6 +44,11 @@ impl HasSignal for LockerShared {
 }
 
 impl LockerShared {
+    /// Wakes the pending `lock()`, if it has registered; call after changing `state`.
+    pub(crate) fn wake(&self) {
+        self.waker.wake();
+    }
+
     pub(crate) fn held(self: &Arc<Self>) -> Held {
         Held::new(
             self.clone(),
@@ -68,14 +78,42 @@ impl LocalLocker {
                 session,
                 signal: Signal::new(),
                 state: AtomicU8::new(IDLE),
+                waker: AtomicWaker::new(),
                 token: AtomicU64::new(0),
                 epoch: AtomicU64::new(0),
             }),
         }
     }
 
+    async fn wait(&self) -> Result<Held> {
+        let mut acquire = std::pin::pin!(Acquiring {
+            locker: self,
+            finished: false,
+        });
+        match self.shared.session.timeout {
+            None => acquire.await,
+            Some(limit) => match tokio::time::timeout(limit, acquire.as_mut()).await {
+                Ok(outcome) => outcome,
+                Err(_) => acquire.give_up(limit),
+            },
+        }
+    }
+
+    fn release(&self) -> Result<()> {
+        let l = &self.shared;
+        let mut table = l.session.service.table();
+        l.session.check_open()?;
+        if l.state.load(Relaxed) != HELD {
+            return Err(Error::NotHeld);
+        }
+        let wake = table.release(l);
+        drop(table);
+        wake.wake();
+        Ok(())
+    }
+
     /// Takes the table mutex after checking what can be checked without it.
-    fn attempt(&self, queue: Option<&Waker>) -> Result<Attempt> {
+    fn attempt(&self, queue: bool) -> Result<Attempt> {
         let l = &self.shared;
         if let Some(reason) = &l.invalid_id {
             return Err(Error::InvalidId(reason.clone()));
@@ -90,42 +128,28 @@ impl LocalLocker {
     }
 }
 
-#[async_trait]
 impl Locker for LocalLocker {
-    async fn lock(&self) -> Result<Held> {
-        let mut acquire = std::pin::pin!(Acquiring {
-            locker: self,
-            queued: false,
-            finished: false,
-        });
-        match self.shared.session.timeout {
-            None => acquire.await,
-            Some(limit) => match tokio::time::timeout(limit, acquire.as_mut()).await {
-                Ok(outcome) => outcome,
-                Err(_) => acquire.give_up(limit),
-            },
+    fn lock(&self) -> OpFuture<'_, Result<Held>> {
+        match self.attempt(true) {
+            Ok(Attempt::Granted) => OpFuture::ready(Ok(self.shared.held())),
+            Err(e) => OpFuture::ready(Err(e)),
+            // Queued behind the holder: the returned future waits (and withdraws if dropped).
+            Ok(Attempt::Queued) => OpFuture::boxed(self.wait()),
+            Ok(Attempt::Busy) => unreachable!("queueing was requested"),
         }
     }
 
-    async fn try_lock(&self) -> Result<Option<Held>> {
-        match self.attempt(None)? {
-            Attempt::Granted => Ok(Some(self.shared.held())),
-            Attempt::Busy => Ok(None),
-            Attempt::Queued => unreachable!("no queueing was requested"),
-        }
+    fn try_lock(&self) -> OpFuture<'_, Result<Option<Held>>> {
+        OpFuture::ready(match self.attempt(false) {
+            Ok(Attempt::Granted) => Ok(Some(self.shared.held())),
+            Ok(Attempt::Busy) => Ok(None),
+            Ok(Attempt::Queued) => unreachable!("no queueing was requested"),
+            Err(e) => Err(e),
+        })
     }
 
-    async fn unlock(&self) -> Result<()> {
-        let l = &self.shared;
-        let mut table = l.session.service.table();
-        l.session.check_open()?;
-        if l.state.load(Relaxed) != HELD {
-            return Err(Error::NotHeld);
-        }
-        let wake = table.release(l);
-        drop(table);
-        wake.wake();
-        Ok(())
+    fn unlock(&self) -> OpFuture<'_, Result<()>> {
+        OpFuture::ready(self.release())
     }
 
     fn id(&self) -> &str {
@@ -153,12 +177,10 @@ impl fmt::Debug for LocalLocker {
     }
 }
 
-/// A `lock()` call: takes the lock or queues with the task's waker (in the table, under the
-/// mutex the attempt holds anyway). Dropping it unfinished withdraws from the queue, or passes
-/// the lock on if it was granted meanwhile: cancel safety.
+/// A queued `lock()` call. Dropping it unfinished withdraws from the queue, or passes the lock
+/// on if it was granted meanwhile: cancel safety.
 struct Acquiring<'a> {
     locker: &'a LocalLocker,
-    queued: bool,
     finished: bool,
 }
 
@@ -174,25 +196,27 @@ impl Acquiring<'_> {
     /// The outcome once the state left WAITING; `None` while it waits.
     fn outcome(&mut self) -> Option<Result<Held>> {
         let l = self.shared();
-        match l.state.load(Acquire) {
-            HELD => Some(Ok(l.held())),
+        let outcome = match l.state.load(Acquire) {
+            HELD => Ok(l.held()),
             CANCELED => {
                 l.state.store(IDLE, Relaxed);
-                Some(Err(canceled()))
+                Err(canceled())
             }
-            _ => None,
-        }
+            _ => return None,
+        };
+        self.finished = true;
+        Some(outcome)
     }
 
     /// The timeout expired: take the lock if it was granted in the meantime, else withdraw.
     fn give_up(mut self: Pin<&mut Self>, limit: std::time::Duration) -> Result<Held> {
         let service = self.shared().session.service.clone();
         let mut table = service.table();
-        self.finished = true;
         if let Some(outcome) = self.outcome() {
             return outcome;
         }
-        let _ = table.withdraw(self.shared());
+        self.finished = true;
+        table.withdraw(self.shared());
         Err(Error::Timeout(limit))
     }
 }
@@ -201,43 +225,21 @@ impl Future for Acquiring<'_> {
     type Output = Result<Held>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Held>> {
-        if !self.queued {
-            return match self.locker.attempt(Some(cx.waker())) {
-                Ok(Attempt::Granted) => {
-                    self.finished = true;
-                    Poll::Ready(Ok(self.shared().held()))
-                }
-                Ok(Attempt::Queued) => {
-                    self.queued = true;
-                    Poll::Pending
-                }
-                Ok(Attempt::Busy) => unreachable!("a waker was given"),
-                Err(e) => {
-                    self.finished = true;
-                    Poll::Ready(Err(e))
-                }
-            };
-        }
         if let Some(outcome) = self.outcome() {
-            self.finished = true;
             return Poll::Ready(outcome);
         }
-        // Polled while still waiting (another task, or a spurious wake-up): refresh the waker
-        // under the mutex, where grants happen.
-        let service = self.shared().session.service.clone();
-        let mut table = service.table();
-        if let Some(outcome) = self.outcome() {
-            self.finished = true;
-            return Poll::Ready(outcome);
+        self.shared().waker.register(cx.waker());
+        // A grant that woke before we registered set the state first.
+        match self.outcome() {
+            Some(outcome) => Poll::Ready(outcome),
+            None => Poll::Pending,
         }
-        table.rewake(self.shared(), cx.waker());
-        Poll::Pending
     }
 }
 
 impl Drop for Acquiring<'_> {
     fn drop(&mut self) {
-        if !self.queued || self.finished {
+        if self.finished {
             return;
         }
         let l = &self.locker.shared;
@@ -249,10 +251,9 @@ impl Drop for Acquiring<'_> {
                 wake.wake();
             }
             CANCELED => l.state.store(IDLE, Relaxed),
-            _ => {
-                let _ = table.withdraw(l);
-            }
+            _ => table.withdraw(l),
         }
+        drop(l.waker.take());
     }
 }
 

@@ -3,19 +3,20 @@
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::DefaultHashBuilder;
-use lock_core::{async_trait, Error, Result, Service, Session, SessionConfig};
+use lock_core::{Error, OpFuture, Result, Service, Session, SessionConfig};
 
-use crate::session::{push_pruned, LocalSession, SessionShared};
+use crate::session::{LocalSession, SessionShared};
 use crate::table::Table;
+use crate::weak_list::WeakList;
 
 #[derive(Debug, Default)]
 pub(crate) struct ServiceShared {
     table: Mutex<Table>,
     /// Open sessions; `None` once the service is closed.
-    sessions: Mutex<Option<Vec<Weak<SessionShared>>>>,
+    sessions: Mutex<Option<WeakList<SessionShared>>>,
     next_key: AtomicU64,
     hasher: DefaultHashBuilder,
 }
@@ -32,7 +33,7 @@ impl ServiceShared {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn sessions(&self) -> MutexGuard<'_, Option<Vec<Weak<SessionShared>>>> {
+    fn sessions(&self) -> MutexGuard<'_, Option<WeakList<SessionShared>>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -73,7 +74,7 @@ impl LocalService {
     pub fn new() -> Self {
         LocalService {
             shared: Arc::new(ServiceShared {
-                sessions: Mutex::new(Some(Vec::new())),
+                sessions: Mutex::new(Some(WeakList::default())),
                 ..ServiceShared::default()
             }),
         }
@@ -92,23 +93,35 @@ impl Default for LocalService {
     }
 }
 
-#[async_trait]
 impl Service for LocalService {
-    async fn new_session(&self, config: &SessionConfig) -> Result<Box<dyn Session>> {
+    fn new_session<'a>(
+        &'a self,
+        config: &'a SessionConfig,
+    ) -> OpFuture<'a, Result<Box<dyn Session>>> {
+        OpFuture::ready(self.open_session(config))
+    }
+
+    fn close(&self) -> OpFuture<'_, Result<()>> {
+        OpFuture::ready(self.close_now())
+    }
+}
+
+impl LocalService {
+    fn open_session(&self, config: &SessionConfig) -> Result<Box<dyn Session>> {
         config.validate()?;
         let session = Arc::new(SessionShared::new(self.shared.clone(), config.timeout));
         match self.shared.sessions().as_mut() {
-            Some(sessions) => push_pruned(sessions, Arc::downgrade(&session)),
+            Some(sessions) => sessions.push(Arc::downgrade(&session)),
             None => return Err(Error::AlreadyClosed("the service was closed")),
         };
         Ok(Box::new(LocalSession::new(session)))
     }
 
-    async fn close(&self) -> Result<()> {
-        let Some(sessions) = self.shared.sessions().take() else {
+    fn close_now(&self) -> Result<()> {
+        let Some(mut sessions) = self.shared.sessions().take() else {
             return Err(Error::AlreadyClosed("the service was already closed"));
         };
-        for session in sessions.into_iter().filter_map(|s| s.upgrade()) {
+        for session in sessions.take_live() {
             let _ = session.close();
         }
         Ok(())

@@ -2,14 +2,15 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lock_core::{async_trait, Done, Error, HasSignal, Locker, Result, Session, Signal};
+use lock_core::{Done, Error, HasSignal, Locker, OpFuture, Result, Session, Signal};
 
 use crate::locker::{LocalLocker, LockerShared};
 use crate::service::ServiceShared;
 use crate::table::Wake;
+use crate::weak_list::WeakList;
 
 #[derive(Debug)]
 pub(crate) struct SessionShared {
@@ -18,23 +19,14 @@ pub(crate) struct SessionShared {
     closed: AtomicBool,
     /// Fired once, when the session ends.
     done: Signal,
-    /// Every locker made by the session; dropped ones are pruned when the list grows.
-    lockers: Mutex<Vec<Weak<LockerShared>>>,
+    /// Every locker made by the session.
+    lockers: Mutex<WeakList<LockerShared>>,
 }
 
 impl HasSignal for SessionShared {
     fn signal(&self) -> &Signal {
         &self.done
     }
-}
-
-/// Adds `item` to a list of weak references, first dropping the dead ones if the list is full
-/// (so it stays within twice the number of live items, without work on every drop).
-pub(crate) fn push_pruned<T>(list: &mut Vec<Weak<T>>, item: Weak<T>) {
-    if list.len() == list.capacity() {
-        list.retain(|w| w.strong_count() > 0);
-    }
-    list.push(item);
 }
 
 impl SessionShared {
@@ -44,7 +36,7 @@ impl SessionShared {
             timeout,
             closed: AtomicBool::new(false),
             done: Signal::new(),
-            lockers: Mutex::new(Vec::new()),
+            lockers: Mutex::new(WeakList::default()),
         }
     }
 
@@ -57,7 +49,7 @@ impl SessionShared {
         Ok(())
     }
 
-    fn lockers_list(&self) -> std::sync::MutexGuard<'_, Vec<Weak<LockerShared>>> {
+    fn lockers_list(&self) -> std::sync::MutexGuard<'_, WeakList<LockerShared>> {
         self.lockers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -66,11 +58,7 @@ impl SessionShared {
         if self.closed.swap(true, SeqCst) {
             return Err(Error::AlreadyClosed("the session was already closed"));
         }
-        let lockers: Vec<_> = self
-            .lockers_list()
-            .drain(..)
-            .filter_map(|l| l.upgrade())
-            .collect();
+        let lockers = self.lockers_list().take_live();
         let wakes: Vec<_> = {
             let mut table = self.service.table();
             lockers.iter().map(|l| table.evict(l)).collect()
@@ -93,12 +81,11 @@ impl LocalSession {
     }
 }
 
-#[async_trait]
 impl Session for LocalSession {
     fn new_locker(&self, id: &str) -> Box<dyn Locker> {
         let key = self.shared.service.next_key();
         let locker = LocalLocker::new(key, id, self.shared.clone());
-        push_pruned(&mut self.shared.lockers_list(), locker.weak());
+        self.shared.lockers_list().push(locker.weak());
         Box::new(locker)
     }
 
@@ -106,8 +93,8 @@ impl Session for LocalSession {
         Done::new(self.shared.clone(), 0, None)
     }
 
-    async fn close(&self) -> Result<()> {
-        self.shared.close()
+    fn close(&self) -> OpFuture<'_, Result<()>> {
+        OpFuture::ready(self.shared.close())
     }
 }
 

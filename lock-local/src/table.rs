@@ -5,7 +5,6 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::sync::Arc;
-use std::task::Waker;
 
 use hashbrown::hash_table::{Entry as SlotEntry, HashTable};
 
@@ -39,13 +38,7 @@ struct Entry {
     /// The key of the holding locker. Every entry has a holder: a release hands the lock to the
     /// first waiter directly.
     holder: u64,
-    waiters: VecDeque<Waiter>,
-}
-
-/// A queued locker and the waker of its pending `lock()`.
-struct Waiter {
-    locker: Arc<LockerShared>,
-    waker: Waker,
+    waiters: VecDeque<Arc<LockerShared>>,
 }
 
 /// The outcome of trying to take an id at once.
@@ -60,8 +53,8 @@ fn same_id(locker: &LockerShared) -> impl Fn(&Entry) -> bool + '_ {
 }
 
 impl Table {
-    /// Grants `locker` the id if nobody holds it; otherwise queues it with `waker` (when given).
-    pub(crate) fn acquire(&mut self, locker: &Arc<LockerShared>, queue: Option<&Waker>) -> Attempt {
+    /// Grants `locker` the id if nobody holds it; otherwise queues it (when `queue`).
+    pub(crate) fn acquire(&mut self, locker: &Arc<LockerShared>, queue: bool) -> Attempt {
         match self.ids.entry(locker.hash, same_id(locker), |e| e.hash) {
             SlotEntry::Vacant(v) => {
                 v.insert(Entry {
@@ -73,17 +66,12 @@ impl Table {
                 grant(&mut self.last_token, locker);
                 Attempt::Granted
             }
-            SlotEntry::Occupied(mut o) => match queue {
-                None => Attempt::Busy,
-                Some(waker) => {
-                    locker.state.store(WAITING, Release);
-                    o.get_mut().waiters.push_back(Waiter {
-                        locker: locker.clone(),
-                        waker: waker.clone(),
-                    });
-                    Attempt::Queued
-                }
-            },
+            SlotEntry::Occupied(_) if !queue => Attempt::Busy,
+            SlotEntry::Occupied(mut o) => {
+                locker.state.store(WAITING, Release);
+                o.get_mut().waiters.push_back(locker.clone());
+                Attempt::Queued
+            }
         }
     }
 
@@ -101,9 +89,9 @@ impl Table {
         debug_assert_eq!(slot.get().holder, locker.key);
         match slot.get_mut().waiters.pop_front() {
             Some(next) => {
-                slot.get_mut().holder = next.locker.key;
-                grant(&mut self.last_token, &next.locker);
-                Wake(Some(next.waker))
+                slot.get_mut().holder = next.key;
+                grant(&mut self.last_token, &next);
+                Wake(Some(next))
             }
             None => {
                 slot.remove();
@@ -112,43 +100,24 @@ impl Table {
         }
     }
 
-    /// Takes a waiting `locker` out of its queue (it stopped waiting), returning its waker.
-    pub(crate) fn withdraw(&mut self, locker: &LockerShared) -> Option<Waker> {
+    /// Takes a waiting `locker` out of its queue (it stopped waiting).
+    pub(crate) fn withdraw(&mut self, locker: &LockerShared) {
         locker.state.store(IDLE, Relaxed);
-        let entry = self.ids.find_mut(locker.hash, same_id(locker))?;
-        let at = entry
-            .waiters
-            .iter()
-            .position(|w| w.locker.key == locker.key)?;
-        entry.waiters.remove(at).map(|w| w.waker)
-    }
-
-    /// Replaces the waker of a waiting `locker` (its `lock()` was polled by another task).
-    pub(crate) fn rewake(&mut self, locker: &LockerShared, waker: &Waker) {
-        let Some(entry) = self.ids.find_mut(locker.hash, same_id(locker)) else {
-            return;
-        };
-        if let Some(w) = entry
-            .waiters
-            .iter_mut()
-            .find(|w| w.locker.key == locker.key)
-        {
-            if !w.waker.will_wake(waker) {
-                w.waker = waker.clone();
-            }
+        if let Some(entry) = self.ids.find_mut(locker.hash, same_id(locker)) {
+            entry.waiters.retain(|w| w.key != locker.key);
         }
     }
 
     /// Ends whatever `locker` does: releases its hold, or cancels its wait. Returns who must
     /// be woken once the table mutex is released.
     #[must_use = "the returned locker must be woken"]
-    pub(crate) fn evict(&mut self, locker: &LockerShared) -> Wake {
+    pub(crate) fn evict(&mut self, locker: &Arc<LockerShared>) -> Wake {
         match locker.state.load(Relaxed) {
             HELD => self.release(locker),
             WAITING => {
-                let waker = self.withdraw(locker);
+                self.withdraw(locker);
                 locker.state.store(CANCELED, Release);
-                Wake(waker)
+                Wake(Some(locker.clone()))
             }
             _ => Wake(None),
         }
@@ -162,12 +131,12 @@ impl Table {
 
 /// A locker whose state changed (granted or canceled) and whose pending `lock()` must be
 /// woken — after the table mutex is released, so that it does not wake into a held mutex.
-pub(crate) struct Wake(Option<Waker>);
+pub(crate) struct Wake(Option<Arc<LockerShared>>);
 
 impl Wake {
     pub(crate) fn wake(self) {
-        if let Some(waker) = self.0 {
-            waker.wake();
+        if let Some(locker) = self.0 {
+            locker.wake();
         }
     }
 }

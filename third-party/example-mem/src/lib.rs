@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lock::{
-    async_trait, ConnectionString, Done, Error, Held, Locker, OpenFuture, Result, Service, Session,
+    ConnectionString, Done, Error, Held, Locker, OpFuture, OpenFuture, Result, Service, Session,
     SessionConfig, Signal,
 };
 use tokio::sync::Notify;
@@ -137,40 +137,46 @@ impl fmt::Debug for MemService {
     }
 }
 
-#[async_trait]
 impl Service for MemService {
-    async fn new_session(&self, config: &SessionConfig) -> Result<Box<dyn Session>> {
-        config.validate()?;
-        let mut st = self.0.state();
-        if st.closed {
-            return Err(Error::AlreadyClosed("service"));
-        }
-        st.next_key += 1;
-        let (key, done) = (st.next_key, Arc::new(Signal::new()));
-        st.open_sessions.insert(key, done.clone());
-        Ok(Box::new(MemSession {
-            shared: self.0.clone(),
-            key,
-            done,
-            timeout: config.timeout,
-        }))
-    }
-
-    async fn close(&self) -> Result<()> {
-        let dones = {
+    fn new_session<'a>(
+        &'a self,
+        config: &'a SessionConfig,
+    ) -> OpFuture<'a, Result<Box<dyn Session>>> {
+        OpFuture::boxed(async move {
+            config.validate()?;
             let mut st = self.0.state();
-            if std::mem::replace(&mut st.closed, true) {
+            if st.closed {
                 return Err(Error::AlreadyClosed("service"));
             }
-            let sessions: Vec<u64> = st.open_sessions.keys().copied().collect();
-            sessions
-                .into_iter()
-                .filter_map(|s| st.close_session(s, self.0.faults))
-                .collect::<Vec<_>>()
-        };
-        dones.iter().for_each(|d| d.fire());
-        self.0.changed.notify_waiters();
-        Ok(())
+            st.next_key += 1;
+            let (key, done) = (st.next_key, Arc::new(Signal::new()));
+            st.open_sessions.insert(key, done.clone());
+            Ok(Box::new(MemSession {
+                shared: self.0.clone(),
+                key,
+                done,
+                timeout: config.timeout,
+            }) as Box<dyn Session>)
+        })
+    }
+
+    fn close(&self) -> OpFuture<'_, Result<()>> {
+        OpFuture::boxed(async move {
+            let dones = {
+                let mut st = self.0.state();
+                if std::mem::replace(&mut st.closed, true) {
+                    return Err(Error::AlreadyClosed("service"));
+                }
+                let sessions: Vec<u64> = st.open_sessions.keys().copied().collect();
+                sessions
+                    .into_iter()
+                    .filter_map(|s| st.close_session(s, self.0.faults))
+                    .collect::<Vec<_>>()
+            };
+            dones.iter().for_each(|d| d.fire());
+            self.0.changed.notify_waiters();
+            Ok(())
+        })
     }
 }
 
@@ -202,7 +208,6 @@ impl fmt::Debug for MemSession {
     }
 }
 
-#[async_trait]
 impl Session for MemSession {
     fn new_locker(&self, id: &str) -> Box<dyn Locker> {
         let key = {
@@ -225,8 +230,8 @@ impl Session for MemSession {
         Done::new(self.done.clone(), 0, None)
     }
 
-    async fn close(&self) -> Result<()> {
-        self.end()
+    fn close(&self) -> OpFuture<'_, Result<()>> {
+        OpFuture::boxed(async move { self.end() })
     }
 }
 
@@ -308,59 +313,64 @@ impl fmt::Debug for MemLocker {
     }
 }
 
-#[async_trait]
 impl Locker for MemLocker {
-    async fn lock(&self) -> Result<Held> {
-        {
+    fn lock(&self) -> OpFuture<'_, Result<Held>> {
+        OpFuture::boxed(async move {
+            {
+                let mut st = self.shared.state();
+                self.check(&st)?;
+                let queue = st.ids.entry(self.id.clone()).or_default();
+                match self.shared.faults.lifo {
+                    true => queue.waiting.push_front(self.key),
+                    false => queue.waiting.push_back(self.key),
+                }
+            }
+            let _withdraw = Withdraw(self);
+            match self.timeout {
+                None => self.wait().await,
+                Some(limit) => tokio::time::timeout(limit, self.wait())
+                    .await
+                    .map_err(|_| Error::Timeout(limit))?,
+            }
+        })
+    }
+
+    fn try_lock(&self) -> OpFuture<'_, Result<Option<Held>>> {
+        OpFuture::boxed(async move {
             let mut st = self.shared.state();
             self.check(&st)?;
-            let queue = st.ids.entry(self.id.clone()).or_default();
-            match self.shared.faults.lifo {
-                true => queue.waiting.push_front(self.key),
-                false => queue.waiting.push_back(self.key),
-            }
-        }
-        let _withdraw = Withdraw(self);
-        match self.timeout {
-            None => self.wait().await,
-            Some(limit) => tokio::time::timeout(limit, self.wait())
-                .await
-                .map_err(|_| Error::Timeout(limit))?,
-        }
+            let free = st
+                .ids
+                .get(&self.id)
+                .is_none_or(|q| q.holder.is_none() && q.waiting.is_empty());
+            Ok((free || self.shared.faults.no_exclusion).then(|| {
+                st.grant(
+                    self.key,
+                    self.session,
+                    &self.id,
+                    &self.signal,
+                    self.shared.faults,
+                )
+            }))
+        })
     }
 
-    async fn try_lock(&self) -> Result<Option<Held>> {
-        let mut st = self.shared.state();
-        self.check(&st)?;
-        let free = st
-            .ids
-            .get(&self.id)
-            .is_none_or(|q| q.holder.is_none() && q.waiting.is_empty());
-        Ok((free || self.shared.faults.no_exclusion).then(|| {
-            st.grant(
-                self.key,
-                self.session,
-                &self.id,
-                &self.signal,
-                self.shared.faults,
-            )
-        }))
-    }
-
-    async fn unlock(&self) -> Result<()> {
-        {
-            let mut st = self.shared.state();
-            if !st.open_sessions.contains_key(&self.session) {
-                return Err(Error::AlreadyClosed("session"));
+    fn unlock(&self) -> OpFuture<'_, Result<()>> {
+        OpFuture::boxed(async move {
+            {
+                let mut st = self.shared.state();
+                if !st.open_sessions.contains_key(&self.session) {
+                    return Err(Error::AlreadyClosed("session"));
+                }
+                if !st.release(self.key, self.shared.faults) {
+                    return Err(Error::NotHeld);
+                }
             }
-            if !st.release(self.key, self.shared.faults) {
-                return Err(Error::NotHeld);
+            if !self.shared.faults.no_wake_on_unlock {
+                self.shared.changed.notify_waiters();
             }
-        }
-        if !self.shared.faults.no_wake_on_unlock {
-            self.shared.changed.notify_waiters();
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn id(&self) -> &str {
