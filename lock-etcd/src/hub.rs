@@ -160,6 +160,7 @@ async fn run(
             }
         }
         // Re-create the watch, then check every registered key once.
+        tracing::warn!("watch on the lock prefix lost; re-creating it");
         loop {
             if hub.strong_count() == 0 {
                 return;

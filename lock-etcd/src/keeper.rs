@@ -219,6 +219,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>, client: etcd_client::Client, limit:
                 if let Some((lease, _)) = keeper.any_lease() {
                     match open(&client, lease, limit, &keeper).await {
                         Ok(s) => {
+                            tracing::debug!("keep-alive stream open");
                             stream = Some(s);
                             backoff = Duration::from_millis(50);
                             next_tick = Instant::now(); // send what is due on the new stream
@@ -231,6 +232,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>, client: etcd_client::Client, limit:
                             continue;
                         }
                         Err(OpenError::Failed) => {
+                            tracing::warn!(retry_in = ?backoff, "cannot open the keep-alive stream");
                             retry_at = Instant::now() + backoff;
                             backoff = (backoff * 2).min(Duration::from_secs(1));
                         }
@@ -265,6 +267,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>, client: etcd_client::Client, limit:
                     }
                 }
                 _ => {
+                    tracing::warn!("keep-alive stream lost; reopening");
                     stream = None;
                     keeper.stream_lost();
                     retry_at = Instant::now() + backoff;

@@ -30,7 +30,7 @@ pub use config::{
 };
 pub use keys::decode_id;
 pub use locker::EtcdLocker;
-pub use service::EtcdService;
+pub use service::{EtcdService, KeyInfo};
 pub use session::EtcdSession;
 
 use lock_core::{ConnectionString, OpenFuture, Registry, Service, ServiceFactory};

@@ -118,6 +118,7 @@ impl LockerCore {
             st.phase = Phase::Idle;
             st.own = None;
             self.signal.fire();
+            tracing::warn!(id = %self.id, token = st.rev, revision, "lock lost: its key was deleted");
         }
         drop(st);
         self.wake.notify_one();
@@ -178,6 +179,7 @@ impl LockerCore {
             return Err(self.canceled());
         }
         st.phase = Phase::Held;
+        tracing::debug!(id = %self.id, token = st.rev, "lock acquired");
         Ok(Held::new(
             self.signal.clone(),
             self.signal.epoch(),
@@ -196,11 +198,11 @@ impl LockerCore {
 
     fn put_own_key(&self) -> TxnOp {
         let options = PutOptions::new().with_lease(self.session.lease);
-        TxnOp::put(
-            self.key.as_str(),
-            self.session.service.owner.as_str(),
-            Some(options),
-        )
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let owner = format!("{} since={since}", self.session.service.owner);
+        TxnOp::put(self.key.as_str(), owner, Some(options))
     }
 
     async fn acquire(self: &Arc<Self>) -> Result<Held> {
@@ -240,6 +242,7 @@ impl LockerCore {
             if pred.is_none() {
                 return self.grant();
             }
+            tracing::debug!(id = %self.id, key = %self.key, waits_for = ?pred.as_ref().map(|p| &p.0), "waiting for the lock");
             self.wait_for_wake(rev).await?;
             check = true;
         }
@@ -461,6 +464,7 @@ impl Locker for EtcdLocker {
                     rev,
                 )])
                 .and_then([TxnOp::delete(core.key.as_str(), None)]);
+            tracing::debug!(id = %core.id, token = rev, "unlocking");
             match core.txn("releasing the lock", txn).await {
                 Ok(resp) if resp.succeeded() => Ok(()),
                 Ok(_) => Err(Error::NotHeld),

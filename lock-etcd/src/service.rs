@@ -111,6 +111,107 @@ impl EtcdService {
         })
     }
 
+    /// Opens a session (one lease) and returns the concrete type, which tells its lease id.
+    ///
+    /// # Errors
+    ///
+    /// As [`Service::new_session`].
+    pub async fn open_session(&self, config: &SessionConfig) -> Result<EtcdSession> {
+        config.validate()?;
+        if self.core.sessions().is_none() {
+            return Err(Error::AlreadyClosed("the service was closed"));
+        }
+        let secs = config.ttl.as_secs();
+        if secs == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "ttl {:?} is below one second; etcd leases have whole-second TTLs",
+                config.ttl
+            )));
+        }
+        let ttl = Duration::from_secs(secs);
+        let limit = self.core.config.request_timeout;
+        let mut leases = self.core.client.lease_client();
+        let granted_at = Instant::now();
+        let grant = request("granting the session's lease", limit, || {
+            let mut leases = leases.clone();
+            async move { leases.grant(secs as i64, None).await }
+        })
+        .await?;
+        let lease = grant.id();
+        if grant.ttl() != secs as i64 {
+            let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;
+            return Err(Error::InvalidConfig(format!(
+                "the etcd server changed the session ttl from {secs}s to {}s; its minimum lease TTL is {}s, use at least that",
+                grant.ttl(),
+                grant.ttl().max(secs as i64)
+            )));
+        }
+        let deadline = Arc::new(Deadline::new(granted_at + ttl - keeper::margin(ttl)));
+        let key = self.core.next_key();
+        let session = Arc::new(SessionCore::new(
+            key,
+            self.core.clone(),
+            lease,
+            ttl,
+            config.timeout,
+            deadline.clone(),
+        ));
+        let registered = match self.core.sessions().as_mut() {
+            Some(sessions) => {
+                sessions.insert(key, Arc::downgrade(&session));
+                true
+            }
+            None => false,
+        };
+        if !registered {
+            let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;
+            return Err(Error::AlreadyClosed("the service was closed"));
+        }
+        self.core
+            .keeper
+            .add(lease, ttl, granted_at, deadline, Arc::downgrade(&session));
+        tracing::debug!(
+            lease = format_args!("{lease:016x}"),
+            ttl_secs = secs,
+            "session started"
+        );
+        Ok(EtcdSession::new(session))
+    }
+
+    /// Who holds lock `id` and who waits for it, in queue order (the holder first).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when etcd cannot be read; [`Error::InvalidId`].
+    pub async fn status(&self, id: &str) -> Result<Vec<KeyInfo>> {
+        lock_core::validate_id(id)?;
+        let range = crate::keys::id_prefix(&self.core.config.prefix, id);
+        let kv = self.core.client.kv_client();
+        let options = etcd_client::GetOptions::new().with_prefix().with_sort(
+            etcd_client::SortTarget::Create,
+            etcd_client::SortOrder::Ascend,
+        );
+        let resp = request(
+            "reading the lock's keys",
+            self.core.config.request_timeout,
+            || {
+                let (mut kv, range, options) = (kv.clone(), range.clone(), options.clone());
+                async move { kv.get(range, Some(options)).await }
+            },
+        )
+        .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| KeyInfo {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                lease: kv.lease(),
+                token: kv.create_revision() as u64,
+                owner: String::from_utf8_lossy(kv.value()).into_owned(),
+            })
+            .collect())
+    }
+
     /// The configuration this service was opened with.
     pub fn config(&self) -> &EtcdConfig {
         &self.core.config
@@ -145,60 +246,8 @@ impl Service for EtcdService {
         config: &'a SessionConfig,
     ) -> OpFuture<'a, Result<Box<dyn Session>>> {
         OpFuture::boxed(async move {
-            config.validate()?;
-            if self.core.sessions().is_none() {
-                return Err(Error::AlreadyClosed("the service was closed"));
-            }
-            let secs = config.ttl.as_secs();
-            if secs == 0 {
-                return Err(Error::InvalidConfig(format!(
-                    "ttl {:?} is below one second; etcd leases have whole-second TTLs",
-                    config.ttl
-                )));
-            }
-            let ttl = Duration::from_secs(secs);
-            let limit = self.core.config.request_timeout;
-            let mut leases = self.core.client.lease_client();
-            let granted_at = Instant::now();
-            let grant = request("granting the session's lease", limit, || {
-                let mut leases = leases.clone();
-                async move { leases.grant(secs as i64, None).await }
-            })
-            .await?;
-            let lease = grant.id();
-            if grant.ttl() != secs as i64 {
-                let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;
-                return Err(Error::InvalidConfig(format!(
-                    "the etcd server changed the session ttl from {secs}s to {}s; its minimum lease TTL is {}s, use at least that",
-                    grant.ttl(),
-                    grant.ttl().max(secs as i64)
-                )));
-            }
-            let deadline = Arc::new(Deadline::new(granted_at + ttl - keeper::margin(ttl)));
-            let key = self.core.next_key();
-            let session = Arc::new(SessionCore::new(
-                key,
-                self.core.clone(),
-                lease,
-                ttl,
-                config.timeout,
-                deadline.clone(),
-            ));
-            let registered = match self.core.sessions().as_mut() {
-                Some(sessions) => {
-                    sessions.insert(key, Arc::downgrade(&session));
-                    true
-                }
-                None => false,
-            };
-            if !registered {
-                let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;
-                return Err(Error::AlreadyClosed("the service was closed"));
-            }
-            self.core
-                .keeper
-                .add(lease, ttl, granted_at, deadline, Arc::downgrade(&session));
-            Ok(Box::new(EtcdSession::new(session)) as Box<dyn Session>)
+            let session = self.open_session(config).await?;
+            Ok(Box::new(session) as Box<dyn Session>)
         })
     }
 
@@ -228,6 +277,19 @@ impl fmt::Debug for EtcdService {
             .field("config", &self.core.config)
             .finish_non_exhaustive()
     }
+}
+
+/// One key of a lock: the holder (the first) or a waiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The etcd key.
+    pub key: String,
+    /// The lease (session) the key belongs to.
+    pub lease: i64,
+    /// The key's create revision: the fencing token of its holder.
+    pub token: u64,
+    /// What the locker wrote: `host=… pid=… since=<unix ms>`.
+    pub owner: String,
 }
 
 fn owner_description() -> String {

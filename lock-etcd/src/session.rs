@@ -104,6 +104,13 @@ impl SessionCore {
             *ended = Some(reason);
         }
         self.deadline.expire();
+        let lease = format_args!("{:016x}", self.lease);
+        match reason {
+            EndReason::Expired | EndReason::LeaseGone => {
+                tracing::warn!(%lease, reason = reason.describe(), "session lost: every lock of it is lost")
+            }
+            _ => tracing::debug!(%lease, reason = reason.describe(), "session ended"),
+        }
         let lockers: Vec<_> = self
             .lockers()
             .drain()

@@ -1,0 +1,276 @@
+//! `lock exec` and `lock status` end to end, against the etcd cluster `cargo xtask test` starts.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LOCK: &str = env!("CARGO_BIN_EXE_lock");
+
+fn service(test: &str) -> Option<String> {
+    let endpoints = lock_testkit::etcd::shared_endpoints(test)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    Some(format!("etcd:{endpoints}?prefix=cli-{test}-{nanos:x}/"))
+}
+
+fn lock(service: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(LOCK);
+    cmd.env("LOCK_SERVICE", service)
+        .env_remove("RUST_LOG")
+        .args(args);
+    cmd
+}
+
+fn run(service: &str, args: &[&str]) -> Output {
+    lock(service, args).output().unwrap()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lock-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn racing_execs_run_their_commands_one_after_the_other() {
+    let Some(service) = service("racing") else {
+        return;
+    };
+    let dir = temp("racing");
+    let log = dir.join("log");
+    let script = format!(
+        "echo start $LOCK_FENCING_TOKEN >> {0}; sleep 1; echo end $LOCK_FENCING_TOKEN >> {0}",
+        log.display()
+    );
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            lock(&service, &["exec", "race", "--", "sh", "-c", &script])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<(&str, u64)> = text
+        .lines()
+        .map(|l| {
+            let (what, token) = l.split_once(' ').unwrap();
+            (what, token.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    for pair in lines.chunks(2) {
+        assert_eq!(
+            (pair[0].0, pair[1].0),
+            ("start", "end"),
+            "commands overlapped:\n{text}"
+        );
+        assert_eq!(
+            pair[0].1, pair[1].1,
+            "one holder per start/end pair:\n{text}"
+        );
+    }
+    let tokens: Vec<u64> = lines.iter().step_by(2).map(|l| l.1).collect();
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens must increase: {tokens:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lock_terminates_the_command() {
+    let Some(service) = service("lost") else {
+        return;
+    };
+    let dir = temp("lost");
+    let pidfile = dir.join("pid");
+    let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let child = lock(
+        &service,
+        &[
+            "exec",
+            "--ttl",
+            "3s",
+            "--kill-after",
+            "1s",
+            "victim",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let start = Instant::now();
+    while !pidfile.exists() || std::fs::read_to_string(&pidfile).unwrap().trim().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the command never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    assert!(PathBuf::from(format!("/proc/{pid}")).exists());
+
+    // Revoke the session's lease from outside, as an operator or an expiry would.
+    let endpoints = lock_testkit::etcd::shared_endpoints("lost").unwrap();
+    let mut raw = etcd_client::Client::connect(endpoints.split(',').collect::<Vec<_>>(), None)
+        .await
+        .unwrap();
+    let prefix = service.split("prefix=").nth(1).unwrap();
+    let keys = raw
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    raw.lease_revoke(keys.kvs()[0].lease()).await.unwrap();
+
+    let revoked = Instant::now();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(
+        revoked.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        revoked.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lost lock victim"), "{stderr}");
+    assert!(
+        !PathBuf::from(format!("/proc/{pid}")).exists(),
+        "the command still runs"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn exit_statuses_are_as_documented() {
+    let Some(service) = service("statuses") else {
+        return;
+    };
+    let code = |out: Output| out.status.code();
+    assert_eq!(
+        code(run(&service, &["exec", "s", "--", "sh", "-c", "exit 3"])),
+        Some(3)
+    );
+    assert_eq!(
+        code(run(
+            &service,
+            &["exec", "s", "--", "sh", "-c", "kill -TERM $$"]
+        )),
+        Some(128 + 15)
+    );
+    assert_eq!(
+        code(run(&service, &["exec", "s", "--", "no-such-command-xyz"])),
+        Some(127)
+    );
+    assert_eq!(code(run(&service, &["exec", "s", "--", "/"])), Some(126));
+
+    let holder = lock(&service, &["exec", "s", "--", "sleep", "3"])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let status = String::from_utf8(run(&service, &["status", "s"]).stdout).unwrap();
+        if status.contains("held by lease") {
+            assert!(
+                status.contains("fencing token") && status.contains("pid="),
+                "{status}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never held: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let held = run(&service, &["exec", "--try", "s", "--", "true"]);
+    assert_eq!(held.status.code(), Some(75), "{held:?}");
+    let timed_out = run(&service, &["exec", "--timeout", "300ms", "s", "--", "true"]);
+    assert_eq!(timed_out.status.code(), Some(124), "{timed_out:?}");
+    let mut holder = holder;
+    assert!(holder.wait().unwrap().success());
+    let free = String::from_utf8(run(&service, &["status", "s"]).stdout).unwrap();
+    assert!(free.contains("free"), "{free}");
+
+    let usage = Command::new(LOCK)
+        .env_remove("LOCK_SERVICE")
+        .args(["exec", "s", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("no lock service"));
+    assert_eq!(
+        code(run(&service, &["exec", "--bogus", "s", "--", "true"])),
+        Some(64)
+    );
+    let unreachable = run(
+        "etcd:http://127.0.0.1:1?dial-timeout=300ms",
+        &["exec", "s", "--", "true"],
+    );
+    assert_eq!(unreachable.status.code(), Some(69));
+    let help = run(&service, &["--help"]);
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("EXIT STATUS"));
+}
+
+#[test]
+fn passwords_come_from_a_file_and_are_never_printed() {
+    let Some(service) = service("password") else {
+        return;
+    };
+    let dir = temp("password");
+    let file = dir.join("pw");
+    std::fs::write(&file, "s3cret-Pw-91\n").unwrap();
+    // The shared cluster has no authentication: a username with a password is refused by etcd,
+    // and the refusal must not echo the password.
+    let with_user = format!("{service}&username=nobody");
+    let out = lock(
+        &with_user,
+        &[
+            "exec",
+            "--password-file",
+            file.to_str().unwrap(),
+            "pw",
+            "--",
+            "true",
+        ],
+    )
+    .output()
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("s3cret-Pw-91"), "{text}");
+    let out = lock(
+        &service,
+        &[
+            "exec",
+            "--password-file",
+            file.to_str().unwrap(),
+            "pw",
+            "--",
+            "true",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "a password without a username is a usage error"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
