@@ -29,6 +29,9 @@ pub use config::{
     OLDEST_SUPPORTED_VERSION,
 };
 pub use keys::decode_id;
+
+/// The etcd client this backend uses, for talking to the same cluster (e.g. fenced writes).
+pub use etcd_client;
 pub use locker::EtcdLocker;
 pub use service::{EtcdService, KeyInfo};
 pub use session::EtcdSession;

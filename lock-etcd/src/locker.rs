@@ -26,6 +26,7 @@ use etcd_client::{
 use lock_core::{Error, Held, Locker, OpFuture, Result, Signal};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::error::request;
 use crate::hub::Interest;
@@ -400,6 +401,10 @@ impl EtcdLocker {
         &self.core
     }
 
+    fn span(&self, op: &'static str) -> tracing::Span {
+        tracing::debug_span!("lock_etcd", op, id = %self.core.id, lease = format_args!("{:016x}", self.core.session.lease))
+    }
+
     /// The etcd key this locker creates when it locks.
     pub fn key(&self) -> &str {
         &self.core.key
@@ -422,58 +427,70 @@ impl Drop for Attempt<'_> {
 
 impl Locker for EtcdLocker {
     fn lock(&self) -> OpFuture<'_, Result<Held>> {
-        OpFuture::boxed(async move {
-            let core = &self.core;
-            core.attempt(|| async {
-                match core.session.timeout {
-                    None => core.acquire().await,
-                    Some(limit) => tokio::time::timeout(limit, core.acquire())
-                        .await
-                        .unwrap_or(Err(Error::Timeout(limit))),
-                }
-            })
-            .await
-        })
+        let span = self.span("lock");
+        OpFuture::boxed(Instrument::instrument(
+            async move {
+                let core = &self.core;
+                core.attempt(|| async {
+                    match core.session.timeout {
+                        None => core.acquire().await,
+                        Some(limit) => tokio::time::timeout(limit, core.acquire())
+                            .await
+                            .unwrap_or(Err(Error::Timeout(limit))),
+                    }
+                })
+                .await
+            },
+            span,
+        ))
     }
 
     fn try_lock(&self) -> OpFuture<'_, Result<Option<Held>>> {
-        OpFuture::boxed(async move {
-            let core = &self.core;
-            core.attempt(|| core.try_acquire()).await
-        })
+        let span = self.span("try_lock");
+        OpFuture::boxed(Instrument::instrument(
+            async move {
+                let core = &self.core;
+                core.attempt(|| core.try_acquire()).await
+            },
+            span,
+        ))
     }
 
     fn unlock(&self) -> OpFuture<'_, Result<()>> {
-        OpFuture::boxed(async move {
-            let core = &self.core;
-            core.session.check_open()?;
-            let rev = {
-                let mut st = core.state();
-                if st.phase != Phase::Held {
-                    return Err(Error::NotHeld);
+        let span = self.span("unlock");
+        OpFuture::boxed(Instrument::instrument(
+            async move {
+                let core = &self.core;
+                core.session.check_open()?;
+                let rev = {
+                    let mut st = core.state();
+                    if st.phase != Phase::Held {
+                        return Err(Error::NotHeld);
+                    }
+                    st.phase = Phase::Idle;
+                    st.own = None;
+                    core.signal.fire();
+                    st.rev
+                };
+                let txn = Txn::new()
+                    .when([Compare::create_revision(
+                        core.key.as_str(),
+                        CompareOp::Equal,
+                        rev,
+                    )])
+                    .and_then([TxnOp::delete(core.key.as_str(), None)]);
+                tracing::debug!(id = %core.id, token = rev, "unlocking");
+                match core.txn("releasing the lock", txn).await {
+                    Ok(resp) if resp.succeeded() => Ok(()),
+                    Ok(_) => Err(Error::NotHeld),
+                    Err(e) => {
+                        core.abandon(); // keep trying in the background
+                        Err(e)
+                    }
                 }
-                st.phase = Phase::Idle;
-                st.own = None;
-                core.signal.fire();
-                st.rev
-            };
-            let txn = Txn::new()
-                .when([Compare::create_revision(
-                    core.key.as_str(),
-                    CompareOp::Equal,
-                    rev,
-                )])
-                .and_then([TxnOp::delete(core.key.as_str(), None)]);
-            tracing::debug!(id = %core.id, token = rev, "unlocking");
-            match core.txn("releasing the lock", txn).await {
-                Ok(resp) if resp.succeeded() => Ok(()),
-                Ok(_) => Err(Error::NotHeld),
-                Err(e) => {
-                    core.abandon(); // keep trying in the background
-                    Err(e)
-                }
-            }
-        })
+            },
+            span,
+        ))
     }
 
     fn id(&self) -> &str {

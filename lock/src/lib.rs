@@ -13,6 +13,13 @@ pub use lock_local as local;
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use lock_etcd as etcd;
 
+/// The guide (`docs/GUIDE.md`): choosing TTL and timeout, what `lost()` guarantees, fencing,
+/// writing a backend, etcd with TLS and auth, the command line.
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+#[doc = include_str!("../../docs/GUIDE.md")]
+pub mod guide {}
+
 // Reference every enabled backend so the linker keeps its registration (an unreferenced crate
 // is not linked, and its `register_service!` would silently vanish).
 #[cfg(feature = "etcd")]
