@@ -274,3 +274,100 @@ fn passwords_come_from_a_file_and_are_never_printed() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holder_notices_the_loss_the_moment_it_resumes() {
+    use lock::etcd::{EtcdConfig, EtcdService};
+    use lock::{Service, SessionConfig};
+    let Some(service) = service("paused") else {
+        return;
+    };
+    let dir = temp("paused");
+    let pidfile = dir.join("pid");
+    let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let holder = lock(
+        &service,
+        &[
+            "exec",
+            "--ttl",
+            "2s",
+            "--kill-after",
+            "1s",
+            "p",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let start = Instant::now();
+    while std::fs::read_to_string(&pidfile).map_or(true, |p| p.trim().is_empty()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the command never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let command_pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    let holder_pid = holder.id().to_string();
+    let signal = |sig: &str, pid: &str| {
+        assert!(Command::new("kill")
+            .args([sig, pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+
+    // Freeze the holder (not its command) for longer than its TTL: the lease expires.
+    signal("-STOP", &holder_pid);
+    let other = EtcdService::connect(EtcdConfig::from_uri(&service).unwrap())
+        .await
+        .unwrap();
+    let session = other
+        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let next = session.new_locker("p");
+    let granted = tokio::time::timeout(Duration::from_secs(15), next.lock())
+        .await
+        .expect("granted after the TTL");
+    let token = granted.unwrap().fencing_token();
+
+    // Thaw it: it must see the loss at once and terminate its command.
+    signal("-CONT", &holder_pid);
+    let resumed = Instant::now();
+    let out = tokio::task::spawn_blocking(move || holder.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(
+        resumed.elapsed() < Duration::from_secs(3),
+        "noticed {:?} after resuming",
+        resumed.elapsed()
+    );
+    assert!(
+        !PathBuf::from(format!("/proc/{command_pid}")).exists(),
+        "the stale command still runs"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stale: u64 = stderr
+        .split("fencing token ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        stale < token,
+        "the stale holder's token {stale} must be older than the new holder's {token}"
+    );
+    next.unlock().await.unwrap();
+    other.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod etcd;
 mod failure;
 mod harness;
+pub mod proxy;
 
 pub use failure::{Failure, Outcome};
 pub use harness::Harness;

@@ -1,0 +1,118 @@
+//! Conservative loss under network faults, against the real cluster: a holder cut off from etcd
+//! sees `lost()` before anyone else is granted its lock, and never silently gets it back; slow
+//! but timely keep-alives are no loss, late ones are.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use lock_core::{Error, Service, SessionConfig};
+use lock_etcd::{EtcdConfig, EtcdService};
+use lock_testkit::proxy::{Fault, FaultProxy};
+
+const TTL: Duration = Duration::from_secs(3);
+
+async fn service(endpoints: &str, prefix: &str) -> EtcdService {
+    let uri = format!("etcd:{endpoints}?prefix={prefix}&request-timeout=2s");
+    EtcdService::connect(EtcdConfig::from_uri(&uri).unwrap())
+        .await
+        .unwrap()
+}
+
+/// A proxy in front of the shared cluster's first member.
+async fn proxy(endpoints: &str) -> FaultProxy {
+    let first = endpoints.split(',').next().unwrap();
+    let addr: SocketAddr = first.trim_start_matches("http://").parse().unwrap();
+    FaultProxy::start(addr).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_holder_loses_the_lock_before_the_next_holder_gets_it() {
+    let Some(endpoints) = common::shared("partitioned_holder") else {
+        return;
+    };
+    let prefix = common::unique_prefix("partition");
+    let proxy = proxy(&endpoints).await;
+    let cut_off = service(&proxy.url(), &prefix).await;
+    let direct = service(&endpoints, &prefix).await;
+
+    let session = cut_off.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let locker = session.new_locker("x");
+    let held = locker.lock().await.unwrap();
+    let other = direct.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let locker = other.new_locker("x");
+        let granted = locker.lock().await;
+        (Instant::now(), granted, locker, other)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    proxy.set(Fault::Blackhole);
+    let cut_at = Instant::now();
+    tokio::time::timeout(TTL * 3, held.lost())
+        .await
+        .expect("lost() after the partition");
+    let lost_at = Instant::now();
+    let (granted_at, granted, next, _other) = tokio::time::timeout(TTL * 5, waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    let next_held = granted.expect("the next holder is granted once the lease expires");
+    eprintln!(
+        "partition at 0: holder lost at {:?}, next holder granted at {:?}",
+        lost_at - cut_at,
+        granted_at - cut_at
+    );
+    assert!(
+        lost_at < granted_at,
+        "the next holder was granted before the partitioned holder saw lost()"
+    );
+    assert!(
+        lost_at - cut_at <= TTL,
+        "lost() came {:?} after the cut, later than the TTL",
+        lost_at - cut_at
+    );
+    assert!(next_held.fencing_token() > held.fencing_token());
+
+    // The partition heals: the old holder must not come back.
+    proxy.set(Fault::None);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(held.is_lost() && session.done().is_done());
+    assert!(
+        matches!(locker.lock().await, Err(Error::AlreadyClosed(_))),
+        "no silent re-acquisition"
+    );
+    assert!(!next_held.is_lost());
+    next.unlock().await.unwrap();
+    direct.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_keep_alives_are_no_loss_until_they_come_too_late() {
+    let Some(endpoints) = common::shared("slow_keep_alives") else {
+        return;
+    };
+    let prefix = common::unique_prefix("slow");
+    let proxy = proxy(&endpoints).await;
+    let slow = service(&proxy.url(), &prefix).await;
+    let session = slow.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let locker = session.new_locker("x");
+    let held = locker.lock().await.unwrap();
+
+    // TTL/3 each way: every acknowledgement arrives 2 s after its keep-alive, still within
+    // TTL − margin = 2.7 s. Three TTLs without a false loss.
+    proxy.set(Fault::Latency(TTL / 3));
+    let lost_early = tokio::time::timeout(TTL * 3, held.lost()).await.is_ok();
+    assert!(
+        !lost_early && !held.is_lost(),
+        "keep-alives arrived in time, yet the lock was reported lost"
+    );
+
+    // A full TTL each way: no acknowledgement can arrive in time any more.
+    proxy.set(Fault::Latency(TTL));
+    tokio::time::timeout(TTL * 3, held.lost())
+        .await
+        .expect("late keep-alives must end the session");
+    assert!(session.done().is_done());
+}

@@ -1,0 +1,172 @@
+//! A TCP proxy with switchable faults, to partition one client from etcd (or slow it down)
+//! while everybody else keeps talking to the cluster.
+//!
+//! Put each client behind its own proxy: connect it to [`FaultProxy::url`] instead of the member.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What the proxy does to traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward everything.
+    None,
+    /// Forward everything, each chunk delayed by this much (in both directions).
+    Latency(Duration),
+    /// Accept connections and keep them open, but drop every byte (a partition that does not
+    /// reset connections: the client only notices by timeouts).
+    Blackhole,
+    /// Close every connection now and refuse new ones (RST-like failure, noticed at once).
+    Refuse,
+}
+
+/// A fault-injecting TCP proxy on 127.0.0.1. Dropping it stops it and closes its connections.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    target: SocketAddr,
+    fault: watch::Sender<Fault>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    acceptor: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy in front of `target` (e.g. an etcd member's client address).
+    ///
+    /// # Errors
+    ///
+    /// When no loopback port can be bound.
+    pub async fn start(target: SocketAddr) -> std::io::Result<FaultProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (fault, watcher) = watch::channel(Fault::None);
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = tokio::spawn(accept(listener, target, watcher, tasks.clone()));
+        Ok(FaultProxy {
+            addr,
+            target,
+            fault,
+            tasks,
+            acceptor,
+        })
+    }
+
+    /// The proxy's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`, for a connection string.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Switches the fault; it applies to existing and new connections at once.
+    pub fn set(&self, fault: Fault) {
+        self.fault.send_replace(fault);
+    }
+
+    /// The current fault.
+    pub fn fault(&self) -> Fault {
+        *self.fault.borrow()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+impl fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultProxy")
+            .field("addr", &self.addr)
+            .field("target", &self.target)
+            .field("fault", &self.fault())
+            .finish()
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    target: SocketAddr,
+    fault: watch::Receiver<Fault>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+) {
+    while let Ok((client, _)) = listener.accept().await {
+        if *fault.borrow() == Fault::Refuse {
+            drop(client);
+            continue;
+        }
+        let Ok(server) = TcpStream::connect(target).await else {
+            continue;
+        };
+        let (cr, cw) = client.into_split();
+        let (sr, sw) = server.into_split();
+        let mut list = tasks.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|t| !t.is_finished());
+        list.push(tokio::spawn(pipe(cr, sw, fault.clone())));
+        list.push(tokio::spawn(pipe(sr, cw, fault.clone())));
+    }
+}
+
+/// Copies one direction, applying the current fault to every chunk. Latency is a delay line:
+/// each chunk is written `d` after it was read, so delays do not add up.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut fault: watch::Receiver<Fault>,
+) {
+    let (line, mut due) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((at, bytes)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            changed = fault.changed() => {
+                if changed.is_err() || *fault.borrow() == Fault::Refuse {
+                    writer.abort(); // dropping both halves closes the connection
+                    return;
+                }
+                continue;
+            }
+        };
+        let now = tokio::time::Instant::now();
+        let at = match *fault.borrow() {
+            Fault::None => now,
+            Fault::Latency(d) => now + d,
+            Fault::Blackhole => continue,
+            Fault::Refuse => break,
+        };
+        if line.send((at, buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(line);
+    let _ = writer.await;
+}
