@@ -118,10 +118,10 @@ impl LocalService {
     }
 
     fn close_now(&self) -> Result<()> {
-        let Some(mut sessions) = self.shared.sessions().take() else {
+        let Some(sessions) = self.shared.sessions().take() else {
             return Err(Error::AlreadyClosed("the service was already closed"));
         };
-        for session in sessions.take_live() {
+        for session in sessions.into_live() {
             let _ = session.close();
         }
         Ok(())

@@ -58,11 +58,17 @@ impl SessionShared {
         if self.closed.swap(true, SeqCst) {
             return Err(Error::AlreadyClosed("the session was already closed"));
         }
-        let lockers = self.lockers_list().take_live();
-        let wakes: Vec<_> = {
+        let lockers = std::mem::take(&mut *self.lockers_list());
+        let mut wakes = Vec::new(); // allocates only if a locker was waiting or holding
+        {
             let mut table = self.service.table();
-            lockers.iter().map(|l| table.evict(l)).collect()
-        };
+            for locker in lockers.into_live() {
+                let wake = table.evict(&locker);
+                if wake.is_needed() {
+                    wakes.push(wake);
+                }
+            }
+        }
         wakes.into_iter().for_each(Wake::wake);
         self.done.fire();
         Ok(())

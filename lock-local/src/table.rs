@@ -134,6 +134,11 @@ impl Table {
 pub(crate) struct Wake(Option<Arc<LockerShared>>);
 
 impl Wake {
+    /// Whether there is anybody to wake.
+    pub(crate) fn is_needed(&self) -> bool {
+        self.0.is_some()
+    }
+
     pub(crate) fn wake(self) {
         if let Some(locker) = self.0 {
             locker.wake();

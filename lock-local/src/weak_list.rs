@@ -31,12 +31,10 @@ impl<T> WeakList<T> {
         self.rest.push(item);
     }
 
-    /// Empties the list, returning the items still alive.
-    pub(crate) fn take_live(&mut self) -> Vec<Arc<T>> {
-        let first = std::mem::take(&mut self.first);
-        std::iter::once(first)
-            .chain(std::mem::take(&mut self.rest))
+    /// The items still alive.
+    pub(crate) fn into_live(self) -> impl Iterator<Item = Arc<T>> {
+        std::iter::once(self.first)
+            .chain(self.rest)
             .filter_map(|w| w.upgrade())
-            .collect()
     }
 }
