@@ -333,6 +333,27 @@ impl Cluster {
     /// When it does not become healthy within 30 s.
     pub fn restart(&mut self, i: usize) -> Result<(), String> {
         self.stop(i);
+        self.start_member(i)?;
+        self.wait_healthy(i, Duration::from_secs(30))
+    }
+
+    /// Starts every stopped member again, then waits until all are healthy (a member alone
+    /// cannot be healthy without a quorum).
+    ///
+    /// # Errors
+    ///
+    /// When the cluster does not become healthy within 30 s.
+    pub fn restart_all(&mut self) -> Result<(), String> {
+        for i in 0..self.members.len() {
+            if !self.is_running(i) {
+                self.start_member(i)?;
+            }
+        }
+        (0..self.members.len()).try_for_each(|i| self.wait_healthy(i, Duration::from_secs(30)))
+    }
+
+    /// Starts a stopped member with its existing data, without waiting.
+    fn start_member(&mut self, i: usize) -> Result<(), String> {
         let pos = self.members[i]
             .args
             .iter()
@@ -340,8 +361,7 @@ impl Cluster {
         if let Some(pos) = pos {
             self.members[i].args[pos] = "--initial-cluster-state=existing".to_owned();
         }
-        self.spawn(i)?;
-        self.wait_healthy(i, Duration::from_secs(30))
+        self.spawn(i)
     }
 
     /// Freezes member `i` with SIGSTOP.

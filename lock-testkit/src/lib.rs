@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod etcd;
 mod failure;
 mod harness;
+pub mod history;
 pub mod proxy;
 
 pub use failure::{Failure, Outcome};
