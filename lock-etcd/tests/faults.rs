@@ -3,16 +3,20 @@
 //! must find zero violations (no two holders at once, tokens increasing, no stale write taken).
 
 mod common;
+#[path = "common/fenced.rs"]
+mod fenced;
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use lock_core::{Service, SessionConfig};
 use lock_etcd::{EtcdConfig, EtcdService};
+use lock_testkit::contend::{Contender, Fenced};
 use lock_testkit::etcd::{Cluster, ClusterSpec};
 use lock_testkit::history::{History, Kind};
+
+use fenced::EtcdResource;
 
 const TTL: Duration = Duration::from_secs(3);
 
@@ -21,97 +25,15 @@ async fn connect(endpoints: &str, prefix: &str) -> lock_core::Result<EtcdService
     EtcdService::connect(EtcdConfig::from_uri(&uri)?).await
 }
 
-/// The protected resource: `<prefix>res/<id>` written only if its stored token is older.
-/// Returns whether the write was taken, and at which revision.
-async fn fenced_write(
-    service: &EtcdService,
-    prefix: &str,
-    id: &str,
-    token: u64,
-) -> Option<(bool, i64)> {
-    let (data, tkey) = (
-        format!("{prefix}res/{id}"),
-        format!("{prefix}res/{id}.token"),
-    );
-    let padded = format!("{token:020}");
-    let put = [
-        TxnOp::put(data.as_str(), padded.as_str(), None),
-        TxnOp::put(tkey.as_str(), padded.as_str(), None),
-    ];
-    let mut kv = service.client().kv_client();
-    for compare in [
-        Compare::version(tkey.as_str(), CompareOp::Equal, 0),
-        Compare::value(tkey.as_str(), CompareOp::Less, padded.as_str()),
-    ] {
-        let txn = Txn::new().when([compare]).and_then(put.clone());
-        let resp = tokio::time::timeout(Duration::from_secs(3), kv.txn(txn))
+async fn resource(endpoints: &str, prefix: &str) -> EtcdResource {
+    let client =
+        lock_etcd::etcd_client::Client::connect(endpoints.split(',').collect::<Vec<_>>(), None)
             .await
-            .ok()?
-            .ok()?;
-        if resp.succeeded() {
-            return Some((true, resp.header().map_or(0, |h| h.revision())));
-        }
+            .unwrap();
+    EtcdResource {
+        client,
+        prefix: prefix.to_owned(),
     }
-    Some((false, 0))
-}
-
-/// One contending client: sessions, lock, one fenced write, a short hold, unlock; records all.
-async fn client(
-    n: usize,
-    endpoints: String,
-    prefix: String,
-    id: String,
-    history: Arc<History>,
-    stop: Arc<AtomicBool>,
-) {
-    let Ok(service) = connect(&endpoints, &prefix).await else {
-        return;
-    };
-    while !stop.load(SeqCst) {
-        let Ok(session) = service.new_session(&SessionConfig::new(TTL)).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let locker = session.new_locker(&id);
-        while !stop.load(SeqCst) && !session.done().is_done() {
-            let held = match tokio::time::timeout(Duration::from_secs(5), locker.lock()).await {
-                Ok(Ok(held)) => held,
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            history.record(n, &id, Kind::Acquired(held.fencing_token()));
-            if let Some((accepted, revision)) =
-                fenced_write(&service, &prefix, &id, held.fencing_token()).await
-            {
-                history.record(
-                    n,
-                    &id,
-                    Kind::Write {
-                        token: held.fencing_token(),
-                        accepted,
-                        revision,
-                    },
-                );
-            }
-            let hold = Duration::from_millis(5 + (n as u64 * 7) % 20);
-            tokio::select! {
-                () = held.lost() => {
-                    history.record(n, &id, Kind::Lost);
-                    continue;
-                }
-                () = tokio::time::sleep(hold) => {}
-            }
-            if held.is_lost() {
-                history.record(n, &id, Kind::Lost);
-                continue;
-            }
-            history.record(n, &id, Kind::Unlocked);
-            let _ = locker.unlock().await;
-        }
-    }
-    let _ = service.close().await;
 }
 
 struct Run {
@@ -120,21 +42,24 @@ struct Run {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-fn contend(cluster: &Cluster, clients: usize, id: &str) -> Run {
+async fn contend(cluster: &Cluster, clients: usize, id: &str) -> Run {
     let prefix = common::unique_prefix("faults");
     let (history, stop) = (Arc::new(History::new()), Arc::new(AtomicBool::new(false)));
-    let tasks = (0..clients)
-        .map(|n| {
-            let args = (
-                cluster.endpoints(),
-                prefix.clone(),
-                id.to_owned(),
-                history.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(client(n, args.0, args.1, args.2, args.3, args.4))
-        })
-        .collect();
+    let resource: Arc<dyn Fenced> = Arc::new(resource(&cluster.endpoints(), &prefix).await);
+    let mut tasks = Vec::new();
+    for n in 0..clients {
+        let service = connect(&cluster.endpoints(), &prefix).await.unwrap();
+        let contender = Contender {
+            client: n,
+            service: Arc::new(service),
+            id: id.to_owned(),
+            ttl: TTL,
+            resource: resource.clone(),
+            history: history.clone(),
+            stop: stop.clone(),
+        };
+        tasks.push(tokio::spawn(contender.run()));
+    }
     Run {
         history,
         stop,
@@ -185,7 +110,7 @@ async fn leader_killed_during_16_way_contention() {
     let Some(mut cluster) = cluster("leader_killed") else {
         return;
     };
-    let run = contend(&cluster, 16, "hot");
+    let run = contend(&cluster, 16, "hot").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let leader = cluster.leader().expect("a leader");
     let killed = Instant::now();
@@ -202,7 +127,7 @@ async fn whole_cluster_down_longer_than_the_ttl() {
     let Some(mut cluster) = cluster("cluster_down") else {
         return;
     };
-    let run = contend(&cluster, 8, "hot");
+    let run = contend(&cluster, 8, "hot").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let down = Instant::now();
     for i in 0..3 {
@@ -251,7 +176,7 @@ async fn rolling_restart_under_contention() {
     let Some(mut cluster) = cluster("rolling_restart") else {
         return;
     };
-    let run = contend(&cluster, 8, "hot");
+    let run = contend(&cluster, 8, "hot").await;
     // A quiet session holding another lock through the whole restart: its lease survives.
     let prefix = common::unique_prefix("rolling-quiet");
     let quiet = connect(&cluster.endpoints(), &prefix).await.unwrap();
@@ -326,8 +251,11 @@ fn a_frozen_holder_sees_the_loss_at_once_and_its_stale_write_is_rejected() {
                     .await
                     .expect("lost() at once");
                 // A stale write anyway (as a buggy holder would): the resource refuses it.
-                let (accepted, revision) =
-                    fenced_write(&service, &prefix, "x", token).await.unwrap();
+                let (accepted, revision) = resource(&endpoints, &prefix)
+                    .await
+                    .write_token("x", token)
+                    .await
+                    .unwrap();
                 history.record(
                     1,
                     "x",
@@ -357,7 +285,9 @@ fn a_frozen_holder_sees_the_loss_at_once_and_its_stale_write_is_rejected() {
             .unwrap();
         history.record(2, "x", Kind::Acquired(held.fencing_token()));
         assert!(held.fencing_token() > stale);
-        let (accepted, revision) = fenced_write(&service, &prefix, "x", held.fencing_token())
+        let (accepted, revision) = resource(&endpoints, &prefix)
+            .await
+            .write_token("x", held.fencing_token())
             .await
             .unwrap();
         history.record(

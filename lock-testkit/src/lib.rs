@@ -12,6 +12,7 @@
 //! stable API** and grow with the contract.
 
 pub mod conformance;
+pub mod contend;
 pub mod etcd;
 mod failure;
 mod harness;
