@@ -34,6 +34,46 @@ fn temp(name: &str) -> PathBuf {
     dir
 }
 
+/// Starts `lock exec --ttl TTL --kill-after 1s ID -- <a command that writes its pid, then sleeps>`
+/// and waits until the command runs; returns the `lock` process and the command's pid.
+async fn hold(
+    service: &str,
+    dir: &std::path::Path,
+    ttl: &str,
+    id: &str,
+) -> (std::process::Child, String) {
+    let pidfile = dir.join("pid");
+    let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let child = lock(
+        service,
+        &[
+            "exec",
+            "--ttl",
+            ttl,
+            "--kill-after",
+            "1s",
+            id,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let start = Instant::now();
+    while std::fs::read_to_string(&pidfile).map_or(true, |p| p.trim().is_empty()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the command never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    (child, pid)
+}
+
 #[test]
 fn racing_execs_run_their_commands_one_after_the_other() {
     let Some(service) = service("racing") else {
@@ -90,35 +130,7 @@ async fn a_lost_lock_terminates_the_command() {
         return;
     };
     let dir = temp("lost");
-    let pidfile = dir.join("pid");
-    let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
-    let child = lock(
-        &service,
-        &[
-            "exec",
-            "--ttl",
-            "3s",
-            "--kill-after",
-            "1s",
-            "victim",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    )
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let start = Instant::now();
-    while !pidfile.exists() || std::fs::read_to_string(&pidfile).unwrap().trim().is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the command never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    let (child, pid) = hold(&service, &dir, "3s", "victim").await;
     assert!(PathBuf::from(format!("/proc/{pid}")).exists());
 
     // Revoke the session's lease from outside, as an operator or an expiry would.
@@ -283,35 +295,7 @@ async fn a_paused_holder_notices_the_loss_the_moment_it_resumes() {
         return;
     };
     let dir = temp("paused");
-    let pidfile = dir.join("pid");
-    let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
-    let holder = lock(
-        &service,
-        &[
-            "exec",
-            "--ttl",
-            "2s",
-            "--kill-after",
-            "1s",
-            "p",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    )
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let start = Instant::now();
-    while std::fs::read_to_string(&pidfile).map_or(true, |p| p.trim().is_empty()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the command never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let command_pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    let (holder, command_pid) = hold(&service, &dir, "2s", "p").await;
     let holder_pid = holder.id().to_string();
     let signal = |sig: &str, pid: &str| {
         assert!(Command::new("kill")
@@ -367,6 +351,42 @@ async fn a_paused_holder_notices_the_loss_the_moment_it_resumes() {
         stale < token,
         "the stale holder's token {stale} must be older than the new holder's {token}"
     );
+    next.unlock().await.unwrap();
+    other.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_with_sigkill_frees_the_lock_within_the_ttl() {
+    use lock::etcd::{EtcdConfig, EtcdService};
+    use lock::{Service, SessionConfig};
+    let Some(service) = service("killed") else {
+        return;
+    };
+    let dir = temp("killed");
+    let (mut holder, command_pid) = hold(&service, &dir, "2s", "k").await;
+    holder.kill().unwrap(); // SIGKILL: no unlock, no revoke
+    let killed = Instant::now();
+    let _ = holder.wait();
+    let other = EtcdService::connect(EtcdConfig::from_uri(&service).unwrap())
+        .await
+        .unwrap();
+    let session = other
+        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let next = session.new_locker("k");
+    tokio::time::timeout(Duration::from_secs(10), next.lock())
+        .await
+        .expect("granted")
+        .unwrap();
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the lock of a killed holder came free after {took:?}"
+    );
+    // A SIGKILLed `lock` cannot stop its command: only the fencing token protects from it.
+    let _ = Command::new("kill").arg(&command_pid).status();
     next.unlock().await.unwrap();
     other.close().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);

@@ -123,11 +123,27 @@ impl Deadline {
         self.nanos.store(nanos, Ordering::SeqCst);
     }
 
-    /// Moves the deadline to `at` only if that is later than the current one.
-    pub fn extend_to(&self, at: Instant) {
+    /// Moves the deadline to `at` only if that is later than the current one and the current
+    /// one has not passed.
+    ///
+    /// A deadline that has passed never moves again: whatever relied on it (a session, its
+    /// locks) is gone for good, even if a late confirmation arrives afterwards. Returns whether
+    /// the deadline is still ahead.
+    pub fn extend_to(&self, at: Instant) -> bool {
         let nanos = at.saturating_duration_since(self.base).as_nanos();
         let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
-        self.nanos.fetch_max(nanos, Ordering::SeqCst);
+        let now = u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.base)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX - 1);
+        self.nanos
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |current| {
+                (current != u64::MAX && current > now && nanos > current).then_some(nanos)
+            })
+            .is_ok()
+            || self.instant().is_none_or(|at| at > Instant::now())
     }
 
     /// Makes the deadline pass now, for good.

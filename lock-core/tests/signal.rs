@@ -64,3 +64,14 @@ async fn done_resolves_when_fired_or_expired() {
     deadline.expire();
     assert!(done.is_done());
 }
+
+#[test]
+fn a_passed_deadline_is_never_extended() {
+    let deadline = Deadline::new(Instant::now() + Duration::from_millis(20));
+    assert!(deadline.extend_to(Instant::now() + Duration::from_millis(40)));
+    std::thread::sleep(Duration::from_millis(60));
+    assert!(deadline.has_passed());
+    // A late confirmation must not bring the session back to life.
+    assert!(!deadline.extend_to(Instant::now() + Duration::from_secs(10)));
+    assert!(deadline.has_passed());
+}

@@ -103,6 +103,7 @@ async fn main() {
             resource: resource.clone(),
             history: history.clone(),
             stop: stop.clone(),
+            long_holds: true,
         };
         tasks.push(tokio::spawn(contender.run()));
         clients.push(Client { proxies });
@@ -218,8 +219,14 @@ async fn main() {
     }
     println!();
     let acquisitions = grants.len();
+    let signals = history
+        .events()
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::Lost(_)))
+        .count();
     println!(
-        "acquisitions: {acquisitions}; losses: {}; fenced writes accepted: {}, rejected: {}",
+        "acquisitions: {acquisitions}; holds ended by loss: {}; lost() signals seen: {signals}; \
+         fenced writes accepted: {}, rejected: {}",
         summary.losses, summary.writes_accepted, summary.writes_rejected
     );
     drop(clients);

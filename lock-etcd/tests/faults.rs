@@ -57,6 +57,7 @@ async fn contend(cluster: &Cluster, clients: usize, id: &str) -> Run {
             resource: resource.clone(),
             history: history.clone(),
             stop: stop.clone(),
+            long_holds: false,
         };
         tasks.push(tokio::spawn(contender.run()));
     }
@@ -143,9 +144,9 @@ async fn whole_cluster_down_longer_than_the_ttl() {
             Kind::Acquired(t) => {
                 open.insert(e.client, (t, None));
             }
-            Kind::Lost | Kind::Unlocked => {
-                if let Some(entry) = open.get_mut(&e.client) {
-                    entry.1 = Some(e.at);
+            Kind::Lost(t) | Kind::Unlocked(t) => {
+                if let Some(entry) = open.get_mut(&e.client).filter(|entry| entry.0 == t) {
+                    entry.1.get_or_insert(e.at);
                 }
             }
             _ => {}
@@ -246,7 +247,7 @@ fn a_frozen_holder_sees_the_loss_at_once_and_its_stale_write_is_rejected() {
                     held.is_lost(),
                     "is_lost() was false right after resuming past the deadline"
                 );
-                history.record_at(resumed, 1, "x", Kind::Lost);
+                history.record_at(resumed, 1, "x", Kind::Lost(token));
                 tokio::time::timeout(Duration::from_millis(50), held.lost())
                     .await
                     .expect("lost() at once");
@@ -302,7 +303,7 @@ fn a_frozen_holder_sees_the_loss_at_once_and_its_stale_write_is_rejected() {
         assert!(accepted);
         next_tx.send(()).unwrap();
         holder.join().expect("the frozen holder's checks failed");
-        history.record(2, "x", Kind::Unlocked);
+        history.record(2, "x", Kind::Unlocked(held.fencing_token()));
         locker.unlock().await.unwrap();
         service.close().await.unwrap();
     });

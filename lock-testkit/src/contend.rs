@@ -33,6 +33,8 @@ pub struct Contender {
     pub history: Arc<History>,
     /// Set to stop it.
     pub stop: Arc<AtomicBool>,
+    /// Make every tenth hold last 4 s (longer than a short TTL), so that faults hit holders.
+    pub long_holds: bool,
 }
 
 impl std::fmt::Debug for Contender {
@@ -46,9 +48,12 @@ impl std::fmt::Debug for Contender {
 
 impl Contender {
     /// Runs until `stop` is set: new sessions as old ones end, lock (bounded waits), one
-    /// fenced write per hold, a hold of 5–25 ms ended early by `lost()`, unlock.
+    /// fenced write per hold, a hold of 5–25 ms (with `long_holds`, every tenth 4 s) ended
+    /// early by `lost()`,
+    /// unlock. Losses are recorded by a watcher the moment `lost()` fires.
     pub async fn run(self) {
         let (n, id, history) = (self.client, self.id.as_str(), &self.history);
+        let mut rounds = 0u64;
         while !self.stop.load(SeqCst) {
             let Ok(session) = self
                 .service
@@ -69,34 +74,39 @@ impl Contender {
                 };
                 let token = held.fencing_token();
                 history.record(n, id, Kind::Acquired(token));
+                // The loss is recorded the moment `lost()` fires, whatever this task is doing
+                // (a slow write, say): that is when the holder knows.
+                let watcher = (held.clone(), history.clone(), id.to_owned());
+                tokio::spawn(async move {
+                    watcher.0.lost().await;
+                    watcher.1.record(n, &watcher.2, Kind::Lost(token));
+                });
                 if held.is_lost() {
-                    history.record(n, id, Kind::Lost);
                     continue;
                 }
                 if let Some((accepted, revision)) = self.resource.write(id, token).await {
-                    history.record(
-                        n,
-                        id,
-                        Kind::Write {
-                            token,
-                            accepted,
-                            revision,
-                        },
-                    );
+                    let write = Kind::Write {
+                        token,
+                        accepted,
+                        revision,
+                    };
+                    history.record(n, id, write);
                 }
-                let hold = Duration::from_millis(5 + (n as u64 * 7) % 20);
+                // Mostly short holds; every tenth a long one, so that faults hit holders.
+                rounds += 1;
+                let hold = if self.long_holds && rounds % 10 == 0 {
+                    Duration::from_secs(4) // longer than the TTL of the fault tests
+                } else {
+                    Duration::from_millis(5 + (n as u64 * 7) % 20)
+                };
                 tokio::select! {
-                    () = held.lost() => {
-                        history.record(n, id, Kind::Lost);
-                        continue;
-                    }
+                    () = held.lost() => continue,
                     () = tokio::time::sleep(hold) => {}
                 }
                 if held.is_lost() {
-                    history.record(n, id, Kind::Lost);
                     continue;
                 }
-                history.record(n, id, Kind::Unlocked);
+                history.record(n, id, Kind::Unlocked(token));
                 let _ = locker.unlock().await;
             }
         }

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 pub enum Kind {
     /// The lock was granted with this fencing token.
     Acquired(u64),
-    /// The holder learned the lock was lost (`lost()` resolved or `is_lost()` was true).
-    Lost,
-    /// The holder released the lock (recorded just before `unlock()` is called).
-    Unlocked,
+    /// The hold with this token was lost (`lost()` resolved, or `is_lost()` was true).
+    Lost(u64),
+    /// The holder released the hold with this token (recorded just before `unlock()`).
+    Unlocked(u64),
     /// A write to the protected resource with this token; `accepted` at resource `revision`.
     Write {
         /// The token sent with the write.
@@ -254,10 +254,13 @@ pub fn check(events: &[Event]) -> Result<Summary, Violations> {
                     ));
                 }
             }
-            Kind::Lost | Kind::Unlocked => {
-                if let Some(mut hold) = open.remove(&(e.client, e.id.as_str())) {
+            Kind::Lost(token) | Kind::Unlocked(token) => {
+                // Only the end of the hold it names: a late event of an older hold is ignored.
+                let key = (e.client, e.id.as_str());
+                if open.get(&key).is_some_and(|h| h.token == token) {
+                    let mut hold = open.remove(&key).expect("just checked");
                     hold.end = e.at;
-                    summary.losses += usize::from(e.kind == Kind::Lost);
+                    summary.losses += usize::from(matches!(e.kind, Kind::Lost(_)));
                     by_id.entry(e.id.as_str()).or_default().push(hold);
                 }
             }
@@ -363,9 +366,9 @@ mod tests {
                     revision: 11,
                 },
             ),
-            ev(10, 1, Kind::Unlocked),
+            ev(10, 1, Kind::Unlocked(10)),
             ev(11, 2, Kind::Acquired(12)),
-            ev(20, 2, Kind::Lost),
+            ev(20, 2, Kind::Lost(12)),
             ev(21, 3, Kind::Acquired(13)),
         ];
         let summary = check(&events).unwrap();
@@ -384,7 +387,7 @@ mod tests {
         let events = [
             ev(0, 1, Kind::Acquired(10)),
             ev(5, 2, Kind::Acquired(11)),
-            ev(10, 1, Kind::Unlocked),
+            ev(10, 1, Kind::Unlocked(10)),
         ];
         let err = check(&events).unwrap_err();
         assert!(
@@ -411,7 +414,7 @@ mod tests {
                 },
             ),
             ev(30, 2, Kind::Acquired(11)),
-            ev(50, 1, Kind::Lost),
+            ev(50, 1, Kind::Lost(10)),
         ];
         check(&events).unwrap();
         // Had it noticed only 10 ms after resuming, that is an overlap.
@@ -419,7 +422,7 @@ mod tests {
             events[0].clone(),
             events[1].clone(),
             events[2].clone(),
-            ev(60, 1, Kind::Lost),
+            ev(60, 1, Kind::Lost(10)),
         ];
         assert!(check(&late).is_err());
     }
@@ -428,7 +431,7 @@ mod tests {
     fn decreasing_tokens_and_stale_writes_are_caught() {
         let events = [
             ev(0, 1, Kind::Acquired(10)),
-            ev(1, 1, Kind::Unlocked),
+            ev(1, 1, Kind::Unlocked(10)),
             ev(2, 2, Kind::Acquired(9)),
             ev(
                 3,

@@ -25,6 +25,8 @@ pub enum Fault {
     Blackhole,
     /// Close every connection now and refuse new ones (RST-like failure, noticed at once).
     Refuse,
+    /// Close every connection now, but accept new ones (a middlebox reset, a failover).
+    Cut,
 }
 
 /// A fault-injecting TCP proxy on 127.0.0.1. Dropping it stops it and closes its connections.
@@ -118,10 +120,13 @@ async fn accept(
         };
         let (cr, cw) = client.into_split();
         let (sr, sw) = server.into_split();
+        // The new connection reacts only to changes made from now on.
+        let mut current = fault.clone();
+        current.borrow_and_update();
         let mut list = tasks.lock().unwrap_or_else(|e| e.into_inner());
         list.retain(|t| !t.is_finished());
-        list.push(tokio::spawn(pipe(cr, sw, fault.clone())));
-        list.push(tokio::spawn(pipe(sr, cw, fault.clone())));
+        list.push(tokio::spawn(pipe(cr, sw, current.clone())));
+        list.push(tokio::spawn(pipe(sr, cw, current)));
     }
 }
 
@@ -149,7 +154,7 @@ async fn pipe(
                 Ok(n) => n,
             },
             changed = fault.changed() => {
-                if changed.is_err() || *fault.borrow() == Fault::Refuse {
+                if changed.is_err() || matches!(*fault.borrow_and_update(), Fault::Refuse | Fault::Cut) {
                     writer.abort(); // dropping both halves closes the connection
                     return;
                 }
@@ -158,7 +163,7 @@ async fn pipe(
         };
         let now = tokio::time::Instant::now();
         let at = match *fault.borrow() {
-            Fault::None => now,
+            Fault::None | Fault::Cut => now,
             Fault::Latency(d) => now + d,
             Fault::Blackhole => continue,
             Fault::Refuse => break,

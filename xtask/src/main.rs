@@ -4,6 +4,7 @@
 //!   3-node etcd cluster it provisions and starts (and stops, also on failure).
 //! - `cargo xtask bench [local|etcd]` — the benchmark tables of `docs/BENCHMARKS.md`.
 //! - `cargo xtask etcd [--nodes N]` — starts a cluster for manual use until Ctrl-C.
+//! - `cargo xtask torture [--seconds N] [--seed S]` — random faults, then the safety checker.
 
 mod provision;
 mod run;
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
         Some("test") => run::test(&args[1..]),
         Some("bench") => run::bench(&args[1..]),
         Some("etcd") => run::etcd(&args[1..]),
+        Some("torture") => run::torture(&args[1..]),
         Some("provision") => provision::all().map(|tools| {
             println!("protoc: {}", tools.protoc.display());
             println!("etcd:   {}", tools.etcd.display());
@@ -38,4 +40,7 @@ commands:
                         a fresh 3-node etcd cluster (--quick skips the fmt/clippy/rustdoc checks)
   bench [local|etcd]    run the benchmarks and print their tables (default: all)
   etcd [--nodes N]      start an etcd cluster (default 3 nodes) and print its connection string
+  torture [--seconds N] [--seed S]
+                        random faults (members killed/paused, clients partitioned/slowed/cut,
+                        whole cluster down) under contention, then the history checker's verdict
   provision             install protoc and etcd under target/tools if missing, print their paths";

@@ -95,7 +95,66 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     );
     drop(cluster);
     eprintln!("xtask: etcd cluster stopped");
-    result
+    result?;
+    // A short torture run: a fixed seed, so the fault sequence is the same in every run.
+    torture_run(&tools, 40, SHORT_TORTURE_SEED)
+}
+
+/// The seed of the torture run inside `cargo xtask test`.
+const SHORT_TORTURE_SEED: u64 = 1;
+
+fn torture_run(tools: &provision::Tools, seconds: u64, seed: u64) -> Result<(), String> {
+    // Built with the same workspace features as the tests, so nothing is compiled twice.
+    step(
+        "build the torture runner",
+        cargo(&tools.protoc).args([
+            "build",
+            "--quiet",
+            "--workspace",
+            "--all-features",
+            "--examples",
+        ]),
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let runner = target.join("debug/examples/torture");
+    step(
+        &format!("torture {seconds} s, seed {seed}"),
+        Command::new(runner)
+            .args([
+                "--seconds",
+                &seconds.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
+            .env(BIN_VAR, bin_dir(tools)),
+    )
+}
+
+/// `cargo xtask torture [--seconds N] [--seed S]`.
+pub(crate) fn torture(args: &[String]) -> Result<(), String> {
+    let mut seconds = 60;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs());
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = value
+            .parse()
+            .map_err(|_| format!("{flag} takes a number, not `{value}`"))?;
+        match flag.as_str() {
+            "--seconds" => seconds = number,
+            "--seed" => seed = number,
+            _ => {
+                return Err(format!(
+                    "unknown option `{flag}`: cargo xtask torture [--seconds N] [--seed S]"
+                ))
+            }
+        }
+    }
+    let tools = provision::all()?;
+    torture_run(&tools, seconds, seed)
 }
 
 /// `cargo xtask bench [local|etcd]`.
