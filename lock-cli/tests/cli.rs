@@ -246,39 +246,25 @@ fn passwords_come_from_a_file_and_are_never_printed() {
     std::fs::write(&file, "s3cret-Pw-91\n").unwrap();
     // The shared cluster has no authentication: a username with a password is refused by etcd,
     // and the refusal must not echo the password.
-    let with_user = format!("{service}&username=nobody");
-    let out = lock(
-        &with_user,
-        &[
+    let exec = |service: &str| {
+        let args = [
             "exec",
             "--password-file",
             file.to_str().unwrap(),
             "pw",
             "--",
             "true",
-        ],
-    )
-    .output()
-    .unwrap();
+        ];
+        lock(service, &args).output().unwrap()
+    };
+    let out = exec(&format!("{service}&username=nobody"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!text.contains("s3cret-Pw-91"), "{text}");
-    let out = lock(
-        &service,
-        &[
-            "exec",
-            "--password-file",
-            file.to_str().unwrap(),
-            "pw",
-            "--",
-            "true",
-        ],
-    )
-    .output()
-    .unwrap();
+    let out = exec(&service);
     assert_eq!(
         out.status.code(),
         Some(64),
