@@ -106,21 +106,15 @@ pub struct Deadline {
 }
 
 impl Deadline {
-    /// A deadline at `at`.
+    /// A deadline at `at`. It can only move later ([`extend_to`](Deadline::extend_to)) while it
+    /// has not passed, or pass at once ([`expire`](Deadline::expire)).
     pub fn new(at: Instant) -> Self {
-        let d = Deadline {
-            base: Instant::now(),
-            nanos: AtomicU64::new(u64::MAX),
-        };
-        d.set(at);
-        d
-    }
-
-    /// Moves the deadline to `at` (earlier or later).
-    pub fn set(&self, at: Instant) {
-        let nanos = at.saturating_duration_since(self.base).as_nanos();
-        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
-        self.nanos.store(nanos, Ordering::SeqCst);
+        let base = Instant::now();
+        let nanos = at.saturating_duration_since(base).as_nanos();
+        Deadline {
+            base,
+            nanos: AtomicU64::new(u64::try_from(nanos).unwrap_or(u64::MAX - 1)),
+        }
     }
 
     /// Moves the deadline to `at` only if that is later than the current one and the current

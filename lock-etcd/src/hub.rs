@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::error::{once, request};
 
 /// Called with the revision at which the key was deleted (or seen absent).
-pub(crate) type Callback = Box<dyn Fn(i64) + Send + Sync>;
+type Callback = Arc<dyn Fn(i64) + Send + Sync>;
 
 #[derive(Default)]
 pub(crate) struct Hub {
@@ -28,7 +28,7 @@ pub(crate) struct Hub {
 #[derive(Default)]
 struct State {
     next: u64,
-    interests: HashMap<String, Vec<(u64, Arc<Callback>)>>,
+    interests: HashMap<String, Vec<(u64, Callback)>>,
 }
 
 /// A registration; dropping it unregisters.
@@ -58,14 +58,19 @@ impl Hub {
     }
 
     /// Calls `callback` whenever `key` is deleted, until the returned [`Interest`] is dropped.
-    pub(crate) fn register(self: &Arc<Self>, key: &str, callback: Callback) -> Interest {
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        key: &str,
+        callback: impl Fn(i64) + Send + Sync + 'static,
+    ) -> Interest {
+        let callback: Callback = Arc::new(callback);
         let mut st = self.state();
         st.next += 1;
         let token = st.next;
         st.interests
             .entry(key.to_owned())
             .or_default()
-            .push((token, Arc::new(callback)));
+            .push((token, callback));
         Interest {
             hub: Arc::downgrade(self),
             key: key.to_owned(),
@@ -74,7 +79,7 @@ impl Hub {
     }
 
     fn deleted(&self, key: &str, revision: i64) {
-        let callbacks: Vec<Arc<Callback>> = match self.state().interests.get(key) {
+        let callbacks: Vec<Callback> = match self.state().interests.get(key) {
             Some(list) => list.iter().map(|(_, c)| c.clone()).collect(),
             None => return,
         };

@@ -28,7 +28,6 @@ pub use config::{
     EtcdConfig, TlsFiles, DEFAULT_DIAL_TIMEOUT, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT,
     OLDEST_SUPPORTED_VERSION,
 };
-pub use keys::decode_id;
 
 /// The etcd client this backend uses, for talking to the same cluster (e.g. fenced writes).
 pub use etcd_client;

@@ -147,14 +147,11 @@ impl LockerCore {
             return Err(Error::AlreadyLocked);
         }
         let weak = Arc::downgrade(self);
-        st.own = Some(self.session.service.hub.register(
-            &self.key,
-            Box::new(move |rev| {
-                if let Some(core) = weak.upgrade() {
-                    core.key_deleted(rev);
-                }
-            }),
-        ));
+        st.own = Some(self.session.service.hub.register(&self.key, move |rev| {
+            if let Some(core) = weak.upgrade() {
+                core.key_deleted(rev);
+            }
+        }));
         *st = State {
             phase: Phase::Acquiring,
             own: st.own.take(),
@@ -251,16 +248,13 @@ impl LockerCore {
 
     fn watch_predecessor(self: &Arc<Self>, key: &str, created: i64) -> Interest {
         let weak: Weak<LockerCore> = Arc::downgrade(self);
-        self.session.service.hub.register(
-            key,
-            Box::new(move |deleted| {
-                if deleted > created {
-                    if let Some(core) = weak.upgrade() {
-                        core.wake.notify_one();
-                    }
+        self.session.service.hub.register(key, move |deleted| {
+            if deleted > created {
+                if let Some(core) = weak.upgrade() {
+                    core.wake.notify_one();
                 }
-            }),
-        )
+            }
+        })
     }
 
     /// In one txn: is our key (incarnation `rev`) still there, and which key is right before it?

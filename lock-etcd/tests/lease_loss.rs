@@ -140,6 +140,11 @@ async fn unlock_and_close_leave_no_keys_or_leases() {
         .unwrap();
     assert_eq!(count(keys), 0, "unlock left the key behind");
     holder.lock().await.unwrap();
+    let held = raw
+        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let lease = held.kvs()[0].lease();
     drop(session); // revoked in the background
     let mut gone = false;
     for _ in 0..100 {
@@ -157,5 +162,7 @@ async fn unlock_and_close_leave_no_keys_or_leases() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gone, "a dropped session's keys were not removed");
+    let ttl = raw.lease_time_to_live(lease, None).await.unwrap().ttl();
+    assert_eq!(ttl, -1, "a dropped session's lease was not revoked");
     service.close().await.unwrap();
 }
