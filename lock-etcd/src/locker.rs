@@ -1,17 +1,17 @@
 //! The lock recipe.
 //!
 //! Each locker owns one key, `<prefix><id>/<lease>-<locker>`, bound to its session's lease.
-//! Waiters are ordered by the keys' create revisions:
+//! The keys of an id form its queue, ordered by create revision; the first key holds the lock
+//! and its create revision is the fencing token.
 //!
-//! - **acquire**: one txn puts our key (if absent) and reads the two newest keys of the id.
-//!   If ours is the only one, the lock is ours: one round trip. The fencing token is our key's
-//!   create revision.
-//! - **wait**: otherwise the key created just before ours is our predecessor. We register with
-//!   the service's delete-watch for it, then re-check in one txn (our key still there? who is our
-//!   predecessor now?), and sleep until that key is deleted. Only the waiter right behind a
-//!   deleted key wakes up: no herd.
-//! - **unlock**: `lost()` fires first, then a txn deletes our key if its create revision is
-//!   still ours.
+//! - **acquire**: one txn puts our key, and tells whether the id had no key before: then the
+//!   lock is ours, in one round trip. Where this service already mirrors the id's queue (it has
+//!   waiters there), a plain put joins the queue instead.
+//! - **wait**: the service's watch keeps a copy of the id's queue (one read when its first
+//!   local waiter arrives, then the watch's puts and deletes). When our key becomes the first,
+//!   we are woken, and only we are: the copy is etcd's state at that revision, so no read
+//!   confirms it.
+//! - **unlock**: `lost()` fires first, then one delete removes our key.
 //! - **loss**: our key deleted by anyone else, the session's lease lost, or the session's
 //!   deadline passed, all fire `lost()`.
 
@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, GetOptions, KvClient, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse, TxnResponse,
+    Compare, CompareOp, GetOptions, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use lock_core::{Error, Held, Locker, OpFuture, Result, Signal};
 use tokio::sync::Notify;
@@ -65,9 +64,6 @@ pub(crate) struct LockerCore {
     state: Mutex<State>,
     wake: Notify,
 }
-
-/// A predecessor: key and create revision.
-type Pred = Option<(String, i64)>;
 
 impl LockerCore {
     fn state(&self) -> MutexGuard<'_, State> {
@@ -186,108 +182,99 @@ impl LockerCore {
         ))
     }
 
-    fn newest_two(&self) -> TxnOp {
-        let options = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Descend)
-            .with_limit(2);
-        TxnOp::get(self.range.as_str(), Some(options))
-    }
-
-    fn put_own_key(&self) -> TxnOp {
-        let options = PutOptions::new().with_lease(self.session.lease);
+    fn put_own_key(&self) -> (String, PutOptions) {
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         let owner = format!("{} since={since}", self.session.service.owner);
-        TxnOp::put(self.key.as_str(), owner, Some(options))
+        (owner, PutOptions::new().with_lease(self.session.lease))
+    }
+
+    /// One txn: if the id has no key at all, our key is put and the lock is ours (`true`);
+    /// otherwise our key is put all the same, queueing us. Returns our key's create revision.
+    async fn put_if_free(&self) -> Result<(i64, bool)> {
+        let (owner, options) = self.put_own_key();
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(self.range.as_str(), CompareOp::Equal, 0).with_prefix(),
+            ])
+            .and_then([TxnOp::put(
+                self.key.as_str(),
+                owner.as_str(),
+                Some(options.clone()),
+            )])
+            .or_else([TxnOp::put(
+                self.key.as_str(),
+                owner.as_str(),
+                Some(options.with_prev_key()),
+            )]);
+        let resp = self.txn("taking the lock", txn).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        if resp.succeeded() {
+            return Ok((revision, true));
+        }
+        let previous = match resp.op_responses().into_iter().next() {
+            Some(TxnOpResponse::Put(put)) => put.prev_key().map(|kv| kv.create_revision()),
+            _ => None,
+        };
+        Ok((previous.unwrap_or(revision), false))
+    }
+
+    /// One put: queues our key behind the id's others. Returns its create revision (an
+    /// earlier attempt's, if that put arrived but its answer did not).
+    async fn enqueue(&self) -> Result<i64> {
+        let (owner, options) = self.put_own_key();
+        let options = options.with_prev_key();
+        let kv = self.kv();
+        let resp = request("taking the lock", self.limit(), || {
+            let (mut kv, owner, options) = (kv.clone(), owner.clone(), options.clone());
+            async move { kv.put(self.key.as_str(), owner, Some(options)).await }
+        })
+        .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok(resp.prev_key().map_or(revision, |kv| kv.create_revision()))
     }
 
     async fn acquire(self: &Arc<Self>) -> Result<Held> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.key.as_str(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then([self.put_own_key(), self.newest_two()])
-            .or_else([TxnOp::get(self.key.as_str(), None)]);
-        let resp = self.txn("taking the lock", txn).await?;
-        let (rev, mut pred, mut check) = if resp.succeeded() {
-            let rev = header_revision(&resp);
-            let pred = range(&resp, 1)
-                .into_iter()
-                .find(|(_, created)| *created < rev);
-            let check = pred.is_some();
-            (rev, pred, check)
+        let hub = &self.session.service.hub;
+        // Where this service already sees a queue for the id, a plain put joins it; otherwise
+        // one txn takes a free lock outright.
+        let mut queue = hub.is_busy(&self.range).then(|| hub.join(&self.range));
+        let rev = if queue.is_some() {
+            self.enqueue().await?
         } else {
-            // Our key exists already (an earlier attempt's put whose answer was lost).
-            let rev = range(&resp, 0).first().map_or(0, |(_, created)| *created);
-            (rev, None, true)
-        };
-        self.set_rev(rev)?;
-        loop {
-            let _watching = pred
-                .as_ref()
-                .map(|(key, created)| self.watch_predecessor(key, *created));
-            if check {
-                let now = self.predecessor(rev).await?;
-                if now != pred {
-                    pred = now;
-                    continue; // watch the new predecessor, then check again
-                }
-            }
-            if pred.is_none() {
+            let (rev, free) = self.put_if_free().await?;
+            if free {
+                self.set_rev(rev)?;
                 return self.grant();
             }
-            tracing::debug!(id = %self.id, key = %self.key, waits_for = ?pred.as_ref().map(|p| &p.0), "waiting for the lock");
-            self.wait_for_wake(rev).await?;
-            check = true;
-        }
-    }
-
-    fn watch_predecessor(self: &Arc<Self>, key: &str, created: i64) -> Interest {
+            rev
+        };
+        self.set_rev(rev)?;
+        let queue = queue.get_or_insert_with(|| hub.join(&self.range));
         let weak: Weak<LockerCore> = Arc::downgrade(self);
-        self.session.service.hub.register(key, move |deleted| {
-            if deleted > created {
+        queue.wait(
+            &self.key,
+            rev,
+            Arc::new(move || {
                 if let Some(core) = weak.upgrade() {
                     core.wake.notify_one();
                 }
+            }),
+        );
+        tracing::debug!(id = %self.id, key = %self.key, token = rev, "waiting for the lock");
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if queue.is_first(&self.key, rev)? {
+                return self.grant();
             }
-        })
-    }
-
-    /// In one txn: is our key (incarnation `rev`) still there, and which key is right before it?
-    async fn predecessor(&self, rev: i64) -> Result<Pred> {
-        let options = GetOptions::new()
-            .with_prefix()
-            .with_max_create_revision(rev - 1)
-            .with_sort(SortTarget::Create, SortOrder::Descend)
-            .with_limit(1)
-            .with_keys_only();
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.key.as_str(),
-                CompareOp::Equal,
-                rev,
-            )])
-            .and_then([TxnOp::get(self.range.as_str(), Some(options))]);
-        let resp = self.txn("waiting for the lock", txn).await?;
-        if !resp.succeeded() {
-            return Err(self.canceled());
+            if self.session.ended().is_some() || self.state().deleted_at > rev {
+                return Err(self.canceled());
+            }
+            notified.await;
         }
-        Ok(range(&resp, 0).into_iter().next())
-    }
-
-    async fn wait_for_wake(&self, rev: i64) -> Result<()> {
-        let notified = self.wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if self.session.ended().is_some() || self.state().deleted_at > rev {
-            return Err(self.canceled());
-        }
-        notified.await;
-        Ok(())
     }
 
     /// One acquisition attempt: checks, waits for an earlier attempt's cleanup, watches our key,
@@ -314,13 +301,24 @@ impl LockerCore {
     }
 
     async fn try_acquire(&self) -> Result<Option<Held>> {
+        let (owner, options) = self.put_own_key();
         let txn = Txn::new()
             .when([
                 Compare::create_revision(self.range.as_str(), CompareOp::Equal, 0).with_prefix(),
             ])
-            .and_then([self.put_own_key()]);
+            .and_then([TxnOp::put(self.key.as_str(), owner, Some(options))])
+            .or_else([TxnOp::get(
+                self.key.as_str(),
+                Some(GetOptions::new().with_count_only()),
+            )]);
         let resp = self.txn("trying the lock", txn).await?;
         if !resp.succeeded() {
+            if own_key_exists(&resp) {
+                // An earlier send of this txn put our key and its answer was lost: take the
+                // key away again rather than leave it queued.
+                self.abandon();
+                return Ok(None);
+            }
             let mut st = self.state();
             st.phase = Phase::Idle;
             st.own = None;
@@ -466,16 +464,17 @@ impl Locker for EtcdLocker {
                     core.signal.fire();
                     st.rev
                 };
-                let txn = Txn::new()
-                    .when([Compare::create_revision(
-                        core.key.as_str(),
-                        CompareOp::Equal,
-                        rev,
-                    )])
-                    .and_then([TxnOp::delete(core.key.as_str(), None)]);
+                // Only this locker puts its key, and never while it holds: a plain delete
+                // removes exactly the incarnation we hold.
                 tracing::debug!(id = %core.id, token = rev, "unlocking");
-                match core.txn("releasing the lock", txn).await {
-                    Ok(resp) if resp.succeeded() => Ok(()),
+                let kv = core.kv();
+                let deleted = request("releasing the lock", core.limit(), || {
+                    let mut kv = kv.clone();
+                    async move { kv.delete(core.key.as_str(), None).await }
+                })
+                .await;
+                match deleted {
+                    Ok(resp) if resp.deleted() > 0 => Ok(()),
                     Ok(_) => Err(Error::NotHeld),
                     Err(e) => {
                         core.abandon(); // keep trying in the background
@@ -516,19 +515,10 @@ fn header_revision(resp: &TxnResponse) -> i64 {
     resp.header().map_or(0, |h| h.revision())
 }
 
-/// The (key, create revision) pairs of the `n`th response of a txn, if it was a get.
-fn range(resp: &TxnResponse, n: usize) -> Vec<(String, i64)> {
-    match resp.op_responses().into_iter().nth(n) {
-        Some(TxnOpResponse::Get(get)) => get
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    kv.create_revision(),
-                )
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
+/// Whether the else branch of a try txn counted our key.
+fn own_key_exists(resp: &TxnResponse) -> bool {
+    matches!(
+        resp.op_responses().into_iter().next(),
+        Some(TxnOpResponse::Get(get)) if get.count() > 0
+    )
 }

@@ -234,6 +234,19 @@ impl EtcdService {
         self.core.keeper.stream_opens()
     }
 
+    /// How many times a waiter of this service was woken because its key became the first
+    /// of its id: one per lock handed to it, never one per release per waiter.
+    pub fn waiter_wakeups(&self) -> u64 {
+        self.core.hub.wakeups()
+    }
+
+    /// How many times this service read an id's queue from etcd: once when its first local
+    /// waiter starts waiting (while waiters remain, the watch keeps the copy current), and
+    /// again after the watch is re-created.
+    pub fn queue_reads(&self) -> u64 {
+        self.core.hub.loads()
+    }
+
     /// The underlying etcd client, for inspection and tests.
     pub fn client(&self) -> &etcd_client::Client {
         &self.core.client
