@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, LockOptions};
-use lock_core::{Service, SessionConfig};
+use lock_core::{Service, Session, SessionConfig};
 use lock_etcd::{EtcdConfig, EtcdService};
 
 const UNCONTENDED: usize = 400;
@@ -269,6 +269,174 @@ async fn seed(endpoints: &str, rows: &mut Vec<Row>) {
     });
 }
 
+/// etcd's own counter `name` (a line of its `/metrics`, labels included), summed over the
+/// members in `endpoints`.
+fn server_metric(endpoints: &str, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut total = 0.0;
+    for endpoint in endpoints.split(',') {
+        let host = endpoint.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(host).unwrap();
+        write!(
+            conn,
+            "GET /metrics HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        total += text
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l[name.len()..].trim().parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    total
+}
+
+/// Requests that read (ranges, also inside txns) and that write (puts, deletes), as etcd
+/// counted them.
+fn server_ops(endpoints: &str) -> (f64, f64) {
+    (
+        server_metric(endpoints, "etcd_mvcc_range_total"),
+        server_metric(endpoints, "etcd_mvcc_put_total")
+            + server_metric(endpoints, "etcd_mvcc_delete_total"),
+    )
+}
+
+/// CPU time this process has used (user + system), from `/proc/self/stat`.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // The fields after the command name (which is in parentheses): utime is the 12th, stime
+    // the 13th, in clock ticks of 1/100 s.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// 10,000 waiters queued on one id, released one after another: how many wake-ups and how
+/// many etcd requests each release costs.
+async fn waiters(endpoints: &str, rows: &mut Vec<Row>) {
+    const WAITERS: usize = 10_000;
+    const SESSIONS: usize = 100;
+    let prefix = format!("{}/", unique("waiters"));
+    let config = EtcdConfig::from_uri(&format!("etcd:{endpoints}?prefix={prefix}")).unwrap();
+    let service = EtcdService::connect(config).await.unwrap();
+    let ttl = SessionConfig::new(Duration::from_secs(60));
+    let holder = service.open_session(&ttl).await.unwrap();
+    let first = holder.new_locker("queue");
+    first.lock().await.unwrap();
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        sessions.push(Arc::new(service.open_session(&ttl).await.unwrap()));
+    }
+    let order = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..WAITERS {
+        let (session, order) = (sessions[i % SESSIONS].clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let locker = session.new_locker("queue");
+            let held = locker.lock().await.unwrap();
+            assert!(!held.is_lost());
+            order.fetch_add(1, Relaxed);
+            locker.unlock().await.unwrap();
+        }));
+    }
+    // Wait until every waiter's key is in etcd.
+    let mut kv = raw(endpoints).await.kv_client();
+    let range = format!("{prefix}queue/");
+    let count_only = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    while kv
+        .get(range.as_str(), Some(count_only.clone()))
+        .await
+        .unwrap()
+        .count()
+        < (WAITERS + 1) as i64
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = service.stats();
+    let (reads, writes) = server_ops(endpoints);
+    let start = Instant::now();
+    first.unlock().await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    let after = service.stats();
+    let (reads_after, writes_after) = server_ops(endpoints);
+    assert_eq!(order.load(Relaxed), WAITERS as u64);
+    drop(sessions);
+    drop(holder);
+    service.close().await.unwrap();
+    let releases = WAITERS as f64; // the holder's, then every waiter's but the last
+    let wakeups = (after.waiter_wakeups - before.waiter_wakeups) as f64;
+    rows.push(Row {
+        name: format!(
+            "4b. {WAITERS} waiters on one id, released in turn (wake-ups, etcd reads, writes per release)"
+        ),
+        ours: format!(
+            "{:.2} wake-ups, {:.2} reads, {:.2} writes ({:.0} handoffs/s)",
+            wakeups / releases,
+            (reads_after - reads) / releases,
+            (writes_after - writes) / releases,
+            releases / elapsed.as_secs_f64()
+        ),
+        baseline: "–".into(),
+        ratio: format!("{:.2} wake-ups per release", wakeups / releases),
+        target: "exactly 1 wake-up per release",
+    });
+}
+
+/// 1,000 idle sessions held for 60 s by one service.
+async fn idle(endpoints: &str, rows: &mut Vec<Row>) {
+    const SESSIONS: usize = 1000;
+    const FOR: Duration = Duration::from_secs(60);
+    let config =
+        EtcdConfig::from_uri(&format!("etcd:{endpoints}?prefix={}/", unique("idle"))).unwrap();
+    let service = EtcdService::connect(config).await.unwrap();
+    let streams_method = "grpc_server_started_total{grpc_method=\"LeaseKeepAlive\",grpc_service=\"etcdserverpb.Lease\",grpc_type=\"bidi_stream\"}";
+    let server_streams = server_metric(endpoints, streams_method);
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        sessions.push(
+            service
+                .open_session(&SessionConfig::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let before = service.stats();
+    let cpu = cpu_time();
+    let start = Instant::now();
+    tokio::time::sleep(FOR).await;
+    let cpu = cpu_time() - cpu;
+    let wall = start.elapsed();
+    let after = service.stats();
+    let streams = server_metric(endpoints, streams_method) - server_streams;
+    let ended = sessions.iter().filter(|s| s.done().is_done()).count();
+    let sent = after.keep_alives_sent - before.keep_alives_sent;
+    let unanswered = after.keep_alives_sent - after.keep_alives_acknowledged;
+    service.close().await.unwrap();
+    let share = cpu.as_secs_f64() / wall.as_secs_f64() * 100.0;
+    rows.push(Row {
+        name: format!(
+            "5. {SESSIONS} idle sessions (TTL {}s) for {} s: client CPU, keep-alive streams, keep-alives",
+            SessionConfig::default().ttl.as_secs(),
+            FOR.as_secs()
+        ),
+        ours: format!(
+            "{share:.2}% of one core; {} stream(s) (etcd counted {streams:.0}); {sent} sent, {unanswered} unanswered, {ended} sessions ended",
+            after.keep_alive_streams_opened
+        ),
+        baseline: "–".into(),
+        ratio: format!("{share:.2}% CPU"),
+        target: "< 2% CPU, 1 stream, none missed",
+    });
+}
+
 fn main() {
     let endpoints = std::env::var("LOCK_ETCD_ENDPOINTS")
         .expect("LOCK_ETCD_ENDPOINTS is not set: run `cargo xtask bench etcd`");
@@ -277,12 +445,36 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `cargo bench` passes `--bench`; bare words run only those parts (for profiling):
+    // uncontended | contended | seed | waiters | idle | cluster.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let mut rows = Vec::new();
     rt.block_on(async {
-        let put_rate = floor_and_uncontended(&endpoints, &mut rows).await;
-        contended(&endpoints, put_rate, &mut rows).await;
-        seed(&endpoints, &mut rows).await;
-        if let Ok(cluster) = std::env::var("LOCK_ETCD_CLUSTER_ENDPOINTS") {
+        let put_rate = if run("uncontended") || run("contended") {
+            floor_and_uncontended(&endpoints, &mut rows).await
+        } else {
+            0.0
+        };
+        if run("contended") {
+            contended(&endpoints, put_rate, &mut rows).await;
+        }
+        if run("seed") {
+            seed(&endpoints, &mut rows).await;
+        }
+        if run("waiters") {
+            waiters(&endpoints, &mut rows).await;
+        }
+        if run("idle") {
+            idle(&endpoints, &mut rows).await;
+        }
+        if let Some(cluster) = std::env::var("LOCK_ETCD_CLUSTER_ENDPOINTS")
+            .ok()
+            .filter(|_| run("cluster"))
+        {
             let mut informative = Vec::new();
             floor_and_uncontended(&cluster, &mut informative).await;
             for mut row in informative {

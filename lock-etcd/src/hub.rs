@@ -66,6 +66,8 @@ struct Queue {
 }
 
 enum Load {
+    /// Not mirrored: the lockers using the queue have not needed it yet.
+    Idle,
     /// A snapshot read is on its way; changes seen meanwhile wait here.
     Loading {
         generation: u64,
@@ -98,13 +100,10 @@ impl Change {
 }
 
 impl Queue {
-    fn new(generation: u64) -> Self {
+    fn new() -> Self {
         Queue {
             users: 0,
-            load: Load::Loading {
-                generation,
-                buffer: Vec::new(),
-            },
+            load: Load::Idle,
             by_rev: BTreeMap::new(),
             by_key: HashMap::new(),
             waiters: HashMap::new(),
@@ -136,7 +135,7 @@ impl Queue {
         match &mut self.load {
             Load::Loading { buffer, .. } => buffer.push(change),
             Load::Ready { since } if change.revision() > *since => self.apply(change),
-            Load::Ready { .. } | Load::Failed(_) => {}
+            Load::Ready { .. } | Load::Idle | Load::Failed(_) => {}
         }
     }
 
@@ -197,14 +196,26 @@ pub(crate) struct QueueUse {
 }
 
 impl QueueUse {
-    /// Wakes `wake` when `key`, created at `rev`, becomes the first key of the queue.
+    /// Wakes `wake` when `key`, created at `rev`, becomes the first key of the queue; starts
+    /// mirroring the queue if it is not mirrored yet.
     pub(crate) fn wait(&mut self, key: &str, rev: i64, wake: Wake) {
         let mut st = self.hub.state();
+        st.generation += 1;
+        let generation = st.generation;
         let Some(queue) = st.queues.get_mut(&self.range) else {
             return;
         };
         queue.waiters.insert(key.to_owned(), (rev, wake));
         self.waiting = Some(key.to_owned());
+        if matches!(queue.load, Load::Idle | Load::Failed(_)) {
+            queue.reload(generation);
+            drop(st);
+            tokio::spawn(load(
+                Arc::downgrade(&self.hub),
+                self.range.clone(),
+                generation,
+            ));
+        }
     }
 
     /// Whether `key`, created at `rev`, is the first key of the id (so its locker holds the
@@ -223,7 +234,7 @@ impl QueueUse {
                 .by_rev
                 .first_key_value()
                 .is_some_and(|(&created, first)| created == rev && first == key)),
-            Load::Loading { .. } => Ok(false),
+            Load::Loading { .. } | Load::Idle => Ok(false),
             Load::Failed(reason) => Err(lock_core::Error::backend(
                 crate::SERVICE_ETCD,
                 reason.clone(),
@@ -274,42 +285,26 @@ impl Hub {
         }
     }
 
-    /// Whether this service mirrors `range` and has seen keys there: then a new locker
-    /// queues with a plain put instead of first asking whether the id is free.
-    pub(crate) fn is_busy(&self, range: &str) -> bool {
-        self.state()
-            .queues
-            .get(range)
-            .is_some_and(|q| !matches!(q.load, Load::Ready { .. }) || !q.by_rev.is_empty())
-    }
-
-    /// Starts using the queue of `range`, reading it from etcd if nobody here mirrors it yet.
-    /// Must run inside a tokio runtime.
-    pub(crate) fn join(self: &Arc<Self>, range: &str) -> QueueUse {
+    /// Starts using the queue of `range`. Returns whether the id looks contended from here:
+    /// another local locker is taking or waiting for it, or the mirrored queue has keys. Then
+    /// a new locker queues with a plain put instead of asking whether the id is free.
+    pub(crate) fn join(self: &Arc<Self>, range: &str) -> (QueueUse, bool) {
         let mut st = self.state();
-        st.generation += 1;
-        let generation = st.generation;
-        let queue = st
-            .queues
-            .entry(range.to_owned())
-            .or_insert_with(|| Queue::new(0));
+        let queue = st.queues.entry(range.to_owned()).or_insert_with(Queue::new);
+        let busy = queue.users > 0
+            || match &queue.load {
+                Load::Idle => false,
+                Load::Ready { .. } => !queue.by_rev.is_empty(),
+                Load::Loading { .. } | Load::Failed(_) => true,
+            };
         queue.users += 1;
-        let start = match &queue.load {
-            Load::Loading { generation: 0, .. } | Load::Failed(_) => {
-                queue.reload(generation);
-                true
-            }
-            _ => false,
-        };
         drop(st);
-        if start {
-            tokio::spawn(load(Arc::downgrade(self), range.to_owned(), generation));
-        }
-        QueueUse {
+        let queue = QueueUse {
             hub: self.clone(),
             range: range.to_owned(),
             waiting: None,
-        }
+        };
+        (queue, busy)
     }
 
     /// How many waiters were woken because their key became the first of its id.
@@ -429,7 +424,9 @@ impl Hub {
         st.generation += 1;
         let generation = st.generation;
         for queue in st.queues.values_mut() {
-            queue.reload(generation);
+            if !matches!(queue.load, Load::Idle) {
+                queue.reload(generation);
+            }
         }
     }
 

@@ -44,6 +44,8 @@ struct State {
     revoke: Vec<i64>,
     stopped: bool,
     stream_opens: u64,
+    sent: u64,
+    acked: u64,
 }
 
 struct Lease {
@@ -107,13 +109,15 @@ impl Keeper {
         self.wake.notify_one();
     }
 
-    /// How many keep-alive streams were opened so far (1 unless the connection was lost).
-    pub(crate) fn stream_opens(&self) -> u64 {
-        self.state().stream_opens
+    /// Keep-alive streams opened, keep-alives sent and keep-alives acknowledged so far.
+    pub(crate) fn counts(&self) -> (u64, u64, u64) {
+        let st = self.state();
+        (st.stream_opens, st.sent, st.acked)
     }
 
     fn ack(&self, lease: i64, ttl: i64) -> Option<Arc<SessionCore>> {
         let mut st = self.state();
+        st.acked += 1;
         let entry = st.leases.get_mut(&lease)?;
         let sent_at = entry.sent.pop_front()?;
         if ttl <= 0 {
@@ -138,6 +142,7 @@ impl Keeper {
             stopped: st.stopped,
             any: !st.leases.is_empty(),
         };
+        let mut sent = 0;
         st.leases.retain(|id, lease| {
             if lease.deadline.has_passed() {
                 due.expired.extend(lease.session.upgrade());
@@ -146,11 +151,13 @@ impl Keeper {
             if lease.next_send <= horizon && can_send {
                 let now = Instant::now();
                 due.send.push(*id);
+                sent += 1;
                 lease.sent.push_back(now);
                 lease.next_send = now + interval(lease.ttl);
             }
             true
         });
+        st.sent += sent;
         due
     }
 
@@ -171,6 +178,7 @@ impl Keeper {
     fn sent_for_open(&self, lease: i64, at: Instant) {
         let mut st = self.state();
         st.stream_opens += 1;
+        st.sent += 1;
         if let Some(l) = st.leases.get_mut(&lease) {
             l.sent.push_back(at);
             l.next_send = at + interval(l.ttl);

@@ -4,9 +4,9 @@
 //! The keys of an id form its queue, ordered by create revision; the first key holds the lock
 //! and its create revision is the fencing token.
 //!
-//! - **acquire**: one txn puts our key, and tells whether the id had no key before: then the
-//!   lock is ours, in one round trip. Where this service already mirrors the id's queue (it has
-//!   waiters there), a plain put joins the queue instead.
+//! - **acquire**: one txn puts our key and counts the id's keys: if ours is the only one, the
+//!   lock is ours, in one round trip. Where this service already sees contention for the id
+//!   (another local locker taking or waiting for it), a plain put joins the queue instead.
 //! - **wait**: the service's watch keeps a copy of the id's queue (one read when its first
 //!   local waiter arrives, then the watch's puts and deletes). When our key becomes the first,
 //!   we are woken, and only we are: the copy is etcd's state at that revision, so no read
@@ -190,34 +190,33 @@ impl LockerCore {
         (owner, PutOptions::new().with_lease(self.session.lease))
     }
 
-    /// One txn: if the id has no key at all, our key is put and the lock is ours (`true`);
-    /// otherwise our key is put all the same, queueing us. Returns our key's create revision.
+    /// One txn puts our key and counts the id's keys (etcd counts from its index, reading no
+    /// values). Only ours: the lock is ours (`true`). Returns our key's create revision (an
+    /// earlier send's, if that put arrived but its answer did not).
     async fn put_if_free(&self) -> Result<(i64, bool)> {
         let (owner, options) = self.put_own_key();
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(self.range.as_str(), CompareOp::Equal, 0).with_prefix(),
-            ])
-            .and_then([TxnOp::put(
-                self.key.as_str(),
-                owner.as_str(),
-                Some(options.clone()),
-            )])
-            .or_else([TxnOp::put(
-                self.key.as_str(),
-                owner.as_str(),
-                Some(options.with_prev_key()),
-            )]);
+        let txn = Txn::new().and_then([
+            TxnOp::put(self.key.as_str(), owner, Some(options.with_prev_key())),
+            TxnOp::get(
+                self.range.as_str(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            ),
+        ]);
         let resp = self.txn("taking the lock", txn).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
-        if resp.succeeded() {
-            return Ok((revision, true));
+        let (mut created, mut alone) = (revision, false);
+        for op in resp.op_responses() {
+            match op {
+                TxnOpResponse::Put(put) => {
+                    if let Some(kv) = put.prev_key() {
+                        created = kv.create_revision();
+                    }
+                }
+                TxnOpResponse::Get(get) => alone = get.count() == 1,
+                _ => {}
+            }
         }
-        let previous = match resp.op_responses().into_iter().next() {
-            Some(TxnOpResponse::Put(put)) => put.prev_key().map(|kv| kv.create_revision()),
-            _ => None,
-        };
-        Ok((previous.unwrap_or(revision), false))
+        Ok((created, alone))
     }
 
     /// One put: queues our key behind the id's others. Returns its create revision (an
@@ -236,11 +235,10 @@ impl LockerCore {
     }
 
     async fn acquire(self: &Arc<Self>) -> Result<Held> {
-        let hub = &self.session.service.hub;
-        // Where this service already sees a queue for the id, a plain put joins it; otherwise
-        // one txn takes a free lock outright.
-        let mut queue = hub.is_busy(&self.range).then(|| hub.join(&self.range));
-        let rev = if queue.is_some() {
+        // Where this service already sees contention for the id, a plain put joins the queue;
+        // otherwise one txn takes a free lock outright.
+        let (mut queue, busy) = self.session.service.hub.join(&self.range);
+        let rev = if busy {
             self.enqueue().await?
         } else {
             let (rev, free) = self.put_if_free().await?;
@@ -251,7 +249,6 @@ impl LockerCore {
             rev
         };
         self.set_rev(rev)?;
-        let queue = queue.get_or_insert_with(|| hub.join(&self.range));
         let weak: Weak<LockerCore> = Arc::downgrade(self);
         queue.wait(
             &self.key,

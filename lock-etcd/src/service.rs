@@ -231,20 +231,20 @@ impl EtcdService {
     /// How many keep-alive streams this service has opened: one for all of its sessions, plus
     /// one per reconnection after a connection loss.
     pub fn keep_alive_streams_opened(&self) -> u64 {
-        self.core.keeper.stream_opens()
+        self.stats().keep_alive_streams_opened
     }
 
-    /// How many times a waiter of this service was woken because its key became the first
-    /// of its id: one per lock handed to it, never one per release per waiter.
-    pub fn waiter_wakeups(&self) -> u64 {
-        self.core.hub.wakeups()
-    }
-
-    /// How many times this service read an id's queue from etcd: once when its first local
-    /// waiter starts waiting (while waiters remain, the watch keeps the copy current), and
-    /// again after the watch is re-created.
-    pub fn queue_reads(&self) -> u64 {
-        self.core.hub.loads()
+    /// Counters of this service's work since it was opened, for monitoring and benchmarks.
+    pub fn stats(&self) -> ServiceStats {
+        let (keep_alive_streams_opened, keep_alives_sent, keep_alives_acknowledged) =
+            self.core.keeper.counts();
+        ServiceStats {
+            keep_alive_streams_opened,
+            keep_alives_sent,
+            keep_alives_acknowledged,
+            waiter_wakeups: self.core.hub.wakeups(),
+            queue_reads: self.core.hub.loads(),
+        }
     }
 
     /// The underlying etcd client, for inspection and tests.
@@ -290,6 +290,25 @@ impl fmt::Debug for EtcdService {
             .field("config", &self.core.config)
             .finish_non_exhaustive()
     }
+}
+
+/// Counters of an [`EtcdService`]'s work; see [`EtcdService::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServiceStats {
+    /// Keep-alive streams opened: one for all sessions, plus one per reconnection.
+    pub keep_alive_streams_opened: u64,
+    /// Keep-alives sent, for all sessions together.
+    pub keep_alives_sent: u64,
+    /// Keep-alives the cluster answered.
+    pub keep_alives_acknowledged: u64,
+    /// Waiters woken because their key became the first of its id: one per lock handed to a
+    /// waiter of this service, never one per release per waiter.
+    pub waiter_wakeups: u64,
+    /// Reads of an id's queue: one when the id's first local waiter starts waiting (while
+    /// waiters remain, the watch keeps the copy current), and again after the watch is
+    /// re-created.
+    pub queue_reads: u64,
 }
 
 /// One key of a lock: the holder (the first) or a waiter.
