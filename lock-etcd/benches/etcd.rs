@@ -15,7 +15,7 @@ use etcd_client::{Client, LockOptions};
 use lock_core::{Service, Session, SessionConfig};
 use lock_etcd::{EtcdConfig, EtcdService};
 
-const UNCONTENDED: usize = 400;
+const UNCONTENDED: usize = 1000;
 const CONTENDERS: usize = 16;
 const CONTENDED_FOR: Duration = Duration::from_secs(5);
 
@@ -73,17 +73,42 @@ struct Row {
     target: &'static str,
 }
 
+/// Mean, p50 and p99 of a set of cycle times.
+fn summary(mut times: Vec<Duration>) -> (Duration, Duration, Duration) {
+    let mean = times.iter().sum::<Duration>() / times.len() as u32;
+    times.sort();
+    (mean, percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+/// Row 1 (F against ours, in alternating blocks so that both see the same drift of the
+/// machine and of etcd); returns the sequential put rate.
 async fn floor_and_uncontended(endpoints: &str, rows: &mut Vec<Row>) -> f64 {
-    let mut kv = raw(endpoints).await.kv_client();
+    const BLOCKS: usize = 10;
+    let kv = raw(endpoints).await.kv_client();
     let key = unique("floor");
-    let (f_mean, f50, f99) = timed(UNCONTENDED, || {
-        let (mut kv, key) = (kv.clone(), key.clone());
-        async move {
+    let service = ours(endpoints).await;
+    let session = service
+        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let locker = session.new_locker("uncontended");
+    let (mut floor, mut mine) = (Vec::new(), Vec::new());
+    for _ in 0..BLOCKS {
+        for _ in 0..UNCONTENDED / BLOCKS {
+            let mut kv = kv.clone();
+            let t = Instant::now();
             kv.put(key.as_str(), "x", None).await.unwrap();
             kv.delete(key.as_str(), None).await.unwrap();
+            floor.push(t.elapsed());
         }
-    })
-    .await;
+        for _ in 0..UNCONTENDED / BLOCKS {
+            let t = Instant::now();
+            locker.lock().await.unwrap();
+            locker.unlock().await.unwrap();
+            mine.push(t.elapsed());
+        }
+    }
+    service.close().await.unwrap();
     let (p_mean, _, _) = timed(UNCONTENDED, || {
         let (mut kv, key) = (kv.clone(), key.clone());
         async move {
@@ -91,19 +116,9 @@ async fn floor_and_uncontended(endpoints: &str, rows: &mut Vec<Row>) -> f64 {
         }
     })
     .await;
-    kv.delete(key.as_str(), None).await.unwrap();
-    let service = ours(endpoints).await;
-    let session = service
-        .new_session(&SessionConfig::new(Duration::from_secs(10)))
-        .await
-        .unwrap();
-    let locker = session.new_locker("uncontended");
-    let (o_mean, o50, o99) = timed(UNCONTENDED, || async {
-        locker.lock().await.unwrap();
-        locker.unlock().await.unwrap();
-    })
-    .await;
-    service.close().await.unwrap();
+    kv.clone().delete(key.as_str(), None).await.unwrap();
+    let (f_mean, f50, f99) = summary(floor);
+    let (o_mean, o50, o99) = summary(mine);
     rows.push(Row {
         name: "1. uncontended lock+unlock, one task (ms/cycle; p50/p99)".into(),
         ours: format!("{:.3} ({:.3}/{:.3})", ms(o_mean), ms(o50), ms(o99)),

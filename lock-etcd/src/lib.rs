@@ -8,8 +8,9 @@
 //! - The client believes a lease alive only until the send time of its last acknowledged
 //!   keep-alive plus the TTL minus a margin (a tenth of the TTL, at least 100 ms). When that
 //!   passes, every hold of the session is lost — before the server can expire the lease.
-//! - Each locker owns one key `<prefix><id>/<lease>-<n>`; waiters queue by create revision and
-//!   each watches only its predecessor. The fencing token is the key's create revision.
+//! - Each locker owns one key `<prefix><id>/<lease>-<n>`; waiters queue by create revision, and
+//!   the service's watch wakes only the waiter whose key becomes first. The fencing token is the
+//!   key's create revision.
 //!
 //! Building needs `protoc` (etcd-client compiles etcd's protobuf definitions): install
 //! `protobuf-compiler` or set `PROTOC`. `cargo xtask test` provides one itself.
