@@ -15,6 +15,10 @@ use crate::hub::Hub;
 use crate::keeper::{self, Keeper};
 use crate::session::{EndReason, EtcdSession, SessionCore};
 
+/// How many writes (lease grants and revokes, lock puts and deletes) one service keeps in
+/// flight at most.
+const MAX_WRITES_IN_FLIGHT: usize = 64;
+
 pub(crate) struct ServiceCore {
     pub(crate) client: etcd_client::Client,
     pub(crate) config: EtcdConfig,
@@ -28,6 +32,8 @@ pub(crate) struct ServiceCore {
     sessions: Mutex<Option<HashMap<u64, Weak<SessionCore>>>>,
     next_key: AtomicU64,
     tasks: Vec<JoinHandle<()>>,
+    /// Bounds this service's writes in flight (see [`ServiceCore::write_permit`]).
+    writes: tokio::sync::Semaphore,
 }
 
 impl ServiceCore {
@@ -37,6 +43,14 @@ impl ServiceCore {
 
     pub(crate) fn next_key(&self) -> u64 {
         self.next_key.fetch_add(1, Relaxed)
+    }
+
+    /// Waits for one of [`MAX_WRITES_IN_FLIGHT`] slots for a write. Thousands of lockers or
+    /// sessions starting at once would otherwise push etcd's apply backlog over its limit, and
+    /// it would answer `too many requests` to most of them (each then retries after a
+    /// backoff); queued here, they reach etcd as fast as it applies them.
+    pub(crate) async fn write_permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.writes.acquire().await.ok()
     }
 
     pub(crate) fn forget_session(&self, key: u64) {
@@ -107,6 +121,7 @@ impl EtcdService {
                 sessions: Mutex::new(Some(HashMap::new())),
                 next_key: AtomicU64::new(1),
                 tasks,
+                writes: tokio::sync::Semaphore::new(MAX_WRITES_IN_FLIGHT),
             }),
         })
     }
@@ -131,6 +146,7 @@ impl EtcdService {
         let ttl = Duration::from_secs(secs);
         let limit = self.core.config.request_timeout;
         let mut leases = self.core.client.lease_client();
+        let _permit = self.core.write_permit().await;
         let granted_at = Instant::now();
         let grant = request("granting the session's lease", limit, || {
             let mut leases = leases.clone();

@@ -138,12 +138,14 @@ impl SessionCore {
         let leases = self.service.client.lease_client();
         let limit = self.service.config.request_timeout;
         let lease = self.lease;
-        match request("revoking the session's lease", limit, || {
+        let permit = self.service.write_permit().await;
+        let revoked = request("revoking the session's lease", limit, || {
             let mut leases = leases.clone();
             async move { leases.revoke(lease).await }
         })
-        .await
-        {
+        .await;
+        drop(permit);
+        match revoked {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("requested lease not found") => Ok(()),
             Err(e) => {
