@@ -3,12 +3,18 @@
 //! - **key deletions**: a holder registers its key (deleted behind its back means the lock is
 //!   lost) and a waiter its own key (deleted means its attempt is over);
 //! - **queues**: while a local locker waits for an id, the hub mirrors that id's keys, ordered
-//!   by create revision, from one snapshot read plus the watch's puts and deletes. When the
-//!   first key changes, the waiter that owns the new first key is woken, and nobody else: a
-//!   release costs one delete on the wire and one wake-up here, with no read to confirm it
-//!   (the mirror is etcd's state at the event's revision).
+//!   by create revision: one snapshot read, the prefix watch's deletes, and the puts of a
+//!   watch on that id alone (opened before the read, closed with the mirror), so a service
+//!   receives no put events for ids it does not wait for. When the first key changes, the
+//!   waiter that owns the new first key is woken, and nobody else: a release costs one delete
+//!   on the wire and one wake-up here, with no read to confirm it.
 //!
-//! The watch starts at "now", so etcd keeps it in its synced group (no 100 ms catch-up
+//! The two streams are not ordered with respect to each other, so the mirror orders changes
+//! per key by revision (a delete that overtakes its key's put leaves a tombstone), and a waiter
+//! counts as first only once its own put is in the mirror: the put stream is ordered, so by
+//! then every earlier put of the id has arrived too. A late delete only delays a wake-up.
+//!
+//! Watches start at "now", so etcd keeps them in its synced group (no 100 ms catch-up
 //! batches). Whoever registers interest in a key must check the key afterwards: a deletion
 //! before registration is seen by that check, one after it by the watch. When the watch is
 //! re-created after a connection loss, every registered key is checked again and every queue is
@@ -19,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
-use etcd_client::{Event, EventType, GetOptions, WatchOptions};
-use tokio::task::JoinHandle;
+use etcd_client::{Event, EventType, GetOptions, WatchFilterType, WatchOptions};
+use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::error::{once, request};
 
@@ -63,6 +69,15 @@ struct Queue {
     waiters: HashMap<String, (i64, Wake)>,
     /// The create revision of the first key whose waiter was last woken.
     woken: i64,
+    /// The revision of the last change applied per key, deleted keys included (tombstones).
+    last: HashMap<String, i64>,
+    /// The highest revision the put stream has delivered.
+    puts_through: i64,
+    /// Tombstones are pruned when `last` grows past this.
+    prune_at: usize,
+    /// The task that reads the snapshot and then pumps the id's puts, and its generation.
+    task: Option<AbortHandle>,
+    generation: u64,
 }
 
 enum Load {
@@ -108,12 +123,27 @@ impl Queue {
             by_key: HashMap::new(),
             waiters: HashMap::new(),
             woken: 0,
+            last: HashMap::new(),
+            puts_through: 0,
+            prune_at: 1024,
+            task: None,
+            generation: 0,
         }
     }
 
     fn apply(&mut self, change: Change) {
+        let (key, revision) = match &change {
+            Change::Put { key, revision, .. } | Change::Delete { key, revision } => {
+                (key, *revision)
+            }
+        };
+        if self.last.get(key).is_some_and(|&seen| seen >= revision) {
+            return; // older than what we know of this key: the other stream was faster
+        }
+        self.last.insert(key.clone(), revision);
         match change {
             Change::Put { key, created, .. } => {
+                self.puts_through = self.puts_through.max(revision);
                 if let Some(old) = self.by_key.insert(key.clone(), created) {
                     if old == created {
                         return; // a value update of a key we know
@@ -125,6 +155,15 @@ impl Queue {
             Change::Delete { key, .. } => {
                 if let Some(created) = self.by_key.remove(&key) {
                     self.by_rev.remove(&created);
+                }
+                if self.last.len() > self.prune_at {
+                    // A tombstone no later than the put stream's position can go: no put it
+                    // must stop is still to come. (Doubling the threshold keeps this O(1)
+                    // per change on average.)
+                    let (keys, through) = (&self.by_key, self.puts_through);
+                    self.last
+                        .retain(|k, &mut seen| keys.contains_key(k) || seen > through);
+                    self.prune_at = (2 * self.last.len()).max(1024);
                 }
             }
         }
@@ -156,14 +195,28 @@ impl Queue {
         Some(wake.clone())
     }
 
+    /// Forgets the mirror and stops its task; the caller starts a new one (or drops it).
     fn reload(&mut self, generation: u64) {
+        self.generation = generation;
         self.load = Load::Loading {
             generation,
             buffer: Vec::new(),
         };
         self.by_rev.clear();
         self.by_key.clear();
+        self.last.clear();
+        self.puts_through = 0;
+        self.prune_at = 1024;
         self.woken = 0;
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Starts the task that mirrors `range` for `generation`.
+    fn spawn(&mut self, hub: &Arc<Hub>, range: &str, generation: u64) {
+        let task = tokio::spawn(mirror(Arc::downgrade(hub), range.to_owned(), generation));
+        self.task = Some(task.abort_handle());
     }
 }
 
@@ -209,12 +262,7 @@ impl QueueUse {
         self.waiting = Some(key.to_owned());
         if matches!(queue.load, Load::Idle | Load::Failed(_)) {
             queue.reload(generation);
-            drop(st);
-            tokio::spawn(load(
-                Arc::downgrade(&self.hub),
-                self.range.clone(),
-                generation,
-            ));
+            queue.spawn(&self.hub, &self.range, generation);
         }
     }
 
@@ -254,6 +302,9 @@ impl Drop for QueueUse {
         }
         queue.users -= 1;
         if queue.users == 0 {
+            if let Some(task) = queue.task.take() {
+                task.abort();
+            }
             st.queues.remove(&self.range);
         }
     }
@@ -368,7 +419,7 @@ impl Hub {
         }
     }
 
-    /// Delivers one watch response.
+    /// Delivers one response of the prefix watch (deletes) or of an id's put watch.
     fn deliver(&self, events: &[Event]) {
         let mut deleted: Vec<(Callback, i64)> = Vec::new();
         let mut touched: Vec<&str> = Vec::new();
@@ -432,10 +483,34 @@ impl Hub {
 
     /// Reads every queue again (after the watch was re-created).
     fn reload_all(self: &Arc<Self>) {
-        let st = self.state();
-        for (range, queue) in &st.queues {
+        let mut st = self.state();
+        for (range, queue) in &mut st.queues {
             if let Load::Loading { generation, .. } = queue.load {
-                tokio::spawn(load(Arc::downgrade(self), range.clone(), generation));
+                if queue.task.is_none() {
+                    queue.spawn(self, range, generation);
+                }
+            }
+        }
+    }
+
+    /// Whether the mirror of `range` is still the one of `generation`.
+    fn is_current(&self, range: &str, generation: u64) -> bool {
+        self.state()
+            .queues
+            .get(range)
+            .is_some_and(|q| q.generation == generation)
+    }
+
+    /// An id's put watch broke: read its queue again.
+    fn restart(self: &Arc<Self>, range: &str, generation: u64) {
+        let mut st = self.state();
+        st.generation += 1;
+        let next = st.generation;
+        if let Some(queue) = st.queues.get_mut(range) {
+            if queue.generation == generation {
+                queue.task = None; // this very task, which is ending
+                queue.reload(next);
+                queue.spawn(self, range, next);
             }
         }
     }
@@ -451,20 +526,42 @@ impl Hub {
             client: client.clone(),
             limit,
         });
-        let stream = open(client, prefix, limit).await?;
+        let stream = open(client, prefix, deletes(), limit).await?;
         let (hub, client, prefix) = (Arc::downgrade(self), client.clone(), prefix.to_owned());
         Ok(tokio::spawn(run(hub, client, prefix, limit, stream)))
     }
 }
 
-/// Reads the keys of `range` and installs them as its queue's snapshot.
-async fn load(hub: Weak<Hub>, range: String, generation: u64) {
-    let Some((kv, limit)) = hub.upgrade().and_then(|h| {
+/// The prefix watch's options: deletes only (puts come from the ids' own watches).
+fn deletes() -> WatchOptions {
+    WatchOptions::new()
+        .with_prefix()
+        .with_filters([WatchFilterType::NoPut])
+}
+
+/// Mirrors the queue of `range` for `generation`: opens the id's put watch, reads the
+/// snapshot, installs it, then delivers the puts until the watch breaks (then starts over)
+/// or the task is aborted (the mirror was dropped or superseded).
+async fn mirror(hub: Weak<Hub>, range: String, generation: u64) {
+    let Some((client, limit)) = hub.upgrade().and_then(|h| {
         h.loads.fetch_add(1, Relaxed);
-        h.link.get().map(|l| (l.client.kv_client(), l.limit))
+        h.link.get().map(|l| (l.client.clone(), l.limit))
     }) else {
         return;
     };
+    let puts = WatchOptions::new()
+        .with_prefix()
+        .with_filters([WatchFilterType::NoDelete]);
+    let mut stream = match open(&client, &range, puts, limit).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            if let Some(hub) = hub.upgrade() {
+                hub.install(&range, generation, Err(e));
+            }
+            return;
+        }
+    };
+    let kv = client.kv_client();
     let result = request("reading the lock's queue", limit, || {
         let (mut kv, range) = (kv.clone(), range.clone());
         async move {
@@ -476,17 +573,33 @@ async fn load(hub: Weak<Hub>, range: String, generation: u64) {
         }
     })
     .await;
+    let loaded = result.is_ok();
+    match hub.upgrade() {
+        Some(hub) => hub.install(&range, generation, result),
+        None => return,
+    }
+    if !loaded {
+        return;
+    }
+    while let Ok(Some(resp)) = stream.message().await {
+        let Some(hub) = hub.upgrade() else { return };
+        if resp.canceled() || !hub.is_current(&range, generation) {
+            break;
+        }
+        hub.deliver(resp.events());
+    }
     if let Some(hub) = hub.upgrade() {
-        hub.install(&range, generation, result);
+        tracing::debug!(range = %range, "watch on a lock's queue lost; reading the queue again");
+        hub.restart(&range, generation);
     }
 }
 
 async fn open(
     client: &etcd_client::Client,
     prefix: &str,
+    options: WatchOptions,
     limit: Duration,
 ) -> lock_core::Result<etcd_client::WatchStream> {
-    let options = WatchOptions::new().with_prefix();
     let watch = client.watch_client();
     let mut stream = request("watching the lock prefix", limit, || {
         let (mut watch, options) = (watch.clone(), options.clone());
@@ -542,7 +655,7 @@ async fn run(
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
-            let Ok(s) = open(&client, &prefix, limit).await else {
+            let Ok(s) = open(&client, &prefix, deletes(), limit).await else {
                 continue;
             };
             stream = s;
@@ -580,4 +693,123 @@ async fn recheck(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, created: i64, revision: i64) -> Change {
+        Change::Put {
+            key: key.to_owned(),
+            created,
+            revision,
+        }
+    }
+
+    fn delete(key: &str, revision: i64) -> Change {
+        Change::Delete {
+            key: key.to_owned(),
+            revision,
+        }
+    }
+
+    fn ready() -> Queue {
+        let mut queue = Queue::new();
+        queue.load = Load::Ready { since: 0 };
+        queue
+    }
+
+    fn first(queue: &Queue) -> Option<(i64, &str)> {
+        queue
+            .by_rev
+            .first_key_value()
+            .map(|(r, k)| (*r, k.as_str()))
+    }
+
+    #[test]
+    fn a_delete_that_overtakes_its_put_leaves_no_key() {
+        let mut queue = ready();
+        queue.observe(delete("a", 7)); // from the prefix watch, before…
+        queue.observe(put("a", 5, 5)); // …the put from the id's watch
+        assert_eq!(first(&queue), None);
+        // A new incarnation of the same key is not stopped by the tombstone.
+        queue.observe(put("a", 9, 9));
+        assert_eq!(first(&queue), Some((9, "a")));
+    }
+
+    #[test]
+    fn a_late_value_update_does_not_revive_a_deleted_key() {
+        let mut queue = ready();
+        queue.observe(put("a", 5, 5));
+        queue.observe(delete("a", 8));
+        queue.observe(put("a", 5, 6)); // a re-sent put of the same incarnation, late
+        assert_eq!(first(&queue), None);
+    }
+
+    #[test]
+    fn only_the_new_first_keys_waiter_is_woken_and_once() {
+        let mut queue = ready();
+        let woken = Arc::new(Mutex::new(Vec::new()));
+        for (key, rev) in [("a", 5), ("b", 6), ("c", 7)] {
+            queue.observe(put(key, rev, rev));
+            let log = woken.clone();
+            let wake: Wake = Arc::new(move || log.lock().unwrap().push(key));
+            queue.waiters.insert(key.to_owned(), (rev, wake));
+        }
+        let mut wake_head = |queue: &mut Queue| {
+            if let Some(w) = queue.head_waiter() {
+                w();
+            }
+        };
+        wake_head(&mut queue); // "a" is first
+        wake_head(&mut queue); // still "a": no second wake-up
+        queue.observe(delete("b", 8)); // a waiter leaves: "a" still first
+        wake_head(&mut queue);
+        queue.observe(delete("a", 9));
+        wake_head(&mut queue);
+        assert_eq!(*woken.lock().unwrap(), ["a", "c"]);
+    }
+
+    #[test]
+    fn changes_before_the_snapshot_are_ignored_and_later_ones_replayed() {
+        let mut queue = Queue::new();
+        queue.reload(1);
+        queue.observe(delete("x", 3)); // buffered while loading
+        queue.observe(delete("y", 12));
+        let Load::Loading { buffer, .. } = std::mem::replace(&mut queue.load, Load::Idle) else {
+            unreachable!()
+        };
+        // The snapshot at revision 10: x (re-created at 4, after the delete at 3) and y.
+        queue.apply(put("x", 4, 10));
+        queue.apply(put("y", 6, 10));
+        queue.load = Load::Ready { since: 10 };
+        for change in buffer {
+            queue.observe(change);
+        }
+        assert_eq!(first(&queue), Some((4, "x")));
+        assert_eq!(queue.by_key.len(), 1);
+    }
+
+    #[test]
+    fn tombstones_are_pruned_once_the_put_stream_has_passed_them() {
+        let mut queue = ready();
+        for n in 0..5000 {
+            queue.observe(put(&format!("k{n}"), n + 1, n + 1));
+        }
+        for n in 0..5000 {
+            queue.observe(delete(&format!("k{n}"), 10_000 + n));
+        }
+        // More keys come and go; the put stream moves past the early tombstones.
+        for n in 0..5000 {
+            queue.observe(put(&format!("m{n}"), 20_000 + 2 * n, 20_000 + 2 * n));
+            queue.observe(delete(&format!("m{n}"), 20_001 + 2 * n));
+        }
+        assert!(queue.by_rev.is_empty());
+        assert!(
+            queue.last.len() < 5000,
+            "{} tombstones kept",
+            queue.last.len()
+        );
+    }
 }
