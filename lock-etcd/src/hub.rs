@@ -757,7 +757,7 @@ mod tests {
             let wake: Wake = Arc::new(move || log.lock().unwrap().push(key));
             queue.waiters.insert(key.to_owned(), (rev, wake));
         }
-        let mut wake_head = |queue: &mut Queue| {
+        let wake_head = |queue: &mut Queue| {
             if let Some(w) = queue.head_waiter() {
                 w();
             }

@@ -8,7 +8,7 @@
 //!   lock is ours, in one round trip. Where this service already sees contention for the id
 //!   (another local locker taking or waiting for it), a plain put joins the queue instead.
 //! - **wait**: the service's watch keeps a copy of the id's queue (one read when its first
-//!   local waiter arrives, then the watch's puts and deletes). When our key becomes the first,
+//!   local waiter arrives, then the watches' puts and deletes). When our key becomes the first,
 //!   we are woken, and only we are: the copy is etcd's state at that revision, so no read
 //!   confirms it.
 //! - **unlock**: `lost()` fires first, then one delete removes our key.
