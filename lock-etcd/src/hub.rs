@@ -55,7 +55,7 @@ struct State {
     next: u64,
     interests: HashMap<String, Vec<(u64, Callback)>>,
     /// Mirrored ids, by key range (`<prefix><encoded id>/`).
-    queues: HashMap<String, Queue>,
+    queues: HashMap<Arc<str>, Queue>,
     generation: u64,
 }
 
@@ -84,10 +84,7 @@ enum Load {
     /// Not mirrored: the lockers using the queue have not needed it yet.
     Idle,
     /// A snapshot read is on its way; changes seen meanwhile wait here.
-    Loading {
-        generation: u64,
-        buffer: Vec<Change>,
-    },
+    Loading { buffer: Vec<Change> },
     /// Mirrors etcd: the snapshot was read at `since`; later changes are applied.
     Ready { since: i64 },
     /// The snapshot read failed: waiters report this and the next one reads again.
@@ -198,10 +195,7 @@ impl Queue {
     /// Forgets the mirror and stops its task; the caller starts a new one (or drops it).
     fn reload(&mut self, generation: u64) {
         self.generation = generation;
-        self.load = Load::Loading {
-            generation,
-            buffer: Vec::new(),
-        };
+        self.load = Load::Loading { buffer: Vec::new() };
         self.by_rev.clear();
         self.by_key.clear();
         self.last.clear();
@@ -214,8 +208,8 @@ impl Queue {
     }
 
     /// Starts the task that mirrors `range` for `generation`.
-    fn spawn(&mut self, hub: &Arc<Hub>, range: &str, generation: u64) {
-        let task = tokio::spawn(mirror(Arc::downgrade(hub), range.to_owned(), generation));
+    fn spawn(&mut self, hub: &Arc<Hub>, range: &Arc<str>, generation: u64) {
+        let task = tokio::spawn(mirror(Arc::downgrade(hub), range.clone(), generation));
         self.task = Some(task.abort_handle());
     }
 }
@@ -244,7 +238,7 @@ impl Drop for Interest {
 /// One locker's use of an id's queue; the queue is mirrored while it has users.
 pub(crate) struct QueueUse {
     hub: Arc<Hub>,
-    range: String,
+    range: Arc<str>,
     waiting: Option<String>,
 }
 
@@ -253,14 +247,15 @@ impl QueueUse {
     /// mirroring the queue if it is not mirrored yet.
     pub(crate) fn wait(&mut self, key: &str, rev: i64, wake: Wake) {
         let mut st = self.hub.state();
-        st.generation += 1;
-        let generation = st.generation;
+        let st = &mut *st;
         let Some(queue) = st.queues.get_mut(&self.range) else {
             return;
         };
         queue.waiters.insert(key.to_owned(), (rev, wake));
         self.waiting = Some(key.to_owned());
         if matches!(queue.load, Load::Idle | Load::Failed(_)) {
+            st.generation += 1;
+            let generation = st.generation;
             queue.reload(generation);
             queue.spawn(&self.hub, &self.range, generation);
         }
@@ -273,8 +268,8 @@ impl QueueUse {
     ///
     /// When the queue could not be read from etcd.
     pub(crate) fn is_first(&self, key: &str, rev: i64) -> lock_core::Result<bool> {
-        let mut st = self.hub.state();
-        let Some(queue) = st.queues.get_mut(&self.range) else {
+        let st = self.hub.state();
+        let Some(queue) = st.queues.get(&self.range) else {
             return Ok(false);
         };
         match &queue.load {
@@ -305,7 +300,7 @@ impl Drop for QueueUse {
             if let Some(task) = queue.task.take() {
                 task.abort();
             }
-            st.queues.remove(&self.range);
+            st.queues.remove(&*self.range);
         }
     }
 }
@@ -339,9 +334,9 @@ impl Hub {
     /// Starts using the queue of `range`. Returns whether the id looks contended from here:
     /// another local locker is taking or waiting for it, or the mirrored queue has keys. Then
     /// a new locker queues with a plain put instead of asking whether the id is free.
-    pub(crate) fn join(self: &Arc<Self>, range: &str) -> (QueueUse, bool) {
+    pub(crate) fn join(self: &Arc<Self>, range: &Arc<str>) -> (QueueUse, bool) {
         let mut st = self.state();
-        let queue = st.queues.entry(range.to_owned()).or_insert_with(Queue::new);
+        let queue = st.queues.entry(range.clone()).or_insert_with(Queue::new);
         let busy = queue.users > 0
             || match &queue.load {
                 Load::Idle => false,
@@ -352,7 +347,7 @@ impl Hub {
         drop(st);
         let queue = QueueUse {
             hub: self.clone(),
-            range: range.to_owned(),
+            range: range.clone(),
             waiting: None,
         };
         (queue, busy)
@@ -379,10 +374,7 @@ impl Hub {
             return;
         };
         let buffer = match &mut queue.load {
-            Load::Loading {
-                generation: g,
-                buffer,
-            } if *g == generation => std::mem::take(buffer),
+            Load::Loading { buffer } if queue.generation == generation => std::mem::take(buffer),
             _ => return, // superseded
         };
         let wakes: Vec<Wake> = match result {
@@ -485,10 +477,9 @@ impl Hub {
     fn reload_all(self: &Arc<Self>) {
         let mut st = self.state();
         for (range, queue) in &mut st.queues {
-            if let Load::Loading { generation, .. } = queue.load {
-                if queue.task.is_none() {
-                    queue.spawn(self, range, generation);
-                }
+            if matches!(queue.load, Load::Loading { .. }) && queue.task.is_none() {
+                let generation = queue.generation;
+                queue.spawn(self, range, generation);
             }
         }
     }
@@ -502,7 +493,7 @@ impl Hub {
     }
 
     /// An id's put watch broke: read its queue again.
-    fn restart(self: &Arc<Self>, range: &str, generation: u64) {
+    fn restart(self: &Arc<Self>, range: &Arc<str>, generation: u64) {
         let mut st = self.state();
         st.generation += 1;
         let next = st.generation;
@@ -542,7 +533,7 @@ fn deletes() -> WatchOptions {
 /// Mirrors the queue of `range` for `generation`: opens the id's put watch, reads the
 /// snapshot, installs it, then delivers the puts until the watch breaks (then starts over)
 /// or the task is aborted (the mirror was dropped or superseded).
-async fn mirror(hub: Weak<Hub>, range: String, generation: u64) {
+async fn mirror(hub: Weak<Hub>, range: Arc<str>, generation: u64) {
     let Some((client, limit)) = hub.upgrade().and_then(|h| {
         h.loads.fetch_add(1, Relaxed);
         h.link.get().map(|l| (l.client.clone(), l.limit))
@@ -566,7 +557,7 @@ async fn mirror(hub: Weak<Hub>, range: String, generation: u64) {
         let (mut kv, range) = (kv.clone(), range.clone());
         async move {
             kv.get(
-                range.as_str(),
+                &*range,
                 Some(GetOptions::new().with_prefix().with_keys_only()),
             )
             .await

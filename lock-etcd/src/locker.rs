@@ -57,7 +57,8 @@ pub(crate) struct LockerCore {
     serial: u64,
     id: String,
     invalid_id: Option<String>,
-    range: String,
+    /// The id's key range, shared with the hub's queue while this locker uses it.
+    range: Arc<str>,
     key: String,
     session: Arc<SessionCore>,
     signal: Arc<Signal>,
@@ -199,13 +200,12 @@ impl LockerCore {
         let txn = Txn::new().and_then([
             TxnOp::put(self.key.as_str(), owner, Some(options.with_prev_key())),
             TxnOp::get(
-                self.range.as_str(),
+                &*self.range,
                 Some(GetOptions::new().with_prefix().with_count_only()),
             ),
         ]);
         let resp = self.txn("taking the lock", txn).await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let (mut created, mut alone) = (revision, false);
+        let (mut created, mut alone) = (header_revision(&resp), false);
         for op in resp.op_responses() {
             match op {
                 TxnOpResponse::Put(put) => {
@@ -302,9 +302,7 @@ impl LockerCore {
     async fn try_acquire(&self) -> Result<Option<Held>> {
         let (owner, options) = self.put_own_key();
         let txn = Txn::new()
-            .when([
-                Compare::create_revision(self.range.as_str(), CompareOp::Equal, 0).with_prefix(),
-            ])
+            .when([Compare::create_revision(&*self.range, CompareOp::Equal, 0).with_prefix()])
             .and_then([TxnOp::put(self.key.as_str(), owner, Some(options))])
             .or_else([TxnOp::get(
                 self.key.as_str(),
@@ -374,7 +372,7 @@ impl EtcdLocker {
                     Error::InvalidId(reason) => reason,
                     other => other.to_string(),
                 }),
-                range,
+                range: range.into(),
                 key,
                 session,
                 signal: Arc::new(Signal::new()),

@@ -323,8 +323,8 @@ pub struct ServiceStats {
     /// waiter of this service, never one per release per waiter.
     pub waiter_wakeups: u64,
     /// Reads of an id's queue: one when the id's first local waiter starts waiting (while
-    /// waiters remain, the watch keeps the copy current), and again after the watch is
-    /// re-created.
+    /// waiters remain, the watch keeps the copy current), and again after a watch breaks
+    /// and is re-created.
     pub queue_reads: u64,
 }
 

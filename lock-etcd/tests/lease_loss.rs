@@ -121,24 +121,17 @@ async fn unlock_and_close_leave_no_keys_or_leases() {
         .unwrap();
     let waiter = other.new_locker("x");
     assert!(matches!(waiter.lock().await, Err(Error::Timeout(_))));
-    let count = |kvs: etcd_client::GetResponse| kvs.count();
-    let keys = raw
-        .get(
-            prefix.as_str(),
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(count(keys), 1, "the timed-out waiter's key was not removed");
+    assert_eq!(
+        keys_under(&mut raw, &prefix).await,
+        1,
+        "the timed-out waiter's key was not removed"
+    );
     holder.unlock().await.unwrap();
-    let keys = raw
-        .get(
-            prefix.as_str(),
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(count(keys), 0, "unlock left the key behind");
+    assert_eq!(
+        keys_under(&mut raw, &prefix).await,
+        0,
+        "unlock left the key behind"
+    );
     holder.lock().await.unwrap();
     let held = raw
         .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
@@ -148,14 +141,7 @@ async fn unlock_and_close_leave_no_keys_or_leases() {
     drop(session); // revoked in the background
     let mut gone = false;
     for _ in 0..100 {
-        let keys = raw
-            .get(
-                prefix.as_str(),
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            )
-            .await
-            .unwrap();
-        if keys.count() == 0 {
+        if keys_under(&mut raw, &prefix).await == 0 {
             gone = true;
             break;
         }
@@ -165,4 +151,15 @@ async fn unlock_and_close_leave_no_keys_or_leases() {
     let ttl = raw.lease_time_to_live(lease, None).await.unwrap().ttl();
     assert_eq!(ttl, -1, "a dropped session's lease was not revoked");
     service.close().await.unwrap();
+}
+
+/// How many keys etcd holds under `prefix`.
+async fn keys_under(raw: &mut etcd_client::Client, prefix: &str) -> i64 {
+    raw.get(
+        prefix,
+        Some(GetOptions::new().with_prefix().with_count_only()),
+    )
+    .await
+    .unwrap()
+    .count()
 }
