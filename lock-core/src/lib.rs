@@ -22,7 +22,7 @@
 //!
 //! Implement [`Service`], [`Session`] and [`Locker`] — their async methods return
 //! [`OpFuture`]: `OpFuture::ready(…)` when you can answer at once, `OpFuture::boxed(async {…})`
-//! otherwise —, build each [`Held`] from a [`Signal`] you fire when the lock stops being held
+//! otherwise (or [`OpFuture::pending`] when the wait's state lives in the object itself) —, build each [`Held`] from a [`Signal`] you fire when the lock stops being held
 //! (or from your own state implementing [`HasSignal`]), and register the scheme with one line. Any crate can do this; `lock::new("yours:…")` then finds it as long as the
 //! program links your crate (reference it, e.g. `use your_backend as _;`, or call
 //! [`Registry::register`] yourself).
@@ -62,7 +62,7 @@ pub use error::{BoxError, Error, Result};
 pub use ext::LockerExt;
 pub use held::{Done, Held, Lost};
 pub use id::{validate_id, MAX_ID_LEN};
-pub use op::OpFuture;
+pub use op::{OpFuture, PendingOp};
 pub use registry::{new, services, OpenFuture, Registry, ServiceFactory};
 pub use signal::{Deadline, HasSignal, Signal};
 pub use traits::{Locker, Service, Session};

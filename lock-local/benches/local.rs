@@ -143,57 +143,72 @@ fn contended_base() -> f64 {
 }
 
 /// The seed example: 1000 tasks, each its own session, one increment each under one lock.
+/// Both programs run on one 2-worker runtime, in alternating blocks so that both see the same
+/// drift of this noisy machine; each figure is the median of all its runs (ms per run).
 fn seed_example() -> (f64, f64) {
-    (seed_ours(), seed_base())
+    const BLOCKS: usize = 10;
+    const RUNS: usize = 21;
+    let rt = runtime(THREADS);
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    let time = |run: &dyn Fn() -> Duration| (0..RUNS).map(|_| run()).collect::<Vec<_>>();
+    for _ in 0..BLOCKS {
+        ours.extend(time(&|| timed(&rt, seed_ours_run())));
+        base.extend(time(&|| timed(&rt, seed_base_run())));
+    }
+    let median_ms = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    (median_ms(ours), median_ms(base))
 }
 
-fn seed_ours() -> f64 {
-    let rt = runtime(THREADS);
-    let ours = median(&rt, 21, || async {
-        let service: Arc<dyn Service> = Arc::new(LocalService::new());
-        let counter = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..1000 {
-            let (service, counter) = (service.clone(), counter.clone());
-            tasks.push(tokio::spawn(async move {
-                let session = service.new_session(&config()).await.unwrap();
-                let locker = session.new_locker("mylock");
-                let held = locker.lock().await.unwrap();
-                assert!(!held.is_lost());
-                counter.store(counter.load(Relaxed) + 1, Relaxed);
-                locker.unlock().await.unwrap();
-                session.close().await.unwrap();
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(counter.load(Relaxed), 1000);
-    });
-    ours.as_secs_f64() * 1e3
+fn timed(rt: &tokio::runtime::Runtime, fut: impl Future<Output = ()>) -> Duration {
+    let start = Instant::now();
+    rt.block_on(fut);
+    start.elapsed()
 }
 
-fn seed_base() -> f64 {
-    let rt = runtime(THREADS);
-    let base = median(&rt, 21, || async {
-        let baseline = Arc::new(Baseline::default());
-        let counter = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..1000 {
-            let (baseline, counter) = (baseline.clone(), counter.clone());
-            tasks.push(tokio::spawn(async move {
-                let m = baseline.entry("mylock");
-                let guard = m.lock().await;
-                counter.store(counter.load(Relaxed) + 1, Relaxed);
-                drop(guard);
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(counter.load(Relaxed), 1000);
-    });
-    base.as_secs_f64() * 1e3
+/// One run of the seed example on `local:`.
+async fn seed_ours_run() {
+    let service: Arc<dyn Service> = Arc::new(LocalService::new());
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let (service, counter) = (service.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            let session = service.new_session(&config()).await.unwrap();
+            let locker = session.new_locker("mylock");
+            let held = locker.lock().await.unwrap();
+            assert!(!held.is_lost());
+            counter.store(counter.load(Relaxed) + 1, Relaxed);
+            locker.unlock().await.unwrap();
+            session.close().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(counter.load(Relaxed), 1000);
+}
+
+/// The same program on the baseline.
+async fn seed_base_run() {
+    let baseline = Arc::new(Baseline::default());
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let (baseline, counter) = (baseline.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            let m = baseline.entry("mylock");
+            let guard = m.lock().await;
+            counter.store(counter.load(Relaxed) + 1, Relaxed);
+            drop(guard);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(counter.load(Relaxed), 1000);
 }
 
 /// Peak resident memory of this process so far, in KiB (Linux).
@@ -236,8 +251,9 @@ fn main() {
             Some("contended-base") => println!("{:?}", contended_base()),
             Some("seed") => println!("{:?}", seed_example()),
             Some("seed-ours") => {
-                for _ in 0..20 {
-                    seed_ours();
+                let rt = runtime(THREADS);
+                for _ in 0..3000 {
+                    rt.block_on(seed_ours_run());
                 }
             }
             Some(other) => eprintln!("unknown benchmark `{other}`"),

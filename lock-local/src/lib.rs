@@ -4,6 +4,7 @@
 //!
 //! The TTL of a session is not used: the process is the whole world, so nothing expires.
 
+mod id;
 mod locker;
 mod service;
 mod session;

@@ -1,25 +1,24 @@
 //! A locker of the local backend.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::sync::atomic::{AtomicU64, AtomicU8};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 
-use lock_core::{Error, HasSignal, Held, Locker, OpFuture, Result, Signal};
+use lock_core::{Error, HasSignal, Held, Locker, OpFuture, PendingOp, Result, Signal};
 
+use crate::id::IdBuf;
 use crate::session::SessionShared;
-use crate::table::{Attempt, CANCELED, HELD, IDLE};
+use crate::table::{Attempt, IfTaken, CANCELED, GRANTED, HELD, IDLE, WAITING};
 
 /// The state of one locker, shared with the table's queues.
 #[derive(Debug)]
 pub(crate) struct LockerShared {
-    pub(crate) key: u64,
-    pub(crate) id: Arc<str>,
+    pub(crate) id: IdBuf,
     /// The id's hash in the table, computed once.
     pub(crate) hash: u64,
     /// Why the id is unusable, if it is.
@@ -27,7 +26,7 @@ pub(crate) struct LockerShared {
     pub(crate) session: Arc<SessionShared>,
     /// Fired on every release; one epoch per hold.
     pub(crate) signal: Signal,
-    /// IDLE, WAITING, HELD or CANCELED; written under the table mutex.
+    /// IDLE, WAITING, GRANTED, HELD or CANCELED (see the table module).
     pub(crate) state: AtomicU8,
     /// The waker of a pending `lock()`. Registered by the waiter, woken by whoever granted or
     /// canceled it (after setting `state`), so a grant is never missed.
@@ -59,18 +58,21 @@ impl LockerShared {
     }
 }
 
+/// Retries of a `lock()` that finds the holder running, and the spin before the first.
+const SPIN_ROUNDS: u32 = 3;
+const SPINS: u32 = 16;
+
 /// A locker of the `local:` backend; see [`lock_core::Locker`].
 pub struct LocalLocker {
     shared: Arc<LockerShared>,
 }
 
 impl LocalLocker {
-    pub(crate) fn new(key: u64, id: &str, session: Arc<SessionShared>) -> Self {
+    pub(crate) fn new(id: &str, session: Arc<SessionShared>) -> Self {
         LocalLocker {
             shared: Arc::new(LockerShared {
-                key,
                 hash: session.service.hash(id),
-                id: Arc::from(id),
+                id: IdBuf::new(id),
                 invalid_id: lock_core::validate_id(id).err().map(|e| match e {
                     Error::InvalidId(reason) => reason,
                     other => other.to_string(),
@@ -82,20 +84,6 @@ impl LocalLocker {
                 token: AtomicU64::new(0),
                 epoch: AtomicU64::new(0),
             }),
-        }
-    }
-
-    async fn wait(&self) -> Result<Held> {
-        let mut acquire = std::pin::pin!(Acquiring {
-            locker: self,
-            finished: false,
-        });
-        match self.shared.session.timeout {
-            None => acquire.await,
-            Some(limit) => match tokio::time::timeout(limit, acquire.as_mut()).await {
-                Ok(outcome) => outcome,
-                Err(_) => acquire.give_up(limit),
-            },
         }
     }
 
@@ -112,35 +100,73 @@ impl LocalLocker {
         Ok(())
     }
 
-    /// Takes the table mutex after checking what can be checked without it.
-    fn attempt(&self, queue: bool) -> Result<Attempt> {
+    /// A holder that is running with the lock (and nobody queued) usually releases it within
+    /// a microsecond: retry a few times before queueing, so that a short hold does not start
+    /// a convoy of handoffs through the scheduler.
+    #[cold]
+    fn retry_then_queue(&self) -> Result<Attempt> {
+        for round in 0..SPIN_ROUNDS {
+            for _ in 0..(SPINS << round) {
+                std::hint::spin_loop();
+            }
+            let last = round + 1 == SPIN_ROUNDS;
+            match self.attempt(if last {
+                IfTaken::Queue
+            } else {
+                IfTaken::QueueUnlessRunning
+            }) {
+                Ok(Attempt::Busy) => {}
+                other => return other,
+            }
+        }
+        unreachable!("the last attempt queues")
+    }
+
+    /// Claims the locker, then takes the table mutex to acquire.
+    fn attempt(&self, if_taken: IfTaken) -> Result<Attempt> {
         let l = &self.shared;
         if let Some(reason) = &l.invalid_id {
             return Err(Error::InvalidId(reason.clone()));
         }
-        let service = &l.session.service;
-        let mut table = service.table();
-        l.session.check_open()?;
-        if l.state.load(Relaxed) != IDLE {
+        // One attempt at a time per locker. Claiming before checking the session: a `close`
+        // that runs now either sees the claim (and evicts under the table mutex, so after
+        // us) or is seen by the check.
+        if l.state
+            .compare_exchange(IDLE, WAITING, SeqCst, Relaxed)
+            .is_err()
+        {
             return Err(Error::AlreadyLocked);
         }
-        Ok(table.acquire(l, queue))
+        let mut table = l.session.service.table();
+        // Under the mutex: the service empties the table under it after setting its flag.
+        if let Err(e) = l.session.check_open() {
+            l.state.store(IDLE, Relaxed);
+            return Err(e);
+        }
+        Ok(table.acquire(l, if_taken))
     }
 }
 
 impl Locker for LocalLocker {
     fn lock(&self) -> OpFuture<'_, Result<Held>> {
-        match self.attempt(true) {
+        let attempt = match self.attempt(IfTaken::QueueUnlessRunning) {
+            Ok(Attempt::Busy) => self.retry_then_queue(),
+            other => other,
+        };
+        match attempt {
             Ok(Attempt::Granted) => OpFuture::ready(Ok(self.shared.held())),
             Err(e) => OpFuture::ready(Err(e)),
             // Queued behind the holder: the returned future waits (and withdraws if dropped).
-            Ok(Attempt::Queued) => OpFuture::boxed(self.wait()),
-            Ok(Attempt::Busy) => unreachable!("queueing was requested"),
+            Ok(Attempt::Queued) => match self.shared.session.timeout {
+                None => OpFuture::pending(self),
+                Some(limit) => OpFuture::boxed(self.wait_at_most(limit)),
+            },
+            Ok(Attempt::Busy) => unreachable!("the last attempt queues"),
         }
     }
 
     fn try_lock(&self) -> OpFuture<'_, Result<Option<Held>>> {
-        OpFuture::ready(match self.attempt(false) {
+        OpFuture::ready(match self.attempt(IfTaken::Fail) {
             Ok(Attempt::Granted) => Ok(Some(self.shared.held())),
             Ok(Attempt::Busy) => Ok(None),
             Ok(Attempt::Queued) => unreachable!("no queueing was requested"),
@@ -153,7 +179,7 @@ impl Locker for LocalLocker {
     }
 
     fn id(&self) -> &str {
-        &self.shared.id
+        self.shared.id.as_str()
     }
 }
 
@@ -177,75 +203,31 @@ impl fmt::Debug for LocalLocker {
     }
 }
 
-/// A queued `lock()` call. Dropping it unfinished withdraws from the queue, or passes the lock
-/// on if it was granted meanwhile: cancel safety.
-struct Acquiring<'a> {
-    locker: &'a LocalLocker,
-    finished: bool,
-}
-
 fn canceled() -> Error {
     Error::Canceled("the session ended while waiting for the lock".into())
 }
 
-impl Acquiring<'_> {
-    fn shared(&self) -> &Arc<LockerShared> {
-        &self.locker.shared
-    }
-
-    /// The outcome once the state left WAITING; `None` while it waits.
-    fn outcome(&mut self) -> Option<Result<Held>> {
-        let l = self.shared();
-        let outcome = match l.state.load(Acquire) {
-            HELD => Ok(l.held()),
-            CANCELED => {
-                l.state.store(IDLE, Relaxed);
-                Err(canceled())
-            }
-            _ => return None,
-        };
-        self.finished = true;
-        Some(outcome)
-    }
-
-    /// The timeout expired: take the lock if it was granted in the meantime, else withdraw.
-    fn give_up(mut self: Pin<&mut Self>, limit: std::time::Duration) -> Result<Held> {
-        let service = self.shared().session.service.clone();
-        let mut table = service.table();
-        if let Some(outcome) = self.outcome() {
-            return outcome;
-        }
-        self.finished = true;
-        table.withdraw(self.shared());
-        Err(Error::Timeout(limit))
-    }
-}
-
-impl Future for Acquiring<'_> {
-    type Output = Result<Held>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Held>> {
+// A queued `lock()` without a timeout is an `OpFuture::pending` on the locker itself: the wait
+// allocates nothing. Dropping it unfinished withdraws from the queue, or passes the lock on if
+// it was granted meanwhile: cancel safety.
+impl PendingOp<Result<Held>> for LocalLocker {
+    fn poll_op(&self, cx: &mut Context<'_>) -> Poll<Result<Held>> {
         if let Some(outcome) = self.outcome() {
             return Poll::Ready(outcome);
         }
-        self.shared().waker.register(cx.waker());
+        self.shared.waker.register(cx.waker());
         // A grant that woke before we registered set the state first.
         match self.outcome() {
             Some(outcome) => Poll::Ready(outcome),
             None => Poll::Pending,
         }
     }
-}
 
-impl Drop for Acquiring<'_> {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let l = &self.locker.shared;
+    fn cancel_op(&self) {
+        let l = &self.shared;
         let mut table = l.session.service.table();
         match l.state.load(Acquire) {
-            HELD => {
+            GRANTED | HELD => {
                 let wake = table.release(l);
                 drop(table);
                 wake.wake();
@@ -254,6 +236,45 @@ impl Drop for Acquiring<'_> {
             _ => table.withdraw(l),
         }
         drop(l.waker.take());
+    }
+}
+
+impl LocalLocker {
+    /// The outcome of a queued `lock()` once the state left WAITING; `None` while it waits.
+    fn outcome(&self) -> Option<Result<Held>> {
+        let l = &self.shared;
+        match l.state.load(Acquire) {
+            // An eviction may cancel the grant at the same moment: whoever moves it first wins.
+            GRANTED => match l.state.compare_exchange(GRANTED, HELD, Acquire, Acquire) {
+                Ok(_) => Some(Ok(l.held())),
+                Err(_) => self.outcome(),
+            },
+            CANCELED => {
+                l.state.store(IDLE, Relaxed);
+                Some(Err(canceled()))
+            }
+            _ => None,
+        }
+    }
+
+    /// A queued `lock()` under the session's timeout. On expiry it takes the lock if it was
+    /// granted in the meantime, else withdraws.
+    async fn wait_at_most(&self, limit: Duration) -> Result<Held> {
+        let mut wait = OpFuture::pending(self);
+        match tokio::time::timeout(limit, &mut wait).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                std::mem::forget(wait); // resolved here instead of by its drop
+                let mut table = self.shared.session.service.table();
+                if let Some(outcome) = self.outcome() {
+                    return outcome;
+                }
+                table.withdraw(&self.shared);
+                drop(table);
+                drop(self.shared.waker.take());
+                Err(Error::Timeout(limit))
+            }
+        }
     }
 }
 

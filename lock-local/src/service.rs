@@ -2,22 +2,25 @@
 
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::DefaultHashBuilder;
 use lock_core::{Error, OpFuture, Result, Service, Session, SessionConfig};
 
 use crate::session::{LocalSession, SessionShared};
-use crate::table::Table;
+use crate::table::{Table, Wake};
 use crate::weak_list::WeakList;
 
 #[derive(Debug, Default)]
 pub(crate) struct ServiceShared {
     table: Mutex<Table>,
-    /// Open sessions; `None` once the service is closed.
-    sessions: Mutex<Option<WeakList<SessionShared>>>,
-    next_key: AtomicU64,
+    /// Set once, by `close`, before it empties the table.
+    closed: AtomicBool,
+    /// Open sessions whose `done()` was asked for, to fire when the service closes; `None`
+    /// once it closed. Other sessions learn of the close from `closed`, and their holds and
+    /// waits are in the table.
+    watchers: Mutex<Option<WeakList<SessionShared>>>,
     hasher: DefaultHashBuilder,
 }
 
@@ -33,12 +36,20 @@ impl ServiceShared {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn sessions(&self) -> MutexGuard<'_, Option<WeakList<SessionShared>>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    fn watchers(&self) -> MutexGuard<'_, Option<WeakList<SessionShared>>> {
+        self.watchers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn next_key(&self) -> u64 {
-        self.next_key.fetch_add(1, Relaxed)
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(SeqCst)
+    }
+
+    /// Fire `session`'s `done()` when the service closes (at once if it has).
+    pub(crate) fn watch(&self, session: &Arc<SessionShared>) {
+        match self.watchers().as_mut() {
+            Some(watchers) => watchers.push(Arc::downgrade(session)),
+            None => session.end(),
+        }
     }
 }
 
@@ -74,7 +85,7 @@ impl LocalService {
     pub fn new() -> Self {
         LocalService {
             shared: Arc::new(ServiceShared {
-                sessions: Mutex::new(Some(WeakList::default())),
+                watchers: Mutex::new(Some(WeakList::default())),
                 ..ServiceShared::default()
             }),
         }
@@ -109,21 +120,23 @@ impl Service for LocalService {
 impl LocalService {
     fn open_session(&self, config: &SessionConfig) -> Result<Box<dyn Session>> {
         config.validate()?;
-        let session = Arc::new(SessionShared::new(self.shared.clone(), config.timeout));
-        match self.shared.sessions().as_mut() {
-            Some(sessions) => sessions.push(Arc::downgrade(&session)),
-            None => return Err(Error::AlreadyClosed("the service was closed")),
-        };
-        Ok(Box::new(LocalSession::new(session)))
+        if self.shared.is_closed() {
+            return Err(Error::AlreadyClosed("the service was closed"));
+        }
+        let session = SessionShared::new(self.shared.clone(), config.timeout);
+        Ok(Box::new(LocalSession::new(Arc::new(session))))
     }
 
+    /// Ends every hold and wait, then every watched session's `done()`. Sessions see the
+    /// flag: no lock is granted after it is set.
     fn close_now(&self) -> Result<()> {
-        let Some(sessions) = self.shared.sessions().take() else {
+        if self.shared.closed.swap(true, SeqCst) {
             return Err(Error::AlreadyClosed("the service was already closed"));
-        };
-        for session in sessions.into_live() {
-            let _ = session.close();
         }
+        let wakes = self.shared.table().evict_all();
+        wakes.into_iter().for_each(Wake::wake);
+        let watchers = self.shared.watchers().take().unwrap_or_default();
+        watchers.into_live().for_each(|session| session.end());
         Ok(())
     }
 }

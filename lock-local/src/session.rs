@@ -1,7 +1,7 @@
 //! A session of the local backend.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use lock_core::{Done, Error, HasSignal, Locker, OpFuture, Result, Session, Signa
 
 use crate::locker::{LocalLocker, LockerShared};
 use crate::service::ServiceShared;
-use crate::table::Wake;
+use crate::table::{Wake, IDLE};
 use crate::weak_list::WeakList;
 
 #[derive(Debug)]
@@ -19,6 +19,8 @@ pub(crate) struct SessionShared {
     closed: AtomicBool,
     /// Fired once, when the session ends.
     done: Signal,
+    /// Whether `done()` was asked for, so the service must fire it when it closes.
+    watched: AtomicBool,
     /// Every locker made by the session.
     lockers: Mutex<WeakList<LockerShared>>,
 }
@@ -36,15 +38,21 @@ impl SessionShared {
             timeout,
             closed: AtomicBool::new(false),
             done: Signal::new(),
+            watched: AtomicBool::new(false),
             lockers: Mutex::new(WeakList::default()),
         }
     }
 
-    /// Call with the table mutex held: `close` sets `closed` before it takes that mutex to
-    /// evict, so a locker that passes this check is evicted by `close` if it comes.
+    /// Call with the table mutex held, after the locker announced its attempt in its state:
+    /// `close` sets `closed` before it reads the lockers' states (and the service sets its flag
+    /// before it takes that mutex), so a locker that passes this check is evicted by a `close`
+    /// that comes.
     pub(crate) fn check_open(&self) -> Result<()> {
         if self.closed.load(SeqCst) {
             return Err(Error::AlreadyClosed("the session was closed"));
+        }
+        if self.service.is_closed() {
+            return Err(Error::AlreadyClosed("the service was closed"));
         }
         Ok(())
     }
@@ -61,9 +69,16 @@ impl SessionShared {
         let lockers = std::mem::take(&mut *self.lockers_list());
         let mut wakes = Vec::new(); // allocates only if a locker was waiting or holding
         {
-            let mut table = self.service.table();
+            // Only lockers that hold, wait or are attempting need the table; an idle one that
+            // starts an attempt now will see `closed` (see `check_open`).
+            let mut table = None;
             for locker in lockers.into_live() {
-                let wake = table.evict(&locker);
+                if locker.state.load(SeqCst) == IDLE {
+                    continue;
+                }
+                let wake = table
+                    .get_or_insert_with(|| self.service.table())
+                    .evict(&locker);
                 if wake.is_needed() {
                     wakes.push(wake);
                 }
@@ -71,7 +86,24 @@ impl SessionShared {
         }
         wakes.into_iter().for_each(Wake::wake);
         self.done.fire();
+        if self.service.is_closed() {
+            return Err(Error::AlreadyClosed(
+                "the service was closed, which closed its sessions",
+            ));
+        }
         Ok(())
+    }
+
+    /// The signal `done()` waits on; from now on the service fires it too when it closes.
+    fn watch(self: &Arc<Self>) {
+        if !self.watched.swap(true, Relaxed) {
+            self.service.watch(self);
+        }
+    }
+
+    /// The service closed: the session is over.
+    pub(crate) fn end(&self) {
+        self.done.fire();
     }
 }
 
@@ -89,13 +121,13 @@ impl LocalSession {
 
 impl Session for LocalSession {
     fn new_locker(&self, id: &str) -> Box<dyn Locker> {
-        let key = self.shared.service.next_key();
-        let locker = LocalLocker::new(key, id, self.shared.clone());
+        let locker = LocalLocker::new(id, self.shared.clone());
         self.shared.lockers_list().push(locker.weak());
         Box::new(locker)
     }
 
     fn done(&self) -> Done {
+        self.shared.watch();
         Done::new(self.shared.clone(), 0, None)
     }
 
@@ -106,7 +138,9 @@ impl Session for LocalSession {
 
 impl Drop for LocalSession {
     fn drop(&mut self) {
-        let _ = self.shared.close();
+        if !self.shared.closed.load(SeqCst) {
+            let _ = self.shared.close();
+        }
     }
 }
 

@@ -3,19 +3,25 @@
 //! Hashes are computed once per locker (at `new_locker`), so lock and unlock hash nothing.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::{Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::Arc;
 
 use hashbrown::hash_table::{Entry as SlotEntry, HashTable};
 
 use crate::locker::LockerShared;
 
-/// Locker states; changed only under the table mutex.
+// Locker states. Changed under the table mutex, except by the locker's own pending `lock()`:
+// GRANTED -> HELD and CANCELED -> IDLE when it collects its outcome.
+/// Neither holding nor waiting.
 pub(crate) const IDLE: u8 = 0;
+/// Queued (or, under the table mutex, attempting).
 pub(crate) const WAITING: u8 = 1;
+/// Holding, and the `lock()` call returned the hold.
 pub(crate) const HELD: u8 = 2;
-/// The session ended while the locker waited.
+/// The wait ended without the lock (the session ended); the pending `lock()` fails.
 pub(crate) const CANCELED: u8 = 3;
+/// Handed the lock by a release while queued; the pending `lock()` has not collected it yet.
+pub(crate) const GRANTED: u8 = 4;
 
 /// Every id that somebody holds or waits for. An id nobody holds has no entry.
 #[derive(Default)]
@@ -34,10 +40,9 @@ impl std::fmt::Debug for Table {
 
 struct Entry {
     hash: u64,
-    id: Arc<str>,
-    /// The key of the holding locker. Every entry has a holder: a release hands the lock to the
-    /// first waiter directly.
-    holder: u64,
+    /// The holding locker, whose id is the entry's. Every entry has a holder: a release hands
+    /// the lock to the first waiter directly.
+    holder: Arc<LockerShared>,
     waiters: VecDeque<Arc<LockerShared>>,
 }
 
@@ -48,49 +53,75 @@ pub(crate) enum Attempt {
     Busy,
 }
 
+/// What `acquire` does when the id is taken.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IfTaken {
+    /// Report `Busy` (try_lock).
+    Fail,
+    /// Join the queue.
+    Queue,
+    /// Report `Busy` if nobody waits and the holder already runs with the lock (so it may
+    /// release it in a moment), else join the queue.
+    QueueUnlessRunning,
+}
+
 fn same_id(locker: &LockerShared) -> impl Fn(&Entry) -> bool + '_ {
-    move |e: &Entry| Arc::ptr_eq(&e.id, &locker.id) || *e.id == *locker.id
+    move |e: &Entry| {
+        std::ptr::eq(&*e.holder, locker) || e.holder.id.as_bytes() == locker.id.as_bytes()
+    }
 }
 
 impl Table {
-    /// Grants `locker` the id if nobody holds it; otherwise queues it (when `queue`).
-    pub(crate) fn acquire(&mut self, locker: &Arc<LockerShared>, queue: bool) -> Attempt {
+    /// Grants `locker` the id if nobody holds it; otherwise queues it (when `queue`). The
+    /// caller has set the locker's state to WAITING.
+    pub(crate) fn acquire(&mut self, locker: &Arc<LockerShared>, if_taken: IfTaken) -> Attempt {
         match self.ids.entry(locker.hash, same_id(locker), |e| e.hash) {
             SlotEntry::Vacant(v) => {
+                grant(&mut self.last_token, locker, HELD);
                 v.insert(Entry {
                     hash: locker.hash,
-                    id: locker.id.clone(),
-                    holder: locker.key,
+                    holder: locker.clone(),
                     waiters: VecDeque::new(),
                 });
-                grant(&mut self.last_token, locker);
                 Attempt::Granted
             }
-            SlotEntry::Occupied(_) if !queue => Attempt::Busy,
+            SlotEntry::Occupied(o)
+                if if_taken == IfTaken::Fail
+                    || (if_taken == IfTaken::QueueUnlessRunning
+                        && o.get().waiters.is_empty()
+                        && o.get().holder.state.load(Relaxed) == HELD) =>
+            {
+                locker.state.store(IDLE, Relaxed);
+                Attempt::Busy
+            }
             SlotEntry::Occupied(mut o) => {
-                locker.state.store(WAITING, Release);
                 o.get_mut().waiters.push_back(locker.clone());
                 Attempt::Queued
             }
         }
     }
 
-    /// Releases the id `locker` holds: fires its lost signal, then hands the id to the first
-    /// waiter or removes the entry. Returns the new holder, to be woken (only that one) once
-    /// the caller has let go of the table mutex.
+    /// Releases the id `locker` holds (HELD, or GRANTED and its `lock()` is being dropped).
     #[must_use = "the new holder must be woken"]
     pub(crate) fn release(&mut self, locker: &LockerShared) -> Wake {
-        debug_assert_eq!(locker.state.load(Relaxed), HELD);
+        debug_assert!(matches!(locker.state.load(Relaxed), HELD | GRANTED));
         locker.state.store(IDLE, Relaxed);
+        self.release_id(locker)
+    }
+
+    /// Fires `locker`'s lost signal, then hands its id to the first waiter or removes the
+    /// entry; the caller sets the locker's state. Returns the new holder, to be woken (only
+    /// that one) once the caller has let go of the table mutex.
+    fn release_id(&mut self, locker: &LockerShared) -> Wake {
         locker.signal.fire();
         let Ok(mut slot) = self.ids.find_entry(locker.hash, same_id(locker)) else {
             unreachable!("a held id has an entry");
         };
-        debug_assert_eq!(slot.get().holder, locker.key);
+        debug_assert!(std::ptr::eq(&*slot.get().holder, locker));
         match slot.get_mut().waiters.pop_front() {
             Some(next) => {
-                slot.get_mut().holder = next.key;
-                grant(&mut self.last_token, &next);
+                grant(&mut self.last_token, &next, GRANTED);
+                slot.get_mut().holder = next.clone();
                 Wake(Some(next))
             }
             None => {
@@ -104,7 +135,7 @@ impl Table {
     pub(crate) fn withdraw(&mut self, locker: &LockerShared) {
         locker.state.store(IDLE, Relaxed);
         if let Some(entry) = self.ids.find_mut(locker.hash, same_id(locker)) {
-            entry.waiters.retain(|w| w.key != locker.key);
+            entry.waiters.retain(|w| !std::ptr::eq(&**w, locker));
         }
     }
 
@@ -113,7 +144,10 @@ impl Table {
     #[must_use = "the returned locker must be woken"]
     pub(crate) fn evict(&mut self, locker: &Arc<LockerShared>) -> Wake {
         match locker.state.load(Relaxed) {
-            HELD => self.release(locker),
+            HELD | GRANTED => {
+                end_hold(locker);
+                self.release_id(locker)
+            }
             WAITING => {
                 self.withdraw(locker);
                 locker.state.store(CANCELED, Release);
@@ -121,6 +155,21 @@ impl Table {
             }
             _ => Wake(None),
         }
+    }
+
+    /// Ends every hold and every wait (the service closed). Returns who must be woken once the
+    /// table mutex is released.
+    pub(crate) fn evict_all(&mut self) -> Vec<Wake> {
+        let mut wakes = Vec::new();
+        for entry in self.ids.drain() {
+            end_hold(&entry.holder);
+            entry.holder.signal.fire();
+            for waiter in entry.waiters {
+                waiter.state.store(CANCELED, Release);
+                wakes.push(Wake(Some(waiter)));
+            }
+        }
+        wakes
     }
 
     /// How many ids are held or waited for.
@@ -146,13 +195,27 @@ impl Wake {
     }
 }
 
-/// Records a grant on `locker`; the caller has made it the holder.
+/// Records a grant on `locker` (HELD when its `lock()` returns it at once, GRANTED when a
+/// queued `lock()` is to collect it); the caller has made it the holder.
 ///
-/// The hold's epoch is taken now, under the mutex: if the locker's session ends before a
-/// queued waiter gets to run, the waiter's `Held` is already lost.
-fn grant(last_token: &mut u64, locker: &LockerShared) {
+/// The hold's epoch is taken now, under the mutex: if the hold ends before a queued waiter
+/// collects it, the waiter's `Held` is already lost.
+fn grant(last_token: &mut u64, locker: &LockerShared, state: u8) {
     *last_token += 1;
     locker.token.store(*last_token, Relaxed);
     locker.epoch.store(locker.signal.epoch(), Relaxed);
-    locker.state.store(HELD, Release);
+    locker.state.store(state, Release);
+}
+
+/// Sets the state of a holder whose hold is evicted (its session or service ended). A grant
+/// its queued `lock()` has not collected is canceled, so that call fails instead of waiting
+/// for a grant that is gone; if the call collects it first, it returns a hold already lost.
+fn end_hold(holder: &LockerShared) {
+    if holder
+        .state
+        .compare_exchange(GRANTED, CANCELED, AcqRel, Acquire)
+        .is_err()
+    {
+        holder.state.store(IDLE, Relaxed);
+    }
 }

@@ -46,3 +46,54 @@ async fn waiters_timeouts_cancellations_and_closes_leave_the_table_empty() {
     holder.close().await.unwrap();
     assert_eq!(service.active_ids(), 0);
 }
+
+/// A session closed while its lockers lock on other threads leaves nothing held: every attempt
+/// either fails with `AlreadyClosed` or is evicted by the close.
+#[test]
+fn closing_a_session_during_lock_attempts_leaves_the_table_empty() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let service = LocalService::new();
+    rt.block_on(async {
+        for round in 0..2000 {
+            let session: std::sync::Arc<dyn lock_core::Session> = service
+                .new_session(&SessionConfig::default())
+                .await
+                .unwrap()
+                .into();
+            let lockers: Vec<_> = (0..4)
+                .map(|n| session.new_locker(&format!("race/{round}/{}", n % 2)))
+                .collect();
+            let attempts: Vec<_> = lockers
+                .into_iter()
+                .map(|locker| {
+                    tokio::spawn(async move {
+                        match locker.lock().await {
+                            Ok(held) => {
+                                // Held until the close ends it.
+                                held.lost().await;
+                            }
+                            Err(e) => assert!(
+                                matches!(
+                                    e,
+                                    lock_core::Error::AlreadyClosed(_)
+                                        | lock_core::Error::Canceled(_)
+                                ),
+                                "{e}"
+                            ),
+                        }
+                        locker
+                    })
+                })
+                .collect();
+            tokio::task::yield_now().await;
+            session.close().await.unwrap();
+            for attempt in attempts {
+                drop(attempt.await.unwrap());
+            }
+            assert_eq!(service.active_ids(), 0, "round {round}");
+        }
+    });
+}

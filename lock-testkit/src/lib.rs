@@ -103,6 +103,7 @@ macro_rules! conformance_tests {
             lock_times_out_after_session_timeout,
             dropped_lock_future_leaves_nothing,
             waiter_is_canceled_when_its_session_closes,
+            session_close_ends_its_hold_and_its_wait_on_one_id,
             locking_twice_is_already_locked,
             unlock_without_lock_is_not_held,
             closing_twice_is_already_closed,

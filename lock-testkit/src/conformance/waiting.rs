@@ -137,3 +137,46 @@ pub async fn waiter_is_canceled_when_its_session_closes(h: &Harness) -> Outcome 
     service.close().await?;
     Ok(())
 }
+
+/// Closing a session that holds an id and also waits for it (two lockers) ends both: the hold
+/// is lost, and the waiting `lock()` returns — `Canceled`, or a hold that is already lost —
+/// instead of waiting for a grant that its own session's close handed it.
+pub async fn session_close_ends_its_hold_and_its_wait_on_one_id(h: &Harness) -> Outcome {
+    let service = h.service().await?;
+    let id = h.id("close-both");
+    let session: Arc<dyn Session> = Arc::from(service.new_session(&h.config()).await?);
+    let (a, b) = (session.new_locker(&id), session.new_locker(&id));
+    let held = a.lock().await?;
+    let pending = tokio::spawn(async move { b.lock().await });
+    tokio::time::sleep(h.settle()).await;
+    session.close().await?;
+    h.within(
+        PATIENCE,
+        "lost() of the hold after session close",
+        held.lost(),
+    )
+    .await?;
+    let result = h
+        .within(PATIENCE, "the waiter after its session closed", pending)
+        .await?
+        .map_err(|e| Failure::new(format!("waiter panicked: {e}")))?;
+    match result {
+        Ok(late) => ensure!(
+            late.is_lost(),
+            "lock() of a closed session returned a hold that is not lost"
+        ),
+        Err(e) => expect_err(
+            "lock() whose session closed while waiting",
+            Err::<(), _>(e),
+            "Canceled",
+            |e| matches!(e, Error::Canceled(_)),
+        )?,
+    }
+    let other = service.new_session(&h.config()).await?;
+    ensure!(
+        other.new_locker(&id).try_lock().await?.is_some(),
+        "the closed session left the id taken"
+    );
+    service.close().await?;
+    Ok(())
+}
