@@ -93,73 +93,79 @@ fn uncontended() -> (f64, f64) {
 const TASKS: usize = 1000;
 const ROUNDS: usize = 100;
 
+/// 1000 tasks (each its own session) taking turns on one id: handoffs per second.
 fn contended() -> (f64, f64) {
-    (contended_ours(), contended_base())
+    let (ours, base) = alternating(5, 3, contended_ours_run, contended_base_run);
+    let rate = |d: Duration| (TASKS * ROUNDS) as f64 / d.as_secs_f64();
+    (rate(ours), rate(base))
 }
 
-fn contended_ours() -> f64 {
-    let rt = runtime(THREADS);
-    let ours = median(&rt, 5, || async {
-        let service: Arc<dyn Service> = Arc::new(LocalService::new());
-        let mut tasks = Vec::new();
-        for _ in 0..TASKS {
-            let service = service.clone();
-            tasks.push(tokio::spawn(async move {
-                let session = service.new_session(&config()).await.unwrap();
-                let locker = session.new_locker("bench/contended");
-                for _ in 0..ROUNDS {
-                    locker.lock().await.unwrap();
-                    locker.unlock().await.unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-    (TASKS * ROUNDS) as f64 / ours.as_secs_f64()
-}
-
-fn contended_base() -> f64 {
-    let rt = runtime(THREADS);
-    let base = median(&rt, 5, || async {
-        let baseline = Arc::new(Baseline::default());
-        let mut tasks = Vec::new();
-        for _ in 0..TASKS {
-            let baseline = baseline.clone();
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..ROUNDS {
-                    let m = baseline.entry("bench/contended");
-                    let guard = m.lock().await;
-                    drop(guard);
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-    (TASKS * ROUNDS) as f64 / base.as_secs_f64()
-}
-
-/// The seed example: 1000 tasks, each its own session, one increment each under one lock.
-/// Both programs run on one 2-worker runtime, in alternating blocks so that both see the same
-/// drift of this noisy machine; each figure is the median of all its runs (ms per run).
-fn seed_example() -> (f64, f64) {
-    const BLOCKS: usize = 10;
-    const RUNS: usize = 21;
-    let rt = runtime(THREADS);
-    let (mut ours, mut base) = (Vec::new(), Vec::new());
-    let time = |run: &dyn Fn() -> Duration| (0..RUNS).map(|_| run()).collect::<Vec<_>>();
-    for _ in 0..BLOCKS {
-        ours.extend(time(&|| timed(&rt, seed_ours_run())));
-        base.extend(time(&|| timed(&rt, seed_base_run())));
+async fn contended_ours_run() {
+    let service: Arc<dyn Service> = Arc::new(LocalService::new());
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let service = service.clone();
+        tasks.push(tokio::spawn(async move {
+            let session = service.new_session(&config()).await.unwrap();
+            let locker = session.new_locker("bench/contended");
+            for _ in 0..ROUNDS {
+                locker.lock().await.unwrap();
+                locker.unlock().await.unwrap();
+            }
+        }));
     }
-    let median_ms = |mut v: Vec<Duration>| {
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn contended_base_run() {
+    let baseline = Arc::new(Baseline::default());
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let baseline = baseline.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..ROUNDS {
+                let m = baseline.entry("bench/contended");
+                let guard = m.lock().await;
+                drop(guard);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// The seed example: 1000 tasks, each its own session, one increment each under one lock
+/// (ms per run).
+fn seed_example() -> (f64, f64) {
+    let (ours, base) = alternating(10, 21, seed_ours_run, seed_base_run);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    (ms(ours), ms(base))
+}
+
+/// Runs both programs on one 2-worker runtime, `runs` times each in `blocks` alternating
+/// blocks, so that both see the same drift of this noisy machine. Returns the median run time
+/// of each.
+fn alternating<O, B, FO, FB>(blocks: usize, runs: usize, ours: O, base: B) -> (Duration, Duration)
+where
+    O: Fn() -> FO,
+    B: Fn() -> FB,
+    FO: Future<Output = ()>,
+    FB: Future<Output = ()>,
+{
+    let rt = runtime(THREADS);
+    let (mut o, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..blocks {
+        o.extend((0..runs).map(|_| timed(&rt, ours())));
+        b.extend((0..runs).map(|_| timed(&rt, base())));
+    }
+    let median = |mut v: Vec<Duration>| {
         v.sort();
-        v[v.len() / 2].as_secs_f64() * 1e3
+        v[v.len() / 2]
     };
-    (median_ms(ours), median_ms(base))
+    (median(o), median(b))
 }
 
 fn timed(rt: &tokio::runtime::Runtime, fut: impl Future<Output = ()>) -> Duration {
@@ -238,24 +244,27 @@ fn distinct_ids() -> (f64, Option<u64>, usize) {
     )
 }
 
+/// Runs one side of a multi-task benchmark `n` times (for `perf`).
+fn repeat<F: Future<Output = ()>>(n: usize, run: impl Fn() -> F) {
+    let rt = runtime(THREADS);
+    (0..n).for_each(|_| rt.block_on(run()));
+}
+
 fn main() {
-    // `cargo bench` passes `--bench`; a bare word runs only that benchmark (for profiling):
-    // distinct | uncontended | contended | seed.
+    // `cargo bench` passes `--bench`; a bare word runs only that benchmark: distinct |
+    // uncontended | contended | seed, or one side alone, many times, for a profiler:
+    // contended-ours | contended-base | seed-ours | seed-base.
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if !run("distinct") {
         match only.as_deref() {
             Some("uncontended") => println!("{:?}", uncontended()),
             Some("contended") => println!("{:?}", contended()),
-            Some("contended-ours") => println!("{:?}", contended_ours()),
-            Some("contended-base") => println!("{:?}", contended_base()),
+            Some("contended-ours") => repeat(20, contended_ours_run),
+            Some("contended-base") => repeat(20, contended_base_run),
             Some("seed") => println!("{:?}", seed_example()),
-            Some("seed-ours") => {
-                let rt = runtime(THREADS);
-                for _ in 0..3000 {
-                    rt.block_on(seed_ours_run());
-                }
-            }
+            Some("seed-ours") => repeat(3000, seed_ours_run),
+            Some("seed-base") => repeat(3000, seed_base_run),
             Some(other) => eprintln!("unknown benchmark `{other}`"),
             None => {}
         }

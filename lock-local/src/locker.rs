@@ -13,7 +13,7 @@ use lock_core::{Error, HasSignal, Held, Locker, OpFuture, PendingOp, Result, Sig
 
 use crate::id::IdBuf;
 use crate::session::SessionShared;
-use crate::table::{Attempt, IfTaken, CANCELED, GRANTED, HELD, IDLE, WAITING};
+use crate::table::{Attempt, IfTaken, Wake, CANCELED, GRANTED, HELD, IDLE, WAITING};
 
 /// The state of one locker, shared with the table's queues.
 #[derive(Debug)]
@@ -43,9 +43,9 @@ impl HasSignal for LockerShared {
 }
 
 impl LockerShared {
-    /// Wakes the pending `lock()`, if it has registered; call after changing `state`.
-    pub(crate) fn wake(&self) {
-        self.waker.wake();
+    /// What wakes the pending `lock()`, if it has registered; take it after changing `state`.
+    pub(crate) fn wake_later(&self) -> Wake {
+        Wake::new(self.waker.take())
     }
 
     pub(crate) fn held(self: &Arc<Self>) -> Held {
@@ -58,9 +58,10 @@ impl LockerShared {
     }
 }
 
-/// Retries of a `lock()` that finds the holder running, and the spin before the first.
+/// Attempts of a `lock()` that finds the holder running (the last one queues), and how long
+/// it watches the holder before each (spin-loop hints of ~10 ns).
 const SPIN_ROUNDS: u32 = 3;
-const SPINS: u32 = 16;
+const SPINS: u32 = 64;
 
 /// A locker of the `local:` backend; see [`lock_core::Locker`].
 pub struct LocalLocker {
@@ -101,22 +102,26 @@ impl LocalLocker {
     }
 
     /// A holder that is running with the lock (and nobody queued) usually releases it within
-    /// a microsecond: retry a few times before queueing, so that a short hold does not start
-    /// a convoy of handoffs through the scheduler.
+    /// a microsecond: watch it for a moment (its state, without the table mutex) and retry
+    /// before queueing, so that a short hold does not start a convoy of handoffs through the
+    /// scheduler.
     #[cold]
-    fn retry_then_queue(&self) -> Result<Attempt> {
-        for round in 0..SPIN_ROUNDS {
-            for _ in 0..(SPINS << round) {
+    fn retry_then_queue(&self, mut holder: Arc<LockerShared>) -> Result<Attempt> {
+        for round in 1..=SPIN_ROUNDS {
+            for _ in 0..SPINS {
+                if holder.state.load(Relaxed) != HELD {
+                    break;
+                }
                 std::hint::spin_loop();
             }
-            let last = round + 1 == SPIN_ROUNDS;
+            let last = round == SPIN_ROUNDS;
             match self.attempt(if last {
                 IfTaken::Queue
             } else {
                 IfTaken::QueueUnlessRunning
-            }) {
-                Ok(Attempt::Busy) => {}
-                other => return other,
+            })? {
+                Attempt::Running(next) => holder = next,
+                other => return Ok(other),
             }
         }
         unreachable!("the last attempt queues")
@@ -150,7 +155,7 @@ impl LocalLocker {
 impl Locker for LocalLocker {
     fn lock(&self) -> OpFuture<'_, Result<Held>> {
         let attempt = match self.attempt(IfTaken::QueueUnlessRunning) {
-            Ok(Attempt::Busy) => self.retry_then_queue(),
+            Ok(Attempt::Running(holder)) => self.retry_then_queue(holder),
             other => other,
         };
         match attempt {
@@ -161,7 +166,7 @@ impl Locker for LocalLocker {
                 None => OpFuture::pending(self),
                 Some(limit) => OpFuture::boxed(self.wait_at_most(limit)),
             },
-            Ok(Attempt::Busy) => unreachable!("the last attempt queues"),
+            Ok(Attempt::Busy | Attempt::Running(_)) => unreachable!("the last attempt queues"),
         }
     }
 
@@ -169,7 +174,7 @@ impl Locker for LocalLocker {
         OpFuture::ready(match self.attempt(IfTaken::Fail) {
             Ok(Attempt::Granted) => Ok(Some(self.shared.held())),
             Ok(Attempt::Busy) => Ok(None),
-            Ok(Attempt::Queued) => unreachable!("no queueing was requested"),
+            Ok(Attempt::Queued | Attempt::Running(_)) => unreachable!("no queueing was requested"),
             Err(e) => Err(e),
         })
     }

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::Arc;
+use std::task::Waker;
 
 use hashbrown::hash_table::{Entry as SlotEntry, HashTable};
 
@@ -51,6 +52,8 @@ pub(crate) enum Attempt {
     Granted,
     Queued,
     Busy,
+    /// Taken by this holder, which is running with the lock; nobody waits.
+    Running(Arc<LockerShared>),
 }
 
 /// What `acquire` does when the id is taken.
@@ -60,7 +63,7 @@ pub(crate) enum IfTaken {
     Fail,
     /// Join the queue.
     Queue,
-    /// Report `Busy` if nobody waits and the holder already runs with the lock (so it may
+    /// Report `Running` if nobody waits and the holder already runs with the lock (so it may
     /// release it in a moment), else join the queue.
     QueueUnlessRunning,
 }
@@ -85,14 +88,17 @@ impl Table {
                 });
                 Attempt::Granted
             }
-            SlotEntry::Occupied(o)
-                if if_taken == IfTaken::Fail
-                    || (if_taken == IfTaken::QueueUnlessRunning
-                        && o.get().waiters.is_empty()
-                        && o.get().holder.state.load(Relaxed) == HELD) =>
-            {
+            SlotEntry::Occupied(_) if if_taken == IfTaken::Fail => {
                 locker.state.store(IDLE, Relaxed);
                 Attempt::Busy
+            }
+            SlotEntry::Occupied(o)
+                if if_taken == IfTaken::QueueUnlessRunning
+                    && o.get().waiters.is_empty()
+                    && o.get().holder.state.load(Relaxed) == HELD =>
+            {
+                locker.state.store(IDLE, Relaxed);
+                Attempt::Running(o.get().holder.clone())
             }
             SlotEntry::Occupied(mut o) => {
                 o.get_mut().waiters.push_back(locker.clone());
@@ -121,12 +127,13 @@ impl Table {
         match slot.get_mut().waiters.pop_front() {
             Some(next) => {
                 grant(&mut self.last_token, &next, GRANTED);
-                slot.get_mut().holder = next.clone();
-                Wake(Some(next))
+                let wake = next.wake_later();
+                slot.get_mut().holder = next;
+                wake
             }
             None => {
                 slot.remove();
-                Wake(None)
+                Wake::NONE
             }
         }
     }
@@ -151,9 +158,9 @@ impl Table {
             WAITING => {
                 self.withdraw(locker);
                 locker.state.store(CANCELED, Release);
-                Wake(Some(locker.clone()))
+                locker.wake_later()
             }
-            _ => Wake(None),
+            _ => Wake::NONE,
         }
     }
 
@@ -166,7 +173,7 @@ impl Table {
             entry.holder.signal.fire();
             for waiter in entry.waiters {
                 waiter.state.store(CANCELED, Release);
-                wakes.push(Wake(Some(waiter)));
+                wakes.push(waiter.wake_later());
             }
         }
         wakes
@@ -178,19 +185,26 @@ impl Table {
     }
 }
 
-/// A locker whose state changed (granted or canceled) and whose pending `lock()` must be
-/// woken — after the table mutex is released, so that it does not wake into a held mutex.
-pub(crate) struct Wake(Option<Arc<LockerShared>>);
+/// The pending `lock()` of a locker whose state changed (granted or canceled), to be woken
+/// after the table mutex is released, so that it does not wake into a held mutex. Taken from
+/// the locker after its state was set: a `lock()` that registers later sees the state.
+pub(crate) struct Wake(Option<Waker>);
 
 impl Wake {
+    pub(crate) const NONE: Wake = Wake(None);
+
+    pub(crate) fn new(waker: Option<Waker>) -> Self {
+        Wake(waker)
+    }
+
     /// Whether there is anybody to wake.
     pub(crate) fn is_needed(&self) -> bool {
         self.0.is_some()
     }
 
     pub(crate) fn wake(self) {
-        if let Some(locker) = self.0 {
-            locker.wake();
+        if let Some(waker) = self.0 {
+            waker.wake();
         }
     }
 }
