@@ -61,7 +61,7 @@ impl LockerShared {
 /// Attempts of a `lock()` that finds the holder running (the last one queues), and how long
 /// it watches the holder before each (spin-loop hints of ~10 ns).
 const SPIN_ROUNDS: u32 = 3;
-const SPINS: u32 = 64;
+const SPINS: u32 = 256;
 
 /// A locker of the `local:` backend; see [`lock_core::Locker`].
 pub struct LocalLocker {
