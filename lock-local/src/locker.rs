@@ -91,7 +91,7 @@ impl LocalLocker {
     fn release(&self) -> Result<()> {
         let l = &self.shared;
         let mut table = l.session.service.table();
-        l.session.check_open()?;
+        l.session.check_open(&table)?;
         if l.state.load(Relaxed) != HELD {
             return Err(Error::NotHeld);
         }
@@ -143,8 +143,8 @@ impl LocalLocker {
             return Err(Error::AlreadyLocked);
         }
         let mut table = l.session.service.table();
-        // Under the mutex: the service empties the table under it after setting its flag.
-        if let Err(e) = l.session.check_open() {
+        // Under the mutex, which the service holds while it closes the table.
+        if let Err(e) = l.session.check_open(&table) {
             l.state.store(IDLE, Relaxed);
             return Err(e);
         }

@@ -15,7 +15,8 @@ use crate::weak_list::WeakList;
 #[derive(Debug, Default)]
 pub(crate) struct ServiceShared {
     table: Mutex<Table>,
-    /// Set once, by `close`, before it empties the table.
+    /// Set once, by `close`, before it empties (and closes) the table; attempts read the
+    /// table's own flag under its mutex.
     closed: AtomicBool,
     /// Open sessions whose `done()` was asked for, to fire when the service closes; `None`
     /// once it closed. Other sessions learn of the close from `closed`, and their holds and
@@ -133,7 +134,7 @@ impl LocalService {
         if self.shared.closed.swap(true, SeqCst) {
             return Err(Error::AlreadyClosed("the service was already closed"));
         }
-        let wakes = self.shared.table().evict_all();
+        let wakes = self.shared.table().close();
         wakes.into_iter().for_each(Wake::wake);
         let watchers = self.shared.watchers().take().unwrap_or_default();
         watchers.into_live().for_each(|session| session.end());

@@ -9,7 +9,7 @@ use lock_core::{Done, Error, HasSignal, Locker, OpFuture, Result, Session, Signa
 
 use crate::locker::{LocalLocker, LockerShared};
 use crate::service::ServiceShared;
-use crate::table::{Wake, IDLE};
+use crate::table::{Table, Wake, IDLE};
 use crate::weak_list::WeakList;
 
 #[derive(Debug)]
@@ -43,15 +43,15 @@ impl SessionShared {
         }
     }
 
-    /// Call with the table mutex held, after the locker announced its attempt in its state:
-    /// `close` sets `closed` before it reads the lockers' states (and the service sets its flag
-    /// before it takes that mutex), so a locker that passes this check is evicted by a `close`
+    /// Call with the table mutex held (`table`), after the locker claimed its attempt in its
+    /// state: `close` sets `closed` before it reads the lockers' states, and the service closes
+    /// the table under that mutex, so a locker that passes this check is evicted by a `close`
     /// that comes.
-    pub(crate) fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self, table: &Table) -> Result<()> {
         if self.closed.load(SeqCst) {
             return Err(Error::AlreadyClosed("the session was closed"));
         }
-        if self.service.is_closed() {
+        if table.is_closed() {
             return Err(Error::AlreadyClosed("the service was closed"));
         }
         Ok(())

@@ -29,6 +29,8 @@ pub(crate) const GRANTED: u8 = 4;
 pub(crate) struct Table {
     ids: HashTable<Entry>,
     last_token: u64,
+    /// The service closed (set with the table emptied): nothing may be granted or queued.
+    closed: bool,
 }
 
 impl std::fmt::Debug for Table {
@@ -164,9 +166,10 @@ impl Table {
         }
     }
 
-    /// Ends every hold and every wait (the service closed). Returns who must be woken once the
-    /// table mutex is released.
-    pub(crate) fn evict_all(&mut self) -> Vec<Wake> {
+    /// Ends every hold and every wait, and refuses new ones: the service closed. Returns who
+    /// must be woken once the table mutex is released.
+    pub(crate) fn close(&mut self) -> Vec<Wake> {
+        self.closed = true;
         let mut wakes = Vec::new();
         for entry in self.ids.drain() {
             end_hold(&entry.holder);
@@ -177,6 +180,11 @@ impl Table {
             }
         }
         wakes
+    }
+
+    /// Whether the service closed; read under the mutex, by every attempt.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
     }
 
     /// How many ids are held or waited for.
