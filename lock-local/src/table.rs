@@ -77,8 +77,8 @@ fn same_id(locker: &LockerShared) -> impl Fn(&Entry) -> bool + '_ {
 }
 
 impl Table {
-    /// Grants `locker` the id if nobody holds it; otherwise queues it (when `queue`). The
-    /// caller has set the locker's state to WAITING.
+    /// Grants `locker` the id if nobody holds it; otherwise does what `if_taken` says. The
+    /// caller has claimed the locker (state WAITING) and holds the table mutex.
     pub(crate) fn acquire(&mut self, locker: &Arc<LockerShared>, if_taken: IfTaken) -> Attempt {
         match self.ids.entry(locker.hash, same_id(locker), |e| e.hash) {
             SlotEntry::Vacant(v) => {
