@@ -1,5 +1,6 @@
 //! The three traits every backend implements. Their async methods return [`OpFuture`]: ready
-//! (no allocation) when the backend can answer at once, boxed when it must wait.
+//! (no allocation) when the backend can answer at once, pending on the backend object's own
+//! state (no allocation) or boxed when it must wait.
 
 use std::fmt::Debug;
 
