@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
-use std::sync::atomic::{AtomicU64, AtomicU8};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,6 +34,14 @@ pub(crate) struct LockerShared {
     /// Token and signal epoch of the current hold; written under the table mutex.
     pub(crate) token: AtomicU64,
     pub(crate) epoch: AtomicU64,
+    /// The thread whose `lock()` returned the current hold (see [`this_thread`]).
+    pub(crate) holder_thread: AtomicUsize,
+}
+
+/// A cheap identity of the calling thread: the address of a thread-local.
+pub(crate) fn this_thread() -> usize {
+    thread_local!(static MARK: u8 = const { 0 });
+    MARK.with(|mark| std::ptr::from_ref(mark) as usize)
 }
 
 impl HasSignal for LockerShared {
@@ -84,6 +92,7 @@ impl LocalLocker {
                 waker: AtomicWaker::new(),
                 token: AtomicU64::new(0),
                 epoch: AtomicU64::new(0),
+                holder_thread: AtomicUsize::new(0),
             }),
         }
     }
@@ -251,7 +260,10 @@ impl LocalLocker {
         match l.state.load(Acquire) {
             // An eviction may cancel the grant at the same moment: whoever moves it first wins.
             GRANTED => match l.state.compare_exchange(GRANTED, HELD, Acquire, Acquire) {
-                Ok(_) => Some(Ok(l.held())),
+                Ok(_) => {
+                    l.holder_thread.store(this_thread(), Relaxed);
+                    Some(Ok(l.held()))
+                }
                 Err(_) => self.outcome(),
             },
             CANCELED => {

@@ -9,7 +9,7 @@ use std::task::Waker;
 
 use hashbrown::hash_table::{Entry as SlotEntry, HashTable};
 
-use crate::locker::LockerShared;
+use crate::locker::{this_thread, LockerShared};
 
 // Locker states. Changed under the table mutex, except by the locker's own pending `lock()`:
 // GRANTED -> HELD and CANCELED -> IDLE when it collects its outcome.
@@ -65,8 +65,8 @@ pub(crate) enum IfTaken {
     Fail,
     /// Join the queue.
     Queue,
-    /// Report `Running` if nobody waits and the holder already runs with the lock (so it may
-    /// release it in a moment), else join the queue.
+    /// Report `Running` if nobody waits and the holder already runs with the lock on another
+    /// thread (so it may release it in a moment), else join the queue.
     QueueUnlessRunning,
 }
 
@@ -83,6 +83,7 @@ impl Table {
         match self.ids.entry(locker.hash, same_id(locker), |e| e.hash) {
             SlotEntry::Vacant(v) => {
                 grant(&mut self.last_token, locker, HELD);
+                locker.holder_thread.store(this_thread(), Relaxed);
                 v.insert(Entry {
                     hash: locker.hash,
                     holder: locker.clone(),
@@ -94,10 +95,12 @@ impl Table {
                 locker.state.store(IDLE, Relaxed);
                 Attempt::Busy
             }
+            // A holder whose `lock()` returned on this thread is not running now: we are.
             SlotEntry::Occupied(o)
                 if if_taken == IfTaken::QueueUnlessRunning
                     && o.get().waiters.is_empty()
-                    && o.get().holder.state.load(Relaxed) == HELD =>
+                    && o.get().holder.state.load(Relaxed) == HELD
+                    && o.get().holder.holder_thread.load(Relaxed) != this_thread() =>
             {
                 locker.state.store(IDLE, Relaxed);
                 Attempt::Running(o.get().holder.clone())
