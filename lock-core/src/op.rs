@@ -47,7 +47,8 @@ enum Inner<'a, T> {
 ///
 /// The backend must allow at most one such operation per object at a time (a second `lock()`
 /// on a locker that is waiting fails with [`Error::AlreadyLocked`](crate::Error::AlreadyLocked)),
-/// since the state is the object's.
+/// since the state is the object's. Only `OpFuture` calls these methods; callers of a backend
+/// `.await` the future instead.
 pub trait PendingOp<T>: Send + Sync {
     /// Polls the operation, as [`Future::poll`] would.
     fn poll_op(&self, cx: &mut Context<'_>) -> Poll<T>;
