@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use lock_core::{Held, Locker};
 
-use crate::conformance::PATIENCE;
-use crate::{ensure, Failure, Harness, Outcome};
+use crate::conformance::{joined, PATIENCE};
+use crate::{ensure, Harness, Outcome};
 
 async fn fires(h: &Harness, held: &Held, what: &str) -> Outcome {
     h.within(PATIENCE, &format!("lost() after {what}"), held.lost())
@@ -157,10 +157,8 @@ pub async fn lost_fires_before_next_holder_is_granted(h: &Harness) -> Outcome {
             "session close" => first.close().await?,
             _ => drop(locker),
         }
-        let (was_lost, granted, waiter) = h
-            .within(PATIENCE, &format!("next holder after {how}"), next)
-            .await?
-            .map_err(|e| Failure::new(format!("waiter panicked: {e}")))?;
+        let (was_lost, granted, waiter) =
+            joined(h, PATIENCE, &format!("next holder after {how}"), next).await?;
         granted?;
         ensure!(
             was_lost,

@@ -1,6 +1,6 @@
 //! The conformance suite: one public async function per property of the `lock` contract.
 //!
-//! Each function opens its own services through the [`Harness`](crate::Harness), uses ids
+//! Each function opens its own services through the [`Harness`], uses ids
 //! under the harness's random prefix, bounds every wait, and returns a
 //! [`Failure`] naming the violated property. The functions and their names are
 //! **not a stable API**; use [`conformance_tests!`](crate::conformance_tests) to get one test
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use lock_core::Error;
 
-use crate::Failure;
+use crate::{Failure, Harness};
 
 /// How long the suite waits for something that must happen.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -43,4 +43,16 @@ pub(crate) fn expect_err<T>(
             "{what}: expected {expected}, but it succeeded"
         ))),
     }
+}
+
+/// The outcome of a spawned waiter, awaited within `limit`; a panic in it is a failure.
+pub(crate) async fn joined<T>(
+    h: &Harness,
+    limit: Duration,
+    what: &str,
+    waiter: tokio::task::JoinHandle<T>,
+) -> Result<T, Failure> {
+    h.within(limit, what, waiter)
+        .await?
+        .map_err(|e| Failure::new(format!("waiter panicked: {e}")))
 }

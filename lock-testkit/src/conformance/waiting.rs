@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use lock_core::{Error, Session};
 
-use crate::conformance::{expect_err, PATIENCE};
-use crate::{ensure, Failure, Harness, Outcome};
+use crate::conformance::{expect_err, joined, PATIENCE};
+use crate::{ensure, Harness, Outcome};
 
 /// `lock()` fails with `Timeout` after the session's timeout (not before, not much later), and
 /// leaves no trace: the lock is free once the holder unlocks.
@@ -78,14 +78,13 @@ pub async fn dropped_lock_future_leaves_nothing(h: &Harness) -> Outcome {
     });
     tokio::time::sleep(h.settle()).await;
     a.unlock().await?;
-    let (granted, c) = h
-        .within(
-            Duration::from_secs(3),
-            "the waiter behind a dropped lock() future",
-            next,
-        )
-        .await?
-        .map_err(|e| Failure::new(format!("waiter panicked: {e}")))?;
+    let (granted, c) = joined(
+        h,
+        Duration::from_secs(3),
+        "the waiter behind a dropped lock() future",
+        next,
+    )
+    .await?;
     granted?;
     expect_err(
         "unlock by the locker whose lock() was dropped",
@@ -114,10 +113,7 @@ pub async fn waiter_is_canceled_when_its_session_closes(h: &Harness) -> Outcome 
     let pending = tokio::spawn(async move { b.lock().await });
     tokio::time::sleep(h.settle()).await;
     waiting.close().await?;
-    let result = h
-        .within(PATIENCE, "the waiter after its session closed", pending)
-        .await?
-        .map_err(|e| Failure::new(format!("waiter panicked: {e}")))?;
+    let result = joined(h, PATIENCE, "the waiter after its session closed", pending).await?;
     expect_err(
         "lock() whose session closed while waiting",
         result,
@@ -156,10 +152,7 @@ pub async fn session_close_ends_its_hold_and_its_wait_on_one_id(h: &Harness) -> 
         held.lost(),
     )
     .await?;
-    let result = h
-        .within(PATIENCE, "the waiter after its session closed", pending)
-        .await?
-        .map_err(|e| Failure::new(format!("waiter panicked: {e}")))?;
+    let result = joined(h, PATIENCE, "the waiter after its session closed", pending).await?;
     match result {
         Ok(late) => ensure!(
             late.is_lost(),
