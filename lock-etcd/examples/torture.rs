@@ -61,6 +61,15 @@ impl Client {
     }
 }
 
+/// Puts `fault` on the connections of a client picked at random, for a random time in
+/// `millis`, then lifts it.
+async fn fault_a_client(clients: &[Client], rng: &mut Rng, fault: Fault, millis: (u64, u64)) {
+    let client = &clients[rng.below(CLIENTS as u64) as usize];
+    client.set(fault);
+    tokio::time::sleep(rng.millis(millis.0, millis.1)).await;
+    client.set(Fault::None);
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let seconds: u64 = arg("--seconds").map_or(30, |s| s.parse().expect("--seconds N"));
@@ -139,24 +148,15 @@ async fn main() {
                 "leader killed"
             }
             40..=59 => {
-                let c = &clients[rng.below(CLIENTS as u64) as usize];
-                c.set(Fault::Blackhole);
-                tokio::time::sleep(rng.millis(500, 6000)).await;
-                c.set(Fault::None);
+                fault_a_client(&clients, &mut rng, Fault::Blackhole, (500, 6000)).await;
                 "client partitioned"
             }
             60..=74 => {
-                let c = &clients[rng.below(CLIENTS as u64) as usize];
-                c.set(Fault::Latency(TTL / 3));
-                tokio::time::sleep(rng.millis(1000, 5000)).await;
-                c.set(Fault::None);
+                fault_a_client(&clients, &mut rng, Fault::Latency(TTL / 3), (1000, 5000)).await;
                 "client slowed (TTL/3)"
             }
             75..=89 => {
-                let c = &clients[rng.below(CLIENTS as u64) as usize];
-                c.set(Fault::Refuse);
-                tokio::time::sleep(rng.millis(100, 1500)).await;
-                c.set(Fault::None);
+                fault_a_client(&clients, &mut rng, Fault::Refuse, (100, 1500)).await;
                 "client cut off"
             }
             90..=94 => {
