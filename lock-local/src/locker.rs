@@ -66,8 +66,8 @@ impl LockerShared {
     }
 }
 
-/// Attempts of a `lock()` that finds the holder running (the last one queues), and how long
-/// it watches the holder before each (spin-loop hints of ~10 ns).
+/// Retries of a `lock()` that finds the holder running (the last one queues whatever it finds),
+/// and how long it watches the holder before each (spin-loop hints of ~10 ns).
 const SPIN_ROUNDS: u32 = 3;
 const SPINS: u32 = 256;
 
