@@ -110,10 +110,9 @@ impl Deadline {
     /// has not passed, or pass at once ([`expire`](Deadline::expire)).
     pub fn new(at: Instant) -> Self {
         let base = Instant::now();
-        let nanos = at.saturating_duration_since(base).as_nanos();
         Deadline {
             base,
-            nanos: AtomicU64::new(u64::try_from(nanos).unwrap_or(u64::MAX - 1)),
+            nanos: AtomicU64::new(nanos_after(base, at)),
         }
     }
 
@@ -124,20 +123,14 @@ impl Deadline {
     /// locks) is gone for good, even if a late confirmation arrives afterwards. Returns whether
     /// the deadline is still ahead.
     pub fn extend_to(&self, at: Instant) -> bool {
-        let nanos = at.saturating_duration_since(self.base).as_nanos();
-        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
-        let now = u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.base)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX - 1);
+        let nanos = nanos_after(self.base, at);
+        let now = nanos_after(self.base, Instant::now());
         self.nanos
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |current| {
                 (current != u64::MAX && current > now && nanos > current).then_some(nanos)
             })
             .is_ok()
-            || self.instant().is_none_or(|at| at > Instant::now())
+            || !self.has_passed()
     }
 
     /// Makes the deadline pass now, for good.
@@ -157,6 +150,11 @@ impl Deadline {
     pub fn has_passed(&self) -> bool {
         self.instant().is_some_and(|at| at <= Instant::now())
     }
+}
+
+/// `at` as nanoseconds after `base` (0 if earlier), below the "no deadline" value.
+fn nanos_after(base: Instant, at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX - 1)
 }
 
 impl fmt::Debug for Deadline {
