@@ -53,6 +53,17 @@ struct State {
     cleanup: Option<JoinHandle<()>>,
 }
 
+impl State {
+    /// Back to Idle, no longer watching our key; a hold that ends fires `signal`.
+    fn go_idle(&mut self, signal: &Signal) {
+        if self.phase == Phase::Held {
+            signal.fire();
+        }
+        self.phase = Phase::Idle;
+        self.own = None;
+    }
+}
+
 pub(crate) struct LockerCore {
     serial: u64,
     id: String,
@@ -101,9 +112,7 @@ impl LockerCore {
     pub(crate) fn session_ended(&self) {
         let mut st = self.state();
         if st.phase == Phase::Held {
-            st.phase = Phase::Idle;
-            st.own = None;
-            self.signal.fire();
+            st.go_idle(&self.signal);
         }
         drop(st);
         self.wake.notify_one();
@@ -114,9 +123,7 @@ impl LockerCore {
         let mut st = self.state();
         st.deleted_at = st.deleted_at.max(revision);
         if st.phase == Phase::Held && revision > st.rev {
-            st.phase = Phase::Idle;
-            st.own = None;
-            self.signal.fire();
+            st.go_idle(&self.signal);
             tracing::warn!(id = %self.id, token = st.rev, revision, "lock lost: its key was deleted");
         }
         drop(st);
@@ -316,9 +323,7 @@ impl LockerCore {
                 self.abandon();
                 return Ok(None);
             }
-            let mut st = self.state();
-            st.phase = Phase::Idle;
-            st.own = None;
+            self.state().go_idle(&self.signal);
             return Ok(None);
         }
         self.set_rev(header_revision(&resp))?;
@@ -328,11 +333,7 @@ impl LockerCore {
     /// Back to Idle, removing our key in the background (awaited by the next attempt).
     fn abandon(&self) {
         let mut st = self.state();
-        if st.phase == Phase::Held {
-            self.signal.fire();
-        }
-        st.phase = Phase::Idle;
-        st.own = None;
+        st.go_idle(&self.signal);
         if self.session.ended().is_some() {
             return; // the lease is revoked or expiring: the key goes with it
         }
@@ -456,9 +457,7 @@ impl Locker for EtcdLocker {
                     if st.phase != Phase::Held {
                         return Err(Error::NotHeld);
                     }
-                    st.phase = Phase::Idle;
-                    st.own = None;
-                    core.signal.fire();
+                    st.go_idle(&core.signal);
                     st.rev
                 };
                 // Only this locker puts its key, and never while it holds: a plain delete
