@@ -1,5 +1,6 @@
 //! A real etcd cluster on loopback, started from the etcd binary the test tooling provides:
-//! start, stop, kill, restart and pause members, find the leader, stop everything on drop.
+//! start, stop, kill, restart and pause members, find the leader, stop everything on drop, and
+//! stop what a killed process left running ([`reap_orphans`], on every start).
 //!
 //! Synchronous (`std::process`), so it serves both tests and `cargo xtask`.
 //!
@@ -181,6 +182,7 @@ impl Cluster {
     ///
     /// A message saying which member did not come up, with the tail of its log.
     pub fn start(bins: &Binaries, spec: &ClusterSpec) -> Result<Cluster, String> {
+        reap_orphans(&std::env::temp_dir());
         let mut last = String::new();
         for _ in 0..3 {
             match Cluster::try_start(bins, spec) {
@@ -193,7 +195,10 @@ impl Cluster {
 
     fn try_start(bins: &Binaries, spec: &ClusterSpec) -> Result<Cluster, String> {
         let token = crate::random_hex();
-        let dir = std::env::temp_dir().join(format!("lock-etcd-{}-{token}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "{CLUSTER_DIR_PREFIX}{}-{token}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let ports = free_ports(spec.nodes * 2)?;
         let scheme = if spec.tls.is_some() { "https" } else { "http" };
@@ -514,6 +519,73 @@ fn http_health(port: u16) -> bool {
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
     body.contains("\"health\":\"true\"")
+}
+
+/// A cluster's directory is `<temp>/lock-etcd-<pid of the process that started it>-<token>`.
+const CLUSTER_DIR_PREFIX: &str = "lock-etcd-";
+
+/// Stops the members of clusters left behind by a process that died without dropping its
+/// [`Cluster`] (killed by a signal, or `SIGTERM` to `cargo xtask` alone) and removes their data.
+///
+/// A directory is an orphan when the process named in it no longer runs; its members are the
+/// processes whose command line holds `--data-dir=<that directory>/`. Nothing else is touched: a
+/// live owner's cluster is left alone, and only processes started on that directory are killed.
+/// Linux only (it reads `/proc`); elsewhere it does nothing.
+///
+/// # Examples
+///
+/// ```no_run
+/// // What `Cluster::start` does first.
+/// lock_testkit::etcd::reap_orphans(&std::env::temp_dir());
+/// ```
+pub fn reap_orphans(temp: &Path) {
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let owner = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(CLUSTER_DIR_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _token)| pid.parse::<u32>().ok());
+        let Some(owner) = owner else { continue };
+        if !Path::new("/proc").exists() || runs(owner) {
+            continue;
+        }
+        let dir = entry.path();
+        for pid in processes_on(&dir) {
+            signal(pid, "KILL");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Whether process `pid` exists and has not exited (a zombie waiting to be reaped has).
+fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !matches!(state.and_then(|s| s.chars().next()), Some('Z' | 'X') | None)
+    })
+}
+
+/// The processes whose command line holds `--data-dir=<dir>/`.
+fn processes_on(dir: &Path) -> Vec<u32> {
+    let needle = format!("--data-dir={}/", dir.display());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                cmdline
+                    .split(|&b| b == 0)
+                    .any(|arg| arg.starts_with(needle.as_bytes()))
+            })
+        })
+        .collect()
 }
 
 fn signal(pid: u32, sig: &str) {
