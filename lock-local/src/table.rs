@@ -11,11 +11,12 @@ use hashbrown::hash_table::{Entry as SlotEntry, HashTable};
 
 use crate::locker::{this_thread, LockerShared};
 
-// Locker states. Changed under the table mutex, except by the locker's own pending `lock()`:
+// Locker states. Changed under the table mutex, except by the locker's own calls: an attempt
+// claims the locker (IDLE -> WAITING) before it takes the mutex, and a pending `lock()` moves
 // GRANTED -> HELD and CANCELED -> IDLE when it collects its outcome.
 /// Neither holding nor waiting.
 pub(crate) const IDLE: u8 = 0;
-/// Queued (or, under the table mutex, attempting).
+/// Queued, or claimed by an attempt in progress.
 pub(crate) const WAITING: u8 = 1;
 /// Holding, and the `lock()` call returned the hold.
 pub(crate) const HELD: u8 = 2;
