@@ -27,7 +27,6 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::error::request;
 use crate::hub::Interest;
 use crate::keys;
 use crate::session::SessionCore;
@@ -93,12 +92,13 @@ impl LockerCore {
     /// Sends a txn (again while the cluster is unavailable: every txn here is idempotent).
     async fn txn(&self, context: &'static str, txn: Txn) -> Result<TxnResponse> {
         let kv = self.kv();
-        let _permit = self.session.service.write_permit().await;
-        request(context, self.limit(), || {
-            let (mut kv, txn) = (kv.clone(), txn.clone());
-            async move { kv.txn(txn).await }
-        })
-        .await
+        self.session
+            .service
+            .write(context, || {
+                let (mut kv, txn) = (kv.clone(), txn.clone());
+                async move { kv.txn(txn).await }
+            })
+            .await
     }
 
     fn canceled(&self) -> Error {
@@ -233,12 +233,14 @@ impl LockerCore {
         let (owner, options) = self.put_own_key();
         let options = options.with_prev_key();
         let kv = self.kv();
-        let _permit = self.session.service.write_permit().await;
-        let resp = request("taking the lock", self.limit(), || {
-            let (mut kv, owner, options) = (kv.clone(), owner.clone(), options.clone());
-            async move { kv.put(self.key.as_str(), owner, Some(options)).await }
-        })
-        .await?;
+        let resp = self
+            .session
+            .service
+            .write("taking the lock", || {
+                let (mut kv, owner, options) = (kv.clone(), owner.clone(), options.clone());
+                async move { kv.put(self.key.as_str(), owner, Some(options)).await }
+            })
+            .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         Ok(resp.prev_key().map_or(revision, |kv| kv.create_revision()))
     }
@@ -464,13 +466,14 @@ impl Locker for EtcdLocker {
                 // removes exactly the incarnation we hold.
                 tracing::debug!(id = %core.id, token = rev, "unlocking");
                 let kv = core.kv();
-                let permit = core.session.service.write_permit().await;
-                let deleted = request("releasing the lock", core.limit(), || {
-                    let mut kv = kv.clone();
-                    async move { kv.delete(core.key.as_str(), None).await }
-                })
-                .await;
-                drop(permit);
+                let deleted = core
+                    .session
+                    .service
+                    .write("releasing the lock", || {
+                        let mut kv = kv.clone();
+                        async move { kv.delete(core.key.as_str(), None).await }
+                    })
+                    .await;
                 match deleted {
                     Ok(resp) if resp.deleted() > 0 => Ok(()),
                     Ok(_) => Err(Error::NotHeld),

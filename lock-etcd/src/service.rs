@@ -33,7 +33,7 @@ pub(crate) struct ServiceCore {
     sessions: Mutex<Option<HashMap<u64, Weak<SessionCore>>>>,
     next_key: AtomicU64,
     tasks: Vec<JoinHandle<()>>,
-    /// Bounds this service's writes in flight (see [`ServiceCore::write_permit`]).
+    /// Bounds this service's writes in flight (see [`ServiceCore::write`]).
     writes: tokio::sync::Semaphore,
 }
 
@@ -46,12 +46,17 @@ impl ServiceCore {
         self.next_key.fetch_add(1, Relaxed)
     }
 
-    /// Waits for one of [`MAX_WRITES_IN_FLIGHT`] slots for a write. Thousands of lockers or
-    /// sessions starting at once would otherwise push etcd's apply backlog over its limit, and
-    /// it would answer `too many requests` to most of them (each then retries after a
-    /// backoff); queued here, they reach etcd as fast as it applies them.
-    pub(crate) async fn write_permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        self.writes.acquire().await.ok()
+    /// Sends a write through [`request`] once one of [`MAX_WRITES_IN_FLIGHT`] slots is free.
+    /// Thousands of lockers or sessions starting at once would otherwise push etcd's apply
+    /// backlog over its limit, and it would answer `too many requests` to most of them (each
+    /// then retries after a backoff); queued here, they reach etcd as fast as it applies them.
+    pub(crate) async fn write<T, F, Fut>(&self, context: &'static str, call: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let _permit = self.writes.acquire().await.ok();
+        request(context, self.config.request_timeout, call).await
     }
 
     pub(crate) fn forget_session(&self, key: u64) {
@@ -147,13 +152,18 @@ impl EtcdService {
         let ttl = Duration::from_secs(secs);
         let limit = self.core.config.request_timeout;
         let mut leases = self.core.client.lease_client();
-        let _permit = self.core.write_permit().await;
-        let granted_at = Instant::now();
-        let grant = request("granting the session's lease", limit, || {
-            let mut leases = leases.clone();
-            async move { leases.grant(secs as i64, None).await }
-        })
-        .await?;
+        // When the request that succeeded was sent (after waiting for a write slot, which can
+        // take a while when thousands of sessions open at once): the lease runs from no
+        // earlier than that.
+        let mut granted_at = Instant::now();
+        let grant = self
+            .core
+            .write("granting the session's lease", || {
+                granted_at = Instant::now();
+                let mut leases = leases.clone();
+                async move { leases.grant(secs as i64, None).await }
+            })
+            .await?;
         let lease = grant.id();
         if grant.ttl() != secs as i64 {
             let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;

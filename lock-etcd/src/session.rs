@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use lock_core::{Deadline, Done, Error, Locker, OpFuture, Result, Session, Signal};
 
-use crate::error::request;
 use crate::locker::{EtcdLocker, LockerCore};
 use crate::service::ServiceCore;
 
@@ -136,15 +135,14 @@ impl SessionCore {
             return Err(Error::AlreadyClosed("the session was already closed"));
         }
         let leases = self.service.client.lease_client();
-        let limit = self.service.config.request_timeout;
         let lease = self.lease;
-        let permit = self.service.write_permit().await;
-        let revoked = request("revoking the session's lease", limit, || {
-            let mut leases = leases.clone();
-            async move { leases.revoke(lease).await }
-        })
-        .await;
-        drop(permit);
+        let revoked = self
+            .service
+            .write("revoking the session's lease", || {
+                let mut leases = leases.clone();
+                async move { leases.revoke(lease).await }
+            })
+            .await;
         match revoked {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("requested lease not found") => Ok(()),
