@@ -71,7 +71,9 @@ impl Keeper {
         deadline: Arc<Deadline>,
         session: Weak<SessionCore>,
     ) {
-        self.state().leases.insert(
+        let mut st = self.state();
+        let was_idle = st.leases.is_empty();
+        st.leases.insert(
             lease,
             Lease {
                 ttl,
@@ -81,7 +83,14 @@ impl Keeper {
                 next_send: granted_at + interval(ttl),
             },
         );
-        self.wake.notify_one();
+        drop(st);
+        // With leases to keep, the task looks at all of them every `TICK`, well before a new
+        // lease's first keep-alive is due (a sixth of its TTL): only an idle task needs waking.
+        // Waking it on every add made it scan every lease once per session opened, quadratic
+        // in a burst of thousands of new sessions.
+        if was_idle {
+            self.wake.notify_one();
+        }
     }
 
     /// Stops keeping `lease` alive.
