@@ -27,6 +27,12 @@ pub enum Fault {
     Refuse,
     /// Close every connection now, but accept new ones (a middlebox reset, a failover).
     Cut,
+    /// Close every connection towards the client now and accept new ones, as [`Fault::Cut`],
+    /// but still deliver to the server what the client had already sent, with the delay it
+    /// was given (and keep those server connections open): a request the client gave up on
+    /// reaches the server *after* requests the client sends on a new connection. Used after
+    /// [`Fault::Latency`], it makes a stale request land late, deterministically.
+    CutLate,
 }
 
 /// A fault-injecting TCP proxy on 127.0.0.1. Dropping it stops it and closes its connections.
@@ -125,9 +131,16 @@ async fn accept(
         current.borrow_and_update();
         let mut list = tasks.lock().unwrap_or_else(|e| e.into_inner());
         list.retain(|t| !t.is_finished());
-        list.push(tokio::spawn(pipe(cr, sw, current.clone())));
-        list.push(tokio::spawn(pipe(sr, cw, current)));
+        list.push(tokio::spawn(pipe(cr, sw, current.clone(), Upstream::Yes)));
+        list.push(tokio::spawn(pipe(sr, cw, current, Upstream::No)));
     }
+}
+
+/// Which way a pipe copies: client to server (`Yes`) or back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Upstream {
+    Yes,
+    No,
 }
 
 /// Copies one direction, applying the current fault to every chunk. Latency is a delay line:
@@ -136,17 +149,18 @@ async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut fault: watch::Receiver<Fault>,
+    upstream: Upstream,
 ) {
     let (line, mut due) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
     let writer = tokio::spawn(async move {
         while let Some((at, bytes)) = due.recv().await {
             tokio::time::sleep_until(at).await;
-            if to.write_all(&bytes).await.is_err() {
-                return;
-            }
+            to.write_all(&bytes).await.ok()?;
         }
+        Some(to)
     });
     let mut buf = vec![0u8; 16 * 1024];
+    let mut cut_late = false;
     loop {
         let n = tokio::select! {
             read = from.read(&mut buf) => match read {
@@ -154,16 +168,24 @@ async fn pipe(
                 Ok(n) => n,
             },
             changed = fault.changed() => {
-                if changed.is_err() || matches!(*fault.borrow_and_update(), Fault::Refuse | Fault::Cut) {
-                    writer.abort(); // dropping both halves closes the connection
-                    return;
+                let now = if changed.is_err() { Fault::Refuse } else { *fault.borrow_and_update() };
+                match now {
+                    // Upstream, the delay line still delivers; this side stops reading.
+                    Fault::CutLate if upstream == Upstream::Yes => {
+                        cut_late = true;
+                        break;
+                    }
+                    Fault::Refuse | Fault::Cut | Fault::CutLate => {
+                        writer.abort(); // dropping both halves closes the connection
+                        return;
+                    }
+                    _ => continue,
                 }
-                continue;
             }
         };
         let now = tokio::time::Instant::now();
         let at = match *fault.borrow() {
-            Fault::None | Fault::Cut => now,
+            Fault::None | Fault::Cut | Fault::CutLate => now,
             Fault::Latency(d) => now + d,
             Fault::Blackhole => continue,
             Fault::Refuse => break,
@@ -172,6 +194,11 @@ async fn pipe(
             break;
         }
     }
-    drop(line);
-    let _ = writer.await;
+    drop((line, from));
+    let to = writer.await.ok().flatten();
+    if cut_late && to.is_some() {
+        // What was in flight has landed: keep the server's side open (closing it could cancel
+        // the request before the server ran it) until the proxy goes away.
+        while fault.changed().await.is_ok() {}
+    }
 }
