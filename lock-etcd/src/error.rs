@@ -87,10 +87,12 @@ pub(crate) fn is_unavailable(e: &etcd_client::Error) -> bool {
 /// Runs one etcd request, sending it again while the cluster is unavailable (a dead member,
 /// an election), for at most `limit` in all.
 ///
-/// Every request this crate sends is safe to repeat: putting our key again keeps its create
-/// revision (and the acquire reads it back from `prev_kv`), deleting it again deletes nothing,
-/// and the rest only read. (An unlock whose first delete arrived but whose answer was lost
-/// reports `NotHeld`: the key is gone either way.)
+/// Every request this crate sends is safe to repeat, and safe to land late (a request we gave
+/// up on may still be applied after newer ones): putting our key again keeps its create
+/// revision (and the acquire reads it back from `prev_kv`), a delete of our key is guarded by
+/// the create revision of the incarnation it means (so a late one deletes nothing newer), and
+/// the rest only read. (An unlock whose first delete arrived but whose answer was lost reports
+/// `NotHeld`: the key is gone either way.)
 pub(crate) async fn request<T, F, Fut>(
     context: &'static str,
     limit: Duration,

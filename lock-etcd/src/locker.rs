@@ -11,7 +11,12 @@
 //!   local waiter arrives, then the watches' puts and deletes). When our key becomes the first,
 //!   we are woken, and only we are: the copy is etcd's state at that revision, so no read
 //!   confirms it.
-//! - **unlock**: `lost()` fires first, then one delete removes our key.
+//! - **unlock**: `lost()` fires first, then one txn deletes our key *if its create revision is
+//!   still the one we held*. Every delete is guarded so: the key name is reused by every
+//!   attempt, and a delete given up on can land after the key was put again.
+//! - **cleanup**: the locker owns its key. A dropped or failed `unlock()`, `lock()` or
+//!   `try_lock()` hands the key's incarnation to a background removal (retried until etcd
+//!   confirms it or the lease is gone), and the next attempt waits for those removals first.
 //! - **loss**: our key deleted by anyone else, the session's lease lost, or the session's
 //!   deadline passed, all fire `lost()`.
 
@@ -48,8 +53,9 @@ struct State {
     deleted_at: i64,
     /// Our registration for deletions of our own key.
     own: Option<Interest>,
-    /// Removal of our key after an abandoned attempt or a failed unlock.
-    cleanup: Option<JoinHandle<()>>,
+    /// Removals of earlier incarnations of our key (after an abandoned attempt or an unlock
+    /// that did not finish); the next attempt waits for all of them before it puts the key.
+    cleanups: Vec<JoinHandle<()>>,
 }
 
 impl State {
@@ -137,10 +143,10 @@ impl LockerCore {
         self.session.check_open()
     }
 
-    /// Waits for the removal of a key left by an earlier, abandoned attempt.
+    /// Waits for the removal of every earlier incarnation of our key still in progress.
     async fn finish_cleanup(&self) {
-        let pending = self.state().cleanup.take();
-        if let Some(task) = pending {
+        let pending = std::mem::take(&mut self.state().cleanups);
+        for task in pending {
             let _ = task.await;
         }
     }
@@ -160,6 +166,7 @@ impl LockerCore {
         *st = State {
             phase: Phase::Acquiring,
             own: st.own.take(),
+            cleanups: std::mem::take(&mut st.cleanups),
             ..State::default()
         };
         Ok(())
@@ -285,27 +292,33 @@ impl LockerCore {
         }
     }
 
-    /// One acquisition attempt: checks, waits for an earlier attempt's cleanup, watches our key,
-    /// runs `op`, and abandons (removing our key) if `op` fails or is dropped.
-    async fn attempt<T, F, Fut>(self: &Arc<Self>, op: F) -> Result<T>
+    /// One acquisition attempt: checks, waits for the removal of earlier incarnations of our
+    /// key, watches our key, runs `op`, and abandons (handing our key to a background removal
+    /// the next attempt waits for) if `op` fails or is dropped. Within `limit` in all, when
+    /// given: the removal of this attempt's key is not waited for.
+    async fn attempt<T, F, Fut>(self: &Arc<Self>, limit: Option<Duration>, op: F) -> Result<T>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
         self.precheck()?;
-        self.finish_cleanup().await;
-        self.begin()?;
-        let mut attempt = Attempt {
-            core: self,
-            finished: false,
-        };
-        let result = op().await;
-        attempt.finished = true;
-        if result.is_err() {
-            self.abandon();
+        let run = async {
             self.finish_cleanup().await;
+            self.begin()?;
+            let mut attempt = Attempt {
+                core: self,
+                finished: false,
+            };
+            let result = op().await;
+            attempt.finished = result.is_ok();
+            result
+        };
+        match limit {
+            None => run.await,
+            Some(limit) => tokio::time::timeout(limit, run)
+                .await
+                .unwrap_or(Err(Error::Timeout(limit))),
         }
-        result
     }
 
     async fn try_acquire(&self) -> Result<Option<Held>> {
@@ -315,13 +328,14 @@ impl LockerCore {
             .and_then([TxnOp::put(self.key.as_str(), owner, Some(options))])
             .or_else([TxnOp::get(
                 self.key.as_str(),
-                Some(GetOptions::new().with_count_only()),
+                Some(GetOptions::new().with_keys_only()),
             )]);
         let resp = self.txn("trying the lock", txn).await?;
         if !resp.succeeded() {
-            if own_key_exists(&resp) {
-                // An earlier send of this txn put our key and its answer was lost: take the
-                // key away again rather than leave it queued.
+            if let Some(created) = own_key_created(&resp) {
+                // An earlier send of this txn put our key and its answer was lost: take that
+                // incarnation away again rather than leave it queued.
+                self.set_rev(created).ok();
                 self.abandon();
                 return Ok(None);
             }
@@ -332,29 +346,74 @@ impl LockerCore {
         self.grant().map(Some)
     }
 
-    /// Back to Idle, removing our key in the background (awaited by the next attempt).
+    /// Back to Idle, removing our key's current incarnation in the background (the next
+    /// attempt waits for that).
     fn abandon(&self) {
         let mut st = self.state();
         st.go_idle(&self.signal);
+        let rev = st.rev;
+        drop(st);
+        self.remove_later(rev);
+    }
+
+    /// Removes the incarnation of our key created at `rev` (`0`: whichever exists now, if
+    /// any) in the background, retrying until etcd confirms it or the session's lease is gone
+    /// (the key goes with it). The next attempt waits for it before it puts the key again.
+    fn remove_later(&self, rev: i64) {
         if self.session.ended().is_some() {
             return; // the lease is revoked or expiring: the key goes with it
         }
-        let (mut kv, key, session, limit) = (
+        let (kv, key, session, limit) = (
             self.kv(),
             self.key.clone(),
             self.session.clone(),
             self.limit(),
         );
         let task = self.session.service.runtime.spawn(async move {
+            let mut rev = rev;
             while session.ended().is_none() {
-                match tokio::time::timeout(limit, kv.delete(key.as_str(), None)).await {
+                match tokio::time::timeout(limit, remove(kv.clone(), &key, &mut rev)).await {
                     Ok(Ok(_)) => return,
                     _ => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
         });
-        st.cleanup = Some(task);
+        let mut st = self.state();
+        st.cleanups.retain(|t| !t.is_finished());
+        st.cleanups.push(task);
     }
+
+    /// Deletes the incarnation of our key created at `rev`, and only that one: a delete sent
+    /// earlier and given up on can still land after the key was put again, so an unguarded
+    /// one could remove a newer hold's key. `Ok(false)`: that incarnation was gone already.
+    async fn delete_own(&self, context: &'static str, rev: i64) -> Result<bool> {
+        let resp = self
+            .txn(context, delete_if_created_at(&self.key, rev))
+            .await?;
+        Ok(resp.succeeded())
+    }
+}
+
+/// A txn that deletes `key` only if its create revision is `rev`.
+fn delete_if_created_at(key: &str, rev: i64) -> Txn {
+    Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, rev)])
+        .and_then([TxnOp::delete(key, None)])
+}
+
+/// One try at removing the incarnation of `key` created at `*rev`; with `*rev == 0` it first
+/// reads which incarnation exists (and remembers it, so a retry targets the same one).
+async fn remove(mut kv: KvClient, key: &str, rev: &mut i64) -> Result<(), etcd_client::Error> {
+    if *rev == 0 {
+        let resp = kv
+            .get(key, Some(GetOptions::new().with_keys_only()))
+            .await?;
+        match resp.kvs().first() {
+            Some(found) => *rev = found.create_revision(),
+            None => return Ok(()),
+        }
+    }
+    kv.txn(delete_if_created_at(key, *rev)).await.map(drop)
 }
 
 /// A locker of the `etcd:` backend; see [`lock_core::Locker`].
@@ -403,7 +462,7 @@ impl EtcdLocker {
     }
 }
 
-/// Abandons the attempt if `lock()`/`try_lock()` is dropped before it finished.
+/// Abandons the attempt if `lock()`/`try_lock()` fails or is dropped before it finished.
 struct Attempt<'a> {
     core: &'a LockerCore,
     finished: bool,
@@ -417,21 +476,29 @@ impl Drop for Attempt<'_> {
     }
 }
 
+/// Hands the released incarnation to a background removal if `unlock()` is dropped before
+/// etcd confirmed the delete.
+struct Release<'a> {
+    core: &'a LockerCore,
+    rev: i64,
+    finished: bool,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.core.remove_later(self.rev);
+        }
+    }
+}
+
 impl Locker for EtcdLocker {
     fn lock(&self) -> OpFuture<'_, Result<Held>> {
         let span = self.span("lock");
         OpFuture::boxed(Instrument::instrument(
             async move {
                 let core = &self.core;
-                core.attempt(|| async {
-                    match core.session.timeout {
-                        None => core.acquire().await,
-                        Some(limit) => tokio::time::timeout(limit, core.acquire())
-                            .await
-                            .unwrap_or(Err(Error::Timeout(limit))),
-                    }
-                })
-                .await
+                core.attempt(core.session.timeout, || core.acquire()).await
             },
             span,
         ))
@@ -442,7 +509,8 @@ impl Locker for EtcdLocker {
         OpFuture::boxed(Instrument::instrument(
             async move {
                 let core = &self.core;
-                core.attempt(|| core.try_acquire()).await
+                core.attempt(core.session.timeout, || core.try_acquire())
+                    .await
             },
             span,
         ))
@@ -462,25 +530,19 @@ impl Locker for EtcdLocker {
                     st.go_idle(&core.signal);
                     st.rev
                 };
-                // Only this locker puts its key, and never while it holds: a plain delete
-                // removes exactly the incarnation we hold.
                 tracing::debug!(id = %core.id, token = rev, "unlocking");
-                let kv = core.kv();
-                let deleted = core
-                    .session
-                    .service
-                    .write("releasing the lock", || {
-                        let mut kv = kv.clone();
-                        async move { kv.delete(core.key.as_str(), None).await }
-                    })
-                    .await;
+                // From here the key is ours to remove, whatever happens to this future.
+                let mut release = Release {
+                    core,
+                    rev,
+                    finished: false,
+                };
+                let deleted = core.delete_own("releasing the lock", rev).await;
+                release.finished = deleted.is_ok();
                 match deleted {
-                    Ok(resp) if resp.deleted() > 0 => Ok(()),
-                    Ok(_) => Err(Error::NotHeld),
-                    Err(e) => {
-                        core.abandon(); // keep trying in the background
-                        Err(e)
-                    }
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(Error::NotHeld),
+                    Err(e) => Err(e), // `release` keeps trying in the background
                 }
             },
             span,
@@ -516,10 +578,10 @@ fn header_revision(resp: &TxnResponse) -> i64 {
     resp.header().map_or(0, |h| h.revision())
 }
 
-/// Whether the else branch of a try txn counted our key.
-fn own_key_exists(resp: &TxnResponse) -> bool {
-    matches!(
-        resp.op_responses().into_iter().next(),
-        Some(TxnOpResponse::Get(get)) if get.count() > 0
-    )
+/// The create revision of our key, if the else branch of a try txn found it.
+fn own_key_created(resp: &TxnResponse) -> Option<i64> {
+    match resp.op_responses().into_iter().next() {
+        Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.create_revision()),
+        _ => None,
+    }
 }

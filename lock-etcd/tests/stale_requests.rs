@@ -1,0 +1,159 @@
+//! Requests the client gave up on can still land at etcd later, after newer ones. A locker
+//! reuses its key name across attempts, so a late delete of an earlier incarnation of its key
+//! must not remove the incarnation it holds now (docs/RELIABILITY.md, "two holders under
+//! load").
+//!
+//! Made deterministic with the fault proxy: the client's connection is slowed, so the unlock's
+//! delete sits in the proxy's delay line; then the connection is cut, but what it carried is
+//! still delivered, late ([`Fault::CutLate`]); meanwhile the locker retries on a new connection
+//! and takes the lock again.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lock_core::{Service, SessionConfig};
+use lock_etcd::{EtcdConfig, EtcdService};
+use lock_testkit::proxy::{Fault, FaultProxy};
+
+const TTL: Duration = Duration::from_secs(10);
+/// How long the slow connection holds each request.
+const DELAY: Duration = Duration::from_millis(2500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_delete_of_an_earlier_attempt_never_removes_the_key_held_now() {
+    let Some(endpoints) = common::shared("late_delete") else {
+        return;
+    };
+    let prefix = common::unique_prefix("late-delete");
+    let first: SocketAddr = endpoints
+        .split(',')
+        .next()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(first).await.unwrap();
+    let uri = format!("etcd:{}?prefix={prefix}&request-timeout=1s", proxy.url());
+    let slow = EtcdService::connect(EtcdConfig::from_uri(&uri).unwrap())
+        .await
+        .unwrap();
+    let direct = EtcdService::connect(
+        EtcdConfig::from_uri(&format!("etcd:{endpoints}?prefix={prefix}")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let session = slow.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let locker = session.new_locker("x");
+    let first_hold = locker.lock().await.unwrap();
+
+    // The unlock's delete goes into the delay line; the client stops waiting for it after its
+    // request timeout (1 s) or because the test gives up on `unlock()` first.
+    proxy.set(Fault::Latency(DELAY));
+    let _ = tokio::time::timeout(Duration::from_millis(1200), locker.unlock()).await;
+    assert!(first_hold.is_lost());
+    // The connection breaks, but what it carried still reaches etcd, late.
+    proxy.set(Fault::CutLate);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    proxy.set(Fault::None);
+
+    // The locker takes the lock again on a new connection, before the stale delete lands.
+    let second_hold = tokio::time::timeout(Duration::from_secs(5), locker.lock())
+        .await
+        .expect("lock() again within 5 s")
+        .expect("lock() again");
+    assert!(
+        second_hold.fencing_token() > first_hold.fencing_token(),
+        "fencing token reused: {} after {}",
+        second_hold.fencing_token(),
+        first_hold.fencing_token()
+    );
+    let other = direct.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let locker = other.new_locker("x");
+        let granted = locker.lock().await;
+        (granted, locker, other)
+    });
+
+    // Every request of the first attempt has landed by now.
+    tokio::time::sleep(DELAY + Duration::from_millis(1500)).await;
+    let (lost, other_granted) = (second_hold.is_lost(), waiter.is_finished());
+    assert!(
+        !lost && !other_granted,
+        "a late delete of the earlier attempt removed the key of the hold taken since \
+         (second hold lost: {lost}; another service granted the lock: {other_granted})"
+    );
+    locker.unlock().await.unwrap();
+    let (granted, _other_locker, _other) = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter is granted after the unlock")
+        .unwrap();
+    assert!(granted.unwrap().fencing_token() > second_hold.fencing_token());
+    let _ = slow.close().await;
+    let _ = direct.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_unlock_still_frees_the_lock_and_never_reuses_a_token() {
+    let Some(endpoints) = common::shared("cancelled_unlock") else {
+        return;
+    };
+    let prefix = common::unique_prefix("cancelled-unlock");
+    let first: SocketAddr = endpoints
+        .split(',')
+        .next()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(first).await.unwrap();
+    let uri = format!("etcd:{}?prefix={prefix}&request-timeout=2s", proxy.url());
+    let client = EtcdService::connect(EtcdConfig::from_uri(&uri).unwrap())
+        .await
+        .unwrap();
+    let direct = EtcdService::connect(
+        EtcdConfig::from_uri(&format!("etcd:{endpoints}?prefix={prefix}")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let session = client.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let locker = session.new_locker("x");
+    let first_hold = locker.lock().await.unwrap();
+
+    // unlock() is dropped while its delete cannot get through.
+    proxy.set(Fault::Blackhole);
+    let cancelled = tokio::time::timeout(Duration::from_millis(300), locker.unlock()).await;
+    assert!(cancelled.is_err(), "unlock() should still be waiting");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(Fault::Cut); // the blackholed connection is useless now; new ones work
+    proxy.set(Fault::None);
+
+    // Once the cluster answers, the id is free for another service within a second or so.
+    let other = direct.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let other_locker = other.new_locker("x");
+    let started = std::time::Instant::now();
+    let other_hold = tokio::time::timeout(Duration::from_secs(3), other_locker.lock())
+        .await
+        .expect("the lock is free after a cancelled unlock")
+        .unwrap();
+    eprintln!("free {:?} after the network healed", started.elapsed());
+    assert!(other_hold.fencing_token() > first_hold.fencing_token());
+    other_locker.unlock().await.unwrap();
+
+    // The same locker's next hold has a new token.
+    let again = tokio::time::timeout(Duration::from_secs(5), locker.lock())
+        .await
+        .expect("lock() again")
+        .unwrap();
+    assert!(
+        again.fencing_token() > other_hold.fencing_token(),
+        "token {} reused or out of order (first {}, other {})",
+        again.fencing_token(),
+        first_hold.fencing_token(),
+        other_hold.fencing_token()
+    );
+    locker.unlock().await.unwrap();
+    let _ = client.close().await;
+    let _ = direct.close().await;
+}
