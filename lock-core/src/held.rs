@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::loss::Loss;
 use crate::signal::{Deadline, HasSignal, Watch};
 
 /// A granted lock: a signal that fires the moment the lock is no longer held, and the lock's
@@ -62,6 +63,18 @@ impl Held {
     /// even right after the process resumes from a pause, before any task has run.
     pub fn is_lost(&self) -> bool {
         self.watch.is_fired()
+    }
+
+    /// Why and when the hold ended, once [`is_lost`](Held::is_lost) is `true`; `None` while
+    /// it is held. The cause is what the backend recorded ([`LossCause::Unknown`] if it
+    /// records none), except that a session deadline that passed before the backend acted is
+    /// reported as [`LossCause::DeadlinePassed`] at that deadline: that is when `is_lost()`
+    /// turned `true`.
+    ///
+    /// [`LossCause::Unknown`]: crate::LossCause::Unknown
+    /// [`LossCause::DeadlinePassed`]: crate::LossCause::DeadlinePassed
+    pub fn loss(&self) -> Option<Loss> {
+        self.watch.loss()
     }
 
     /// A future that resolves once the lock is no longer held: unlocked, its session closed or

@@ -2,10 +2,12 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+use crate::loss::{Loss, LossCause};
 
 /// A reusable, edge-triggered signal: each call to [`fire`](Signal::fire) ends the current
 /// *epoch*. A holder remembers the epoch it was granted in; it has lost its lock as soon as the
@@ -17,7 +19,14 @@ pub struct Signal {
     epoch: AtomicU64,
     listeners: AtomicUsize,
     notify: Notify,
+    /// Why the latest epochs that ended with [`Signal::fire_because`] ended (at most
+    /// [`LOSSES_KEPT`], oldest first): allocated only once a backend records a loss.
+    losses: Mutex<Vec<(u64, Loss)>>,
 }
+
+/// How many loss records a signal keeps: enough for evidence that arrives a round trip after
+/// the loss ([`Signal::explain`]) even when the locker was granted and lost again meanwhile.
+const LOSSES_KEPT: usize = 16;
 
 impl Signal {
     /// A new signal in epoch 0.
@@ -26,7 +35,48 @@ impl Signal {
             epoch: AtomicU64::new(0),
             listeners: AtomicUsize::new(0),
             notify: Notify::const_new(),
+            losses: Mutex::new(Vec::new()),
         }
+    }
+
+    fn losses(&self) -> MutexGuard<'_, Vec<(u64, Loss)>> {
+        self.losses.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends the current epoch like [`fire`](Signal::fire), recording why (and that it
+    /// happened now) for [`Held::loss`](crate::Held::loss). Returns the epoch that ended, for
+    /// [`explain`](Signal::explain).
+    ///
+    /// Call it from one place at a time per signal (under the backend's own state lock), as
+    /// the backend already does for `fire`.
+    pub fn fire_because(&self, cause: LossCause, detail: impl Into<String>) -> u64 {
+        let ended = self.epoch();
+        let loss = Loss::new(cause, Some(Instant::now()), detail);
+        {
+            let mut losses = self.losses();
+            if losses.len() == LOSSES_KEPT {
+                losses.remove(0);
+            }
+            losses.push((ended, loss));
+        }
+        self.fire();
+        ended
+    }
+
+    /// Adds to the recorded reason of `epoch` (as returned by
+    /// [`fire_because`](Signal::fire_because)), while the signal still keeps it: evidence
+    /// that arrives after the loss, such as the server's answer about a lease.
+    pub fn explain(&self, epoch: u64, more: &str) {
+        if let Some((_, loss)) = self.losses().iter_mut().find(|(e, _)| *e == epoch) {
+            loss.explain(more);
+        }
+    }
+
+    /// The recorded reason `epoch` ended, if it ended with `fire_because` (and is still kept).
+    pub(crate) fn loss_of(&self, epoch: u64) -> Option<Loss> {
+        let losses = self.losses();
+        let found = losses.iter().rev().find(|(e, _)| *e == epoch);
+        found.map(|(_, loss)| loss.clone())
     }
 
     /// The current epoch.
@@ -133,9 +183,11 @@ impl Deadline {
             || !self.has_passed()
     }
 
-    /// Makes the deadline pass now, for good.
+    /// Makes the deadline pass now (if it has not passed already: then it keeps the moment
+    /// it passed), for good.
     pub fn expire(&self) {
-        self.nanos.store(0, Ordering::SeqCst);
+        let now = nanos_after(self.base, Instant::now());
+        self.nanos.fetch_min(now, Ordering::SeqCst);
     }
 
     /// The deadline as an instant.
@@ -207,6 +259,43 @@ impl Watch {
     pub(crate) fn is_fired(&self) -> bool {
         self.source.signal().epoch() != self.epoch
             || self.deadline.as_deref().is_some_and(Deadline::has_passed)
+    }
+
+    /// Why the epoch ended: the backend's record, or the deadline if that passed first.
+    pub(crate) fn loss(&self) -> Option<Loss> {
+        let signal = self.source.signal();
+        let fired = signal.epoch() != self.epoch;
+        let passed = self
+            .deadline
+            .as_deref()
+            .filter(|d| d.has_passed())
+            .and_then(Deadline::instant);
+        if !fired && passed.is_none() {
+            return None;
+        }
+        let recorded = if fired {
+            signal.loss_of(self.epoch)
+        } else {
+            None
+        };
+        Some(match (recorded, passed) {
+            (Some(recorded), Some(at)) if recorded.at().is_some_and(|r| at < r) => {
+                let late = recorded.at().map_or(Duration::ZERO, |r| r - at);
+                Loss::new(
+                    LossCause::DeadlinePassed,
+                    Some(at),
+                    format!("the session's deadline passed {late:?} before the backend recorded: {recorded}"),
+                )
+            }
+            (Some(recorded), _) => recorded,
+            (None, Some(at)) if !fired => Loss::new(
+                LossCause::DeadlinePassed,
+                Some(at),
+                "the session's deadline passed",
+            ),
+            // Fired without a record (kept): when, and whether before the deadline, is unknown.
+            (None, _) => Loss::new(LossCause::Unknown, None, ""),
+        })
     }
 
     pub(crate) async fn fired(self) {

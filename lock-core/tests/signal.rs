@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lock_core::{Deadline, Done, Held, Signal};
+use lock_core::{Deadline, Done, Held, LossCause, Signal};
 
 #[tokio::test]
 async fn a_hold_is_lost_once_its_epoch_ends_and_stays_lost() {
@@ -74,4 +74,73 @@ fn a_passed_deadline_is_never_extended() {
     // A late confirmation must not bring the session back to life.
     assert!(!deadline.extend_to(Instant::now() + Duration::from_secs(10)));
     assert!(deadline.has_passed());
+}
+
+#[test]
+fn a_hold_says_why_it_ended() {
+    let signal = Arc::new(Signal::new());
+    let held = Held::new(signal.clone(), signal.epoch(), None, 1);
+    assert_eq!(held.loss(), None, "no loss while held");
+    let before = Instant::now();
+    let ended = signal.fire_because(LossCause::Removed, "key deleted at revision 9");
+    signal.explain(ended, "lease alive");
+    let loss = held.loss().unwrap();
+    assert_eq!(loss.cause(), LossCause::Removed);
+    assert!(loss.at().unwrap() >= before);
+    assert_eq!(loss.detail(), "key deleted at revision 9; lease alive");
+    assert_eq!(
+        loss.to_string(),
+        "removed by someone else: key deleted at revision 9; lease alive"
+    );
+
+    // A later hold's loss does not rewrite this one's, and a plain fire records no cause.
+    let next = Held::new(signal.clone(), signal.epoch(), None, 2);
+    signal.fire();
+    assert_eq!(next.loss().unwrap().cause(), LossCause::Unknown);
+    assert_eq!(held.loss().unwrap().cause(), LossCause::Removed);
+
+    // Records of earlier holds are kept while later holds come and go.
+    for token in 3..10 {
+        let later = Held::new(signal.clone(), signal.epoch(), None, token);
+        signal.fire_because(LossCause::Unlocked, "");
+        assert_eq!(later.loss().unwrap().cause(), LossCause::Unlocked);
+    }
+    assert_eq!(held.loss().unwrap().cause(), LossCause::Removed);
+}
+
+#[test]
+fn a_deadline_that_passed_before_the_backend_acted_is_the_loss() {
+    let signal = Arc::new(Signal::new());
+    let at = Instant::now() + Duration::from_millis(20);
+    let deadline = Arc::new(Deadline::new(at));
+    std::thread::sleep(Duration::from_millis(30));
+    let held = Held::new(signal.clone(), signal.epoch(), Some(deadline.clone()), 1);
+    let loss = held.loss().unwrap();
+    assert_eq!(
+        (loss.cause(), loss.at()),
+        (LossCause::DeadlinePassed, Some(at))
+    );
+
+    // The backend notices later and records its own view: the deadline still came first.
+    signal.fire_because(LossCause::SessionEnded, "noticed late");
+    deadline.expire();
+    let loss = held.loss().unwrap();
+    assert_eq!(
+        (loss.cause(), loss.at()),
+        (LossCause::DeadlinePassed, Some(at))
+    );
+    assert!(loss.detail().contains("noticed late"), "{loss}");
+    assert_eq!(
+        deadline.instant(),
+        Some(at),
+        "expire() keeps a passed deadline"
+    );
+
+    // A loss recorded before a (later) deadline stays what it was.
+    let signal = Arc::new(Signal::new());
+    let deadline = Arc::new(Deadline::new(Instant::now() + Duration::from_secs(60)));
+    let held = Held::new(signal.clone(), signal.epoch(), Some(deadline.clone()), 1);
+    signal.fire_because(LossCause::Unlocked, "");
+    deadline.expire();
+    assert_eq!(held.loss().unwrap().cause(), LossCause::Unlocked);
 }

@@ -27,14 +27,14 @@ use std::time::Duration;
 use etcd_client::{
     Compare, CompareOp, GetOptions, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
-use lock_core::{Error, Held, Locker, OpFuture, Result, Signal};
+use lock_core::{Error, Held, Locker, LossCause, OpFuture, Result, Signal};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::hub::Interest;
 use crate::keys;
-use crate::session::SessionCore;
+use crate::session::{EndReason, SessionCore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Phase {
@@ -59,13 +59,23 @@ struct State {
 }
 
 impl State {
-    /// Back to Idle, no longer watching our key; a hold that ends fires `signal`.
-    fn go_idle(&mut self, signal: &Signal) {
-        if self.phase == Phase::Held {
-            signal.fire();
-        }
+    /// Back to Idle, no longer watching our key; a hold that ends fires `signal`, recording
+    /// `cause` and `detail()`. Returns the epoch that ended, if a hold did.
+    fn go_idle(
+        &mut self,
+        signal: &Signal,
+        cause: LossCause,
+        detail: impl FnOnce() -> String,
+    ) -> Option<u64> {
+        let ended = (self.phase == Phase::Held).then(|| signal.fire_because(cause, detail()));
         self.phase = Phase::Idle;
         self.own = None;
+        ended
+    }
+
+    /// Back to Idle where no hold can end (the attempt had not been granted).
+    fn stop_attempt(&mut self, signal: &Signal) {
+        self.go_idle(signal, LossCause::Unknown, String::new);
     }
 }
 
@@ -115,10 +125,13 @@ impl LockerCore {
     }
 
     /// The session ended: a hold is lost; a waiter wakes up to notice.
-    pub(crate) fn session_ended(&self) {
+    pub(crate) fn session_ended(&self, reason: EndReason) {
         let mut st = self.state();
         if st.phase == Phase::Held {
-            st.go_idle(&self.signal);
+            let lease = self.session.lease;
+            st.go_idle(&self.signal, reason.cause(), || {
+                format!("{} (lease {lease:016x})", reason.describe())
+            });
         }
         drop(st);
         self.wake.notify_one();
@@ -129,11 +142,48 @@ impl LockerCore {
         let mut st = self.state();
         st.deleted_at = st.deleted_at.max(revision);
         if st.phase == Phase::Held && revision > st.rev {
-            st.go_idle(&self.signal);
-            tracing::warn!(id = %self.id, token = st.rev, revision, "lock lost: its key was deleted");
+            let (key, token) = (&self.key, st.rev);
+            let ended = st.go_idle(&self.signal, LossCause::Removed, || {
+                format!(
+                    "key {key} (created at revision {token}) was deleted at revision {revision}, \
+                     not by this locker (it deletes only incarnations it no longer holds, \
+                     guarded by their create revision)"
+                )
+            });
+            tracing::warn!(id = %self.id, token, revision, "lock lost: its key was deleted");
+            if let Some(epoch) = ended {
+                self.ask_about_lease(epoch);
+            }
         }
         drop(st);
         self.wake.notify_one();
+    }
+
+    /// Asks etcd whether our lease still exists, and adds the answer to the loss of `epoch`:
+    /// a key deleted while its lease lives was deleted by a request; with the lease gone, the
+    /// server expired or revoked it.
+    fn ask_about_lease(&self, epoch: u64) {
+        let (mut leases, lease, signal, limit) = (
+            self.session.service.client.lease_client(),
+            self.session.lease,
+            self.signal.clone(),
+            self.limit(),
+        );
+        self.session.service.runtime.spawn(async move {
+            let asked = tokio::time::timeout(limit, leases.time_to_live(lease, None)).await;
+            let answer = match asked {
+                Ok(Ok(resp)) if resp.ttl() > 0 => format!(
+                    "etcd says lease {lease:016x} is alive ({} s left): the key was deleted by a delete request",
+                    resp.ttl()
+                ),
+                Ok(Ok(_)) => format!(
+                    "etcd says lease {lease:016x} is gone: it expired or was revoked on the server"
+                ),
+                Ok(Err(e)) => format!("asking etcd about lease {lease:016x} failed: {e}"),
+                Err(_) => format!("etcd did not say within {limit:?} whether lease {lease:016x} lives"),
+            };
+            signal.explain(epoch, &answer);
+        });
     }
 
     fn precheck(&self) -> Result<()> {
@@ -339,7 +389,7 @@ impl LockerCore {
                 self.abandon();
                 return Ok(None);
             }
-            self.state().go_idle(&self.signal);
+            self.state().stop_attempt(&self.signal);
             return Ok(None);
         }
         self.set_rev(header_revision(&resp))?;
@@ -350,7 +400,9 @@ impl LockerCore {
     /// attempt waits for that).
     fn abandon(&self) {
         let mut st = self.state();
-        st.go_idle(&self.signal);
+        st.go_idle(&self.signal, LossCause::Unlocked, || {
+            "the locker was dropped".to_owned()
+        });
         let rev = st.rev;
         drop(st);
         self.remove_later(rev);
@@ -527,7 +579,7 @@ impl Locker for EtcdLocker {
                     if st.phase != Phase::Held {
                         return Err(Error::NotHeld);
                     }
-                    st.go_idle(&core.signal);
+                    st.go_idle(&core.signal, LossCause::Unlocked, || "unlock()".to_owned());
                     st.rev
                 };
                 tracing::debug!(id = %core.id, token = rev, "unlocking");

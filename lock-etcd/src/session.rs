@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use lock_core::{Deadline, Done, Error, Locker, OpFuture, Result, Session, Signal};
+use lock_core::{Deadline, Done, Error, Locker, LossCause, OpFuture, Result, Session, Signal};
 
 use crate::locker::{EtcdLocker, LockerCore};
 use crate::service::ServiceCore;
@@ -30,6 +30,16 @@ impl EndReason {
             EndReason::Expired => "the session's lease could not be kept alive within its TTL",
             EndReason::LeaseGone => "the session's lease was revoked or expired on the etcd server",
             EndReason::ServiceClosed => "the service was closed",
+        }
+    }
+
+    /// What a hold of the session lost this way reports.
+    pub(crate) fn cause(self) -> LossCause {
+        match self {
+            EndReason::Closed | EndReason::Dropped => LossCause::SessionEnded,
+            EndReason::Expired => LossCause::DeadlinePassed,
+            EndReason::LeaseGone => LossCause::SessionGone,
+            EndReason::ServiceClosed => LossCause::ServiceClosed,
         }
     }
 }
@@ -102,7 +112,6 @@ impl SessionCore {
             }
             *ended = Some(reason);
         }
-        self.deadline.expire();
         let lease = format_args!("{:016x}", self.lease);
         match reason {
             EndReason::Expired | EndReason::LeaseGone => {
@@ -116,8 +125,11 @@ impl SessionCore {
             .filter_map(|(_, l)| l.upgrade())
             .collect();
         for locker in lockers {
-            locker.session_ended();
+            locker.session_ended(reason);
         }
+        // After the holds recorded why they ended (a deadline that passed earlier keeps its
+        // moment: `expire` never moves it later).
+        self.deadline.expire();
         self.end_signal.fire();
         self.service.forget_session(self.key);
         match reason {
@@ -188,8 +200,8 @@ impl Session for EtcdSession {
         let key = self.core.service.next_key();
         let locker = EtcdLocker::new(key, id, self.core.clone());
         self.core.lockers().insert(key, locker.weak());
-        if self.core.ended().is_some() {
-            locker.core().session_ended();
+        if let Some(reason) = self.core.ended() {
+            locker.core().session_ended(reason);
         }
         Box::new(locker)
     }
