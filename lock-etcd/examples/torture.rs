@@ -5,7 +5,11 @@
 //! (SIGSTOP/SIGCONT), the leader killed, one client partitioned, slowed (latency TTL/3) or cut off
 //! (connections closed) through its own proxies, the whole cluster down for longer than the TTL,
 //! a rolling restart. Clients reach the protected resource directly, so a partitioned holder
-//! could still write: only fencing stops it. Exits non-zero on any violation.
+//! could still write: only fencing stops it. Exits non-zero on any violation; each violation is
+//! printed with every hold's loss as the backend recorded it (cause, revision, what etcd said
+//! about the lease) and the faults injected around it.
+//!
+//! `cargo xtask torture --load` runs CPU, memory and disk burners beside it (see xtask).
 
 #[path = "../tests/common/fenced.rs"]
 mod fenced;
@@ -19,7 +23,7 @@ use std::time::{Duration, Instant};
 use lock_etcd::{EtcdConfig, EtcdService};
 use lock_testkit::contend::{Contender, Fenced};
 use lock_testkit::etcd::{binaries, Cluster, ClusterSpec};
-use lock_testkit::history::{History, Kind};
+use lock_testkit::history::{Event, History, Kind};
 use lock_testkit::proxy::{Fault, FaultProxy};
 
 const TTL: Duration = Duration::from_secs(3);
@@ -62,12 +66,18 @@ impl Client {
 }
 
 /// Puts `fault` on the connections of a client picked at random, for a random time in
-/// `millis`, then lifts it.
-async fn fault_a_client(clients: &[Client], rng: &mut Rng, fault: Fault, millis: (u64, u64)) {
-    let client = &clients[rng.below(CLIENTS as u64) as usize];
-    client.set(fault);
+/// `millis`, then lifts it. Returns the client's number.
+async fn fault_a_client(
+    clients: &[Client],
+    rng: &mut Rng,
+    fault: Fault,
+    millis: (u64, u64),
+) -> usize {
+    let n = rng.below(CLIENTS as u64) as usize;
+    clients[n].set(fault);
     tokio::time::sleep(rng.millis(millis.0, millis.1)).await;
-    client.set(Fault::None);
+    clients[n].set(Fault::None);
+    n
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -124,40 +134,42 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     while Instant::now() + Duration::from_secs(3) < end {
         let at = Instant::now();
-        let kind = match rng.below(100) {
+        let (kind, target) = match rng.below(100) {
             0..=17 => {
                 let i = rng.below(3) as usize;
                 cluster.kill(i);
                 tokio::time::sleep(rng.millis(1000, 4000)).await;
                 cluster.restart(i).expect("restart");
-                "member killed"
+                ("member killed", i)
             }
             18..=29 => {
                 let i = rng.below(3) as usize;
                 cluster.pause(i);
                 tokio::time::sleep(rng.millis(1000, 4000)).await;
                 cluster.resume(i);
-                "member paused"
+                ("member paused", i)
             }
             30..=39 => {
-                if let Some(leader) = cluster.leader() {
+                let leader = cluster.leader();
+                if let Some(leader) = leader {
                     cluster.kill(leader);
                     tokio::time::sleep(rng.millis(500, 2000)).await;
                     cluster.restart(leader).expect("restart");
                 }
-                "leader killed"
+                ("leader killed", leader.unwrap_or(Event::EVERYONE))
             }
             40..=59 => {
-                fault_a_client(&clients, &mut rng, Fault::Blackhole, (500, 6000)).await;
-                "client partitioned"
+                let n = fault_a_client(&clients, &mut rng, Fault::Blackhole, (500, 6000)).await;
+                ("client partitioned", n)
             }
             60..=74 => {
-                fault_a_client(&clients, &mut rng, Fault::Latency(TTL / 3), (1000, 5000)).await;
-                "client slowed (TTL/3)"
+                let slow = Fault::Latency(TTL / 3);
+                let n = fault_a_client(&clients, &mut rng, slow, (1000, 5000)).await;
+                ("client slowed (TTL/3)", n)
             }
             75..=89 => {
-                fault_a_client(&clients, &mut rng, Fault::Refuse, (100, 1500)).await;
-                "client cut off"
+                let n = fault_a_client(&clients, &mut rng, Fault::Refuse, (100, 1500)).await;
+                ("client cut off", n)
             }
             90..=94 => {
                 for i in 0..3 {
@@ -165,15 +177,16 @@ async fn main() {
                 }
                 tokio::time::sleep(TTL + rng.millis(500, 2000)).await;
                 cluster.restart_all().expect("restart");
-                "whole cluster down"
+                ("whole cluster down", Event::EVERYONE)
             }
             _ => {
                 for i in 0..3 {
                     cluster.restart(i).expect("restart");
                 }
-                "rolling restart"
+                ("rolling restart", Event::EVERYONE)
             }
         };
+        history.record_fault(kind, target, at, Instant::now());
         faults.entry(kind).or_default().0 += 1;
         injected.push((kind, at));
         tokio::time::sleep(rng.millis(300, 1500)).await;
@@ -219,16 +232,20 @@ async fn main() {
     }
     println!();
     let acquisitions = grants.len();
-    let signals = history
-        .events()
-        .iter()
-        .filter(|e| matches!(e.kind, Kind::Lost(_)))
-        .count();
+    let mut causes: BTreeMap<String, usize> = BTreeMap::new();
+    let events = history.events();
+    let losses = events.iter().filter(|e| matches!(e.kind, Kind::Lost(_)));
+    for loss in losses.clone().filter_map(Event::loss) {
+        *causes.entry(loss.cause().to_string()).or_default() += 1;
+    }
+    let signals = losses.count();
     println!(
         "acquisitions: {acquisitions}; holds ended by loss: {}; lost() signals seen: {signals}; \
          fenced writes accepted: {}, rejected: {}",
         summary.losses, summary.writes_accepted, summary.writes_rejected
     );
+    let causes: Vec<String> = causes.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+    println!("holds ended by: {}", causes.join(", "));
     drop(clients);
     drop(cluster);
     match verdict {

@@ -50,7 +50,8 @@ impl Contender {
     /// Runs until `stop` is set: new sessions as old ones end, lock (bounded waits), one
     /// fenced write per hold, a hold of 5–25 ms (with `long_holds`, every tenth 4 s) ended
     /// early by `lost()`,
-    /// unlock. Losses are recorded by a watcher the moment `lost()` fires.
+    /// unlock. A watcher records each loss when `lost()` fires, dated by the hold's loss
+    /// record (when `is_lost()` turned true) and carrying its cause.
     pub async fn run(self) {
         let (n, id, history) = (self.client, self.id.as_str(), &self.history);
         let mut rounds = 0u64;
@@ -74,12 +75,12 @@ impl Contender {
                 };
                 let token = held.fencing_token();
                 history.record(n, id, Kind::Acquired(token));
-                // The loss is recorded the moment `lost()` fires, whatever this task is doing
-                // (a slow write, say): that is when the holder knows.
+                // The loss is recorded when `lost()` fires, whatever this task is doing (a slow
+                // write, say), and dated when the holder's view changed: the backend's record.
                 let watcher = (held.clone(), history.clone(), id.to_owned());
                 tokio::spawn(async move {
                     watcher.0.lost().await;
-                    watcher.1.record(n, &watcher.2, Kind::Lost(token));
+                    watcher.1.record_lost(n, &watcher.2, &watcher.0);
                 });
                 if held.is_lost() {
                     continue;

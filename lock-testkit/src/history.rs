@@ -7,12 +7,20 @@
 //! - (c) the protected resource never accepted a write whose token is older than one it had
 //!   already accepted (ordered by the resource's own revision).
 //!
-//! Violations come back as a readable timeline.
+//! A hold ends when its holder's view changed: a `Lost` event is recorded at the moment the
+//! backend's loss record ([`Held::loss`]) gives — the deadline that passed, the watch event
+//! that removed the key — not when a task got round to noticing, so a starved process is judged
+//! by what its `is_lost()` said, without any time tolerance.
+//!
+//! Violations come back as a readable timeline: every event of the id around it, each loss
+//! with its cause as the backend recorded it, and the faults injected meanwhile.
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use lock_core::{Held, Loss, LossCause};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,19 +45,45 @@ pub enum Kind {
         /// When the pause ended, as an offset from the history's start.
         until: Duration,
     },
+    /// A fault was injected from `at` until `until`; the event's `client` names what it hit
+    /// (a client or a member, as `what` says; [`Event::EVERYONE`] for the whole cluster).
+    Fault {
+        /// What was done, e.g. "member paused".
+        what: &'static str,
+        /// When it was lifted, as an offset from the history's start.
+        until: Duration,
+    },
 }
 
 /// One event: when, who, which id.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Event {
     /// Offset from the history's start.
     pub at: Duration,
     /// The client (holder) that recorded it.
     pub client: usize,
-    /// The lock id.
+    /// The lock id (empty for faults: they concern every id).
     pub id: String,
     /// What happened.
     pub kind: Kind,
+    /// The hold a `Lost` event is about, and its [`Held::loss`] when the event was recorded.
+    /// Violations print the loss as the hold reports it then (with evidence that arrived
+    /// later), or this snapshot.
+    pub hold: Option<(Held, Option<Loss>)>,
+}
+
+impl Event {
+    /// The `client` of a fault that hit everyone (the whole cluster).
+    pub const EVERYONE: usize = usize::MAX;
+
+    /// Why the hold of a `Lost` event ended, as best known.
+    pub fn loss(&self) -> Option<Loss> {
+        let (held, snapshot) = self.hold.as_ref()?;
+        match held.loss() {
+            Some(now) if now.cause() != LossCause::Unknown => Some(now),
+            _ => snapshot.clone(),
+        }
+    }
 }
 
 /// A shared, append-only log of events with monotonic timestamps.
@@ -99,12 +133,49 @@ impl History {
 
     /// Records an event that happened at `at`.
     pub fn record_at(&self, at: Instant, client: usize, id: &str, kind: Kind) {
-        let event = Event {
+        self.push(Event {
             at: self.offset(at),
             client,
             id: id.to_owned(),
             kind,
-        };
+            hold: None,
+        });
+    }
+
+    /// Records that `held` (granted to `client` on `id`) is lost, at the moment its holder's
+    /// view changed ([`Loss::at`](lock_core::Loss::at); now, if the backend did not say).
+    /// Call it once `held.is_lost()` is true.
+    pub fn record_lost(&self, client: usize, id: &str, held: &Held) {
+        let loss = held.loss();
+        let at = loss
+            .as_ref()
+            .and_then(Loss::at)
+            .unwrap_or_else(Instant::now);
+        self.push(Event {
+            at: self.offset(at),
+            client,
+            id: id.to_owned(),
+            kind: Kind::Lost(held.fencing_token()),
+            hold: Some((held.clone(), loss)),
+        });
+    }
+
+    /// Records a fault injected from `from` until `until` on `target` (a client or member
+    /// number as `what` says, or [`Event::EVERYONE`]).
+    pub fn record_fault(&self, what: &'static str, target: usize, from: Instant, until: Instant) {
+        self.push(Event {
+            at: self.offset(from),
+            client: target,
+            id: String::new(),
+            kind: Kind::Fault {
+                what,
+                until: self.offset(until),
+            },
+            hold: None,
+        });
+    }
+
+    fn push(&self, event: Event) {
         self.events
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -157,20 +228,50 @@ impl fmt::Display for Violations {
 
 impl std::error::Error for Violations {}
 
+/// The events of `id` from `from` to `to` (a few milliseconds either side), each loss with its
+/// recorded cause, then the faults that were active in the three seconds before `from` and up
+/// to `to`.
 fn timeline(events: &[Event], from: Duration, to: Duration, id: &str) -> String {
     let mut out = String::new();
-    for e in events.iter().filter(|e| {
-        e.id == id
-            && e.at + Duration::from_millis(5) >= from
-            && e.at <= to + Duration::from_millis(5)
-    }) {
-        let _ = writeln!(
+    let near = Duration::from_millis(5);
+    for e in events
+        .iter()
+        .filter(|e| e.id == id && e.at + near >= from && e.at <= to + near)
+    {
+        let _ = write!(
             out,
             "    {:>12.6}s  client {:>3}  {:?}",
             e.at.as_secs_f64(),
             e.client,
             e.kind
         );
+        if let Some(loss) = e.loss() {
+            let _ = write!(out, "  <- {loss}");
+        }
+        out.push('\n');
+    }
+    let window = from.saturating_sub(Duration::from_secs(3));
+    let faults: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::Fault { until, .. } if until >= window && e.at <= to))
+        .collect();
+    if !faults.is_empty() {
+        out.push_str("    faults meanwhile:\n");
+    }
+    for e in faults {
+        if let Kind::Fault { what, until } = e.kind {
+            let target = if e.client == Event::EVERYONE {
+                String::new()
+            } else {
+                format!(" #{}", e.client)
+            };
+            let _ = writeln!(
+                out,
+                "    {:>12.6}s  to {:>10.6}s  {what}{target}",
+                e.at.as_secs_f64(),
+                until.as_secs_f64()
+            );
+        }
     }
     out
 }
@@ -276,7 +377,7 @@ pub fn check(events: &[Event]) -> Result<Summary, Violations> {
                     summary.writes_rejected += 1;
                 }
             }
-            Kind::Paused { .. } => {}
+            Kind::Paused { .. } | Kind::Fault { .. } => {}
         }
     }
     for ((_, id), hold) in open {
@@ -350,6 +451,7 @@ mod tests {
             client,
             id: "x".into(),
             kind,
+            hold: None,
         }
     }
 
@@ -398,6 +500,46 @@ mod tests {
             err.to_string().contains("client   2  Acquired(11)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_violation_shows_why_each_hold_ended_and_the_faults_around_it() {
+        let history = History::new();
+        let signal = std::sync::Arc::new(lock_core::Signal::new());
+        let held = Held::new(signal.clone(), signal.epoch(), None, 10);
+        let start = Instant::now();
+        history.record_fault("client slowed", 1, start, start + Duration::from_millis(40));
+        history.record(1, "x", Kind::Acquired(10));
+        std::thread::sleep(Duration::from_millis(5));
+        history.record(2, "x", Kind::Acquired(11));
+        std::thread::sleep(Duration::from_millis(5));
+        signal.fire_because(lock_core::LossCause::Removed, "key deleted at revision 12");
+        history.record_lost(1, "x", &held);
+        let report = history.check().unwrap_err().to_string();
+        assert!(
+            report.contains("Lost(10)  <- removed by someone else: key deleted at revision 12"),
+            "{report}"
+        );
+        assert!(report.contains("faults meanwhile:"), "{report}");
+        assert!(report.contains("client slowed #1"), "{report}");
+    }
+
+    #[test]
+    fn a_loss_counts_from_when_the_holder_knew_not_when_it_was_recorded() {
+        // A deadline passed before the next grant; the holder's watcher ran late (a starved
+        // process): the hold ends at the deadline, so there is no overlap.
+        let history = History::new();
+        let signal = std::sync::Arc::new(lock_core::Signal::new());
+        let deadline = std::sync::Arc::new(lock_core::Deadline::new(
+            Instant::now() + Duration::from_millis(5),
+        ));
+        let held = Held::new(signal.clone(), signal.epoch(), Some(deadline), 10);
+        history.record(1, "x", Kind::Acquired(10));
+        std::thread::sleep(Duration::from_millis(20));
+        history.record(2, "x", Kind::Acquired(11));
+        std::thread::sleep(Duration::from_millis(5));
+        history.record_lost(1, "x", &held);
+        history.check().unwrap();
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //!   3-node etcd cluster it provisions and starts (and stops, also on failure).
 //! - `cargo xtask bench [local|etcd]` — the benchmark tables of `docs/BENCHMARKS.md`.
 //! - `cargo xtask etcd [--nodes N]` — starts a cluster for manual use until Ctrl-C.
-//! - `cargo xtask torture [--seconds N] [--seed S]` — random faults, then the safety checker.
+//! - `cargo xtask torture [--seconds N] [--seed S] [--load]` — random faults (on a loaded
+//!   machine with `--load`), then the safety checker.
 
+mod load;
 mod provision;
 mod run;
 
@@ -40,7 +42,8 @@ commands:
                         a fresh 3-node etcd cluster (--quick skips the fmt/clippy/rustdoc checks)
   bench [local|etcd]    run the benchmarks and print their tables (default: all)
   etcd [--nodes N]      start an etcd cluster (default 3 nodes) and print its connection string
-  torture [--seconds N] [--seed S]
+  torture [--seconds N] [--seed S] [--load]
                         random faults (members killed/paused, clients partitioned/slowed/cut,
-                        whole cluster down) under contention, then the history checker's verdict
+                        whole cluster down) under contention, then the history checker's verdict;
+                        --load runs CPU, memory and disk burners beside it
   provision             install protoc and etcd under target/tools if missing, print their paths";
