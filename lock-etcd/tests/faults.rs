@@ -118,6 +118,13 @@ async fn leader_killed_during_16_way_contention() {
     cluster.kill(leader);
     let resumed = run.grants_resume(killed, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let history = &run.history;
+    history.record_fault(
+        "leader killed (not restarted)",
+        leader,
+        killed,
+        Instant::now(),
+    );
     let summary = run.finish().await;
     eprintln!("leader n{leader} killed: grants resumed after {resumed:?}; {summary:?}");
     assert!(summary.acquisitions > 20, "{summary:?}");
@@ -163,6 +170,9 @@ async fn whole_cluster_down_longer_than_the_ttl() {
     }
     cluster.restart_all().unwrap();
     let up = Instant::now();
+    let everyone = lock_testkit::history::Event::EVERYONE;
+    run.history
+        .record_fault("whole cluster down", everyone, down, up);
     let resumed = run.grants_resume(up, Duration::from_secs(40)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let summary = run.finish().await;
@@ -191,6 +201,8 @@ async fn rolling_restart_under_contention() {
     for i in 0..3 {
         let restarted = Instant::now();
         cluster.restart(i).unwrap();
+        run.history
+            .record_fault("member restarted", i, restarted, Instant::now());
         run.grants_resume(restarted, Duration::from_secs(30)).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -116,3 +116,44 @@ async fn slow_keep_alives_are_no_loss_until_they_come_too_late() {
         .expect("late keep-alives must end the session");
     assert!(session.done().is_done());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_returns_within_its_timeout_when_the_client_is_partitioned_while_waiting() {
+    let Some(endpoints) = common::shared("timeout_partition") else {
+        return;
+    };
+    let prefix = common::unique_prefix("timeout-partition");
+    let proxy = proxy(&endpoints).await;
+    let cut_off = service(&proxy.url(), &prefix).await;
+    let direct = service(&endpoints, &prefix).await;
+    let holder_session = direct.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let holder = holder_session.new_locker("x");
+    let _held = holder.lock().await.unwrap();
+
+    let timeout = Duration::from_secs(1);
+    let session = cut_off
+        .new_session(&SessionConfig::new(TTL).with_timeout(timeout))
+        .await
+        .unwrap();
+    let waiter = session.new_locker("x");
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move {
+        let result = waiter.lock().await;
+        (started.elapsed(), result.map(|_| ()), waiter, session)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.set(Fault::Blackhole);
+    let (took, result, _waiter, _session) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("lock() came back")
+        .unwrap();
+    eprintln!("lock() with a 1 s timeout, partitioned at 0.5 s: {result:?} after {took:?}");
+    assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
+    assert!(
+        took <= timeout + Duration::from_millis(100),
+        "lock() took {took:?}, more than its timeout + 100 ms"
+    );
+    proxy.set(Fault::None);
+    holder.unlock().await.unwrap();
+    direct.close().await.unwrap();
+}

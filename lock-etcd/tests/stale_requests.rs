@@ -18,8 +18,9 @@ use lock_etcd::{EtcdConfig, EtcdService};
 use lock_testkit::proxy::{Fault, FaultProxy};
 
 const TTL: Duration = Duration::from_secs(10);
-/// How long the slow connection holds each request.
-const DELAY: Duration = Duration::from_millis(2500);
+/// How long the slow connection holds each request: long enough that every request sent on it
+/// lands after the locker has taken the lock again on a new connection.
+const DELAY: Duration = Duration::from_secs(4);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_delete_of_an_earlier_attempt_never_removes_the_key_held_now() {
@@ -48,21 +49,33 @@ async fn a_late_delete_of_an_earlier_attempt_never_removes_the_key_held_now() {
     let locker = session.new_locker("x");
     let first_hold = locker.lock().await.unwrap();
 
-    // The unlock's delete goes into the delay line; the client stops waiting for it after its
-    // request timeout (1 s) or because the test gives up on `unlock()` first.
+    // The unlock's delete goes into the delay line; the client gives up on it after its
+    // request timeout (1 s), and the locker's cleanup sends another on the same connection.
     proxy.set(Fault::Latency(DELAY));
-    let _ = tokio::time::timeout(Duration::from_millis(1200), locker.unlock()).await;
+    let started = std::time::Instant::now();
+    let unlocked = tokio::time::timeout(Duration::from_secs(3), locker.unlock()).await;
+    eprintln!("{:?}: unlock() -> {unlocked:?}", started.elapsed());
     assert!(first_hold.is_lost());
     // The connection breaks, but what it carried still reaches etcd, late.
     proxy.set(Fault::CutLate);
     tokio::time::sleep(Duration::from_millis(50)).await;
     proxy.set(Fault::None);
 
-    // The locker takes the lock again on a new connection, before the stale delete lands.
+    // The locker takes the lock again on a new connection, before the stale deletes land.
     let second_hold = tokio::time::timeout(Duration::from_secs(5), locker.lock())
         .await
         .expect("lock() again within 5 s")
         .expect("lock() again");
+    let relocked = started.elapsed();
+    eprintln!(
+        "{relocked:?}: locked again, token {} (first {})",
+        second_hold.fencing_token(),
+        first_hold.fencing_token()
+    );
+    assert!(
+        relocked < DELAY,
+        "the test needs the new hold before the stale requests land ({relocked:?})"
+    );
     assert!(
         second_hold.fencing_token() > first_hold.fencing_token(),
         "fencing token reused: {} after {}",
@@ -76,8 +89,8 @@ async fn a_late_delete_of_an_earlier_attempt_never_removes_the_key_held_now() {
         (granted, locker, other)
     });
 
-    // Every request of the first attempt has landed by now.
-    tokio::time::sleep(DELAY + Duration::from_millis(1500)).await;
+    // Every request sent on the slow connection has landed by now.
+    tokio::time::sleep((DELAY + Duration::from_secs(2)).saturating_sub(started.elapsed())).await;
     let (lost, other_granted) = (second_hold.is_lost(), waiter.is_finished());
     assert!(
         !lost && !other_granted,
