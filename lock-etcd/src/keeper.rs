@@ -6,6 +6,10 @@
 //! lease alive until `t + TTL − margin` for the latest acknowledged send `t`: that is the
 //! session's [`Deadline`]. Once it passes without a fresh acknowledgement, the session ends and
 //! every hold fires `lost()` — before the server can expire the lease and hand the locks on.
+//!
+//! The server saying the lease is unknown (a keep-alive answered with TTL ≤ 0) ends the session
+//! only once a `LeaseTimeToLive` query (answered by the leader) confirms it: etcd before 3.5.3
+//! can give that answer for a lease granted moments ago. Until then the deadline still runs.
 //! `Held::is_lost()` reads the deadline directly, so even a process that wakes from a pause
 //! sees the loss before this task has run.
 
@@ -49,6 +53,8 @@ struct State {
 }
 
 struct Lease {
+    /// A keep-alive answer said the lease is unknown and a query is confirming it.
+    confirming: bool,
     ttl: Duration,
     deadline: Arc<Deadline>,
     session: Weak<SessionCore>,
@@ -76,6 +82,7 @@ impl Keeper {
         st.leases.insert(
             lease,
             Lease {
+                confirming: false,
                 ttl,
                 deadline,
                 session,
@@ -124,21 +131,43 @@ impl Keeper {
         (st.stream_opens, st.sent, st.acked)
     }
 
-    fn ack(&self, lease: i64, ttl: i64) -> Option<Arc<SessionCore>> {
+    /// An answer to a keep-alive of `lease`. Returns `true` if it said the lease is unknown
+    /// (TTL ≤ 0) and nobody is confirming that yet: the caller asks the cluster again
+    /// ([`confirm_gone`]) before it ends the session. etcd before 3.5.3 can answer the first
+    /// keep-alive of a lease granted moments ago with TTL 0 (etcd issue 13675), so one such
+    /// answer is no evidence; meanwhile the deadline still runs.
+    fn ack(&self, lease: i64, ttl: i64) -> bool {
         let mut st = self.state();
         st.acked += 1;
-        let entry = st.leases.get_mut(&lease)?;
-        let sent_at = entry.sent.pop_front()?;
+        let Some(entry) = st.leases.get_mut(&lease) else {
+            return false;
+        };
+        let Some(sent_at) = entry.sent.pop_front() else {
+            return false;
+        };
         if ttl <= 0 {
-            // The server no longer knows the lease.
-            drop(st);
-            return self.forget(lease);
+            return !std::mem::replace(&mut entry.confirming, true);
         }
         let granted = Duration::from_secs(ttl.unsigned_abs()).min(entry.ttl);
         entry
             .deadline
             .extend_to(sent_at + granted - margin(entry.ttl));
-        None
+        false
+    }
+
+    /// The cluster was asked whether `lease` exists: ends its session if it does not.
+    fn confirmed(&self, lease: i64, alive: bool) {
+        if let Some(entry) = self.state().leases.get_mut(&lease) {
+            entry.confirming = false;
+        }
+        if alive {
+            tracing::debug!(
+                lease = format_args!("{lease:016x}"),
+                "a keep-alive answer said the lease was unknown, but the cluster has it: ignored"
+            );
+        } else if let Some(session) = self.forget(lease) {
+            session.end(EndReason::LeaseGone);
+        }
     }
 
     /// The work due before `horizon`: expired sessions, leases to refresh, leases to revoke.
@@ -282,8 +311,16 @@ pub(crate) async fn run(keeper: Arc<Keeper>, client: etcd_client::Client, limit:
         tokio::select! {
             message = message => match message {
                 Ok(Some(resp)) => {
-                    if let Some(session) = keeper.ack(resp.id(), resp.ttl()) {
-                        session.end(EndReason::LeaseGone);
+                    let lease = resp.id();
+                    if keeper.ack(lease, resp.ttl()) {
+                        let (keeper, client) = (keeper.clone(), client.clone());
+                        tokio::spawn(async move {
+                            if let Some(alive) = confirm_gone(&client, lease, limit).await {
+                                keeper.confirmed(lease, alive);
+                            } else if let Some(entry) = keeper.state().leases.get_mut(&lease) {
+                                entry.confirming = false; // no answer: the deadline decides
+                            }
+                        });
                     }
                 }
                 _ => {
@@ -321,9 +358,23 @@ async fn open(
             keeper.ack(lease, i64::MAX);
             Ok(pair)
         }
-        Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => {
-            Err(OpenError::Gone)
+        // The client library's word for a first answer with TTL ≤ 0: confirm it first.
+        Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => {
+            match confirm_gone(client, lease, limit).await {
+                Some(false) => Err(OpenError::Gone),
+                Some(true) | None => Err(OpenError::Failed),
+            }
         }
         _ => Err(OpenError::Failed),
+    }
+}
+
+/// Asks the cluster (its leader answers) whether `lease` still exists: `Some(true)` alive,
+/// `Some(false)` gone (etcd answers TTL -1 for a lease it does not know), `None` no answer.
+async fn confirm_gone(client: &etcd_client::Client, lease: i64, limit: Duration) -> Option<bool> {
+    let mut leases = client.lease_client();
+    match tokio::time::timeout(limit, leases.time_to_live(lease, None)).await {
+        Ok(Ok(resp)) => Some(resp.ttl() > 0),
+        _ => None,
     }
 }

@@ -66,3 +66,50 @@ async fn many_sessions_share_one_keep_alive_stream() {
     service.close().await.unwrap();
     assert!(held.iter().all(|(h, _)| h.is_lost()));
 }
+
+/// etcd before 3.5.3 can answer the first keep-alive of a lease granted moments ago with TTL 0
+/// when the member serving the keep-alive stream has not applied the grant yet (etcd issue
+/// 13675). A fresh service opens its keep-alive stream right after its first grant, so this is
+/// where it shows: one such answer must not end the session (the cluster is asked again).
+/// `LOCK_FRESH_SESSIONS` sets how many fresh services to try (default 400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_sessions_are_not_falsely_lost() {
+    let Some(endpoints) = common::shared("fresh_sessions_are_not_falsely_lost") else {
+        return;
+    };
+    let total: usize = std::env::var("LOCK_FRESH_SESSIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(400);
+    const PARALLEL: usize = 8;
+    let mut tasks = Vec::new();
+    for worker in 0..PARALLEL {
+        let endpoints = endpoints.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lost = Vec::new();
+            for n in (worker..total).step_by(PARALLEL) {
+                let service = service(&endpoints).await;
+                let session = service
+                    .new_session(&SessionConfig::new(Duration::from_secs(10)))
+                    .await
+                    .unwrap();
+                // The keep-alive stream opens, and its first answer arrives, within this.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                if session.done().is_done() {
+                    lost.push(n);
+                }
+                let _ = service.close().await;
+            }
+            lost
+        }));
+    }
+    let mut lost = Vec::new();
+    for task in tasks {
+        lost.extend(task.await.unwrap());
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {total} fresh sessions (TTL 10 s) ended within 150 ms of starting: {lost:?}",
+        lost.len()
+    );
+}
