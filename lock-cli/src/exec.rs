@@ -71,12 +71,26 @@ async fn terminate(child: &mut Child, grace: Duration) {
     }
 }
 
-async fn release(locker: &dyn Locker, session: &dyn Session) {
-    if let Err(e) = locker.unlock().await {
-        tracing::warn!("unlock: {e} (the lock expires with the session's TTL)");
+/// How long `lock` spends giving back its lock and session on its way out, whatever the exit.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(1);
+
+async fn release(locker: &dyn Locker) {
+    match tokio::time::timeout(CLEANUP_LIMIT, locker.unlock()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("unlock: {e} (closing the session releases it)"),
+        Err(_) => tracing::warn!("unlock took longer than {CLEANUP_LIMIT:?}"),
     }
-    if let Err(e) = session.close().await {
-        tracing::warn!("closing the session: {e}");
+}
+
+/// Closes the session (revoking its lease, which takes its keys with it) within
+/// [`CLEANUP_LIMIT`]: on every exit, so a failed `lock` leaves nothing queued behind.
+async fn close(session: &dyn Session) {
+    match tokio::time::timeout(CLEANUP_LIMIT, session.close()).await {
+        Ok(Ok(()) | Err(Error::AlreadyClosed(_))) => {}
+        Ok(Err(e)) => tracing::warn!("closing the session: {e} (it expires with its TTL)"),
+        Err(_) => tracing::warn!(
+            "closing the session took longer than {CLEANUP_LIMIT:?} (it expires with its TTL)"
+        ),
     }
 }
 
@@ -119,8 +133,34 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
         ),
     };
     let locker = session.new_locker(&id);
+    let result = hold_and_run(
+        &opened,
+        locker.as_ref(),
+        &id,
+        lease,
+        try_only,
+        kill_after,
+        &command,
+    )
+    .await;
+    drop(locker);
+    close(session.as_ref()).await;
+    result
+}
+
+/// Takes the lock, runs the command while holding it, and releases it (the session is the
+/// caller's to close).
+async fn hold_and_run(
+    opened: &Opened,
+    locker: &dyn Locker,
+    id: &str,
+    lease: Option<i64>,
+    try_only: bool,
+    kill_after: Duration,
+    command: &[String],
+) -> Result<u8, Failure> {
     let held = if try_only {
-        match locker.try_lock().await.map_err(|e| lock_error(&id, e))? {
+        match locker.try_lock().await.map_err(|e| lock_error(id, e))? {
             Some(held) => held,
             None => {
                 return Err(Failure::new(
@@ -131,8 +171,8 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
         }
     } else {
         let held = tokio::select! {
-            held = locker.lock() => held.map_err(|e| lock_error(&id, e))?,
-            () = progress(&opened, &id, lease) => unreachable!("progress never ends"),
+            held = locker.lock() => held.map_err(|e| lock_error(id, e))?,
+            () = progress(opened, id, lease) => unreachable!("progress never ends"),
         };
         if std::io::stderr().is_terminal() {
             eprint!("\r\x1b[K");
@@ -144,12 +184,12 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
     let spawned = tokio::process::Command::new(&command[0])
         .args(&command[1..])
         .env("LOCK_FENCING_TOKEN", token.to_string())
-        .env("LOCK_ID", &id)
+        .env("LOCK_ID", id)
         .spawn();
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            release(locker.as_ref(), session.as_ref()).await;
+            release(locker).await;
             let status = match e.kind() {
                 std::io::ErrorKind::NotFound => exit::NOT_FOUND,
                 _ => exit::CANNOT_EXECUTE,
@@ -172,7 +212,7 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
     };
     match outcome {
         Outcome::Exited(status) => {
-            release(locker.as_ref(), session.as_ref()).await;
+            release(locker).await;
             let status = status.map_err(|e| {
                 Failure::new(exit::UNAVAILABLE, format!("waiting for the command: {e}"))
             })?;
@@ -181,7 +221,6 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
         Outcome::Lost => {
             tracing::warn!(id, token, "lock lost while the command ran; terminating it");
             terminate(&mut child, kill_after).await;
-            let _ = session.close().await;
             Err(Failure::new(
                 exit::LOST,
                 format!("lost lock {id} (fencing token {token}) while the command ran; the command was terminated"),
@@ -189,7 +228,7 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
         }
         Outcome::Signaled(sig) => {
             terminate(&mut child, kill_after).await;
-            release(locker.as_ref(), session.as_ref()).await;
+            release(locker).await;
             Ok(128 + sig)
         }
     }

@@ -68,9 +68,11 @@ pub struct EtcdConfig {
     pub auto_sync_interval: Option<Duration>,
     /// How long opening the service waits for the cluster (`dial-timeout`).
     pub dial_timeout: Duration,
-    /// HTTP/2 keep-alive ping interval (`dial-keep-alive-time`); none by default.
+    /// HTTP/2 keep-alive ping interval (`dial-keep-alive-time`); `request-timeout` when not
+    /// given.
     pub dial_keep_alive_time: Option<Duration>,
-    /// How long a keep-alive ping may go unanswered (`dial-keep-alive-timeout`).
+    /// How long a keep-alive ping may go unanswered (`dial-keep-alive-timeout`); twice
+    /// `request-timeout` when not given.
     pub dial_keep_alive_timeout: Option<Duration>,
     /// User to authenticate as (`username`).
     pub username: Option<String>,

@@ -4,14 +4,28 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use lock_core::{Error, Result};
 
 use crate::config::{EtcdConfig, OLDEST_SUPPORTED_VERSION};
 use crate::error::{etcd_error, request, timeout_error};
+use crate::health::Probes;
 
-/// gRPC's default for how long a keep-alive ping may go unanswered.
-const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 keep-alive pings are on by default, every `request-timeout`, each allowed twice
+/// that for its answer: a backstop that closes a connection nobody answers on any more (the
+/// streams on it then move elsewhere), generous enough for a slow network that still works.
+/// The health probes ([`crate::health`]) find a silent member much sooner.
+/// `dial-keep-alive-time` and `dial-keep-alive-timeout` override this.
+fn keep_alive(config: &EtcdConfig) -> (Duration, Duration) {
+    (
+        config
+            .dial_keep_alive_time
+            .unwrap_or(config.request_timeout),
+        config
+            .dial_keep_alive_timeout
+            .unwrap_or(2 * config.request_timeout),
+    )
+}
 
 fn read(option: &str, path: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
@@ -23,15 +37,11 @@ fn read(option: &str, path: &std::path::Path) -> Result<Vec<u8>> {
 }
 
 fn options(config: &EtcdConfig) -> Result<ConnectOptions> {
-    let mut options = ConnectOptions::new().with_connect_timeout(config.dial_timeout);
-    if let Some(time) = config.dial_keep_alive_time {
-        let timeout = config
-            .dial_keep_alive_timeout
-            .unwrap_or(DEFAULT_KEEP_ALIVE_TIMEOUT);
-        options = options
-            .with_keep_alive(time, timeout)
-            .with_keep_alive_while_idle(true);
-    }
+    let (time, timeout) = keep_alive(config);
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(config.dial_timeout)
+        .with_keep_alive(time, timeout)
+        .with_keep_alive_while_idle(true);
     if let Some(user) = &config.username {
         options = options.with_user(
             user.clone(),
@@ -54,27 +64,19 @@ fn options(config: &EtcdConfig) -> Result<ConnectOptions> {
     Ok(options)
 }
 
-/// Connects, then proves the cluster answers (and is new enough) within `dial-timeout`.
-pub(crate) async fn connect(config: &EtcdConfig) -> Result<Client> {
+/// Proves which endpoints answer (within `dial-timeout`), then connects to those; the
+/// returned probes keep watching every endpoint (see [`crate::health`]).
+pub(crate) async fn connect(config: &EtcdConfig) -> Result<(Client, Probes)> {
     let options = options(config)?;
     let limit = config.dial_timeout;
-    let client = match tokio::time::timeout(
-        limit,
-        Client::connect(&config.endpoints, Some(options)),
-    )
-    .await
+    let probes = Probes::new(&config.endpoints, &options, &config.prefix).await?;
+    let answering = probes.answering(limit).await?;
+    let client = match tokio::time::timeout(limit, Client::connect(&answering, Some(options))).await
     {
         Ok(Ok(client)) => client,
         Ok(Err(e)) => return Err(etcd_error("connecting to etcd", e)),
         Err(_) => return Err(timeout_error("connecting to etcd", limit)),
     };
-    let kv = client.kv_client();
-    let probe = GetOptions::new().with_prefix().with_count_only();
-    request("reaching the cluster", limit, || {
-        let (mut kv, probe) = (kv.clone(), probe.clone());
-        async move { kv.get(config.prefix.as_str(), Some(probe)).await }
-    })
-    .await?;
     if config.reject_old_cluster {
         let maintenance = client.maintenance_client();
         let status = request("asking the cluster's version", limit, || {
@@ -84,7 +86,7 @@ pub(crate) async fn connect(config: &EtcdConfig) -> Result<Client> {
         .await?;
         check_version(status.version())?;
     }
-    Ok(client)
+    Ok((client, probes))
 }
 
 fn check_version(version: &str) -> Result<()> {

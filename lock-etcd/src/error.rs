@@ -85,14 +85,17 @@ pub(crate) fn is_unavailable(e: &etcd_client::Error) -> bool {
 }
 
 /// Runs one etcd request, sending it again while the cluster is unavailable (a dead member,
-/// an election), for at most `limit` in all.
+/// an election) and when one try goes unanswered for half of `limit` (at least 500 ms: a
+/// member that stopped answering; the next try usually goes to another), for at most `limit`
+/// in all.
 ///
 /// Every request this crate sends is safe to repeat, and safe to land late (a request we gave
 /// up on may still be applied after newer ones): putting our key again keeps its create
 /// revision (and the acquire reads it back from `prev_kv`), a delete of our key is guarded by
 /// the create revision of the incarnation it means (so a late one deletes nothing newer), and
-/// the rest only read. (An unlock whose first delete arrived but whose answer was lost reports
-/// `NotHeld`: the key is gone either way.)
+/// the rest only read — except a lease grant, whose late or repeated copy leaves a lease nobody
+/// keeps alive, which etcd expires after its TTL. (An unlock whose first delete arrived but
+/// whose answer was lost reports `NotHeld`: the key is gone either way.)
 pub(crate) async fn request<T, F, Fut>(
     context: &'static str,
     limit: Duration,
@@ -103,16 +106,20 @@ where
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
     let deadline = Instant::now() + limit;
+    let per_try = (limit / 2).max(Duration::from_millis(500));
     let mut backoff = Duration::from_millis(10);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, call()).await {
+        match tokio::time::timeout(left.min(per_try), call()).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) if is_unavailable(&e) && Instant::now() + backoff < deadline => {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(200));
             }
             Ok(Err(e)) => return Err(etcd_error(context, e)),
+            Err(_) if Instant::now() < deadline => {
+                tracing::debug!(context, after = ?per_try, "no answer: sending the request again");
+            }
             Err(_) => return Err(timeout_error(context, limit)),
         }
     }

@@ -21,6 +21,7 @@ use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use lock_core::Deadline;
 use tokio::sync::Notify;
 
+use crate::health::Probes;
 use crate::session::{EndReason, SessionCore};
 
 /// How much earlier than the server the client gives a lease up.
@@ -199,6 +200,21 @@ impl Keeper {
         due
     }
 
+    /// Whether a keep-alive has gone unanswered for longer than `after` (a slow network alone
+    /// can do that: the caller also has evidence that the stream's member stopped answering).
+    fn unanswered(&self, now: Instant, after: Duration) -> bool {
+        self.state().leases.values().any(|l| {
+            l.sent
+                .front()
+                .is_some_and(|sent| now.saturating_duration_since(*sent) > after)
+        })
+    }
+
+    /// The shortest TTL of the leases kept.
+    fn shortest_ttl(&self) -> Option<Duration> {
+        self.state().leases.values().map(|l| l.ttl).min()
+    }
+
     fn any_lease(&self) -> Option<(i64, Duration)> {
         self.state()
             .leases
@@ -238,8 +254,16 @@ struct Due {
 const TICK: Duration = Duration::from_millis(50);
 
 /// The keeper task.
-pub(crate) async fn run(keeper: Arc<Keeper>, client: etcd_client::Client, limit: Duration) {
+pub(crate) async fn run(
+    keeper: Arc<Keeper>,
+    client: etcd_client::Client,
+    probes: Arc<Probes>,
+    limit: Duration,
+) {
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+    // The endpoint the stream is on, the one to avoid when reopening, and whether we are
+    // fleeing a member that stopped answering (then opening is bounded by a third of the TTL).
+    let (mut on, mut avoid, mut fleeing) = (None, None, false);
     let mut retry_at = Instant::now();
     let mut backoff = Duration::from_millis(50);
     let mut next_tick = Instant::now();
@@ -264,11 +288,36 @@ pub(crate) async fn run(keeper: Arc<Keeper>, client: etcd_client::Client, limit:
             } else {
                 now + Duration::from_secs(3600)
             };
+            // A stream on a member that stopped answering (its probe failed while another
+            // member's answered) moves once a keep-alive on it goes unanswered for a third of
+            // the TTL; a merely slow stream stays.
+            let silent = on.is_some_and(|i| probes.silent(i));
+            let third = keeper.shortest_ttl().map_or(limit, |ttl| ttl / 3);
+            if stream.is_some() && silent && keeper.unanswered(now, third) {
+                tracing::warn!(
+                    "the keep-alive stream's member stopped answering; reopening the stream elsewhere"
+                );
+                stream = None;
+                keeper.stream_lost();
+                retry_at = now;
+                (avoid, fleeing) = (on, true);
+            }
             if stream.is_none() && due.any && now >= retry_at {
                 if let Some((lease, _)) = keeper.any_lease() {
-                    match open(&client, lease, limit, &keeper).await {
+                    // Fleeing a silent member, each try is short and the next follows at once:
+                    // a member elsewhere may have forwarded our keep-alive to the old, silent
+                    // leader and hold it there (etcd waits up to its own request timeout), while
+                    // a fresh one reaches the new leader as soon as there is one.
+                    let open_limit = match (fleeing, keeper.shortest_ttl()) {
+                        (true, Some(ttl)) => limit.min(ttl / 6),
+                        _ => limit,
+                    };
+                    // On the endpoint that answered the health probes most recently.
+                    let (endpoint, via) = probes.pick(avoid);
+                    match open(&via, lease, open_limit, &keeper).await {
                         Ok(s) => {
                             tracing::debug!("keep-alive stream open");
+                            (on, avoid, fleeing) = (Some(endpoint), None, false);
                             stream = Some(s);
                             backoff = Duration::from_millis(50);
                             next_tick = Instant::now(); // send what is due on the new stream
@@ -280,7 +329,12 @@ pub(crate) async fn run(keeper: Arc<Keeper>, client: etcd_client::Client, limit:
                             }
                             continue;
                         }
+                        Err(OpenError::Failed) if fleeing => {
+                            avoid = Some(endpoint);
+                            retry_at = Instant::now();
+                        }
                         Err(OpenError::Failed) => {
+                            avoid = Some(endpoint);
                             tracing::warn!(retry_in = ?backoff, "cannot open the keep-alive stream");
                             retry_at = Instant::now() + backoff;
                             backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -328,6 +382,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>, client: etcd_client::Client, limit:
                     stream = None;
                     keeper.stream_lost();
                     retry_at = Instant::now() + backoff;
+                    avoid = on;
                 }
             },
             () = tokio::time::sleep_until(next_tick.into()) => {}

@@ -18,6 +18,7 @@
 mod config;
 mod connect;
 mod error;
+mod health;
 mod hub;
 mod keeper;
 mod keys;

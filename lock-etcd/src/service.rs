@@ -94,7 +94,8 @@ impl EtcdService {
     /// certificates, or is too old (with `reject-old-cluster`);
     /// [`Error::InvalidConnectionString`] when a TLS file cannot be read.
     pub async fn connect(config: EtcdConfig) -> Result<Self> {
-        let client = crate::connect::connect(&config).await?;
+        let (client, probes) = crate::connect::connect(&config).await?;
+        let probes = Arc::new(probes);
         let hub = Arc::new(Hub::default());
         let keeper = Arc::new(Keeper::default());
         let limit = config.request_timeout;
@@ -102,8 +103,10 @@ impl EtcdService {
         tasks.push(tokio::spawn(keeper::run(
             keeper.clone(),
             client.clone(),
+            probes.clone(),
             limit,
         )));
+        tasks.push(tokio::spawn(crate::health::monitor(probes, client.clone())));
         let endpoints = Arc::new(Mutex::new(
             config.endpoints.iter().cloned().collect::<BTreeSet<_>>(),
         ));
