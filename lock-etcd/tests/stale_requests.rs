@@ -22,12 +22,14 @@ const TTL: Duration = Duration::from_secs(10);
 /// lands after the locker has taken the lock again on a new connection.
 const DELAY: Duration = Duration::from_secs(4);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_delete_of_an_earlier_attempt_never_removes_the_key_held_now() {
-    let Some(endpoints) = common::shared("late_delete") else {
-        return;
-    };
-    let prefix = common::unique_prefix("late-delete");
+/// A service whose only endpoint is a fault proxy in front of the shared cluster's first member
+/// (with `request-timeout` as given), the proxy, and a service connected directly.
+async fn behind_a_proxy(
+    endpoints: &str,
+    name: &str,
+    request_timeout: &str,
+) -> (EtcdService, FaultProxy, EtcdService) {
+    let prefix = common::unique_prefix(name);
     let first: SocketAddr = endpoints
         .split(',')
         .next()
@@ -36,8 +38,11 @@ async fn a_late_delete_of_an_earlier_attempt_never_removes_the_key_held_now() {
         .parse()
         .unwrap();
     let proxy = FaultProxy::start(first).await.unwrap();
-    let uri = format!("etcd:{}?prefix={prefix}&request-timeout=1s", proxy.url());
-    let slow = EtcdService::connect(EtcdConfig::from_uri(&uri).unwrap())
+    let uri = format!(
+        "etcd:{}?prefix={prefix}&request-timeout={request_timeout}",
+        proxy.url()
+    );
+    let proxied = EtcdService::connect(EtcdConfig::from_uri(&uri).unwrap())
         .await
         .unwrap();
     let direct = EtcdService::connect(
@@ -45,6 +50,15 @@ async fn a_late_delete_of_an_earlier_attempt_never_removes_the_key_held_now() {
     )
     .await
     .unwrap();
+    (proxied, proxy, direct)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_delete_of_an_earlier_attempt_never_removes_the_key_held_now() {
+    let Some(endpoints) = common::shared("late_delete") else {
+        return;
+    };
+    let (slow, proxy, direct) = behind_a_proxy(&endpoints, "late-delete", "1s").await;
     let session = slow.new_session(&SessionConfig::new(TTL)).await.unwrap();
     let locker = session.new_locker("x");
     let first_hold = locker.lock().await.unwrap();
@@ -112,24 +126,7 @@ async fn a_cancelled_unlock_still_frees_the_lock_and_never_reuses_a_token() {
     let Some(endpoints) = common::shared("cancelled_unlock") else {
         return;
     };
-    let prefix = common::unique_prefix("cancelled-unlock");
-    let first: SocketAddr = endpoints
-        .split(',')
-        .next()
-        .unwrap()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(first).await.unwrap();
-    let uri = format!("etcd:{}?prefix={prefix}&request-timeout=2s", proxy.url());
-    let client = EtcdService::connect(EtcdConfig::from_uri(&uri).unwrap())
-        .await
-        .unwrap();
-    let direct = EtcdService::connect(
-        EtcdConfig::from_uri(&format!("etcd:{endpoints}?prefix={prefix}")).unwrap(),
-    )
-    .await
-    .unwrap();
+    let (client, proxy, direct) = behind_a_proxy(&endpoints, "cancelled-unlock", "2s").await;
     let session = client.new_session(&SessionConfig::new(TTL)).await.unwrap();
     let locker = session.new_locker("x");
     let first_hold = locker.lock().await.unwrap();
