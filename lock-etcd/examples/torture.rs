@@ -84,6 +84,16 @@ async fn fault_a_client(
 async fn main() {
     let seconds: u64 = arg("--seconds").map_or(30, |s| s.parse().expect("--seconds N"));
     let seed: u64 = arg("--seed").map_or(1, |s| s.parse().expect("--seed S"));
+    // The backend's warnings (losses, streams and endpoints given up), with times, to stderr:
+    // the context of a violation. `RUST_LOG` overrides.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("lock_etcd=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    tracing::warn!("the history's time 0 (violations count from here)");
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let bins = binaries("torture").expect("no etcd: run through `cargo xtask torture`");
     let mut cluster = Cluster::start(&bins, &ClusterSpec::default()).expect("starting etcd");

@@ -74,10 +74,11 @@ pub(crate) async fn once<T>(
 pub(crate) fn is_unavailable(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::GRpcStatus(status) => {
+            // etcd says "too many requests" with ResourceExhausted.
             matches!(
                 status.code(),
                 tonic::Code::Unavailable | tonic::Code::ResourceExhausted
-            ) || status.message().contains("too many requests")
+            )
         }
         etcd_client::Error::TransportError(_) => true,
         _ => false,

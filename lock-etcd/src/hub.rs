@@ -396,7 +396,10 @@ impl Hub {
                 queue.head_waiter().into_iter().collect()
             }
             Err(e) => {
-                queue.load = Load::Failed(format!("reading the lock's queue: {e}"));
+                // `e` says "etcd backend: <what we did>: <why>"; the error made from this
+                // adds the backend's name again, so keep only what is underneath.
+                let reason = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+                queue.load = Load::Failed(reason);
                 queue.waiters.values().map(|(_, w)| w.clone()).collect()
             }
         };

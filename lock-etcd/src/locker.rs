@@ -182,6 +182,7 @@ impl LockerCore {
                 Ok(Err(e)) => format!("asking etcd about lease {lease:016x} failed: {e}"),
                 Err(_) => format!("etcd did not say within {limit:?} whether lease {lease:016x} lives"),
             };
+            tracing::warn!(lease = format_args!("{lease:016x}"), "lost lock's key deleted: {answer}");
             signal.explain(epoch, &answer);
         });
     }

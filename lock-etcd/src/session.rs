@@ -152,12 +152,21 @@ impl SessionCore {
             .service
             .write("revoking the session's lease", || {
                 let mut leases = leases.clone();
-                async move { leases.revoke(lease).await }
+                async move {
+                    match leases.revoke(lease).await {
+                        // Already gone (expired, or an earlier try of this revoke landed).
+                        Err(etcd_client::Error::GRpcStatus(status))
+                            if status.code() == tonic::Code::NotFound =>
+                        {
+                            Ok(())
+                        }
+                        other => other.map(drop),
+                    }
+                }
             })
             .await;
         match revoked {
-            Ok(_) => Ok(()),
-            Err(e) if e.to_string().contains("requested lease not found") => Ok(()),
+            Ok(()) => Ok(()),
             Err(e) => {
                 // The lease runs out on its own within the TTL; try once more in the background.
                 self.service.keeper.revoke_later(self.lease);
