@@ -405,14 +405,20 @@ impl LockerCore {
             "the locker was dropped".to_owned()
         });
         let rev = st.rev;
-        drop(st);
-        self.remove_later(rev);
+        // Registered under the same lock that made us idle: a next attempt cannot begin (and
+        // put the key) before this removal is one it waits for.
+        self.remove_later_locked(&mut st, rev);
     }
 
     /// Removes the incarnation of our key created at `rev` (`0`: whichever exists now, if
     /// any) in the background, retrying until etcd confirms it or the session's lease is gone
     /// (the key goes with it). The next attempt waits for it before it puts the key again.
     fn remove_later(&self, rev: i64) {
+        let mut st = self.state();
+        self.remove_later_locked(&mut st, rev);
+    }
+
+    fn remove_later_locked(&self, st: &mut State, rev: i64) {
         if self.session.ended().is_some() {
             return; // the lease is revoked or expiring: the key goes with it
         }
@@ -431,7 +437,6 @@ impl LockerCore {
                 }
             }
         });
-        let mut st = self.state();
         st.cleanups.retain(|t| !t.is_finished());
         st.cleanups.push(task);
     }
