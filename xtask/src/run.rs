@@ -78,6 +78,7 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
                 .env("RUSTDOCFLAGS", "-D warnings"),
         )?;
     }
+    first_command_needs_no_protoc()?;
     // Build first, so the cluster does not idle through a long compile.
     step(
         "cargo test (build)",
@@ -99,6 +100,29 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     // A short torture run on a loaded machine: a fixed seed, so the fault sequence is the same
     // in every run (the seed of the report in docs/RELIABILITY.md).
     torture_run(&tools, 40, SHORT_TORTURE_SEED, true)
+}
+
+/// The README's first command, as a newcomer runs it: no `protoc` (it points at a path that
+/// does not exist) and no etcd; it must print `1000`.
+fn first_command_needs_no_protoc() -> Result<(), String> {
+    let name = "cargo run --example counter (no protoc)";
+    eprintln!("xtask: {name}");
+    let output = cargo(std::path::Path::new("/nonexistent/protoc"))
+        .args(["run", "--quiet", "--example", "counter"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{name}: could not run: {e}"))?;
+    let printed = String::from_utf8_lossy(&output.stdout);
+    if output.status.success() && printed.trim() == "1000" {
+        eprintln!("xtask: {name}: ok, printed 1000");
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} failed ({}), printed {:?}",
+            output.status,
+            printed.trim()
+        ))
+    }
 }
 
 /// The seed of the torture run inside `cargo xtask test`.
