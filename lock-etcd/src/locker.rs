@@ -21,6 +21,7 @@
 //!   deadline passed, all fire `lost()`.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -29,7 +30,6 @@ use etcd_client::{
 };
 use lock_core::{Error, Held, Locker, LossCause, OpFuture, Result, Signal};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::hub::Interest;
@@ -54,8 +54,10 @@ struct State {
     /// Our registration for deletions of our own key.
     own: Option<Interest>,
     /// Removals of earlier incarnations of our key (after an abandoned attempt or an unlock
-    /// that did not finish); the next attempt waits for all of them before it puts the key.
-    cleanups: Vec<JoinHandle<()>>,
+    /// that did not finish), each until it has finished; the next attempt waits for all of
+    /// them before it puts the key. They stay listed while anyone waits: a wait that is
+    /// dropped (a timed-out `lock()`) must not make the next attempt skip them.
+    cleanups: Vec<Arc<AtomicBool>>,
 }
 
 impl State {
@@ -90,6 +92,8 @@ pub(crate) struct LockerCore {
     signal: Arc<Signal>,
     state: Mutex<State>,
     wake: Notify,
+    /// Notified whenever one of `State::cleanups` finishes.
+    cleaned: Arc<Notify>,
 }
 
 impl LockerCore {
@@ -196,9 +200,18 @@ impl LockerCore {
 
     /// Waits for the removal of every earlier incarnation of our key still in progress.
     async fn finish_cleanup(&self) {
-        let pending = std::mem::take(&mut self.state().cleanups);
-        for task in pending {
-            let _ = task.await;
+        loop {
+            let cleaned = self.cleaned.notified();
+            tokio::pin!(cleaned);
+            cleaned.as_mut().enable();
+            {
+                let mut st = self.state();
+                st.cleanups.retain(|done| !done.load(SeqCst));
+                if st.cleanups.is_empty() {
+                    return;
+                }
+            }
+            cleaned.await;
         }
     }
 
@@ -428,7 +441,10 @@ impl LockerCore {
             self.session.clone(),
             self.limit(),
         );
-        let task = self.session.service.runtime.spawn(async move {
+        let done = Arc::new(AtomicBool::new(false));
+        let finished = Finished(done.clone(), self.cleaned.clone());
+        self.session.service.runtime.spawn(async move {
+            let _finished = finished; // however the task ends
             let mut rev = rev;
             while session.ended().is_none() {
                 match tokio::time::timeout(limit, remove(kv.clone(), &key, &mut rev)).await {
@@ -437,8 +453,8 @@ impl LockerCore {
                 }
             }
         });
-        st.cleanups.retain(|t| !t.is_finished());
-        st.cleanups.push(task);
+        st.cleanups.retain(|done| !done.load(SeqCst));
+        st.cleanups.push(done);
     }
 
     /// Deletes the incarnation of our key created at `rev`, and only that one: a delete sent
@@ -449,6 +465,16 @@ impl LockerCore {
             .txn(context, delete_if_created_at(&self.key, rev))
             .await?;
         Ok(resp.succeeded())
+    }
+}
+
+/// Marks a removal finished and wakes whoever waits for it, when the removal task ends.
+struct Finished(Arc<AtomicBool>, Arc<Notify>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+        self.1.notify_waiters();
     }
 }
 
@@ -498,6 +524,7 @@ impl EtcdLocker {
                 signal: Arc::new(Signal::new()),
                 state: Mutex::new(State::default()),
                 wake: Notify::new(),
+                cleaned: Arc::new(Notify::new()),
             }),
         }
     }

@@ -167,3 +167,41 @@ async fn a_cancelled_unlock_still_frees_the_lock_and_never_reuses_a_token() {
     let _ = client.close().await;
     let _ = direct.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_wait_for_an_earlier_removal_does_not_let_it_delete_a_later_hold() {
+    let Some(endpoints) = common::shared("dropped_wait") else {
+        return;
+    };
+    // request-timeout 5 s: requests on the slow connection take 2 s but do not time out.
+    let (slow, proxy, _direct) = behind_a_proxy(&endpoints, "dropped-wait", "5s").await;
+    let session = slow.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let locker = session.new_locker("x");
+    proxy.set(Fault::Latency(Duration::from_secs(1)));
+
+    // An attempt dropped before its put was answered: its removal must first read which
+    // incarnation exists (on the slow connection), then delete it.
+    let dropped = tokio::time::timeout(Duration::from_millis(300), locker.lock()).await;
+    assert!(dropped.is_err(), "the first lock() should still be waiting");
+    // The next attempt waits for that removal; it is dropped while waiting.
+    let dropped = tokio::time::timeout(Duration::from_millis(300), locker.lock()).await;
+    assert!(
+        dropped.is_err(),
+        "the second lock() should still be waiting"
+    );
+
+    // The third attempt must wait for the removal too, or the removal deletes its hold.
+    let held = tokio::time::timeout(Duration::from_secs(20), locker.lock())
+        .await
+        .expect("lock() within 20 s")
+        .expect("lock()");
+    tokio::time::sleep(Duration::from_secs(5)).await; // every earlier request has landed
+    assert!(
+        !held.is_lost(),
+        "the hold was lost: {}",
+        held.loss().map_or(String::new(), |l| l.to_string())
+    );
+    proxy.set(Fault::None);
+    locker.unlock().await.unwrap();
+    let _ = slow.close().await;
+}
