@@ -5,7 +5,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use lock::{Error, Locker, Session, SessionConfig};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::Child;
 use tokio::signal::unix::{signal, SignalKind};
@@ -60,14 +60,27 @@ async fn progress(opened: &Opened, id: &str, lease: Option<i64>) {
     }
 }
 
-/// SIGTERM, then SIGKILL after `grace` if the command is still running.
+/// SIGTERM to the command's process group (the command and everything it started that did
+/// not leave the group), then SIGKILL to the group after `grace` if the command still runs —
+/// and SIGKILL to whatever is left of the group once it has exited, so nothing it started goes
+/// on without the lock.
 async fn terminate(child: &mut Child, grace: Duration) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let group = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(Pid::from_raw);
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGTERM);
     }
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         tracing::warn!(?grace, "the command ignored SIGTERM; killing it");
+        if let Some(group) = group {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
         let _ = child.kill().await;
+    }
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGKILL);
     }
 }
 
@@ -181,7 +194,9 @@ async fn hold_and_run(
     };
     let token = held.fencing_token();
     tracing::info!(id, token, "lock acquired; running the command");
+    // Its own process group: a loss or a signal reaches everything it started.
     let spawned = tokio::process::Command::new(&command[0])
+        .process_group(0)
         .args(&command[1..])
         .env("LOCK_FENCING_TOKEN", token.to_string())
         .env("LOCK_ID", id)

@@ -377,3 +377,110 @@ async fn a_holder_killed_with_sigkill_frees_the_lock_within_the_ttl() {
     other.close().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Whether process `pid` runs (a zombie waiting to be reaped does not).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Starts `lock exec ID -- sh -c '<a grandchild that ignores SIGTERM, in the background>; wait'`
+/// and returns the `lock` process and the grandchild's pid once it runs.
+async fn hold_with_grandchild(
+    service: &str,
+    dir: &std::path::Path,
+    id: &str,
+) -> (std::process::Child, String) {
+    let pidfile = dir.join(format!("grandchild-{id}"));
+    let script = format!(
+        "trap '' TERM; sleep 313 & echo $! > {}; wait",
+        pidfile.display()
+    );
+    let child = lock(
+        service,
+        &[
+            "exec",
+            "--ttl",
+            "3s",
+            "--kill-after",
+            "1s",
+            id,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null()) // a surviving grandchild would keep a pipe open
+    .spawn()
+    .unwrap();
+    let start = Instant::now();
+    while std::fs::read_to_string(&pidfile).map_or(true, |p| p.trim().is_empty()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the command never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    assert!(alive(&pid));
+    (child, pid)
+}
+
+/// `lock`'s exit code, waiting at most 10 s.
+async fn exit_code(mut child: std::process::Child) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "lock did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_the_command_started_survives_a_loss_or_ctrl_c() {
+    let Some(service) = service("grandchild") else {
+        return;
+    };
+    let dir = temp("grandchild");
+
+    // A loss: the session's lease revoked from outside.
+    let (child, grandchild) = hold_with_grandchild(&service, &dir, "lost").await;
+    let endpoints = lock_testkit::etcd::shared_endpoints("grandchild").unwrap();
+    let mut raw = etcd_client::Client::connect(endpoints.split(',').collect::<Vec<_>>(), None)
+        .await
+        .unwrap();
+    let prefix = service.split("prefix=").nth(1).unwrap();
+    let keys = raw
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    raw.lease_revoke(keys.kvs()[0].lease()).await.unwrap();
+    assert_eq!(exit_code(child).await, Some(125));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !alive(&grandchild),
+        "a process the command started survived the loss"
+    );
+
+    // Ctrl-C: SIGINT to `lock`.
+    let (child, grandchild) = hold_with_grandchild(&service, &dir, "interrupted").await;
+    let lock_pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(lock_pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    assert_eq!(exit_code(child).await, Some(130));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !alive(&grandchild),
+        "a process the command started survived Ctrl-C"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
