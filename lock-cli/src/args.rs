@@ -14,10 +14,11 @@ USAGE:
 exec: take lock ID, run COMMAND while holding it, release it when COMMAND exits, and exit
 with COMMAND's status. COMMAND gets the lock's fencing token in LOCK_FENCING_TOKEN (and the
 id in LOCK_ID): pass it along with every write to the resource the lock protects. If the lock
-is lost while COMMAND runs (lease expired, partition, key deleted), COMMAND gets SIGTERM, then
-SIGKILL after --kill-after, and lock exits with 125. If lock itself is killed with SIGKILL,
-COMMAND keeps running unguarded and the lock frees after the TTL: only the fencing token can
-stop its late writes.
+is lost while COMMAND runs (lease expired, partition, key deleted), COMMAND's process group
+(COMMAND and what it started) gets SIGTERM, then SIGKILL after --kill-after, and lock exits
+with 125; so does Ctrl-C. If lock itself is killed with SIGKILL, or stopped (SIGSTOP, a frozen
+machine), COMMAND keeps running unguarded (the lock frees after the TTL): only the fencing
+token can stop its late writes.
 
 status: show who holds lock ID (lease, fencing token, since when, host and pid) and how many
 wait (etcd backend).
