@@ -51,6 +51,8 @@ struct State {
     rev: i64,
     /// The latest revision at which our key was seen deleted.
     deleted_at: i64,
+    /// The highest fencing token this locker was ever granted (kept across attempts).
+    granted: i64,
     /// Our registration for deletions of our own key.
     own: Option<Interest>,
     /// Removals of earlier incarnations of our key (after an abandoned attempt or an unlock
@@ -231,6 +233,7 @@ impl LockerCore {
             phase: Phase::Acquiring,
             own: st.own.take(),
             cleanups: std::mem::take(&mut st.cleanups),
+            granted: st.granted,
             ..State::default()
         };
         Ok(())
@@ -243,6 +246,15 @@ impl LockerCore {
         if st.deleted_at > rev {
             return Err(self.canceled());
         }
+        if rev <= st.granted {
+            // Our put found an incarnation this locker already held (its removal has not
+            // landed): granting it again would hand out its token again. The failed attempt
+            // hands it to a guarded removal; the next attempt waits for that.
+            tracing::warn!(id = %self.id, token = rev, "an incarnation already held is still there; not granting it again");
+            return Err(Error::Canceled(format!(
+                "this locker's earlier hold (fencing token {rev}) is still being released; try again"
+            )));
+        }
         Ok(())
     }
 
@@ -253,6 +265,7 @@ impl LockerCore {
             return Err(self.canceled());
         }
         st.phase = Phase::Held;
+        st.granted = st.granted.max(st.rev);
         tracing::debug!(id = %self.id, token = st.rev, "lock acquired");
         Ok(Held::new(
             self.signal.clone(),
