@@ -97,9 +97,11 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     drop(cluster);
     eprintln!("xtask: etcd cluster stopped");
     result?;
-    // A short torture run on a loaded machine: a fixed seed, so the fault sequence is the same
-    // in every run (the seed of the report in docs/RELIABILITY.md).
-    torture_run(&tools, 40, SHORT_TORTURE_SEED, true)
+    // A short torture run: a fixed seed, so the fault sequence is the same in every run (the
+    // seed of the report in docs/RELIABILITY.md). Not loaded: on etcd 3.5.1 a loaded run can
+    // meet etcd's own early lease revocation (etcd issue 15247, docs/RELIABILITY.md), which
+    // would fail CI for a server bug; `cargo xtask torture --load` runs it on demand.
+    torture_run(&tools, 40, SHORT_TORTURE_SEED, false)
 }
 
 /// The README's first command, as a newcomer runs it: no `protoc` (it points at a path that
