@@ -34,6 +34,19 @@ fn temp(name: &str) -> PathBuf {
     dir
 }
 
+/// Waits (up to 20 s) until the command wrote its pid to `pidfile`, and returns it.
+async fn pid_from(pidfile: &std::path::Path) -> String {
+    let start = Instant::now();
+    while std::fs::read_to_string(pidfile).map_or(true, |p| p.trim().is_empty()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the command never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::read_to_string(pidfile).unwrap().trim().to_owned()
+}
+
 /// Starts `lock exec --ttl TTL --kill-after 1s ID -- <a command that writes its pid, then sleeps>`
 /// and waits until the command runs; returns the `lock` process and the command's pid.
 async fn hold(
@@ -62,15 +75,7 @@ async fn hold(
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    let start = Instant::now();
-    while std::fs::read_to_string(&pidfile).map_or(true, |p| p.trim().is_empty()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the command never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    let pid = pid_from(&pidfile).await;
     (child, pid)
 }
 
@@ -418,15 +423,7 @@ async fn hold_with_grandchild(
     .stderr(Stdio::null()) // a surviving grandchild would keep a pipe open
     .spawn()
     .unwrap();
-    let start = Instant::now();
-    while std::fs::read_to_string(&pidfile).map_or(true, |p| p.trim().is_empty()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the command never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    let pid = pid_from(&pidfile).await;
     assert!(alive(&pid));
     (child, pid)
 }
