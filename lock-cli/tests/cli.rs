@@ -34,6 +34,21 @@ fn temp(name: &str) -> PathBuf {
     dir
 }
 
+/// Revokes the lease of the (first) key under `service`'s prefix from outside, as an operator
+/// or an expiry would.
+async fn revoke_from_outside(service: &str) {
+    let endpoints = lock_testkit::etcd::shared_endpoints("revoke").unwrap();
+    let mut raw = etcd_client::Client::connect(endpoints.split(',').collect::<Vec<_>>(), None)
+        .await
+        .unwrap();
+    let prefix = service.split("prefix=").nth(1).unwrap();
+    let keys = raw
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    raw.lease_revoke(keys.kvs()[0].lease()).await.unwrap();
+}
+
 /// Waits (up to 20 s) until the command wrote its pid to `pidfile`, and returns it.
 async fn pid_from(pidfile: &std::path::Path) -> String {
     let start = Instant::now();
@@ -138,17 +153,7 @@ async fn a_lost_lock_terminates_the_command() {
     let (child, pid) = hold(&service, &dir, "3s", "victim").await;
     assert!(PathBuf::from(format!("/proc/{pid}")).exists());
 
-    // Revoke the session's lease from outside, as an operator or an expiry would.
-    let endpoints = lock_testkit::etcd::shared_endpoints("lost").unwrap();
-    let mut raw = etcd_client::Client::connect(endpoints.split(',').collect::<Vec<_>>(), None)
-        .await
-        .unwrap();
-    let prefix = service.split("prefix=").nth(1).unwrap();
-    let keys = raw
-        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
-    raw.lease_revoke(keys.kvs()[0].lease()).await.unwrap();
+    revoke_from_outside(&service).await;
 
     let revoked = Instant::now();
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
@@ -452,16 +457,7 @@ async fn nothing_the_command_started_survives_a_loss_or_ctrl_c() {
 
     // A loss: the session's lease revoked from outside.
     let (child, grandchild) = hold_with_grandchild(&service, &dir, "lost").await;
-    let endpoints = lock_testkit::etcd::shared_endpoints("grandchild").unwrap();
-    let mut raw = etcd_client::Client::connect(endpoints.split(',').collect::<Vec<_>>(), None)
-        .await
-        .unwrap();
-    let prefix = service.split("prefix=").nth(1).unwrap();
-    let keys = raw
-        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
-    raw.lease_revoke(keys.kvs()[0].lease()).await.unwrap();
+    revoke_from_outside(&service).await;
     assert_eq!(exit_code(child).await, Some(125));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
