@@ -69,10 +69,17 @@ fn options(config: &EtcdConfig) -> Result<ConnectOptions> {
 pub(crate) async fn connect(config: &EtcdConfig) -> Result<(Client, Probes)> {
     let options = options(config)?;
     let limit = config.dial_timeout;
-    let probes = Probes::new(&config.endpoints, &options, &config.prefix).await?;
-    let answering = probes.answering(limit).await?;
-    let client = match tokio::time::timeout(limit, Client::connect(&answering, Some(options))).await
-    {
+    let start = tokio::time::Instant::now();
+    let probes = Probes::new(&config.endpoints, &options, &config.prefix, limit).await?;
+    let answering = probes
+        .answering(limit.saturating_sub(start.elapsed()))
+        .await?;
+    // What is left of `dial-timeout` (the endpoints just answered, so this is quick).
+    let left = limit
+        .saturating_sub(start.elapsed())
+        .max(Duration::from_millis(100));
+    let connecting = Client::connect(&answering, Some(options));
+    let client = match tokio::time::timeout(left, connecting).await {
         Ok(Ok(client)) => client,
         Ok(Err(e)) => return Err(etcd_error("connecting to etcd", e)),
         Err(_) => return Err(timeout_error("connecting to etcd", limit)),

@@ -58,19 +58,43 @@ struct Found {
 }
 
 impl Probes {
-    /// A probing client per endpoint (they connect lazily, on their first probe).
+    /// A probing client per endpoint, made concurrently within `limit` (with credentials,
+    /// making one asks the member for a token). An endpoint whose client is not made in time
+    /// is left out of probing; so is one that refuses it, unless every endpoint does (then the
+    /// first refusal is the error).
     pub(crate) async fn new(
         endpoints: &[String],
         options: &ConnectOptions,
         prefix: &str,
+        limit: Duration,
     ) -> Result<Self, Error> {
-        let mut clients = Vec::with_capacity(endpoints.len());
-        for endpoint in endpoints {
-            let client = Client::connect([endpoint.as_str()], Some(options.clone()))
-                .await
-                .map_err(|e| etcd_error("connecting to etcd", e))?;
-            clients.push((endpoint.clone(), client));
+        let mut making = tokio::task::JoinSet::new();
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let (endpoint, options) = (endpoint.clone(), options.clone());
+            making.spawn(async move {
+                let made = Client::connect([endpoint.as_str()], Some(options)).await;
+                (i, endpoint, made)
+            });
         }
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut made = Vec::new();
+        let mut refused = None;
+        while let Ok(Some(Ok((i, endpoint, result)))) =
+            tokio::time::timeout_at(deadline, making.join_next()).await
+        {
+            match result {
+                Ok(client) => made.push((i, endpoint, client)),
+                Err(e) => {
+                    refused.get_or_insert_with(|| etcd_error("connecting to etcd", e));
+                }
+            }
+        }
+        making.abort_all();
+        if made.is_empty() {
+            return Err(refused.unwrap_or_else(|| timeout_error("connecting to etcd", limit)));
+        }
+        made.sort_by_key(|(i, _, _)| *i);
+        let clients: Vec<(String, Client)> = made.into_iter().map(|(_, e, c)| (e, c)).collect();
         let found = Mutex::new(vec![Found::default(); clients.len()]);
         Ok(Probes {
             prefix: prefix.to_owned(),
