@@ -72,7 +72,7 @@ pub(crate) async fn connect(config: &EtcdConfig) -> Result<(Client, Probes)> {
     let start = tokio::time::Instant::now();
     let probes = Probes::new(&config.endpoints, &options, &config.prefix, limit).await?;
     let answering = probes
-        .answering(limit.saturating_sub(start.elapsed()))
+        .answering(limit.saturating_sub(start.elapsed()), limit)
         .await?;
     // What is left of `dial-timeout` (the endpoints just answered, so this is quick).
     let left = limit

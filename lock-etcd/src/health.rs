@@ -155,8 +155,13 @@ impl Probes {
     /// # Errors
     ///
     /// When none answers: the first error that is not a timeout (wrong credentials, say),
-    /// else a timeout.
-    pub(crate) async fn answering(&self, limit: Duration) -> Result<Vec<String>, Error> {
+    /// else a timeout that names `configured` (the `dial-timeout` the user set; `limit` is
+    /// what is left of it).
+    pub(crate) async fn answering(
+        &self,
+        limit: Duration,
+        configured: Duration,
+    ) -> Result<Vec<String>, Error> {
         let start = Instant::now();
         let mut probes = tokio::task::JoinSet::new();
         for (i, (_, client)) in self.clients.iter().enumerate() {
@@ -186,7 +191,7 @@ impl Probes {
         }
         probes.abort_all();
         if answered.is_empty() {
-            return Err(said.unwrap_or_else(|| timeout_error("reaching the cluster", limit)));
+            return Err(said.unwrap_or_else(|| timeout_error("reaching the cluster", configured)));
         }
         answered.sort_unstable();
         let now = Instant::now();
