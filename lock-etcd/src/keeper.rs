@@ -134,7 +134,7 @@ impl Keeper {
 
     /// An answer to a keep-alive of `lease`. Returns `true` if it said the lease is unknown
     /// (TTL ≤ 0) and nobody is confirming that yet: the caller asks the cluster again
-    /// ([`confirm_gone`]) before it ends the session. etcd before 3.5.3 can answer the first
+    /// ([`lease_alive`]) before it ends the session. etcd before 3.5.3 can answer the first
     /// keep-alive of a lease granted moments ago with TTL 0 (etcd issue 13675), so one such
     /// answer is no evidence; meanwhile the deadline still runs.
     fn ack(&self, lease: i64, ttl: i64) -> bool {
@@ -156,18 +156,21 @@ impl Keeper {
         false
     }
 
-    /// The cluster was asked whether `lease` exists: ends its session if it does not.
-    fn confirmed(&self, lease: i64, alive: bool) {
+    /// The cluster was asked whether `lease` exists: ends its session if it does not. With no
+    /// answer (`None`) the deadline decides.
+    fn confirmed(&self, lease: i64, alive: Option<bool>) {
         if let Some(entry) = self.state().leases.get_mut(&lease) {
             entry.confirming = false;
         }
-        if alive {
+        if alive == Some(true) {
             tracing::debug!(
                 lease = format_args!("{lease:016x}"),
                 "a keep-alive answer said the lease was unknown, but the cluster has it: ignored"
             );
-        } else if let Some(session) = self.forget(lease) {
-            session.end(EndReason::LeaseGone);
+        } else if alive == Some(false) {
+            if let Some(session) = self.forget(lease) {
+                session.end(EndReason::LeaseGone);
+            }
         }
     }
 
@@ -262,7 +265,7 @@ pub(crate) async fn run(
 ) {
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
     // The endpoint the stream is on, the one to avoid when reopening, and whether we are
-    // fleeing a member that stopped answering (then opening is bounded by a third of the TTL).
+    // fleeing a member that stopped answering (then each try to open is short).
     let (mut on, mut avoid, mut fleeing) = (None, None, false);
     let mut retry_at = Instant::now();
     let mut backoff = Duration::from_millis(50);
@@ -369,11 +372,7 @@ pub(crate) async fn run(
                     if keeper.ack(lease, resp.ttl()) {
                         let (keeper, client) = (keeper.clone(), client.clone());
                         tokio::spawn(async move {
-                            if let Some(alive) = confirm_gone(&client, lease, limit).await {
-                                keeper.confirmed(lease, alive);
-                            } else if let Some(entry) = keeper.state().leases.get_mut(&lease) {
-                                entry.confirming = false; // no answer: the deadline decides
-                            }
+                            keeper.confirmed(lease, lease_alive(&client, lease, limit).await);
                         });
                     }
                 }
@@ -415,7 +414,7 @@ async fn open(
         }
         // The client library's word for a first answer with TTL ≤ 0: confirm it first.
         Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => {
-            match confirm_gone(client, lease, limit).await {
+            match lease_alive(client, lease, limit).await {
                 Some(false) => Err(OpenError::Gone),
                 Some(true) | None => Err(OpenError::Failed),
             }
@@ -426,7 +425,11 @@ async fn open(
 
 /// Asks the cluster (its leader answers) whether `lease` still exists: `Some(true)` alive,
 /// `Some(false)` gone (etcd answers TTL -1 for a lease it does not know), `None` no answer.
-async fn confirm_gone(client: &etcd_client::Client, lease: i64, limit: Duration) -> Option<bool> {
+pub(crate) async fn lease_alive(
+    client: &etcd_client::Client,
+    lease: i64,
+    limit: Duration,
+) -> Option<bool> {
     let mut leases = client.lease_client();
     match tokio::time::timeout(limit, leases.time_to_live(lease, None)).await {
         Ok(Ok(resp)) => Some(resp.ttl() > 0),

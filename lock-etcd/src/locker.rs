@@ -169,26 +169,28 @@ impl LockerCore {
     /// a key deleted while its lease lives was deleted by a request; with the lease gone, the
     /// server expired or revoked it.
     fn ask_about_lease(&self, epoch: u64) {
-        let (mut leases, lease, signal, limit) = (
-            self.session.service.client.lease_client(),
+        let (client, lease, signal, limit) = (
+            self.session.service.client.clone(),
             self.session.lease,
             self.signal.clone(),
             self.limit(),
         );
         self.session.service.runtime.spawn(async move {
-            let asked = tokio::time::timeout(limit, leases.time_to_live(lease, None)).await;
-            let answer = match asked {
-                Ok(Ok(resp)) if resp.ttl() > 0 => format!(
-                    "etcd says lease {lease:016x} is alive ({} s left): the key was deleted by a delete request",
-                    resp.ttl()
+            let answer = match crate::keeper::lease_alive(&client, lease, limit).await {
+                Some(true) => format!(
+                    "etcd says lease {lease:016x} is alive: the key was deleted by a delete request"
                 ),
-                Ok(Ok(_)) => format!(
+                Some(false) => format!(
                     "etcd says lease {lease:016x} is gone: it expired or was revoked on the server"
                 ),
-                Ok(Err(e)) => format!("asking etcd about lease {lease:016x} failed: {e}"),
-                Err(_) => format!("etcd did not say within {limit:?} whether lease {lease:016x} lives"),
+                None => {
+                    format!("etcd did not say within {limit:?} whether lease {lease:016x} lives")
+                }
             };
-            tracing::warn!(lease = format_args!("{lease:016x}"), "lost lock's key deleted: {answer}");
+            tracing::warn!(
+                lease = format_args!("{lease:016x}"),
+                "lost lock's key deleted: {answer}"
+            );
             signal.explain(epoch, &answer);
         });
     }
