@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use lock_core::Error;
+use tokio::task::JoinSet;
 
 use crate::error::{etcd_error, timeout_error};
 
@@ -68,7 +69,7 @@ impl Probes {
         prefix: &str,
         limit: Duration,
     ) -> Result<Self, Error> {
-        let mut making = tokio::task::JoinSet::new();
+        let mut making = JoinSet::new();
         for (i, endpoint) in endpoints.iter().enumerate() {
             let (endpoint, options) = (endpoint.clone(), options.clone());
             making.spawn(async move {
@@ -130,14 +131,20 @@ impl Probes {
         (best, self.clients[best].1.clone())
     }
 
-    /// Probes every endpoint at once, each within `limit` (retrying while it says it is
-    /// unavailable): whether each answered, in endpoint order.
-    async fn probe_all(&self, limit: Duration) -> Vec<(String, bool)> {
-        let mut probes = tokio::task::JoinSet::new();
+    /// Starts one probe per endpoint, each within `limit`; each ends with its endpoint's index.
+    fn probe_each(&self, limit: Duration) -> JoinSet<(usize, Result<Duration, Failure>)> {
+        let mut probes = JoinSet::new();
         for (i, (_, client)) in self.clients.iter().enumerate() {
             let (client, prefix) = (client.clone(), self.prefix.clone());
             probes.spawn(async move { (i, probe(client, prefix, limit).await) });
         }
+        probes
+    }
+
+    /// Probes every endpoint at once, each within `limit` (retrying while it says it is
+    /// unavailable): whether each answered, in endpoint order.
+    async fn probe_all(&self, limit: Duration) -> Vec<(String, bool)> {
+        let mut probes = self.probe_each(limit);
         let mut answered = vec![false; self.clients.len()];
         while let Some(Ok((i, result))) = probes.join_next().await {
             answered[i] = result.is_ok();
@@ -163,11 +170,7 @@ impl Probes {
         configured: Duration,
     ) -> Result<Vec<String>, Error> {
         let start = Instant::now();
-        let mut probes = tokio::task::JoinSet::new();
-        for (i, (_, client)) in self.clients.iter().enumerate() {
-            let (client, prefix) = (client.clone(), self.prefix.clone());
-            probes.spawn(async move { (i, probe(client, prefix, limit).await) });
-        }
+        let mut probes = self.probe_each(limit);
         let mut answered = Vec::new();
         let mut said: Option<Error> = None;
         let mut until = start + limit;
