@@ -49,6 +49,25 @@ async fn revoke_from_outside(service: &str) {
     raw.lease_revoke(keys.kvs()[0].lease()).await.unwrap();
 }
 
+/// `lock exec --ttl TTL --kill-after 1s ID -- sh -c SCRIPT`.
+fn exec_script(service: &str, ttl: &str, id: &str, script: &str) -> Command {
+    lock(
+        service,
+        &[
+            "exec",
+            "--ttl",
+            ttl,
+            "--kill-after",
+            "1s",
+            id,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    )
+}
+
 /// Waits (up to 20 s) until the command wrote its pid to `pidfile`, and returns it.
 async fn pid_from(pidfile: &std::path::Path) -> String {
     let start = Instant::now();
@@ -72,24 +91,10 @@ async fn hold(
 ) -> (std::process::Child, String) {
     let pidfile = dir.join("pid");
     let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
-    let child = lock(
-        service,
-        &[
-            "exec",
-            "--ttl",
-            ttl,
-            "--kill-after",
-            "1s",
-            id,
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    )
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let child = exec_script(service, ttl, id, &script)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = pid_from(&pidfile).await;
     (child, pid)
 }
@@ -409,25 +414,11 @@ async fn hold_with_grandchild(
         "trap '' TERM; sleep 313 & echo $! > {}; wait",
         pidfile.display()
     );
-    let child = lock(
-        service,
-        &[
-            "exec",
-            "--ttl",
-            "3s",
-            "--kill-after",
-            "1s",
-            id,
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null()) // a surviving grandchild would keep a pipe open
-    .spawn()
-    .unwrap();
+    let child = exec_script(service, "3s", id, &script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null()) // a surviving grandchild would keep a pipe open
+        .spawn()
+        .unwrap();
     let pid = pid_from(&pidfile).await;
     assert!(alive(&pid));
     (child, pid)
