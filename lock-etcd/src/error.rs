@@ -68,18 +68,19 @@ pub(crate) async fn once<T>(
     }
 }
 
-/// Whether `e` means the request did not reach a working member (connection refused, no
-/// leader during an election) or the cluster asked us to slow down (`too many requests`, its
-/// apply backlog is full), so that sending it again later may succeed.
+/// Whether `e` means the request did not reach a working member (connection refused or
+/// reset, no leader during an election) or the cluster asked us to slow down (`too many
+/// requests`, its apply backlog is full), so that sending it again later may succeed.
 pub(crate) fn is_unavailable(e: &etcd_client::Error) -> bool {
     match e {
-        etcd_client::Error::GRpcStatus(status) => {
+        etcd_client::Error::GRpcStatus(status) => match status.code() {
             // etcd says "too many requests" with ResourceExhausted.
-            matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::ResourceExhausted
-            )
-        }
+            tonic::Code::Unavailable | tonic::Code::ResourceExhausted => true,
+            // Made on our side from a local cause (the connection broke: reset, broken pipe):
+            // the request may not have arrived. A status etcd sent carries no source.
+            tonic::Code::Unknown => std::error::Error::source(status).is_some(),
+            _ => false,
+        },
         etcd_client::Error::TransportError(_) => true,
         _ => false,
     }
@@ -123,5 +124,38 @@ where
             }
             Err(_) => return Err(timeout_error(context, limit)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_unavailable;
+
+    fn status(status: tonic::Status) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(status)
+    }
+
+    #[test]
+    fn a_broken_connection_is_retried_and_a_server_error_is_not() {
+        let reset = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        assert!(is_unavailable(&status(tonic::Status::from_error(
+            Box::new(reset)
+        ))));
+        assert!(is_unavailable(&status(tonic::Status::unavailable(
+            "no leader"
+        ))));
+        assert!(is_unavailable(&status(tonic::Status::resource_exhausted(
+            "too many requests"
+        ))));
+        // The same code, sent by etcd: no local cause, not retried.
+        assert!(!is_unavailable(&status(tonic::Status::unknown(
+            "some server error"
+        ))));
+        assert!(!is_unavailable(&status(tonic::Status::permission_denied(
+            "denied"
+        ))));
+        assert!(!is_unavailable(&status(tonic::Status::invalid_argument(
+            "bad request"
+        ))));
     }
 }

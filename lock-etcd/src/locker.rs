@@ -60,6 +60,52 @@ struct State {
     /// them before it puts the key. They stay listed while anyone waits: a wait that is
     /// dropped (a timed-out `lock()`) must not make the next attempt skip them.
     cleanups: Vec<Arc<AtomicBool>>,
+    /// The put (or try txn) of the current attempt, which runs to its end even if the attempt
+    /// is dropped: the removal of an abandoned attempt waits for its outcome.
+    put: Option<Arc<PutOutcome>>,
+}
+
+/// What a put of our key created: it runs in a task of its own, so that an attempt dropped
+/// while the put is in flight does not leave the removal guessing. Reading the key at once
+/// would miss a put that lands a moment later, and that key would then queue (or hold) for
+/// the session's whole life.
+#[derive(Default)]
+struct PutOutcome {
+    /// `None` while in flight; then the create revision of the incarnation it made or found,
+    /// or `Some(None)` if it made none or its outcome is unknown (the removal then reads).
+    created: Mutex<Option<Option<i64>>>,
+    done: Notify,
+}
+
+impl PutOutcome {
+    fn finish(&self, created: Option<i64>) {
+        let mut slot = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(created);
+        drop(slot);
+        self.done.notify_waiters();
+    }
+
+    async fn created(&self) -> Option<i64> {
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if let Some(created) = *self.created.lock().unwrap_or_else(|e| e.into_inner()) {
+                return created;
+            }
+            done.await;
+        }
+    }
+}
+
+/// Finishes a [`PutOutcome`] as "unknown" if its task ends without an answer (it panicked, or
+/// its runtime shut down).
+struct PutDone(Arc<PutOutcome>);
+
+impl Drop for PutDone {
+    fn drop(&mut self) {
+        self.0.finish(None);
+    }
 }
 
 impl State {
@@ -277,6 +323,33 @@ impl LockerCore {
         ))
     }
 
+    /// Runs `put` (a request that may create our key) to its end in a task of its own, even if
+    /// the attempt awaiting it is dropped, and records what it created (`created` reads that
+    /// from its answer) for the removal of an abandoned attempt.
+    async fn detached<T, Fut>(
+        self: &Arc<Self>,
+        created: fn(&T) -> Option<i64>,
+        put: Fut,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let outcome = Arc::new(PutOutcome::default());
+        self.state().put = Some(outcome.clone());
+        let task = self.session.service.runtime.spawn(async move {
+            let done = PutDone(outcome);
+            let result = put.await;
+            done.0.finish(result.as_ref().ok().and_then(created));
+            result
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(Error::Canceled(format!(
+                "the request taking the lock did not finish: {e}"
+            )))
+        })
+    }
+
     fn put_own_key(&self) -> (String, PutOptions) {
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -335,10 +408,13 @@ impl LockerCore {
         // Where this service already sees contention for the id, a plain put joins the queue;
         // otherwise one txn takes a free lock outright.
         let (mut queue, busy) = self.session.service.hub.join(&self.range);
+        let core = self.clone();
         let rev = if busy {
-            self.enqueue().await?
+            self.detached(|rev| Some(*rev), async move { core.enqueue().await })
+                .await?
         } else {
-            let (rev, free) = self.put_if_free().await?;
+            let put = async move { core.put_if_free().await };
+            let (rev, free) = self.detached(|(rev, _)| Some(*rev), put).await?;
             if free {
                 self.set_rev(rev)?;
                 return self.grant();
@@ -400,7 +476,7 @@ impl LockerCore {
         }
     }
 
-    async fn try_acquire(&self) -> Result<Option<Held>> {
+    async fn try_acquire(self: &Arc<Self>) -> Result<Option<Held>> {
         let (owner, options) = self.put_own_key();
         let txn = Txn::new()
             .when([Compare::create_revision(&*self.range, CompareOp::Equal, 0).with_prefix()])
@@ -409,7 +485,12 @@ impl LockerCore {
                 self.key.as_str(),
                 Some(GetOptions::new().with_keys_only()),
             )]);
-        let resp = self.txn("trying the lock", txn).await?;
+        let core = self.clone();
+        let resp = self
+            .detached(created_by_try, async move {
+                core.txn("trying the lock", txn).await
+            })
+            .await?;
         if !resp.succeeded() {
             if let Some(created) = own_key_created(&resp) {
                 // An earlier send of this txn put our key and its answer was lost: take that
@@ -450,22 +531,35 @@ impl LockerCore {
         if self.session.ended().is_some() {
             return; // the lease is revoked or expiring: the key goes with it
         }
-        let (kv, key, session, limit) = (
+        let (kv, key, session, put) = (
             self.kv(),
             self.key.clone(),
             self.session.clone(),
-            self.limit(),
+            st.put.take().filter(|_| rev == 0),
         );
+        // Short tries at first: every delete is guarded, so one that lands late is harmless,
+        // and a connection that went silent (a partition that healed) costs little. Each try
+        // that times out doubles the next one's time, up to `request-timeout`: a slow network
+        // that works still gets its answer.
+        let (limit, mut per_try) = (self.limit(), self.limit().min(REMOVAL_TRY));
         let done = Arc::new(AtomicBool::new(false));
         let finished = Finished(done.clone(), self.cleaned.clone());
         self.session.service.runtime.spawn(async move {
             let _finished = finished; // however the task ends
             let mut rev = rev;
+            if let Some(put) = put {
+                // The attempt's put may still be in flight: remove what it creates.
+                rev = put.created().await.unwrap_or(0);
+            }
+            let mut pause = Duration::from_millis(50);
             while session.ended().is_none() {
-                match tokio::time::timeout(limit, remove(kv.clone(), &key, &mut rev)).await {
+                match tokio::time::timeout(per_try, remove(kv.clone(), &key, &mut rev)).await {
                     Ok(Ok(_)) => return,
-                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Ok(Err(_)) => {}
+                    Err(_) => per_try = (per_try * 2).min(limit),
                 }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
         });
         st.cleanups.retain(|done| !done.load(SeqCst));
@@ -482,6 +576,9 @@ impl LockerCore {
         Ok(resp.succeeded())
     }
 }
+
+/// How long the first try of a background removal may take before it is sent again.
+const REMOVAL_TRY: Duration = Duration::from_millis(500);
 
 /// Marks a removal finished and wakes whoever waits for it, when the removal task ends.
 struct Finished(Arc<AtomicBool>, Arc<Notify>);
@@ -671,6 +768,14 @@ impl fmt::Debug for EtcdLocker {
             .field("key", &self.core.key)
             .field("phase", &self.core.state().phase)
             .finish()
+    }
+}
+
+/// The create revision of our key after a try txn: the one it put, or the one it found.
+fn created_by_try(resp: &TxnResponse) -> Option<i64> {
+    match resp.succeeded() {
+        true => Some(header_revision(resp)),
+        false => own_key_created(resp),
     }
 }
 

@@ -148,6 +148,12 @@ impl SessionCore {
         }
         let leases = self.service.client.lease_client();
         let lease = self.lease;
+        // From here the lease is ours to revoke, whatever happens to this future: dropped
+        // before etcd confirmed it, the revoke goes on in the background.
+        let mut revoke = RevokeGuard {
+            session: self,
+            done: false,
+        };
         let revoked = self
             .service
             .write("revoking the session's lease", || {
@@ -165,13 +171,24 @@ impl SessionCore {
                 }
             })
             .await;
-        match revoked {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // The lease runs out on its own within the TTL; try once more in the background.
-                self.service.keeper.revoke_later(self.lease);
-                Err(e)
-            }
+        // On an error, the guard tries again in the background (else the lease would run out
+        // on its own within the TTL).
+        revoke.done = revoked.is_ok();
+        revoked
+    }
+}
+
+/// Hands the lease to the keeper to revoke if `close()` did not see etcd revoke it (an error,
+/// or the future dropped while waiting).
+struct RevokeGuard<'a> {
+    session: &'a SessionCore,
+    done: bool,
+}
+
+impl Drop for RevokeGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.session.service.keeper.revoke_later(self.session.lease);
         }
     }
 }
