@@ -18,6 +18,28 @@
 //! session ends it. Ids are any non-empty UTF-8 up to [`MAX_ID_LEN`] bytes.
 //! The conformance suite in `lock-testkit` checks each of these.
 //!
+//! # What is shared
+//!
+//! All of the above holds between any two lockers that share the backend's lock table, and a
+//! backend says which those are:
+//!
+//! - **a distributed backend** (`etcd:`) shares it between every service, in every process, on
+//!   every machine, opened on the same cluster (and key prefix): lockers of two services
+//!   exclude each other, one fencing-token sequence serves them all, waiters of different
+//!   services are served in FIFO order, and a holder's `lost()` fires before anybody else —
+//!   in whatever process — is granted its lock;
+//! - **`local:`** is in-process and each service is its own lock table: two
+//!   `new("local:")` services never exclude each other (share one service, or its sessions,
+//!   to share locks);
+//! - a third-party backend documents its own scope, and declares it to the conformance suite,
+//!   which checks it both ways.
+//!
+//! A session's TTL is a lease on a backend that has them: a session whose owner stops renewing
+//! it (its process is killed or cut off) ends within the TTL, and its locks are free for
+//! others. A backend without leases (`local:`, where nothing can die without its service)
+//! validates the TTL and otherwise ignores it: its sessions end only when closed, dropped, or
+//! their service closed.
+//!
 //! # Writing a backend
 //!
 //! Implement [`Service`], [`Session`] and [`Locker`] — their async methods return

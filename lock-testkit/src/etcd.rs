@@ -66,7 +66,10 @@ fn skip_or_fail(test: &str, var: &str) {
     if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") {
         panic!("{test}: etcd is required ({REQUIRE_VAR}=1) but {var} is not set; run `cargo xtask test`");
     }
-    eprintln!("SKIPPED {test}: no etcd ({var} is not set); `cargo xtask test` provides one");
+    crate::skip(
+        test,
+        &format!("no etcd ({var} is not set); `cargo xtask test` provides one"),
+    );
 }
 
 fn which(name: &str) -> Option<PathBuf> {

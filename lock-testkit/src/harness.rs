@@ -1,7 +1,9 @@
-//! What the conformance functions are given: a way to open the backend under test.
+//! What the conformance functions are given: a way to open the backend under test, and what
+//! the backend declares about itself.
 
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,10 +12,47 @@ use lock_core::{OpenFuture, Service, SessionConfig};
 use crate::Failure;
 
 type Opener = Arc<dyn Fn() -> OpenFuture + Send + Sync>;
+type FaultyOpener = Arc<dyn Fn(Vec<String>) -> OpenFuture + Send + Sync>;
 
-/// How to open the backend under test, and the timings to test it with.
+/// Which lockers see each other's locks: what a backend declares, and the suite checks both
+/// ways (what is declared shared must exclude; what is declared separate must not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Sharing {
+    /// Only the lockers of one service: two services opened from the same connection string
+    /// are independent (`local:`, an in-process backend).
+    Service,
+    /// Every service opened in one OS process, but not other processes.
+    Process,
+    /// Every service in every process that opens the same backend: a distributed lock. The
+    /// default, and what the suite checks with a child process it starts.
+    Processes,
+}
+
+/// How the suite puts a service behind its fault proxies: the addresses to proxy, and how to
+/// open a service that connects through the proxies' URLs instead.
+#[derive(Clone)]
+pub(crate) struct Faults {
+    pub(crate) targets: Vec<SocketAddr>,
+    pub(crate) open: FaultyOpener,
+}
+
+/// How to open the backend under test, what it declares about itself, and the timings to test
+/// it with.
 ///
 /// Every harness draws a random id prefix, so runs against a shared server never collide.
+///
+/// The declarations default to the strictest reading of the contract: shared across
+/// processes, FIFO, leased (a holder that dies loses its lock within the TTL). A backend that
+/// is less says so:
+///
+/// ```
+/// use lock_testkit::{Harness, Sharing};
+///
+/// let harness = Harness::from_uri("local:")
+///     .with_sharing(Sharing::Service) // in-process: each service is its own lock table
+///     .with_leases(false); // nothing can die without its service: the TTL is not enforced
+/// assert_eq!(harness.sharing(), Sharing::Service);
+/// ```
 #[derive(Clone)]
 pub struct Harness {
     label: String,
@@ -21,6 +60,11 @@ pub struct Harness {
     ttl: Duration,
     settle: Duration,
     prefix: String,
+    sharing: Sharing,
+    fifo: bool,
+    leases: bool,
+    faults: Option<Faults>,
+    child: Option<String>,
 }
 
 impl Harness {
@@ -47,7 +91,86 @@ impl Harness {
             ttl: Duration::from_secs(2),
             settle: Duration::from_millis(100),
             prefix: random_prefix(),
+            sharing: Sharing::Processes,
+            fifo: true,
+            leases: true,
+            faults: None,
+            child: None,
         }
+    }
+
+    /// Declares which lockers see each other's locks (default [`Sharing::Processes`]).
+    #[must_use]
+    pub fn with_sharing(mut self, sharing: Sharing) -> Self {
+        self.sharing = sharing;
+        self
+    }
+
+    /// Declares whether waiters are granted in the order they started waiting (default
+    /// `true`, as the contract says; a backend that is not FIFO must say so to its users too).
+    #[must_use]
+    pub fn with_fifo(mut self, fifo: bool) -> Self {
+        self.fifo = fifo;
+        self
+    }
+
+    /// Declares whether sessions are leases the backend enforces (default `true`): a session
+    /// whose owner stops renewing it (killed, partitioned) ends within its TTL, and its locks
+    /// with it. A backend without leases validates the TTL and otherwise ignores it: its
+    /// sessions end only when closed or dropped (or their process exits).
+    #[must_use]
+    pub fn with_leases(mut self, leases: bool) -> Self {
+        self.leases = leases;
+        self
+    }
+
+    /// Lets the suite inject network faults: it starts one [`FaultProxy`](crate::proxy::FaultProxy)
+    /// in front of each of `targets` and opens a service with `open(proxy_urls)` (each URL
+    /// `http://127.0.0.1:<port>`, in the order of `targets`). Without it, the fault checks are
+    /// skipped, visibly.
+    #[must_use]
+    pub fn with_faults<F>(mut self, targets: Vec<SocketAddr>, open: F) -> Self
+    where
+        F: Fn(Vec<String>) -> OpenFuture + Send + Sync + 'static,
+    {
+        self.faults = Some(Faults {
+            targets,
+            open: Arc::new(open),
+        });
+        self
+    }
+
+    /// Names the test that runs the suite's child process (set by
+    /// [`conformance_tests!`](crate::conformance_tests), which defines it). Without it the
+    /// cross-process checks are skipped, visibly.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_child_test(mut self, test: impl Into<String>) -> Self {
+        self.child = Some(test.into());
+        self
+    }
+
+    /// What the backend declared: which lockers share locks.
+    pub fn sharing(&self) -> Sharing {
+        self.sharing
+    }
+
+    /// What the backend declared: FIFO or not.
+    pub fn fifo(&self) -> bool {
+        self.fifo
+    }
+
+    /// What the backend declared: leases enforced or not.
+    pub fn leases(&self) -> bool {
+        self.leases
+    }
+
+    pub(crate) fn faults(&self) -> Option<&Faults> {
+        self.faults.as_ref()
+    }
+
+    pub(crate) fn child_test(&self) -> Option<&str> {
+        self.child.as_deref()
     }
 
     /// Sets the session TTL the suite uses (default 2 s).
@@ -130,6 +253,11 @@ impl fmt::Debug for Harness {
             .field("ttl", &self.ttl)
             .field("settle", &self.settle)
             .field("prefix", &self.prefix)
+            .field("sharing", &self.sharing)
+            .field("fifo", &self.fifo)
+            .field("leases", &self.leases)
+            .field("faults", &self.faults.as_ref().map(|f| &f.targets))
+            .field("child", &self.child)
             .finish()
     }
 }

@@ -8,9 +8,19 @@
 //! ```
 //!
 //! This expands into one `#[test]` per property, each running on its own multi-threaded tokio
-//! runtime. The individual functions live in [`conformance`]; they and their names are **not a
-//! stable API** and grow with the contract.
+//! runtime, plus the entry point of the suite's child process (see [`child`]). The individual
+//! functions live in [`conformance`]; they and their names are **not a stable API** and grow
+//! with the contract. The [`Harness`] declares what the backend is (shared across services or
+//! processes, FIFO, leased, able to go through a fault proxy); the suite checks each
+//! declaration both ways. `docs/CONFORMANCE.md` in the repository is the guide.
+//!
+//! A check that cannot run (no etcd for an etcd harness, no fault proxy, or a declaration that
+//! rules it out) does not pass silently: it prints `SKIPPED <check>: <reason>` on the terminal
+//! (past the test harness's output capture) and appends it to the file named by
+//! [`SKIP_LOG_VAR`] if set; one skipped for want of etcd fails instead under
+//! `LOCK_REQUIRE_ETCD=1`.
 
+pub mod child;
 pub mod conformance;
 pub mod contend;
 pub mod etcd;
@@ -20,7 +30,29 @@ pub mod history;
 pub mod proxy;
 
 pub use failure::{Failure, Outcome};
-pub use harness::Harness;
+pub use harness::{Harness, Sharing};
+
+/// The environment variable naming a file to which every skipped check appends one line, so
+/// that a test runner can count and show them (`cargo xtask test` does).
+pub const SKIP_LOG_VAR: &str = "LOCK_TESTKIT_SKIP_LOG";
+
+/// Reports that `check` was skipped and why, where nobody can miss it: straight to the
+/// process's stderr (the test harness captures only `eprintln!`), and to the skip log.
+/// (A check skipped for want of etcd fails instead under `LOCK_REQUIRE_ETCD=1`: see
+/// [`etcd::shared_endpoints`].)
+pub fn skip(check: &str, reason: &str) {
+    use std::io::Write;
+    let line = format!("SKIPPED {check}: {reason}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    if let Some(path) = std::env::var_os(SKIP_LOG_VAR) {
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        drop(appended);
+    }
+}
 
 /// A random-looking hex string (time, process id and std's random hasher keys), for names that
 /// must not collide between test runs.
@@ -58,6 +90,26 @@ pub mod __private {
         }
     }
 
+    /// The libtest name of the `lock_testkit_child` test defined in module `module_path`.
+    pub fn child_test(module_path: &str) -> String {
+        match module_path.split_once("::") {
+            Some((_crate, rest)) => format!("{rest}::lock_testkit_child"),
+            None => "lock_testkit_child".to_owned(),
+        }
+    }
+
+    /// The harness a generated test runs with, told where its child process is.
+    pub fn harness(harness: Option<crate::Harness>, module_path: &str) -> Option<crate::Harness> {
+        harness.map(|h| h.with_child_test(child_test(module_path)))
+    }
+
+    /// The body of the `lock_testkit_child` test: serves as the child when asked to.
+    pub fn child(harness: impl FnOnce() -> Option<crate::Harness>) {
+        if std::env::var_os(crate::child::CHILD_VAR).is_some() {
+            crate::child::serve(harness());
+        }
+    }
+
     /// Runs one conformance function on a fresh two-thread runtime, panicking with its failure.
     pub fn run<F: std::future::Future<Output = crate::Outcome>>(name: &str, fut: F) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -75,6 +127,11 @@ pub mod __private {
 /// [`Harness`] made by the given expression. The expression may also give an
 /// `Option<Harness>`: `None` skips the tests (see [`etcd::shared_endpoints`], which says so, and
 /// fails instead under `cargo xtask test`).
+///
+/// It also defines `lock_testkit_child`, the entry point of the suite's child process: a test
+/// that does nothing unless the suite started the binary as its child (see [`child`]). The
+/// harness expression is evaluated in the child too, so it must open the same backend there
+/// (read endpoints from the environment, not from the parent's memory).
 ///
 /// ```text
 /// lock_testkit::conformance_tests!(lock_testkit::Harness::from_uri("example-mem:"));
@@ -112,6 +169,22 @@ macro_rules! conformance_tests {
             with_lock_runs_and_unlocks,
             unusual_ids_work,
             invalid_ids_are_rejected,
+            try_lock_never_overtakes_a_queued_waiter,
+            services_share_locks_as_declared,
+            fencing_tokens_increase_across_services,
+            waiters_of_different_services_are_granted_in_fifo_order,
+            lost_fires_before_another_service_is_granted,
+            closing_a_service_lets_another_service_in,
+            processes_share_locks_as_declared,
+            a_killed_process_frees_its_lock,
+            lock_cancelled_at_any_point_leaves_nothing,
+            queued_lock_cancelled_at_any_point_leaves_nothing,
+            try_lock_cancelled_at_any_point_leaves_nothing,
+            unlock_cancelled_at_any_point_releases,
+            close_cancelled_at_any_point_ends_the_session,
+            lock_returns_within_its_timeout_under_a_blackhole,
+            a_partitioned_holder_loses_before_another_is_granted,
+            cancelled_unlock_during_a_blackhole_frees_the_id_once_healed,
         }
     };
 }
@@ -120,11 +193,20 @@ macro_rules! conformance_tests {
 #[macro_export]
 macro_rules! __conformance_test {
     ($harness:expr; $($name:ident),* $(,)?) => {
+        /// Not a check: the entry point of the conformance suite's child process, which does
+        /// nothing unless the suite started this binary as its child.
+        #[test]
+        fn lock_testkit_child() {
+            $crate::__private::child(|| $crate::__private::IntoHarness::into_harness($harness));
+        }
+
         $(
             #[test]
             fn $name() {
-                let Some(harness) = $crate::__private::IntoHarness::into_harness($harness) else {
-                    return; // skipped: the harness expression said why
+                let harness = $crate::__private::IntoHarness::into_harness($harness);
+                let Some(harness) = $crate::__private::harness(harness, module_path!()) else {
+                    $crate::skip(stringify!($name), "the harness is not available (see above)");
+                    return;
                 };
                 $crate::__private::run(stringify!($name), async move {
                     $crate::conformance::$name(&harness).await

@@ -2,14 +2,21 @@
 //! one deliberate bug in the `example-mem` backend and checks that the conformance function
 //! for that property reports a failure (and that the same function passes without the bug).
 
-use example_mem::{Faults, MemService};
+use example_mem::{Bugs, Store};
 use lock_core::Service;
-use lock_testkit::{conformance, Harness, Outcome};
+use lock_local as _; // links `local:` for the declaration check
+use lock_testkit::{conformance, Harness, Outcome, Sharing};
 
-fn harness(faults: Faults) -> Harness {
-    Harness::new("example-mem (faulty)", move || {
-        Box::pin(async move { Ok(Box::new(MemService::new(faults)) as Box<dyn Service>) })
+/// `example-mem` with `bugs`, declared as the correct backend declares itself: every service of
+/// the process shares one lock table; no leases.
+fn harness(bugs: Bugs) -> Harness {
+    let store = Store::new(bugs);
+    Harness::new("example-mem (with bugs)", move || {
+        let service = store.service();
+        Box::pin(async move { Ok(Box::new(service) as Box<dyn Service>) })
     })
+    .with_sharing(Sharing::Process)
+    .with_leases(false)
 }
 
 async fn fails(outcome: Outcome, bug: &str) {
@@ -21,7 +28,7 @@ async fn fails(outcome: Outcome, bug: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_suite_passes_the_correct_backend() {
-    let h = harness(Faults::default());
+    let h = harness(Bugs::default());
     conformance::waiters_are_granted_in_fifo_order(&h)
         .await
         .unwrap();
@@ -35,13 +42,28 @@ async fn the_suite_passes_the_correct_backend() {
     conformance::dropped_lock_future_leaves_nothing(&h)
         .await
         .unwrap();
+    conformance::services_share_locks_as_declared(&h)
+        .await
+        .unwrap();
+    conformance::fencing_tokens_increase_across_services(&h)
+        .await
+        .unwrap();
+    conformance::try_lock_never_overtakes_a_queued_waiter(&h)
+        .await
+        .unwrap();
+    conformance::unlock_cancelled_at_any_point_releases(&h)
+        .await
+        .unwrap();
+    conformance::lock_times_out_after_session_timeout(&h)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlock_that_does_not_wake_waiters_is_caught() {
-    let h = harness(Faults {
+    let h = harness(Bugs {
         no_wake_on_unlock: true,
-        ..Faults::default()
+        ..Bugs::default()
     });
     fails(
         conformance::lost_fires_before_next_holder_is_granted(&h).await,
@@ -52,9 +74,9 @@ async fn unlock_that_does_not_wake_waiters_is_caught() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_that_do_not_increase_are_caught() {
-    let h = harness(Faults {
+    let h = harness(Bugs {
         constant_tokens: true,
-        ..Faults::default()
+        ..Bugs::default()
     });
     fails(
         conformance::fencing_tokens_strictly_increase(&h).await,
@@ -70,9 +92,9 @@ async fn tokens_that_do_not_increase_are_caught() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_signal_that_never_fires_is_caught() {
-    let h = harness(Faults {
+    let h = harness(Bugs {
         no_lost_signal: true,
-        ..Faults::default()
+        ..Bugs::default()
     });
     fails(
         conformance::lost_fires_on_unlock(&h).await,
@@ -93,9 +115,9 @@ async fn a_lost_signal_that_never_fires_is_caught() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_mutual_exclusion_is_caught() {
-    let h = harness(Faults {
+    let h = harness(Bugs {
         no_exclusion: true,
-        ..Faults::default()
+        ..Bugs::default()
     });
     fails(
         conformance::lockers_of_two_sessions_exclude_each_other(&h).await,
@@ -116,13 +138,104 @@ async fn missing_mutual_exclusion_is_caught() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfair_queueing_is_caught() {
-    let h = harness(Faults {
+    let h = harness(Bugs {
         lifo: true,
-        ..Faults::default()
+        ..Bugs::default()
     });
     fails(
         conformance::waiters_are_granted_in_fifo_order(&h).await,
         "LIFO waiters",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_exclusion_across_services_is_caught() {
+    let h = harness(Bugs {
+        separate_services: true,
+        ..Bugs::default()
+    });
+    fails(
+        conformance::services_share_locks_as_declared(&h).await,
+        "no exclusion across services",
+    )
+    .await;
+    fails(
+        conformance::lost_fires_before_another_service_is_granted(&h).await,
+        "no exclusion across services (lost before grant)",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_service_token_counters_are_caught() {
+    let h = harness(Bugs {
+        per_service_tokens: true,
+        ..Bugs::default()
+    });
+    fails(
+        conformance::fencing_tokens_increase_across_services(&h).await,
+        "per-service token counters",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_lock_overtaking_a_waiter_is_caught() {
+    let h = harness(Bugs {
+        try_lock_overtakes: true,
+        ..Bugs::default()
+    });
+    fails(
+        conformance::try_lock_never_overtakes_a_queued_waiter(&h).await,
+        "try_lock overtaking a queued waiter",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_unlock_that_leaves_the_lock_held_is_caught() {
+    let h = harness(Bugs {
+        unlock_not_cancel_safe: true,
+        ..Bugs::default()
+    });
+    fails(
+        conformance::unlock_cancelled_at_any_point_releases(&h).await,
+        "a cancelled unlock leaving the lock held",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_ignoring_its_timeout_is_caught() {
+    let h = harness(Bugs {
+        ignores_timeout: true,
+        ..Bugs::default()
+    });
+    fails(
+        conformance::lock_times_out_after_session_timeout(&h).await,
+        "lock() ignoring its timeout",
+    )
+    .await;
+}
+
+/// A declaration that does not match the backend is caught both ways: `local:` services are
+/// separate, so declaring them shared fails; `example-mem` services share, so declaring them
+/// separate fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dishonest_sharing_declaration_is_caught() {
+    let local = Harness::from_uri("local:")
+        .with_sharing(Sharing::Process)
+        .with_leases(false);
+    fails(
+        conformance::services_share_locks_as_declared(&local).await,
+        "local: declared shared across services",
+    )
+    .await;
+    let mem = harness(Bugs::default()).with_sharing(Sharing::Service);
+    fails(
+        conformance::services_share_locks_as_declared(&mem).await,
+        "example-mem declared separate per service",
     )
     .await;
 }

@@ -86,14 +86,17 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     )?;
     let cluster = Cluster::start(&binaries(&tools), &ClusterSpec::default())?;
     eprintln!("xtask: etcd cluster up: {}", cluster.endpoints());
+    let skips = cluster.dir().join("skipped-checks.txt");
     let result = step(
         "cargo test",
         cargo(&tools.protoc)
             .args(["test", "--workspace", "--all-features"])
             .env(ENDPOINTS_VAR, cluster.endpoints())
             .env(BIN_VAR, bin_dir(&tools))
-            .env(REQUIRE_VAR, "1"),
+            .env(REQUIRE_VAR, "1")
+            .env(lock_testkit::SKIP_LOG_VAR, &skips),
     );
+    report_skips(&skips);
     drop(cluster);
     eprintln!("xtask: etcd cluster stopped");
     result?;
@@ -102,6 +105,22 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     // meet etcd's own early lease revocation (etcd issue 15247, docs/RELIABILITY.md), which
     // would fail CI for a server bug; `cargo xtask torture --load` runs it on demand.
     torture_run(&tools, 40, SHORT_TORTURE_SEED, false)
+}
+
+/// Prints how many checks were skipped and why (each one a line in the skip log): none of them
+/// needs etcd (those fail under `LOCK_REQUIRE_ETCD=1`); they are checks a harness's declarations
+/// rule out, such as fault injection for an in-process backend.
+fn report_skips(log: &std::path::Path) {
+    let lines = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = lines.lines().collect();
+    eprintln!(
+        "xtask: {} conformance checks skipped (ruled out by their backend's declarations){}",
+        lines.len(),
+        if lines.is_empty() { "" } else { ":" }
+    );
+    for line in lines {
+        eprintln!("xtask:   {line}");
+    }
 }
 
 /// The README's first command, as a newcomer runs it: no `protoc` (it points at a path that

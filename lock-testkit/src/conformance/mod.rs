@@ -6,16 +6,22 @@
 //! **not a stable API**; use [`conformance_tests!`](crate::conformance_tests) to get one test
 //! per function.
 
+pub(crate) mod cancel;
 mod errors;
 mod exclusion;
+mod faults;
 mod ids;
 mod lost;
+pub(crate) mod shared;
 mod waiting;
 
+pub use cancel::*;
 pub use errors::*;
 pub use exclusion::*;
+pub use faults::*;
 pub use ids::*;
 pub use lost::*;
+pub use shared::*;
 pub use waiting::*;
 
 use std::time::Duration;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use lock_core::{Error, Session};
 
 use crate::conformance::{expect_err, joined, PATIENCE};
-use crate::{ensure, Harness, Outcome};
+use crate::{ensure, Failure, Harness, Outcome};
 
 /// `lock()` fails with `Timeout` after the session's timeout (not before, not much later), and
 /// leaves no trace: the lock is free once the holder unlocks.
@@ -171,5 +171,50 @@ pub async fn session_close_ends_its_hold_and_its_wait_on_one_id(h: &Harness) -> 
         "the closed session left the id taken"
     );
     service.close().await?;
+    Ok(())
+}
+
+/// `try_lock()` never takes an id a waiter is queued for, not even in the moment of a handover
+/// (the holder has unlocked, the waiter is not yet granted). Checked from another service when
+/// services share locks.
+pub async fn try_lock_never_overtakes_a_queued_waiter(h: &Harness) -> Outcome {
+    let (one, two) = crate::conformance::shared::two_services(h).await?;
+    let id = h.id("try-overtake");
+    let (s1, s2, s3) = (
+        one.new_session(&h.config()).await?,
+        one.new_session(&h.config()).await?,
+        two.new_session(&h.config()).await?,
+    );
+    let (holder, prober) = (s1.new_locker(&id), s3.new_locker(&id));
+    let waiter: Arc<dyn lock_core::Locker> = Arc::from(s2.new_locker(&id));
+    for round in 0..20 {
+        holder.lock().await?;
+        let queued = {
+            let waiter = waiter.clone();
+            tokio::spawn(async move { waiter.lock().await.map(|held| held.fencing_token()) })
+        };
+        tokio::time::sleep(h.settle()).await; // the waiter is queued
+        ensure!(
+            prober.try_lock().await?.is_none(),
+            "round {round}: try_lock took an id that is held and waited for"
+        );
+        holder.unlock().await?;
+        // The handover: the waiter may not have been granted yet. try_lock must still fail.
+        if let Some(taken) = prober.try_lock().await? {
+            return Err(Failure::new(format!(
+                "round {round}: try_lock took the id (token {}) while a waiter was queued for \
+                 it, right after its holder unlocked",
+                taken.fencing_token()
+            )));
+        }
+        joined(h, PATIENCE, "the queued waiter after the handover", queued).await??;
+        ensure!(
+            prober.try_lock().await?.is_none(),
+            "round {round}: try_lock took an id the former waiter holds"
+        );
+        waiter.unlock().await?;
+    }
+    one.close().await?;
+    drop(two);
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! registration of a crate outside the workspace's core.
 
 use example_mem as _; // links the crate, so its `register_service!` is kept
+use lock_testkit::{Harness, Sharing};
 
 #[test]
 fn the_scheme_is_registered_through_the_facade() {
@@ -12,4 +13,8 @@ fn the_scheme_is_registered_through_the_facade() {
     );
 }
 
-lock_testkit::conformance_tests!(lock_testkit::Harness::from_uri("example-mem:"));
+// Every `example-mem:` service of a process shares one lock table; other processes have their
+// own; sessions are not leases.
+lock_testkit::conformance_tests!(Harness::from_uri("example-mem:")
+    .with_sharing(Sharing::Process)
+    .with_leases(false));

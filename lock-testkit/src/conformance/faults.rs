@@ -1,0 +1,261 @@
+//! Network faults, for backends whose harness lets the suite put a service behind
+//! [`FaultProxy`]s ([`Harness::with_faults`]): the service under fault is cut off from the
+//! backend while another service keeps talking to it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lock_core::{Error, Service};
+
+use crate::conformance::cancel::FREED_WITHIN;
+use crate::conformance::{joined, PATIENCE};
+use crate::proxy::{Fault, FaultProxy};
+use crate::{ensure, skip, Failure, Harness, Outcome};
+
+/// How far past its timeout `lock()` may return under a fault.
+pub const TIMEOUT_SLACK: Duration = Duration::from_millis(100);
+
+/// A service that connects through fault proxies, one per backend address.
+struct Faulty {
+    proxies: Vec<FaultProxy>,
+    service: Arc<dyn Service>,
+}
+
+impl Faulty {
+    /// Opens it, or `None` after reporting the skip when the harness has no fault proxies.
+    async fn open(h: &Harness, check: &str) -> Result<Option<Faulty>, Failure> {
+        let Some(faults) = h.faults() else {
+            skip(
+                check,
+                "the harness cannot inject network faults (see `Harness::with_faults`)",
+            );
+            return Ok(None);
+        };
+        let mut proxies = Vec::new();
+        for target in &faults.targets {
+            let proxy = FaultProxy::start(*target)
+                .await
+                .map_err(|e| Failure::new(format!("starting a fault proxy: {e}")))?;
+            proxies.push(proxy);
+        }
+        let urls = proxies.iter().map(FaultProxy::url).collect();
+        let service = (faults.open)(urls).await.map_err(|e| {
+            Failure::new(format!(
+                "opening the {} service through fault proxies failed: {e}",
+                h.label()
+            ))
+        })?;
+        Ok(Some(Faulty {
+            proxies,
+            service: Arc::from(service),
+        }))
+    }
+
+    fn set(&self, fault: Fault) {
+        self.proxies.iter().for_each(|p| p.set(fault));
+    }
+}
+
+/// `lock()` returns within its session's timeout (+ [`TIMEOUT_SLACK`]) when the backend stops
+/// answering, whether the blackhole began before the call or while it waited; once the network
+/// heals, nothing of those attempts is left: the id is free for another party when its holder
+/// unlocks.
+pub async fn lock_returns_within_its_timeout_under_a_blackhole(h: &Harness) -> Outcome {
+    const CHECK: &str = "lock_returns_within_its_timeout_under_a_blackhole";
+    let Some(faulty) = Faulty::open(h, CHECK).await? else {
+        return Ok(());
+    };
+    let healthy = h.service().await?;
+    let id = h.id("blackhole-timeout");
+    let holding = healthy.new_session(&h.config()).await?;
+    let holder = holding.new_locker(&id);
+    let held = holder.lock().await?;
+    let timeout = Duration::from_secs(1);
+    let session = faulty
+        .service
+        .new_session(&h.config().with_timeout(timeout))
+        .await?;
+    for (n, blackhole_after) in [Duration::ZERO, timeout / 2].into_iter().enumerate() {
+        let locker = session.new_locker(&id);
+        let start = Instant::now();
+        let attempt = async {
+            let result = locker.lock().await;
+            (result, start.elapsed())
+        };
+        let fault = async {
+            tokio::time::sleep(blackhole_after).await;
+            faulty.set(Fault::Blackhole);
+        };
+        let (attempted, ()) = tokio::join!(
+            h.within(timeout + PATIENCE, "lock() under a blackhole", attempt),
+            fault
+        );
+        let (result, took) = attempted?;
+        if let Ok(granted) = &result {
+            return Err(Failure::new(format!(
+                "lock() under a blackhole was granted an id another party holds (token {})",
+                granted.fencing_token()
+            )));
+        }
+        ensure!(
+            took <= timeout + TIMEOUT_SLACK,
+            "attempt {n}: lock() with a {timeout:?} timeout returned after {took:?} under a \
+             blackhole starting {blackhole_after:?} into it ({})",
+            result.err().map(|e| e.to_string()).unwrap_or_default()
+        );
+        faulty.set(Fault::None);
+        drop(locker);
+    }
+    ensure!(!held.is_lost(), "the healthy holder lost its lock");
+    holder.unlock().await?;
+    let next = healthy.new_session(&h.config()).await?;
+    let other = next.new_locker(&id);
+    let start = Instant::now();
+    let limit = FREED_WITHIN + h.settle();
+    match tokio::time::timeout(limit, other.lock()).await {
+        Ok(granted) => drop(granted?),
+        Err(_) => {
+            return Err(Failure::new(format!(
+                "after the network healed, the id stayed taken for {:?} after its holder \
+                 unlocked: the timed-out attempts left something behind",
+                start.elapsed()
+            )))
+        }
+    }
+    other.unlock().await?;
+    drop(session);
+    faulty.service.close().await?;
+    healthy.close().await?;
+    Ok(())
+}
+
+/// A holder cut off from the backend sees `lost()` before a party of another service is
+/// granted its lock (leased backends: the waiter gets it once the lease runs out).
+pub async fn a_partitioned_holder_loses_before_another_is_granted(h: &Harness) -> Outcome {
+    const CHECK: &str = "a_partitioned_holder_loses_before_another_is_granted";
+    if !h.leases() {
+        skip(
+            CHECK,
+            "the harness declares no leases: a partitioned holder keeps its lock",
+        );
+        return Ok(());
+    }
+    let Some(faulty) = Faulty::open(h, CHECK).await? else {
+        return Ok(());
+    };
+    let healthy = h.service().await?;
+    let id = h.id("partitioned");
+    let session = faulty.service.new_session(&h.config()).await?;
+    let held = session.new_locker(&id).lock().await?;
+    let lost_at = {
+        let held = held.clone();
+        tokio::spawn(async move {
+            held.lost().await;
+            Instant::now()
+        })
+    };
+    let waiting = healthy.new_session(&h.config()).await?;
+    let waiter = tokio::spawn(async move {
+        let b = waiting.new_locker(&id);
+        let granted = b.lock().await.map(|held| (Instant::now(), held));
+        (granted, b, waiting)
+    });
+    tokio::time::sleep(h.settle()).await;
+    faulty.set(Fault::Blackhole);
+    let (granted, b, _waiting) = joined(
+        h,
+        h.ttl() * 3 + PATIENCE,
+        "the other service's waiter after the holder was partitioned",
+        waiter,
+    )
+    .await?;
+    let (granted_at, next) = granted?;
+    let lost_at = joined(h, PATIENCE, "lost() of the partitioned holder", lost_at).await?;
+    ensure!(
+        lost_at <= granted_at,
+        "another service was granted the lock {:?} before the partitioned holder's lost() fired",
+        lost_at - granted_at
+    );
+    ensure!(
+        next.fencing_token() > held.fencing_token(),
+        "the token {} after a partitioned holder does not follow its {}",
+        next.fencing_token(),
+        held.fencing_token()
+    );
+    b.unlock().await?;
+    faulty.set(Fault::None);
+    drop(session);
+    let _ = h
+        .within(
+            PATIENCE,
+            "closing the healed service",
+            faulty.service.close(),
+        )
+        .await?;
+    healthy.close().await?;
+    Ok(())
+}
+
+/// `unlock()` cancelled while the backend does not answer: its hold is lost at once, and once
+/// the network heals the id is free for another party within [`FREED_WITHIN`] (well before a
+/// lease would run out), and the locker can lock again with a fresh token.
+pub async fn cancelled_unlock_during_a_blackhole_frees_the_id_once_healed(h: &Harness) -> Outcome {
+    const CHECK: &str = "cancelled_unlock_during_a_blackhole_frees_the_id_once_healed";
+    let Some(faulty) = Faulty::open(h, CHECK).await? else {
+        return Ok(());
+    };
+    let healthy = h.service().await?;
+    let id = h.id("blackhole-unlock");
+    let session = faulty.service.new_session(&h.config()).await?;
+    let a = session.new_locker(&id);
+    let held = a.lock().await?;
+    faulty.set(Fault::Blackhole);
+    let cut = Duration::from_millis(300);
+    // An unlock may also complete (having given the removal to the backend's clean-up); it
+    // must not say NotHeld of a held lock.
+    if let Ok(Err(Error::NotHeld)) = tokio::time::timeout(cut, a.unlock()).await {
+        return Err(Failure::new("unlock() of a held lock said NotHeld"));
+    }
+    tokio::time::sleep(cut).await;
+    ensure!(
+        held.is_lost(),
+        "unlock() was called, but the hold is not lost ({cut:?} later)"
+    );
+    faulty.set(Fault::None);
+    let healed = Instant::now();
+    let other_session = healthy.new_session(&h.config()).await?;
+    let b = other_session.new_locker(&id);
+    let limit = FREED_WITHIN + h.settle();
+    let next = match tokio::time::timeout(limit, b.lock()).await {
+        Ok(granted) => granted?,
+        Err(_) => {
+            return Err(Failure::new(format!(
+                "after an unlock cancelled during a blackhole, the id was still taken {:?} \
+                 after the network healed",
+                healed.elapsed()
+            )))
+        }
+    };
+    ensure!(
+        next.fencing_token() > held.fencing_token(),
+        "the token {} after the cancelled unlock does not follow {}",
+        next.fencing_token(),
+        held.fencing_token()
+    );
+    b.unlock().await?;
+    let again = h
+        .within(PATIENCE, "lock() again by the healed locker", a.lock())
+        .await??;
+    ensure!(
+        again.fencing_token() > next.fencing_token(),
+        "the healed locker's token {} does not follow {}",
+        again.fencing_token(),
+        next.fencing_token()
+    );
+    a.unlock().await?;
+    drop(a);
+    session.close().await?;
+    faulty.service.close().await?;
+    healthy.close().await?;
+    Ok(())
+}
