@@ -1,4 +1,4 @@
-#![doc = include_str!("../../README.md")]
+#![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use lock_core::*;
@@ -14,10 +14,9 @@ pub use lock_local as local;
 pub use lock_etcd as etcd;
 
 /// The guide (`docs/GUIDE.md`): choosing TTL and timeout, what `lost()` guarantees, fencing,
-/// writing a backend, etcd with TLS and auth, the command line.
-#[cfg(feature = "etcd")]
-#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
-#[doc = include_str!("../../docs/GUIDE.md")]
+/// writing a backend, etcd with TLS and auth, the command line. (`GUIDE.md` in this crate is a
+/// link to it, so that the packaged crate carries it.)
+#[doc = include_str!("../GUIDE.md")]
 pub mod guide {}
 
 // Reference every enabled backend so the linker keeps its registration (an unreferenced crate

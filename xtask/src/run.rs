@@ -77,6 +77,12 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
                 .args(["doc", "--workspace", "--no-deps", "--all-features"])
                 .env("RUSTDOCFLAGS", "-D warnings"),
         )?;
+        // Every crate meant for crates.io (those without `publish = false`) packages and
+        // builds from its package alone, its workspace dependencies taken from their packages.
+        step(
+            "cargo publish --dry-run",
+            cargo(&tools.protoc).args(["publish", "--dry-run", "--workspace", "--allow-dirty"]),
+        )?;
     }
     first_command_needs_no_protoc()?;
     // Build first, so the cluster does not idle through a long compile.
