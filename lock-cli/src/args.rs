@@ -1,45 +1,48 @@
-//! Command-line parsing (by hand: the grammar is small, and `--` must end option parsing).
+//! Command-line parsing, with `clap` (derive): `lock help exec`, suggestions for typos, shell
+//! completions. Ids and command arguments are `OsString`s end to end: an id must be UTF-8 for
+//! the lock service (a usage error otherwise), a command's arguments need not be.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub(crate) const HELP: &str = "\
-lock — run commands under a distributed lock
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 
-USAGE:
-    lock [-v|-vv] exec [OPTIONS] ID -- COMMAND [ARGS...]
-    lock [-v|-vv] status [OPTIONS] ID
-    lock --help | --version
+use crate::exit;
 
-exec: take lock ID, run COMMAND while holding it, release it when COMMAND exits, and exit
-with COMMAND's status. COMMAND gets the lock's fencing token in LOCK_FENCING_TOKEN (and the
-id in LOCK_ID): pass it along with every write to the resource the lock protects. If the lock
-is lost while COMMAND runs (lease expired, partition, key deleted), COMMAND's process group
-(COMMAND and what it started) gets SIGTERM, then SIGKILL after --kill-after, and lock exits
-with 125; so does Ctrl-C. If lock itself is killed with SIGKILL, or stopped (SIGSTOP, a frozen
-machine), COMMAND keeps running unguarded (the lock frees after the TTL): only the fencing
-token can stop its late writes.
+const ABOUT: &str = "lock — run commands under a distributed lock";
 
-status: show who holds lock ID (lease, fencing token, since when, host and pid) and how many
-wait (etcd backend).
+const EXEC_ABOUT: &str = "\
+Take lock ID, run COMMAND while holding it, release it when COMMAND exits, and exit with
+COMMAND's status.
 
-OPTIONS:
-    --service URI          the lock service, e.g. etcd:http://127.0.0.1:2379 (env LOCK_SERVICE)
-    --ttl DURATION         session TTL: how long the lock survives without keep-alives [10s]
-    --timeout DURATION     exec: give up waiting after DURATION (exit 124)
-    --try                  exec: fail at once if the lock is held (exit 75)
-    --kill-after DURATION  exec: after SIGTERM on loss, SIGKILL after DURATION [10s]
-    --password-file PATH   read the etcd password from PATH (env LOCK_PASSWORD_FILE); the
-                           password may also come from LOCK_PASSWORD; it is never printed
-    -v, --verbose          log to stderr (-vv: more); RUST_LOG works too
-    -h, --help             this text
-    -V, --version          the version
+COMMAND gets the lock's fencing token in LOCK_FENCING_TOKEN (and the id in LOCK_ID): pass it
+along with every write to the resource the lock protects. If the lock is lost while COMMAND
+runs (lease expired, partition, key deleted), COMMAND's process group (COMMAND and what it
+started) gets SIGTERM, then SIGKILL after --kill-after, and lock exits with 125; so does
+Ctrl-C. If lock itself is killed with SIGKILL, or stopped (SIGSTOP, a frozen machine), COMMAND
+keeps running unguarded (the lock frees after the TTL): only the fencing token can stop its
+late writes.
 
+An ID that starts with `-` is given as --id=ID.";
+
+const STATUS_ABOUT: &str = "\
+Show who holds lock ID (lease, fencing token, since when, host and pid) and how many wait
+(etcd backend).";
+
+const AFTER_HELP: &str = "\
 DURATIONS: 500ms, 10s, 2m, 1h 30m.
+
+ENVIRONMENT:
+    LOCK_SERVICE        the lock service, when --service is not given
+    LOCK_PASSWORD_FILE  a file holding the etcd password, when --password-file is not given
+    LOCK_PASSWORD       the etcd password (never printed)
+    RUST_LOG            log filter, as -v
 
 EXIT STATUS (exec):
     COMMAND's status (128+N if it was killed by signal N), or
-    64   usage error (bad option, no service)
+    64   usage error (bad option, no service, unknown scheme, an id that is not UTF-8)
     69   the lock service cannot be reached or refused us
     75   --try: the lock is held by someone else
     124  --timeout: the lock was not granted in time
@@ -49,8 +52,98 @@ EXIT STATUS (exec):
 
 EXAMPLE:
     export LOCK_SERVICE=etcd:http://127.0.0.1:2379
-    lock exec --ttl 10s nightly-report -- ./report.sh --date today
-";
+    lock exec --ttl 10s nightly-report -- ./report.sh --date today";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lock",
+    version,
+    about = ABOUT,
+    after_help = AFTER_HELP,
+    arg_required_else_help = true,
+    propagate_version = true
+)]
+struct Cli {
+    /// Log to stderr (-vv: more); RUST_LOG works too.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Run COMMAND while holding lock ID; kill it if the lock is lost.
+    #[command(long_about = EXEC_ABOUT, after_help = AFTER_HELP)]
+    Exec(ExecArgs),
+    /// Show who holds lock ID and how many wait (etcd backend).
+    #[command(long_about = STATUS_ABOUT, after_help = AFTER_HELP)]
+    Status(StatusArgs),
+    /// Print a completion script for SHELL, e.g. `lock completions bash > /etc/bash_completion.d/lock`.
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// The lock service, e.g. etcd:http://127.0.0.1:2379 (env LOCK_SERVICE).
+    #[arg(long, value_name = "URI")]
+    service: Option<OsString>,
+    /// Session TTL: how long the lock survives without keep-alives.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    ttl: Duration,
+    /// Read the etcd password from PATH (env LOCK_PASSWORD_FILE); the password may also come
+    /// from LOCK_PASSWORD; it is never printed.
+    #[arg(long, value_name = "PATH")]
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Give up waiting after DURATION (exit 124).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    timeout: Option<Duration>,
+    /// Fail at once if the lock is held (exit 75).
+    #[arg(long = "try")]
+    try_only: bool,
+    /// After SIGTERM on loss, SIGKILL after DURATION.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    kill_after: Duration,
+    /// The lock id, for an id that starts with `-` (then every positional word is COMMAND).
+    #[arg(long = "id", value_name = "ID", allow_hyphen_values = true)]
+    id_option: Option<OsString>,
+    /// The lock id (UTF-8).
+    #[arg(value_name = "ID")]
+    id: Option<OsString>,
+    /// The command and its arguments (after `--`, or after ID).
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The lock id, for an id that starts with `-`.
+    #[arg(
+        long = "id",
+        value_name = "ID",
+        allow_hyphen_values = true,
+        conflicts_with = "id"
+    )]
+    id_option: Option<OsString>,
+    /// The lock id (UTF-8).
+    #[arg(value_name = "ID", required_unless_present = "id_option")]
+    id: Option<OsString>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Common {
@@ -62,126 +155,172 @@ pub(crate) struct Common {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Command {
-    Help,
-    Version,
     Exec {
         common: Common,
         id: String,
         timeout: Option<Duration>,
         try_only: bool,
         kill_after: Duration,
-        command: Vec<String>,
+        command: Vec<OsString>,
     },
     Status {
         common: Common,
         id: String,
     },
+    Completions(Shell),
 }
 
-fn duration(flag: &str, value: Option<String>) -> Result<Duration, String> {
-    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
-    match humantime::parse_duration(&value) {
+/// What to print and the exit status, when parsing ends the program (help, version, errors).
+#[derive(Debug)]
+pub(crate) struct Exit {
+    pub(crate) status: u8,
+    /// Printed by `clap` itself (help to stdout, errors to stderr), else `message` on stderr.
+    clap: Option<clap::Error>,
+    message: String,
+}
+
+impl Exit {
+    fn usage(message: impl Into<String>) -> Self {
+        Exit {
+            status: exit::USAGE,
+            clap: None,
+            message: message.into(),
+        }
+    }
+
+    /// Prints what it says, where it belongs.
+    pub(crate) fn print(&self) {
+        match &self.clap {
+            Some(e) => drop(e.print()),
+            None => eprintln!("lock: {}", self.message),
+        }
+    }
+
+    /// The message, for tests.
+    #[cfg(test)]
+    fn text(&self) -> String {
+        match &self.clap {
+            Some(e) => e.render().to_string(),
+            None => self.message.clone(),
+        }
+    }
+}
+
+fn duration(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
         Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err(format!("{flag} must be greater than zero")),
+        Ok(_) => Err("must be greater than zero".to_owned()),
         Err(e) => Err(format!(
-            "{flag}: `{value}` is not a duration like 10s or 500ms ({e})"
+            "`{value}` is not a duration like 10s or 500ms ({e})"
         )),
     }
 }
 
-/// Parses everything after the program name.
-pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut args = args.into_iter().peekable();
-    let mut verbose = 0;
-    let sub = loop {
-        match args.next().as_deref() {
-            None | Some("-h" | "--help" | "help") => return Ok(Command::Help),
-            Some("-V" | "--version") => return Ok(Command::Version),
-            Some("-v" | "--verbose") => verbose += 1,
-            Some("-vv") => verbose += 2,
-            Some(s @ ("exec" | "status")) => break s.to_owned(),
-            Some(other) => return Err(format!("unknown command `{other}`; try `lock --help`")),
-        }
-    };
-    let mut common = Common {
-        service: None,
-        password_file: None,
-        ttl: Duration::from_secs(10),
-        verbose,
-    };
-    let (mut timeout, mut try_only, mut kill_after) = (None, false, Duration::from_secs(10));
-    let mut id = None;
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || inline.clone().or_else(|| args.next());
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-v" | "--verbose" => common.verbose += 1,
-            "-vv" => common.verbose += 2,
-            "--service" => common.service = Some(value().ok_or("--service needs a value")?),
-            "--password-file" => {
-                common.password_file = Some(value().ok_or("--password-file needs a value")?.into())
-            }
-            "--ttl" => common.ttl = duration("--ttl", value())?,
-            "--timeout" if sub == "exec" => timeout = Some(duration("--timeout", value())?),
-            "--kill-after" if sub == "exec" => kill_after = duration("--kill-after", value())?,
-            "--try" if sub == "exec" => try_only = true,
-            "--" if sub == "exec" => break,
-            f if f.starts_with('-') && f.len() > 1 && id.is_none() => {
-                return Err(format!(
-                    "unknown option `{f}` for `lock {sub}`; try `lock --help`"
-                ))
-            }
-            _ if id.is_none() => id = Some(arg),
-            _ if sub == "exec" => {
-                // `lock exec ID COMMAND…` without `--`.
-                let mut command = vec![arg];
-                command.extend(args.by_ref());
-                return exec(common, id, timeout, try_only, kill_after, command);
-            }
-            _ => return Err(format!("unexpected argument `{arg}`; try `lock --help`")),
-        }
-    }
-    match sub.as_str() {
-        "exec" => exec(common, id, timeout, try_only, kill_after, args.collect()),
-        _ => Ok(Command::Status {
-            common,
-            id: id.ok_or("lock status needs a lock ID")?,
-        }),
+/// `what` as UTF-8, or a usage error naming it.
+pub(crate) fn utf8(what: &str, value: OsString) -> Result<String, String> {
+    value
+        .into_string()
+        .map_err(|raw| format!("{what} {raw:?} is not valid UTF-8 (it must be)"))
+}
+
+impl CommonArgs {
+    fn into_common(self, verbose: u8) -> Result<Common, Exit> {
+        let service = self
+            .service
+            .map(|s| utf8("--service", s))
+            .transpose()
+            .map_err(Exit::usage)?;
+        Ok(Common {
+            service,
+            password_file: self.password_file,
+            ttl: self.ttl,
+            verbose,
+        })
     }
 }
 
-fn exec(
-    common: Common,
-    id: Option<String>,
-    timeout: Option<Duration>,
-    try_only: bool,
-    kill_after: Duration,
-    command: Vec<String>,
-) -> Result<Command, String> {
-    let id = id.ok_or("lock exec needs a lock ID and a command: lock exec ID -- COMMAND")?;
-    if command.is_empty() {
-        return Err(format!("lock exec {id}: no command to run after `--`"));
+/// The clap definition, for completions and the help test.
+pub(crate) fn definition() -> clap::Command {
+    Cli::command()
+}
+
+/// Parses the whole command line (program name first).
+pub(crate) fn parse<I, T>(args: I) -> Result<Command, Exit>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(|e| {
+        use clap::error::ErrorKind;
+        let status = match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+            _ => exit::USAGE,
+        };
+        Exit {
+            status,
+            clap: Some(e),
+            message: String::new(),
+        }
+    })?;
+    let verbose = cli.verbose;
+    match cli.command {
+        Sub::Completions { shell } => Ok(Command::Completions(shell)),
+        Sub::Status(args) => {
+            let id = args
+                .id_option
+                .or(args.id)
+                .ok_or_else(|| Exit::usage("lock status needs a lock ID"))?;
+            Ok(Command::Status {
+                common: args.common.into_common(verbose)?,
+                id: utf8("the lock id", id).map_err(Exit::usage)?,
+            })
+        }
+        Sub::Exec(args) => {
+            let mut command = args.command;
+            let id = match args.id_option {
+                Some(id) => {
+                    // With --id, every positional word is the command's.
+                    if let Some(first) = args.id {
+                        command.insert(0, first);
+                    }
+                    Some(id)
+                }
+                None => args.id,
+            };
+            let id = id.ok_or_else(|| {
+                Exit::usage("lock exec needs a lock ID and a command: lock exec ID -- COMMAND")
+            })?;
+            let id = utf8("the lock id", id).map_err(Exit::usage)?;
+            if command.is_empty() {
+                return Err(Exit::usage(format!(
+                    "lock exec {id}: no command to run after `--`"
+                )));
+            }
+            Ok(Command::Exec {
+                common: args.common.into_common(verbose)?,
+                id,
+                timeout: args.timeout,
+                try_only: args.try_only,
+                kill_after: args.kill_after,
+                command,
+            })
+        }
     }
-    Ok(Command::Exec {
-        common,
-        id,
-        timeout,
-        try_only,
-        kill_after,
-        command,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse_str(line: &str) -> Result<Command, String> {
-        parse(line.split_whitespace().map(str::to_owned))
+    fn parse_str(line: &str) -> Result<Command, Exit> {
+        parse(std::iter::once("lock").chain(line.split_whitespace()))
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        definition().debug_assert();
     }
 
     #[test]
@@ -207,6 +346,59 @@ mod tests {
             ["true", "--flag"],
             "options after the command belong to it"
         );
+        let Ok(Command::Exec {
+            id,
+            command,
+            common,
+            ..
+        }) = parse_str("exec -vv --id -odd -- true -x")
+        else {
+            panic!()
+        };
+        assert_eq!((id.as_str(), common.verbose), ("-odd", 2));
+        assert_eq!(command, ["true", "-x"]);
+        let Ok(Command::Status { id, .. }) = parse_str("status --id=-odd") else {
+            panic!()
+        };
+        assert_eq!(id, "-odd");
+    }
+
+    #[test]
+    fn ids_and_arguments_are_os_strings() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = OsString::from_vec(b"bad\xff".to_vec());
+        let args: Vec<OsString> = vec![
+            "lock".into(),
+            "exec".into(),
+            bad.clone(),
+            "--".into(),
+            "true".into(),
+        ];
+        let err = parse(args).unwrap_err();
+        assert_eq!(err.status, exit::USAGE);
+        assert!(err.text().contains("not valid UTF-8"), "{}", err.text());
+        let args: Vec<OsString> = vec![
+            "lock".into(),
+            "exec".into(),
+            "ok".into(),
+            "--".into(),
+            "printf".into(),
+            bad.clone(),
+        ];
+        let Ok(Command::Exec { command, .. }) = parse(args) else {
+            panic!()
+        };
+        assert_eq!(command[1], bad, "a command's argument is passed as it is");
+        let args: Vec<OsString> = vec![
+            "lock".into(),
+            "exec".into(),
+            "--service".into(),
+            bad,
+            "x".into(),
+            "--".into(),
+            "true".into(),
+        ];
+        assert_eq!(parse(args).unwrap_err().status, exit::USAGE);
     }
 
     #[test]
@@ -216,15 +408,41 @@ mod tests {
             ("exec job --", "no command"),
             ("exec --ttl soon job -- x", "not a duration"),
             ("exec --ttl 0s job -- x", "greater than zero"),
-            ("exec --bogus job -- x", "unknown option `--bogus`"),
-            ("status", "needs a lock ID"),
-            ("status --try x", "unknown option `--try`"),
-            ("frobnicate", "unknown command"),
+            ("exec --bogus job -- x", "--bogus"),
+            ("status", "ID"),
+            ("status --try x", "--try"),
+            ("frobnicate", "frobnicate"),
+            ("exce job -- x", "exec"), // a typo: the suggestion names the command
         ] {
             let err = parse_str(line).unwrap_err();
-            assert!(err.contains(says), "{line}: {err}");
+            assert_eq!(err.status, exit::USAGE, "{line}: {}", err.text());
+            assert!(err.text().contains(says), "{line}: {}", err.text());
         }
-        assert_eq!(parse_str("").unwrap(), Command::Help);
-        assert_eq!(parse_str("exec --help").unwrap(), Command::Help);
+        for line in ["", "--help", "exec --help", "help exec", "--version"] {
+            assert_eq!(parse_str(line).unwrap_err().status, 0, "{line}");
+        }
+    }
+
+    #[test]
+    fn help_keeps_what_it_always_said() {
+        let help = definition().render_long_help().to_string();
+        for says in ["EXIT STATUS", "LOCK_SERVICE", "DURATIONS", "EXAMPLE", "125"] {
+            assert!(help.contains(says), "lock --help lacks {says}: {help}");
+        }
+        let mut exec = definition();
+        let exec = exec
+            .find_subcommand_mut("exec")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for says in [
+            "LOCK_FENCING_TOKEN",
+            "SIGSTOP",
+            "--kill-after",
+            "--id",
+            "EXIT STATUS",
+        ] {
+            assert!(exec.contains(says), "lock help exec lacks {says}: {exec}");
+        }
     }
 }

@@ -170,7 +170,7 @@ async fn hold_and_run(
     lease: Option<i64>,
     try_only: bool,
     kill_after: Duration,
-    command: &[String],
+    command: &[std::ffi::OsString],
 ) -> Result<u8, Failure> {
     let held = if try_only {
         match locker.try_lock().await.map_err(|e| lock_error(id, e))? {
@@ -211,7 +211,7 @@ async fn hold_and_run(
             };
             return Err(Failure::new(
                 status,
-                format!("cannot run `{}`: {e}", command[0]),
+                format!("cannot run `{}`: {e}", command[0].to_string_lossy()),
             ));
         }
     };

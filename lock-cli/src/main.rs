@@ -57,11 +57,11 @@ fn init_tracing(verbose: u8) {
 }
 
 fn main() -> ExitCode {
-    let command = match args::parse(std::env::args().skip(1)) {
+    let command = match args::parse(std::env::args_os()) {
         Ok(c) => c,
-        Err(message) => {
-            eprintln!("lock: {message}");
-            return ExitCode::from(exit::USAGE);
+        Err(end) => {
+            end.print();
+            return ExitCode::from(end.status);
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -70,12 +70,13 @@ fn main() -> ExitCode {
         .build()
         .expect("building the tokio runtime");
     let result = match command {
-        Command::Help => {
-            print!("{}", args::HELP);
-            Ok(0)
-        }
-        Command::Version => {
-            println!("lock {}", env!("CARGO_PKG_VERSION"));
+        Command::Completions(shell) => {
+            clap_complete::generate(
+                shell,
+                &mut args::definition(),
+                "lock",
+                &mut std::io::stdout(),
+            );
             Ok(0)
         }
         Command::Exec { ref common, .. } | Command::Status { ref common, .. } => {

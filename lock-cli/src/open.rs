@@ -29,21 +29,29 @@ fn password(common: &Common) -> Result<Option<String>, Failure> {
         })?;
         return Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()));
     }
-    Ok(std::env::var("LOCK_PASSWORD").ok())
+    env("LOCK_PASSWORD")
+}
+
+/// An environment variable, if set; one that is not UTF-8 is a usage error (not "unset").
+fn env(name: &str) -> Result<Option<String>, Failure> {
+    std::env::var_os(name)
+        .map(|value| crate::args::utf8(name, value))
+        .transpose()
+        .map_err(|message| Failure::new(exit::USAGE, message))
 }
 
 pub(crate) async fn open(common: &Common) -> Result<Opened, Failure> {
-    let uri = common
-        .service
-        .clone()
-        .or_else(|| std::env::var("LOCK_SERVICE").ok())
-        .ok_or_else(|| {
-            Failure::new(
-                exit::USAGE,
-                "no lock service: pass --service etcd:http://HOST:2379 or set LOCK_SERVICE \
+    let uri = match &common.service {
+        Some(uri) => Some(uri.clone()),
+        None => env("LOCK_SERVICE")?,
+    };
+    let uri = uri.ok_or_else(|| {
+        Failure::new(
+            exit::USAGE,
+            "no lock service: pass --service etcd:http://HOST:2379 or set LOCK_SERVICE \
                  (an in-process `local:` lock would not exclude other processes)",
-            )
-        })?;
+        )
+    })?;
     let cs = ConnectionString::parse(&uri).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
     if cs.scheme() == "local" {
         tracing::warn!("`local:` locks exist only inside this process: they exclude nobody else");
@@ -76,6 +84,7 @@ pub(crate) async fn open(common: &Common) -> Result<Opened, Failure> {
 pub(crate) fn unavailable(e: lock::Error) -> Failure {
     let status = match e {
         lock::Error::InvalidConnectionString(_)
+        | lock::Error::UnsupportedService { .. }
         | lock::Error::InvalidConfig(_)
         | lock::Error::InvalidId(_) => exit::USAGE,
         _ => exit::UNAVAILABLE,

@@ -468,3 +468,113 @@ async fn nothing_the_command_started_survives_a_loss_or_ctrl_c() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `lock` run with raw (possibly non-UTF-8) arguments and environment, no service needed.
+fn raw(args: &[&[u8]], env: &[(&str, &[u8])]) -> Output {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let mut cmd = Command::new(LOCK);
+    cmd.env_remove("LOCK_SERVICE")
+        .env_remove("LOCK_PASSWORD")
+        .env_remove("RUST_LOG");
+    for (name, value) in env {
+        cmd.env(name, OsStr::from_bytes(value));
+    }
+    cmd.args(args.iter().map(|a| OsStr::from_bytes(a)));
+    cmd.output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Arguments, environment, and what stderr must say.
+type Case = (&'static [&'static [u8]], &'static [Env], &'static str);
+type Env = (&'static str, &'static [u8]);
+
+/// Input the CLI cannot use is a usage error (64) with a message — never a panic (101).
+#[test]
+fn bad_input_is_a_usage_error_not_a_panic() {
+    let cases: [Case; 8] = [
+        (
+            &[b"exec", b"bad\xff", b"--", b"true"],
+            &[("LOCK_SERVICE", b"local:")],
+            "not valid UTF-8",
+        ),
+        (
+            &[b"exec", b"x", b"--", b"true"],
+            &[("LOCK_SERVICE", b"foo:bar")],
+            "unsupported service",
+        ),
+        (
+            &[b"exec", b"x", b"--", b"true"],
+            &[("LOCK_SERVICE", b"etcd:\xff")],
+            "LOCK_SERVICE",
+        ),
+        (
+            &[b"exec", b"--service", b"local:\xff", b"x", b"--", b"true"],
+            &[],
+            "--service",
+        ),
+        (
+            &[b"exec", b"x", b"--", b"true"],
+            &[
+                ("LOCK_SERVICE", b"etcd:http://127.0.0.1:1?username=u"),
+                ("LOCK_PASSWORD", b"pw\xff"),
+            ],
+            "LOCK_PASSWORD",
+        ),
+        (&[b"exec", b"x", b"--", b"true"], &[], "no lock service"),
+        (&[b"exce", b"x", b"--", b"true"], &[], "exec"),
+        (
+            &[b"exec", b"--ttl", b"soon", b"x", b"--", b"true"],
+            &[],
+            "not a duration",
+        ),
+    ];
+    for (args, env, says) in cases {
+        let out = raw(args, env);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("panicked"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+/// `lock help exec`, completions, and the ids and arguments the old parser could not take.
+#[test]
+fn help_completions_odd_ids_and_non_utf8_arguments() {
+    let help = raw(&[b"help", b"exec"], &[]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("LOCK_FENCING_TOKEN") && text.contains("EXIT STATUS"),
+        "{text}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let script = raw(&[b"completions", shell.as_bytes()], &[]);
+        assert_eq!(script.status.code(), Some(0), "{shell}");
+        assert!(
+            String::from_utf8_lossy(&script.stdout).contains("exec"),
+            "{shell}"
+        );
+    }
+    // `local:` needs no server: it shows the id and the command's raw bytes getting through.
+    let out = raw(
+        &[
+            b"exec",
+            b"--id=-odd",
+            b"--",
+            b"sh",
+            b"-c",
+            b"printf %s \"$LOCK_ID\"; printf %s \"$0\"",
+            b"\xff",
+        ],
+        &[("LOCK_SERVICE", b"local:")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"-odd\xff");
+}
