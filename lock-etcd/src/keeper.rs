@@ -146,6 +146,7 @@ impl Keeper {
         let Some(sent_at) = entry.sent.pop_front() else {
             return false;
         };
+        crate::metrics::keepalive_rtt(sent_at.elapsed());
         if ttl <= 0 {
             return !std::mem::replace(&mut entry.confirming, true);
         }
@@ -300,6 +301,7 @@ pub(crate) async fn run(
                 tracing::warn!(
                     "the keep-alive stream's member stopped answering; reopening the stream elsewhere"
                 );
+                crate::metrics::keepalive_failure("member_silent");
                 stream = None;
                 keeper.stream_lost();
                 retry_at = now;
@@ -333,12 +335,14 @@ pub(crate) async fn run(
                             continue;
                         }
                         Err(OpenError::Failed) if fleeing => {
+                            crate::metrics::keepalive_failure("open_failed");
                             avoid = Some(endpoint);
                             retry_at = Instant::now();
                         }
                         Err(OpenError::Failed) => {
                             avoid = Some(endpoint);
                             tracing::warn!(retry_in = ?backoff, "cannot open the keep-alive stream");
+                            crate::metrics::keepalive_failure("open_failed");
                             retry_at = Instant::now() + backoff;
                             backoff = (backoff * 2).min(Duration::from_secs(1));
                         }
@@ -352,6 +356,7 @@ pub(crate) async fn run(
                         sender: sender.sender.clone(),
                     };
                     if one.keep_alive().await.is_err() {
+                        crate::metrics::keepalive_failure("stream_lost");
                         stream = None;
                         keeper.stream_lost();
                         break;
@@ -378,6 +383,7 @@ pub(crate) async fn run(
                 }
                 _ => {
                     tracing::warn!("keep-alive stream lost; reopening");
+                    crate::metrics::keepalive_failure("stream_lost");
                     stream = None;
                     keeper.stream_lost();
                     retry_at = Instant::now() + backoff;

@@ -23,6 +23,7 @@ mod hub;
 mod keeper;
 mod keys;
 mod locker;
+mod metrics;
 mod service;
 mod session;
 

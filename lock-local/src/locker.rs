@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 
-use lock_core::{Error, HasSignal, Held, Locker, OpFuture, PendingOp, Result, Signal};
+use lock_core::{Error, HasSignal, Held, Locker, LossCause, OpFuture, PendingOp, Result, Signal};
 
 use crate::id::IdBuf;
 use crate::session::SessionShared;
@@ -202,7 +202,11 @@ impl Drop for LocalLocker {
         let l = &self.shared;
         // No `lock()` can be pending (it borrows the locker), so an idle locker stays idle.
         if l.state.load(Acquire) != IDLE {
-            let wake = l.session.service.table().evict(l);
+            let wake = l
+                .session
+                .service
+                .table()
+                .evict(l, (LossCause::Unlocked, "the locker was dropped"));
             wake.wake();
         }
     }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lock_core::{Done, Error, HasSignal, Locker, OpFuture, Result, Session, Signal};
+use lock_core::{Done, Error, HasSignal, Locker, LossCause, OpFuture, Result, Session, Signal};
 
 use crate::locker::{LocalLocker, LockerShared};
 use crate::service::ServiceShared;
@@ -78,7 +78,7 @@ impl SessionShared {
                 }
                 let wake = table
                     .get_or_insert_with(|| self.service.table())
-                    .evict(&locker);
+                    .evict(&locker, (LossCause::SessionEnded, "the session ended"));
                 if wake.is_needed() {
                     wakes.push(wake);
                 }

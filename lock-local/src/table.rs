@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::Waker;
 
 use hashbrown::hash_table::{Entry as SlotEntry, HashTable};
+use lock_core::LossCause;
 
 use crate::locker::{this_thread, LockerShared};
 
@@ -118,14 +119,18 @@ impl Table {
     pub(crate) fn release(&mut self, locker: &LockerShared) -> Wake {
         debug_assert!(matches!(locker.state.load(Relaxed), HELD | GRANTED));
         locker.state.store(IDLE, Relaxed);
-        self.release_id(locker)
+        self.release_id(locker, None)
     }
 
-    /// Fires `locker`'s lost signal, then hands its id to the first waiter or removes the
+    /// Fires `locker`'s lost signal (recording `cause`, except on the unlock path: its cause is
+    /// plain and it is the hot path), then hands its id to the first waiter or removes the
     /// entry; the caller sets the locker's state. Returns the new holder, to be woken (only
     /// that one) once the caller has let go of the table mutex.
-    fn release_id(&mut self, locker: &LockerShared) -> Wake {
-        locker.signal.fire();
+    fn release_id(&mut self, locker: &LockerShared, cause: Option<(LossCause, &str)>) -> Wake {
+        match cause {
+            Some((cause, detail)) => drop(locker.signal.fire_because(cause, detail)),
+            None => locker.signal.fire(),
+        }
         let Ok(mut slot) = self.ids.find_entry(locker.hash, same_id(locker)) else {
             unreachable!("a held id has an entry");
         };
@@ -152,14 +157,14 @@ impl Table {
         }
     }
 
-    /// Ends whatever `locker` does: releases its hold, or cancels its wait. Returns who must
-    /// be woken once the table mutex is released.
+    /// Ends whatever `locker` does: releases its hold (ended by `cause`), or cancels its wait.
+    /// Returns who must be woken once the table mutex is released.
     #[must_use = "the returned locker must be woken"]
-    pub(crate) fn evict(&mut self, locker: &Arc<LockerShared>) -> Wake {
+    pub(crate) fn evict(&mut self, locker: &Arc<LockerShared>, cause: (LossCause, &str)) -> Wake {
         match locker.state.load(Relaxed) {
             HELD | GRANTED => {
                 end_hold(locker);
-                self.release_id(locker)
+                self.release_id(locker, Some(cause))
             }
             WAITING => {
                 self.withdraw(locker);
@@ -177,7 +182,10 @@ impl Table {
         let mut wakes = Vec::new();
         for entry in self.ids.drain() {
             end_hold(&entry.holder);
-            entry.holder.signal.fire();
+            entry
+                .holder
+                .signal
+                .fire_because(LossCause::ServiceClosed, "the service was closed");
             for waiter in entry.waiters {
                 waiter.state.store(CANCELED, Release);
                 wakes.push(waiter.wake_later());

@@ -1,0 +1,315 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (feature `metrics`, off by
+//! default; without it nothing here exists and nothing is measured).
+//!
+//! Services opened with [`crate::new`] report to whatever recorder the program installed
+//! (a Prometheus exporter, StatsD, …); with no recorder installed the calls do nothing. Every
+//! metric is labelled `backend` (the connection string's scheme). Lock ids are not labels —
+//! they can be unbounded — unless [`label_ids`] turns them on.
+//!
+//! The metrics, their types and labels are listed in the guide: [`crate::guide`], "Metrics".
+//!
+//! A hold's end and a session's end are observed by a small task each (on the tokio runtime
+//! the grant happened on), so that losses the backend reports — a lease that expired — are
+//! counted as well as unlocks. An `unlock()` through the instrumented locker counts its hold as
+//! `unlocked` at once.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> lock::Result<()> {
+//! // Install a recorder first (here the Prometheus exporter's, rendered as text).
+//! let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+//! let handle = recorder.handle();
+//! metrics::set_global_recorder(recorder).expect("no recorder installed yet");
+//!
+//! let service = lock::new("local:").await?;
+//! let session = service.new_session(&lock::SessionConfig::new(std::time::Duration::from_secs(10))).await?;
+//! let locker = session.new_locker("jobs/report");
+//! locker.lock().await?;
+//! locker.unlock().await?;
+//! tokio::task::yield_now().await; // the hold's end is counted by a task
+//! assert!(handle.render().contains("lock_acquisitions_total{backend=\"local\",op=\"lock\"} 1"));
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ::metrics::{counter, gauge, histogram, Label};
+use lock_core::{
+    Done, Error, Held, Locker, LossCause, OpFuture, Result, Service, Session, SessionConfig,
+};
+
+static LABEL_IDS: AtomicBool = AtomicBool::new(false);
+
+/// Adds the lock id as label `id` to the lock-level metrics from now on (default off: ids can
+/// be unbounded, and every id is a time series of its own).
+pub fn label_ids(on: bool) {
+    LABEL_IDS.store(on, Relaxed);
+}
+
+/// Wraps `service` so that it reports metrics labelled `backend = scheme`. [`crate::new`]
+/// does this; use it for a service opened another way (a backend's own constructor).
+pub fn instrument(scheme: &str, service: Box<dyn Service>) -> Box<dyn Service> {
+    Box::new(MeteredService {
+        inner: service,
+        backend: Arc::from(scheme),
+    })
+}
+
+/// The snake-case label of a loss cause.
+fn reason(cause: Option<LossCause>) -> &'static str {
+    match cause {
+        Some(LossCause::Unlocked) => "unlocked",
+        Some(LossCause::SessionEnded) => "session_ended",
+        Some(LossCause::ServiceClosed) => "service_closed",
+        Some(LossCause::DeadlinePassed) => "deadline_passed",
+        Some(LossCause::SessionGone) => "session_gone",
+        Some(LossCause::Removed) => "removed",
+        _ => "unknown",
+    }
+}
+
+/// Runs `fut` on the current tokio runtime, if there is one (without one, the end of a hold
+/// or session is not observed).
+fn watch(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        drop(runtime.spawn(fut));
+    }
+}
+
+struct MeteredService {
+    inner: Box<dyn Service>,
+    backend: Arc<str>,
+}
+
+impl fmt::Debug for MeteredService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl Service for MeteredService {
+    fn new_session<'a>(
+        &'a self,
+        config: &'a SessionConfig,
+    ) -> OpFuture<'a, Result<Box<dyn Session>>> {
+        OpFuture::boxed(async move {
+            let session = self.inner.new_session(config).await?;
+            let sessions = gauge!("lock_sessions", "backend" => self.backend.to_string());
+            sessions.increment(1.0);
+            let done = session.done();
+            watch(async move {
+                done.await;
+                sessions.decrement(1.0);
+            });
+            Ok(Box::new(MeteredSession {
+                inner: session,
+                backend: self.backend.clone(),
+            }) as Box<dyn Session>)
+        })
+    }
+
+    fn close(&self) -> OpFuture<'_, Result<()>> {
+        self.inner.close()
+    }
+}
+
+struct MeteredSession {
+    inner: Box<dyn Session>,
+    backend: Arc<str>,
+}
+
+impl fmt::Debug for MeteredSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl Session for MeteredSession {
+    fn new_locker(&self, id: &str) -> Box<dyn Locker> {
+        let mut labels = vec![Label::new("backend", self.backend.to_string())];
+        if LABEL_IDS.load(Relaxed) {
+            labels.push(Label::new("id", id.to_owned()));
+        }
+        Box::new(MeteredLocker {
+            inner: self.inner.new_locker(id),
+            labels,
+            hold: Mutex::new(None),
+        })
+    }
+
+    fn done(&self) -> Done {
+        self.inner.done()
+    }
+
+    fn close(&self) -> OpFuture<'_, Result<()>> {
+        self.inner.close()
+    }
+}
+
+struct MeteredLocker {
+    inner: Box<dyn Locker>,
+    labels: Vec<Label>,
+    /// The current hold, counted when it ends.
+    hold: Mutex<Option<Arc<Hold>>>,
+}
+
+impl fmt::Debug for MeteredLocker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+/// One hold, counted once when it ends: by this locker's `unlock()` (`unlocked`, even where the
+/// backend records no cause on its fast path), or else by its watcher with the backend's cause.
+struct Hold {
+    held: Held,
+    since: Instant,
+    labels: Vec<Label>,
+    holds: ::metrics::Gauge,
+    /// Set when `unlock()` takes the hold: its end is counted there.
+    unlocking: AtomicBool,
+    counted: AtomicBool,
+}
+
+impl Hold {
+    fn count(&self, cause: Option<LossCause>) {
+        if self.counted.swap(true, Relaxed) {
+            return;
+        }
+        self.holds.decrement(1.0);
+        let mut labels = self.labels.clone();
+        labels.push(Label::new("reason", reason(cause)));
+        counter!("lock_losses_total", labels.clone()).increment(1);
+        histogram!("lock_hold_seconds", labels).record(self.since.elapsed().as_secs_f64());
+    }
+
+    /// The cause the backend recorded, if any.
+    fn recorded(&self) -> Option<LossCause> {
+        self.held
+            .loss()
+            .map(|l| l.cause())
+            .filter(|c| *c != LossCause::Unknown)
+    }
+}
+
+/// Counts the hold `unlock()` took when the call ends, however it ends (dropped too: an
+/// `unlock()` that was polled has released).
+struct Unlocking(Arc<Hold>, bool);
+
+impl Drop for Unlocking {
+    fn drop(&mut self) {
+        let cause = match self.1 {
+            true => Some(LossCause::Unlocked),
+            false => self.0.recorded(),
+        };
+        self.0.count(cause);
+    }
+}
+
+/// Takes one waiter off the gauge however `lock()` ends (granted, failed or dropped).
+struct Waiting(::metrics::Gauge);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+impl MeteredLocker {
+    fn labels_with(&self, key: &'static str, value: &'static str) -> Vec<Label> {
+        let mut labels = self.labels.clone();
+        labels.push(Label::new(key, value));
+        labels
+    }
+
+    fn hold(&self) -> std::sync::MutexGuard<'_, Option<Arc<Hold>>> {
+        self.hold.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a grant and watches the hold until it ends.
+    fn granted(&self, op: &'static str, held: &Held) {
+        counter!("lock_acquisitions_total", self.labels_with("op", op)).increment(1);
+        let holds = gauge!("lock_holds", self.labels.clone());
+        holds.increment(1.0);
+        let hold = Arc::new(Hold {
+            held: held.clone(),
+            since: Instant::now(),
+            labels: self.labels.clone(),
+            holds,
+            unlocking: AtomicBool::new(false),
+            counted: AtomicBool::new(false),
+        });
+        *self.hold() = Some(hold.clone());
+        watch(async move {
+            hold.held.lost().await;
+            if !hold.unlocking.load(Relaxed) {
+                hold.count(hold.recorded());
+            }
+        });
+    }
+
+    fn failed(&self, op: &'static str, e: &Error) {
+        match e {
+            Error::Timeout(_) => counter!("lock_timeouts_total", self.labels.clone()).increment(1),
+            _ => counter!("lock_errors_total", self.labels_with("op", op)).increment(1),
+        }
+    }
+}
+
+impl Locker for MeteredLocker {
+    fn lock(&self) -> OpFuture<'_, Result<Held>> {
+        OpFuture::boxed(async move {
+            let waiters = gauge!("lock_waiters", self.labels.clone());
+            waiters.increment(1.0);
+            let _waiting = Waiting(waiters);
+            let start = Instant::now();
+            let result = self.inner.lock().await;
+            match &result {
+                Ok(held) => {
+                    histogram!("lock_wait_seconds", self.labels.clone())
+                        .record(start.elapsed().as_secs_f64());
+                    self.granted("lock", held);
+                }
+                Err(e) => self.failed("lock", e),
+            }
+            result
+        })
+    }
+
+    fn try_lock(&self) -> OpFuture<'_, Result<Option<Held>>> {
+        OpFuture::boxed(async move {
+            let result = self.inner.try_lock().await;
+            match &result {
+                Ok(Some(held)) => self.granted("try_lock", held),
+                Ok(None) => counter!("lock_try_lock_busy_total", self.labels.clone()).increment(1),
+                Err(e) => self.failed("try_lock", e),
+            }
+            result
+        })
+    }
+
+    fn unlock(&self) -> OpFuture<'_, Result<()>> {
+        OpFuture::boxed(async move {
+            let taken = self.hold().take().map(|hold| {
+                hold.unlocking.store(true, Relaxed);
+                Unlocking(hold, true)
+            });
+            let result = self.inner.unlock().await;
+            if let Err(e) = &result {
+                self.failed("unlock", e);
+                if let Some(mut taken) = taken {
+                    taken.1 = false; // ended otherwise, before: the backend's cause
+                }
+            }
+            result
+        })
+    }
+
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+}
