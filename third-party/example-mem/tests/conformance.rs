@@ -1,15 +1,16 @@
-//! The full conformance suite against `example-mem:`, opened through `lock::new` — the
-//! registration of a crate outside the workspace's core.
+//! The full conformance suite against `example-mem:`, opened through the global registry
+//! (`lock_core::new`, which `lock::new` is) — the registration of a crate outside the
+//! workspace's core.
 
 use example_mem as _; // links the crate, so its `register_service!` is kept
 use lock_testkit::{Harness, Sharing};
 
 #[test]
-fn the_scheme_is_registered_through_the_facade() {
+fn the_scheme_is_registered_in_the_global_registry() {
     assert!(
-        lock::services().contains(&"example-mem"),
+        lock_core::services().contains(&"example-mem"),
         "{:?}",
-        lock::services()
+        lock_core::services()
     );
 }
 
