@@ -20,9 +20,12 @@ fn main() -> ExitCode {
         Some("bench") => run::bench(&args[1..]),
         Some("etcd") => run::etcd(&args[1..]),
         Some("torture") => run::torture(&args[1..]),
-        Some("provision") => provision::all().map(|tools| {
-            println!("protoc: {}", tools.protoc.display());
-            println!("etcd:   {}", tools.etcd.display());
+        Some("provision") => provision::all().and_then(|tools| {
+            println!("protoc:   {}", tools.protoc.display());
+            println!("etcd:     {}", tools.etcd.display());
+            let (old, _) = provision::release(provision::ETCD_OLD)?;
+            println!("etcd 3.4: {}", old.display());
+            Ok(())
         }),
         _ => Err(USAGE.to_owned()),
     };
@@ -41,7 +44,9 @@ commands:
   test [--quick]        fmt + clippy + rustdoc checks, then every test of the workspace against
                         a fresh 3-node etcd cluster (--quick skips the fmt/clippy/rustdoc checks)
   bench [local|etcd]    run the benchmarks and print their tables (default: all)
-  etcd [--nodes N]      start an etcd cluster (default 3 nodes) and print its connection string
+  etcd [--nodes N] [--old]
+                        start an etcd cluster (default 3 nodes; --old: etcd 3.4) and print its
+                        connection string
   torture [--seconds N] [--seed S] [--load]
                         random faults (members killed/paused, clients partitioned/slowed/cut,
                         whole cluster down) under contention, then the history checker's verdict;

@@ -106,11 +106,44 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     drop(cluster);
     eprintln!("xtask: etcd cluster stopped");
     result?;
+    conformance_on_old_etcd(&tools)?;
     // A short torture run: a fixed seed, so the fault sequence is the same in every run (the
     // seed of the report in docs/RELIABILITY.md). Not loaded: on etcd 3.5.1 a loaded run can
     // meet etcd's own early lease revocation (etcd issue 15247, docs/RELIABILITY.md), which
     // would fail CI for a server bug; `cargo xtask torture --load` runs it on demand.
     torture_run(&tools, 40, SHORT_TORTURE_SEED, false)
+}
+
+/// The conformance suite on the older etcd series the README supports ([`provision::ETCD_OLD`]),
+/// on a 3-node cluster of its own.
+fn conformance_on_old_etcd(tools: &provision::Tools) -> Result<(), String> {
+    let old = provision::ETCD_OLD;
+    let (etcd, etcdctl) = provision::release(old)?;
+    let dir = etcd.parent().map(PathBuf::from).unwrap_or_default();
+    let cluster = Cluster::start(&Binaries { etcd, etcdctl }, &ClusterSpec::default())?;
+    eprintln!(
+        "xtask: etcd {} cluster up: {}",
+        old.series,
+        cluster.endpoints()
+    );
+    let result = step(
+        &format!("cargo test (etcd {}: the conformance suite)", old.series),
+        cargo(&tools.protoc)
+            .args([
+                "test",
+                "-p",
+                "lock-etcd",
+                "--all-features",
+                "--test",
+                "conformance",
+            ])
+            .env(ENDPOINTS_VAR, cluster.endpoints())
+            .env(BIN_VAR, dir)
+            .env(REQUIRE_VAR, "1"),
+    );
+    drop(cluster);
+    eprintln!("xtask: etcd {} cluster stopped", old.series);
+    result
 }
 
 /// Prints how many checks were skipped and why (each one a line in the skip log): none of them
@@ -258,18 +291,31 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask etcd [--nodes N]`.
+/// `cargo xtask etcd [--nodes N] [--old]`.
 pub(crate) fn etcd(args: &[String]) -> Result<(), String> {
-    let nodes = match args {
-        [flag, n] if flag == "--nodes" => n
-            .parse()
-            .map_err(|_| format!("--nodes takes a number, not `{n}`"))?,
-        [] => 3,
-        _ => return Err("usage: cargo xtask etcd [--nodes N]".to_owned()),
+    const USAGE: &str = "usage: cargo xtask etcd [--nodes N] [--old]";
+    let (mut nodes, mut old) = (3, false);
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--nodes" => {
+                let n = args.next().ok_or(USAGE)?;
+                nodes = n
+                    .parse()
+                    .map_err(|_| format!("--nodes takes a number, not `{n}`"))?;
+            }
+            "--old" => old = true,
+            _ => return Err(USAGE.to_owned()),
+        }
+    }
+    let bins = if old {
+        let (etcd, etcdctl) = provision::release(provision::ETCD_OLD)?;
+        Binaries { etcd, etcdctl }
+    } else {
+        binaries(&provision::all()?)
     };
-    let tools = provision::all()?;
     let cluster = Cluster::start(
-        &binaries(&tools),
+        &bins,
         &ClusterSpec {
             nodes,
             ..ClusterSpec::default()
