@@ -165,6 +165,11 @@ impl Harness {
         self.leases
     }
 
+    /// Reports that `check` was skipped for this backend, and why (see [`crate::skip`]).
+    pub fn skip(&self, check: &str, reason: &str) {
+        crate::skip(&format!("{check} ({})", self.label), reason);
+    }
+
     pub(crate) fn faults(&self) -> Option<&Faults> {
         self.faults.as_ref()
     }

@@ -164,7 +164,7 @@ pub async fn ids_are_independent(h: &Harness) -> Outcome {
 /// Waiters are granted in the order they started waiting.
 pub async fn waiters_are_granted_in_fifo_order(h: &Harness) -> Outcome {
     if !h.fifo() {
-        crate::skip(
+        h.skip(
             "waiters_are_granted_in_fifo_order",
             "the harness declares the backend not FIFO",
         );

@@ -10,7 +10,7 @@ use lock_core::{Error, Service};
 use crate::conformance::cancel::FREED_WITHIN;
 use crate::conformance::{joined, PATIENCE};
 use crate::proxy::{Fault, FaultProxy};
-use crate::{ensure, skip, Failure, Harness, Outcome};
+use crate::{ensure, Failure, Harness, Outcome};
 
 /// How far past its timeout `lock()` may return under a fault.
 pub const TIMEOUT_SLACK: Duration = Duration::from_millis(100);
@@ -25,7 +25,7 @@ impl Faulty {
     /// Opens it, or `None` after reporting the skip when the harness has no fault proxies.
     async fn open(h: &Harness, check: &str) -> Result<Option<Faulty>, Failure> {
         let Some(faults) = h.faults() else {
-            skip(
+            h.skip(
                 check,
                 "the harness cannot inject network faults (see `Harness::with_faults`)",
             );
@@ -134,7 +134,7 @@ pub async fn lock_returns_within_its_timeout_under_a_blackhole(h: &Harness) -> O
 pub async fn a_partitioned_holder_loses_before_another_is_granted(h: &Harness) -> Outcome {
     const CHECK: &str = "a_partitioned_holder_loses_before_another_is_granted";
     if !h.leases() {
-        skip(
+        h.skip(
             CHECK,
             "the harness declares no leases: a partitioned holder keeps its lock",
         );

@@ -10,7 +10,7 @@ use lock_core::Service;
 
 use crate::child::Child;
 use crate::conformance::{joined, PATIENCE};
-use crate::{ensure, skip, Failure, Harness, Outcome, Sharing};
+use crate::{ensure, Failure, Harness, Outcome, Sharing};
 
 /// Two services, or the same one twice when the harness declares services separate (so that
 /// checks about "another party" still run, between sessions of one service).
@@ -124,7 +124,7 @@ pub async fn fencing_tokens_increase_across_services(h: &Harness) -> Outcome {
 /// harness declares FIFO).
 pub async fn waiters_of_different_services_are_granted_in_fifo_order(h: &Harness) -> Outcome {
     if !h.fifo() {
-        skip(
+        h.skip(
             "waiters_of_different_services_are_granted_in_fifo_order",
             "the harness declares the backend not FIFO",
         );
@@ -261,7 +261,7 @@ pub async fn closing_a_service_lets_another_service_in(h: &Harness) -> Outcome {
 pub async fn processes_share_locks_as_declared(h: &Harness) -> Outcome {
     const CHECK: &str = "processes_share_locks_as_declared";
     let Some(mut child) = Child::start(h).await? else {
-        skip(
+        h.skip(
             CHECK,
             "no child entry point: run the suite with `conformance_tests!`",
         );
@@ -344,7 +344,7 @@ pub async fn processes_share_locks_as_declared(h: &Harness) -> Outcome {
 pub async fn a_killed_process_frees_its_lock(h: &Harness) -> Outcome {
     const CHECK: &str = "a_killed_process_frees_its_lock";
     if h.sharing() != Sharing::Processes {
-        skip(
+        h.skip(
             CHECK,
             "the harness declares locks not shared across processes: another process's death \
              cannot be seen",
@@ -352,7 +352,7 @@ pub async fn a_killed_process_frees_its_lock(h: &Harness) -> Outcome {
         return Ok(());
     }
     let Some(mut child) = Child::start(h).await? else {
-        skip(
+        h.skip(
             CHECK,
             "no child entry point: run the suite with `conformance_tests!`",
         );
