@@ -73,14 +73,17 @@ pub(crate) async fn once<T>(
 /// requests`, its apply backlog is full), so that sending it again later may succeed.
 pub(crate) fn is_unavailable(e: &etcd_client::Error) -> bool {
     match e {
-        etcd_client::Error::GRpcStatus(status) => match status.code() {
+        etcd_client::Error::GRpcStatus(status) => {
             // etcd says "too many requests" with ResourceExhausted.
-            tonic::Code::Unavailable | tonic::Code::ResourceExhausted => true,
-            // Made on our side from a local cause (the connection broke: reset, broken pipe):
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+            )
+            // Made on our side from a local cause (the connection broke: reset, broken pipe,
+            // closed under a pending request, which tonic reports as Unknown or Cancelled):
             // the request may not have arrived. A status etcd sent carries no source.
-            tonic::Code::Unknown => std::error::Error::source(status).is_some(),
-            _ => false,
-        },
+            || std::error::Error::source(status).is_some()
+        }
         etcd_client::Error::TransportError(_) => true,
         _ => false,
     }
@@ -140,6 +143,13 @@ mod tests {
         let reset = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
         assert!(is_unavailable(&status(tonic::Status::from_error(
             Box::new(reset)
+        ))));
+        let closed = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "closed");
+        let mut canceled = tonic::Status::cancelled("operation was canceled");
+        canceled.set_source(std::sync::Arc::new(closed));
+        assert!(is_unavailable(&status(canceled)));
+        assert!(!is_unavailable(&status(tonic::Status::cancelled(
+            "by the server"
         ))));
         assert!(is_unavailable(&status(tonic::Status::unavailable(
             "no leader"

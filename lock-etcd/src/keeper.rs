@@ -37,6 +37,9 @@ fn interval(ttl: Duration) -> Duration {
     ttl / 6
 }
 
+/// Which keep-alive stream a keep-alive went out on.
+type StreamId = u64;
+
 #[derive(Default)]
 pub(crate) struct Keeper {
     state: Mutex<State>,
@@ -59,8 +62,10 @@ struct Lease {
     ttl: Duration,
     deadline: Arc<Deadline>,
     session: Weak<SessionCore>,
-    /// Send times of unacknowledged keep-alives, oldest first (the server answers in order).
-    sent: VecDeque<Instant>,
+    /// Unacknowledged keep-alives: the stream each went out on and when, oldest first. A
+    /// stream's answers come in the order of its requests, so an answer on stream `s` is for
+    /// the oldest entry of `s` (never another stream's: that one may have been sent later).
+    sent: VecDeque<(StreamId, Instant)>,
     next_send: Instant,
 }
 
@@ -137,13 +142,16 @@ impl Keeper {
     /// ([`lease_alive`]) before it ends the session. etcd before 3.5.3 can answer the first
     /// keep-alive of a lease granted moments ago with TTL 0 (etcd issue 13675), so one such
     /// answer is no evidence; meanwhile the deadline still runs.
-    fn ack(&self, lease: i64, ttl: i64) -> bool {
+    fn ack(&self, stream: StreamId, lease: i64, ttl: i64) -> bool {
         let mut st = self.state();
         st.acked += 1;
         let Some(entry) = st.leases.get_mut(&lease) else {
             return false;
         };
-        let Some(sent_at) = entry.sent.pop_front() else {
+        let Some(at) = entry.sent.iter().position(|(s, _)| *s == stream) else {
+            return false;
+        };
+        let Some((_, sent_at)) = entry.sent.remove(at) else {
             return false;
         };
         crate::metrics::keepalive_rtt(sent_at.elapsed());
@@ -175,8 +183,9 @@ impl Keeper {
         }
     }
 
-    /// The work due before `horizon`: expired sessions, leases to refresh, leases to revoke.
-    fn due(&self, horizon: Instant, can_send: bool) -> Due {
+    /// The work due before `horizon`: expired sessions, leases to refresh (on `stream`, if
+    /// one is open), leases to revoke.
+    fn due(&self, horizon: Instant, stream: Option<StreamId>) -> Due {
         let mut st = self.state();
         let mut due = Due {
             expired: Vec::new(),
@@ -191,11 +200,11 @@ impl Keeper {
                 due.expired.extend(lease.session.upgrade());
                 return false;
             }
-            if lease.next_send <= horizon && can_send {
+            if let Some(stream) = stream.filter(|_| lease.next_send <= horizon) {
                 let now = Instant::now();
                 due.send.push(*id);
                 sent += 1;
-                lease.sent.push_back(now);
+                lease.sent.push_back((stream, now));
                 lease.next_send = now + interval(lease.ttl);
             }
             true
@@ -204,13 +213,13 @@ impl Keeper {
         due
     }
 
-    /// Whether a keep-alive has gone unanswered for longer than `after` (a slow network alone
-    /// can do that: the caller also has evidence that the stream's member stopped answering).
-    fn unanswered(&self, now: Instant, after: Duration) -> bool {
+    /// Whether a keep-alive on `stream` has gone unanswered for longer than `after`.
+    fn unanswered(&self, stream: StreamId, now: Instant, after: Duration) -> bool {
         self.state().leases.values().any(|l| {
             l.sent
-                .front()
-                .is_some_and(|sent| now.saturating_duration_since(*sent) > after)
+                .iter()
+                .find(|(s, _)| *s == stream)
+                .is_some_and(|(_, sent)| now.saturating_duration_since(*sent) > after)
         })
     }
 
@@ -227,18 +236,26 @@ impl Keeper {
             .map(|(id, l)| (*id, l.ttl))
     }
 
-    fn stream_lost(&self) {
+    /// `stream` is closed: its unanswered keep-alives will not be answered.
+    fn stream_lost(&self, stream: StreamId) {
         for lease in self.state().leases.values_mut() {
-            lease.sent.clear();
+            lease.sent.retain(|(s, _)| *s != stream);
         }
     }
 
-    fn sent_for_open(&self, lease: i64, at: Instant) {
+    /// A new stream took over: every lease is refreshed on it at once.
+    fn refresh_all_now(&self, now: Instant) {
+        for lease in self.state().leases.values_mut() {
+            lease.next_send = now;
+        }
+    }
+
+    fn sent_for_open(&self, stream: StreamId, lease: i64, at: Instant) {
         let mut st = self.state();
         st.stream_opens += 1;
         st.sent += 1;
         if let Some(l) = st.leases.get_mut(&lease) {
-            l.sent.push_back(at);
+            l.sent.push_back((stream, at));
             l.next_send = at + interval(l.ttl);
         }
     }
@@ -257,6 +274,22 @@ struct Due {
 /// number.
 const TICK: Duration = Duration::from_millis(50);
 
+/// A keep-alive stream, and the stream id its keep-alives are recorded under.
+struct Stream {
+    id: StreamId,
+    sender: LeaseKeeper,
+    answers: LeaseKeepAliveStream,
+    /// The endpoint it is on.
+    on: usize,
+}
+
+/// A stream being opened beside the current one, which has stopped answering: it replaces the
+/// current one once it answers (a hedge).
+type Hedge = tokio::task::JoinHandle<(StreamId, usize, i64, Opened)>;
+
+/// What opening a stream gave.
+type Opened = Result<(LeaseKeeper, LeaseKeepAliveStream), OpenError>;
+
 /// The keeper task.
 pub(crate) async fn run(
     keeper: Arc<Keeper>,
@@ -264,17 +297,19 @@ pub(crate) async fn run(
     probes: Arc<Probes>,
     limit: Duration,
 ) {
-    let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
-    // The endpoint the stream is on, the one to avoid when reopening, and whether we are
-    // fleeing a member that stopped answering (then each try to open is short).
-    let (mut on, mut avoid, mut fleeing) = (None, None, false);
+    let mut stream: Option<Stream> = None;
+    let mut next_id: StreamId = 0;
+    // The endpoint to avoid when reopening, and whether we are fleeing a member that stopped
+    // answering (then each try to open is short).
+    let (mut avoid, mut fleeing) = (None, false);
     let mut retry_at = Instant::now();
     let mut backoff = Duration::from_millis(50);
     let mut next_tick = Instant::now();
+    let mut hedge: Option<Hedge> = None;
     loop {
         let now = Instant::now();
         if now >= next_tick {
-            let due = keeper.due(now + TICK, stream.is_some());
+            let due = keeper.due(now + TICK, stream.as_ref().map(|s| s.id));
             for session in due.expired {
                 session.end(EndReason::Expired);
             }
@@ -285,6 +320,9 @@ pub(crate) async fn run(
                 });
             }
             if due.stopped {
+                if let Some(hedge) = hedge.take() {
+                    hedge.abort();
+                }
                 return;
             }
             next_tick = if due.any {
@@ -292,20 +330,50 @@ pub(crate) async fn run(
             } else {
                 now + Duration::from_secs(3600)
             };
+            let ttl = keeper.shortest_ttl();
             // A stream on a member that stopped answering (its probe failed while another
             // member's answered) moves once a keep-alive on it goes unanswered for a third of
             // the TTL; a merely slow stream stays.
-            let silent = on.is_some_and(|i| probes.silent(i));
-            let third = keeper.shortest_ttl().map_or(limit, |ttl| ttl / 3);
-            if stream.is_some() && silent && keeper.unanswered(now, third) {
+            let silent = stream.as_ref().is_some_and(|s| probes.silent(s.on));
+            let third = ttl.map_or(limit, |ttl| ttl / 3);
+            if let Some(old) = stream
+                .as_ref()
+                .filter(|s| silent && keeper.unanswered(s.id, now, third))
+            {
                 tracing::warn!(
                     "the keep-alive stream's member stopped answering; reopening the stream elsewhere"
                 );
                 crate::metrics::keepalive_failure("member_silent");
+                keeper.stream_lost(old.id);
+                (avoid, fleeing) = (Some(old.on), true);
                 stream = None;
-                keeper.stream_lost();
                 retry_at = now;
-                (avoid, fleeing) = (on, true);
+            }
+            // A keep-alive unanswered for a sixth of the TTL on a member that still answers
+            // its probes: a follower may hold it, forwarded to a leader that stopped (etcd
+            // serves one stream's keep-alives in order, so everything behind it waits too,
+            // until etcd gives up on the forward). A second stream, opened beside it, gets its
+            // keep-alives through as soon as the cluster has a leader again; whichever answers
+            // first keeps the leases. Each hedge waits at most a sixth of the TTL for its first
+            // answer, so a new one follows while the cluster elects.
+            if let (Some(current), None, Some(ttl)) = (stream.as_ref(), hedge.as_ref(), ttl) {
+                let sixth = ttl / 6;
+                if keeper.unanswered(current.id, now, sixth) {
+                    if let Some((lease, _)) = keeper.any_lease() {
+                        next_id += 1;
+                        let (id, keeper) = (next_id, keeper.clone());
+                        let (endpoint, via) = probes.pick(Some(current.on));
+                        tracing::debug!("a keep-alive waits; opening a second stream beside it");
+                        hedge = Some(tokio::spawn(async move {
+                            (
+                                id,
+                                endpoint,
+                                lease,
+                                open(&via, id, lease, sixth, &keeper).await,
+                            )
+                        }));
+                    }
+                }
             }
             if stream.is_none() && due.any && now >= retry_at {
                 if let Some((lease, _)) = keeper.any_lease() {
@@ -313,18 +381,25 @@ pub(crate) async fn run(
                     // a member elsewhere may have forwarded our keep-alive to the old, silent
                     // leader and hold it there (etcd waits up to its own request timeout), while
                     // a fresh one reaches the new leader as soon as there is one.
-                    let open_limit = match (fleeing, keeper.shortest_ttl()) {
+                    let open_limit = match (fleeing, ttl) {
                         (true, Some(ttl)) => limit.min(ttl / 6),
                         _ => limit,
                     };
                     // On the endpoint that answered the health probes most recently.
                     let (endpoint, via) = probes.pick(avoid);
-                    match open(&via, lease, open_limit, &keeper).await {
-                        Ok(s) => {
+                    next_id += 1;
+                    match open(&via, next_id, lease, open_limit, &keeper).await {
+                        Ok((sender, answers)) => {
                             tracing::debug!("keep-alive stream open");
-                            (on, avoid, fleeing) = (Some(endpoint), None, false);
-                            stream = Some(s);
+                            (avoid, fleeing) = (None, false);
+                            stream = Some(Stream {
+                                id: next_id,
+                                sender,
+                                answers,
+                                on: endpoint,
+                            });
                             backoff = Duration::from_millis(50);
+                            keeper.refresh_all_now(Instant::now());
                             next_tick = Instant::now(); // send what is due on the new stream
                             continue;
                         }
@@ -349,16 +424,16 @@ pub(crate) async fn run(
                     }
                 }
             }
-            if let Some((sender, _)) = &stream {
+            if let Some(current) = &stream {
                 for lease in &due.send {
                     let mut one = LeaseKeeper {
                         id: *lease,
-                        sender: sender.sender.clone(),
+                        sender: current.sender.sender.clone(),
                     };
                     if one.keep_alive().await.is_err() {
                         crate::metrics::keepalive_failure("stream_lost");
+                        keeper.stream_lost(current.id);
                         stream = None;
-                        keeper.stream_lost();
                         break;
                     }
                 }
@@ -366,7 +441,13 @@ pub(crate) async fn run(
         }
         let message = async {
             match stream.as_mut() {
-                Some((_, s)) => s.message().await,
+                Some(s) => s.answers.message().await,
+                None => std::future::pending().await,
+            }
+        };
+        let hedged = async {
+            match hedge.as_mut() {
+                Some(task) => task.await,
                 None => std::future::pending().await,
             }
         };
@@ -374,7 +455,8 @@ pub(crate) async fn run(
             message = message => match message {
                 Ok(Some(resp)) => {
                     let lease = resp.id();
-                    if keeper.ack(lease, resp.ttl()) {
+                    let id = stream.as_ref().map_or(0, |s| s.id);
+                    if keeper.ack(id, lease, resp.ttl()) {
                         let (keeper, client) = (keeper.clone(), client.clone());
                         tokio::spawn(async move {
                             keeper.confirmed(lease, lease_alive(&client, lease, limit).await);
@@ -384,12 +466,38 @@ pub(crate) async fn run(
                 _ => {
                     tracing::warn!("keep-alive stream lost; reopening");
                     crate::metrics::keepalive_failure("stream_lost");
-                    stream = None;
-                    keeper.stream_lost();
+                    if let Some(old) = stream.take() {
+                        keeper.stream_lost(old.id);
+                        avoid = Some(old.on);
+                    }
                     retry_at = Instant::now() + backoff;
-                    avoid = on;
                 }
             },
+            hedged = hedged => {
+                hedge = None;
+                match hedged {
+                    Ok((id, endpoint, _, Ok((sender, answers)))) => {
+                        // It answered while the current stream did not: it takes over.
+                        tracing::warn!("a keep-alive went unanswered; the leases moved to a second stream");
+                        crate::metrics::keepalive_failure("hedged");
+                        if let Some(old) = stream.take() {
+                            keeper.stream_lost(old.id);
+                        }
+                        stream = Some(Stream { id, sender, answers, on: endpoint });
+                        keeper.refresh_all_now(Instant::now());
+                        next_tick = Instant::now();
+                    }
+                    Ok((_, _, lease, Err(OpenError::Gone))) => {
+                        // Confirmed by the leader: the lease is gone.
+                        if let Some(session) = keeper.forget(lease) {
+                            session.end(EndReason::LeaseGone);
+                        }
+                    }
+                    // No answer within its time: the next tick opens another if still needed.
+                    Ok((id, _, _, Err(OpenError::Failed))) => keeper.stream_lost(id),
+                    Err(_) => {}
+                }
+            }
             () = tokio::time::sleep_until(next_tick.into()) => {}
             () = keeper.wake.notified() => next_tick = Instant::now(),
         }
@@ -403,8 +511,11 @@ enum OpenError {
     Failed,
 }
 
+/// Opens a keep-alive stream (id `id`) with a first keep-alive of `lease`, waiting at most
+/// `limit` for its answer.
 async fn open(
     client: &etcd_client::Client,
+    id: StreamId,
     lease: i64,
     limit: Duration,
     keeper: &Keeper,
@@ -414,8 +525,8 @@ async fn open(
     match tokio::time::timeout(limit, leases.keep_alive(lease)).await {
         Ok(Ok(pair)) => {
             // Opening sent one keep-alive and consumed its (positive) answer.
-            keeper.sent_for_open(lease, sent_at);
-            keeper.ack(lease, i64::MAX);
+            keeper.sent_for_open(id, lease, sent_at);
+            keeper.ack(id, lease, i64::MAX);
             Ok(pair)
         }
         // The client library's word for a first answer with TTL ≤ 0: confirm it first.

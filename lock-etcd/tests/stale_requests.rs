@@ -116,7 +116,8 @@ async fn a_late_delete_of_an_earlier_attempt_never_removes_the_key_held_now() {
         .await
         .expect("the waiter is granted after the unlock")
         .unwrap();
-    assert!(granted.unwrap().fencing_token() > second_hold.fencing_token());
+    let granted = granted.expect("the waiter is granted the lock after the unlock");
+    assert!(granted.fencing_token() > second_hold.fencing_token());
     let _ = slow.close().await;
     let _ = direct.close().await;
 }
