@@ -314,10 +314,7 @@ pub(crate) async fn run(
                 session.end(EndReason::Expired);
             }
             for lease in due.revoke {
-                let mut leases = client.lease_client();
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(limit, leases.revoke(lease)).await;
-                });
+                tokio::spawn(revoke(client.lease_client(), lease, limit));
             }
             if due.stopped {
                 if let Some(hedge) = hedge.take() {
@@ -501,6 +498,45 @@ pub(crate) async fn run(
             () = tokio::time::sleep_until(next_tick.into()) => {}
             () = keeper.wake.notified() => next_tick = Instant::now(),
         }
+    }
+}
+
+/// How long an ended session's lease is revoked for before the task gives up.
+const REVOKE_FOR: Duration = Duration::from_secs(60);
+
+/// Revokes the lease of a session that ended on this side (dropped, or its deadline passed),
+/// trying again while the cluster does not answer, until etcd confirms it (or says the lease is
+/// gone) or [`REVOKE_FOR`] has passed. Until it is revoked the lease keeps its keys, and with
+/// them the locks its session held or waited for: after an outage that is a full TTL past the
+/// cluster's return (a new leader extends every lease), so the revoke must land as soon as a
+/// member answers, not once.
+async fn revoke(leases: etcd_client::LeaseClient, lease: i64, limit: Duration) {
+    let give_up = Instant::now() + REVOKE_FOR;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let revoked = crate::error::request("revoking an ended session's lease", limit, || {
+            revoke_once(leases.clone(), lease)
+        })
+        .await;
+        if revoked.is_ok() || Instant::now() + pause >= give_up {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// One revoke of `lease`; a lease already gone (expired, or an earlier try of this revoke
+/// landed) counts as revoked.
+pub(crate) async fn revoke_once(
+    mut leases: etcd_client::LeaseClient,
+    lease: i64,
+) -> Result<(), etcd_client::Error> {
+    match leases.revoke(lease).await {
+        Err(etcd_client::Error::GRpcStatus(status)) if status.code() == tonic::Code::NotFound => {
+            Ok(())
+        }
+        other => other.map(drop),
     }
 }
 

@@ -157,18 +157,7 @@ impl SessionCore {
         let revoked = self
             .service
             .write("revoking the session's lease", || {
-                let mut leases = leases.clone();
-                async move {
-                    match leases.revoke(lease).await {
-                        // Already gone (expired, or an earlier try of this revoke landed).
-                        Err(etcd_client::Error::GRpcStatus(status))
-                            if status.code() == tonic::Code::NotFound =>
-                        {
-                            Ok(())
-                        }
-                        other => other.map(drop),
-                    }
-                }
+                crate::keeper::revoke_once(leases.clone(), lease)
             })
             .await;
         // On an error, the guard tries again in the background (else the lease would run out
