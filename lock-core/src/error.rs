@@ -60,7 +60,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// Wraps a backend's own error, keeping the backend's name.
+    /// Wraps a backend's own error, keeping the backend's name: a failure that trying again
+    /// will not fix (credentials refused, permission denied, a request the server rejects).
+    /// See [`Error::backend_transient`] for the others.
     pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Backend {
             backend,
@@ -68,8 +70,51 @@ impl Error {
         }
     }
 
-    /// Whether retrying the same call later may succeed (transport failures, timeouts).
+    /// Wraps a backend's own error that trying again later may fix: the server could not be
+    /// reached or did not answer in time, a connection broke, the cluster has no leader for a
+    /// moment. [`Error::is_transient`] is `true` for it.
+    pub fn backend_transient(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Backend {
+            backend,
+            source: Box::new(Transient(source.into())),
+        }
+    }
+
+    /// Whether retrying the same call later may succeed: a [`Timeout`](Error::Timeout), or a
+    /// backend failure its backend marked transient ([`Error::backend_transient`]: the server
+    /// unreachable or slow, a broken connection). `false` for everything else, including
+    /// backend failures such as refused credentials, which retrying repeats.
+    ///
+    /// ```
+    /// use lock_core::Error;
+    ///
+    /// let unreachable = Error::backend_transient("etcd", "no answer within 5s");
+    /// let refused = Error::backend("etcd", "authentication failed");
+    /// assert!(unreachable.is_transient());
+    /// assert!(!refused.is_transient());
+    /// assert_eq!(unreachable.to_string(), "etcd backend: no answer within 5s");
+    /// ```
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Backend { .. } | Error::Timeout(_))
+        match self {
+            Error::Timeout(_) => true,
+            Error::Backend { source, .. } => source.is::<Transient>(),
+            _ => false,
+        }
+    }
+}
+
+/// A backend error that trying again may fix; shows as the error it wraps.
+#[derive(Debug)]
+struct Transient(BoxError);
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Transient {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }

@@ -36,17 +36,18 @@ pub(crate) fn etcd_error(context: &'static str, e: etcd_client::Error) -> Error 
     } else {
         ""
     };
-    Error::backend(
-        crate::SERVICE_ETCD,
-        EtcdError {
-            context,
-            message: format!("{text}{hint}"),
-        },
-    )
+    let error = EtcdError {
+        context,
+        message: format!("{text}{hint}"),
+    };
+    match is_unavailable(&e) {
+        true => Error::backend_transient(crate::SERVICE_ETCD, error),
+        false => Error::backend(crate::SERVICE_ETCD, error),
+    }
 }
 
 pub(crate) fn timeout_error(context: &'static str, after: Duration) -> Error {
-    Error::backend(
+    Error::backend_transient(
         crate::SERVICE_ETCD,
         EtcdError {
             context,
@@ -157,6 +158,12 @@ mod tests {
         assert!(is_unavailable(&status(tonic::Status::resource_exhausted(
             "too many requests"
         ))));
+        assert!(
+            super::etcd_error("x", status(tonic::Status::unavailable("no leader"))).is_transient()
+        );
+        assert!(super::timeout_error("x", std::time::Duration::from_secs(1)).is_transient());
+        let denied = status(tonic::Status::permission_denied("permission denied"));
+        assert!(!super::etcd_error("x", denied).is_transient());
         // The same code, sent by etcd: no local cause, not retried.
         assert!(!is_unavailable(&status(tonic::Status::unknown(
             "some server error"

@@ -87,8 +87,9 @@ enum Load {
     Loading { buffer: Vec<Change> },
     /// Mirrors etcd: the snapshot was read at `since`; later changes are applied.
     Ready { since: i64 },
-    /// The snapshot read failed: waiters report this and the next one reads again.
-    Failed(String),
+    /// The snapshot read failed (why, and whether trying again may help): waiters report this
+    /// and the next one reads again.
+    Failed(String, bool),
 }
 
 enum Change {
@@ -171,7 +172,7 @@ impl Queue {
         match &mut self.load {
             Load::Loading { buffer, .. } => buffer.push(change),
             Load::Ready { since } if change.revision() > *since => self.apply(change),
-            Load::Ready { .. } | Load::Idle | Load::Failed(_) => {}
+            Load::Ready { .. } | Load::Idle | Load::Failed(..) => {}
         }
     }
 
@@ -253,7 +254,7 @@ impl QueueUse {
         };
         queue.waiters.insert(key.to_owned(), (rev, wake));
         self.waiting = Some(key.to_owned());
-        if matches!(queue.load, Load::Idle | Load::Failed(_)) {
+        if matches!(queue.load, Load::Idle | Load::Failed(..)) {
             st.generation += 1;
             let generation = st.generation;
             queue.reload(generation);
@@ -278,7 +279,11 @@ impl QueueUse {
                 .first_key_value()
                 .is_some_and(|(&created, first)| created == rev && first == key)),
             Load::Loading { .. } | Load::Idle => Ok(false),
-            Load::Failed(reason) => Err(lock_core::Error::backend(
+            Load::Failed(reason, true) => Err(lock_core::Error::backend_transient(
+                crate::SERVICE_ETCD,
+                reason.clone(),
+            )),
+            Load::Failed(reason, false) => Err(lock_core::Error::backend(
                 crate::SERVICE_ETCD,
                 reason.clone(),
             )),
@@ -341,7 +346,7 @@ impl Hub {
             || match &queue.load {
                 Load::Idle => false,
                 Load::Ready { .. } => !queue.by_rev.is_empty(),
-                Load::Loading { .. } | Load::Failed(_) => true,
+                Load::Loading { .. } | Load::Failed(..) => true,
             };
         queue.users += 1;
         drop(st);
@@ -399,7 +404,7 @@ impl Hub {
                 // `e` says "etcd backend: <what we did>: <why>"; the error made from this
                 // adds the backend's name again, so keep only what is underneath.
                 let reason = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
-                queue.load = Load::Failed(reason);
+                queue.load = Load::Failed(reason, e.is_transient());
                 queue.waiters.values().map(|(_, w)| w.clone()).collect()
             }
         };
@@ -610,7 +615,7 @@ async fn open(
                 resp.cancel_reason()
             ),
         )),
-        None => Err(lock_core::Error::backend(
+        None => Err(lock_core::Error::backend_transient(
             crate::SERVICE_ETCD,
             "etcd closed the watch on the lock prefix",
         )),

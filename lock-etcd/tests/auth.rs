@@ -67,6 +67,10 @@ async fn authentication_and_permissions() {
     let text = err.to_string();
     assert!(matches!(err, Error::Backend { .. }), "{err:?}");
     assert!(
+        !err.is_transient(),
+        "refused credentials are not transient: {err:?}"
+    );
+    assert!(
         text.contains("authentication failed") && text.contains("username and password"),
         "{text}"
     );
@@ -83,6 +87,10 @@ async fn authentication_and_permissions() {
     assert!(
         text.contains("permission denied") && text.contains("lock prefix"),
         "{text}"
+    );
+    assert!(
+        !err.is_transient(),
+        "a denied permission is not transient: {err:?}"
     );
     assert!(!text.contains("nobody-secret-88"), "{text}");
 
