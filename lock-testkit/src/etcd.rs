@@ -8,6 +8,8 @@
 //! - `LOCK_ETCD_BIN`: directory holding `etcd` and `etcdctl` (else they are looked up on `PATH`);
 //! - `LOCK_ETCD_ENDPOINTS`: comma-separated client URLs of the shared cluster;
 //! - `LOCK_REQUIRE_ETCD=1`: tests needing etcd fail instead of skipping when it is missing.
+//! - `LOCK_ETCD_LOG_LEVEL`: the members' `--log-level` (default `error`);
+//! - `LOCK_ETCD_KEEP_LOG=FILE`: copy the members' log to `FILE` when a cluster stops.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -22,6 +24,10 @@ pub const ENDPOINTS_VAR: &str = "LOCK_ETCD_ENDPOINTS";
 pub const BIN_VAR: &str = "LOCK_ETCD_BIN";
 /// The env var that turns "no etcd" from a skip into a failure.
 pub const REQUIRE_VAR: &str = "LOCK_REQUIRE_ETCD";
+/// The env var setting the members' `--log-level` (default `error`).
+pub const LOG_LEVEL_VAR: &str = "LOCK_ETCD_LOG_LEVEL";
+/// The env var naming a file the members' log is copied to when a cluster stops.
+pub const KEEP_LOG_VAR: &str = "LOCK_ETCD_KEEP_LOG";
 
 /// The endpoints of the shared cluster, or `None` (after printing that the test is skipped)
 /// when there is none and it is not required.
@@ -224,7 +230,10 @@ impl Cluster {
                 format!("--initial-cluster={}", initial.join(",")),
                 "--initial-cluster-state=new".to_owned(),
                 format!("--initial-cluster-token=lock-{token}"),
-                "--log-level=error".to_owned(),
+                format!(
+                    "--log-level={}",
+                    std::env::var(LOG_LEVEL_VAR).unwrap_or_else(|_| "error".to_owned())
+                ),
             ];
             if let Some(tls) = &spec.tls {
                 args.push(format!("--cert-file={}", tls.cert_file.display()));
@@ -496,7 +505,14 @@ impl Drop for Cluster {
         for i in 0..self.members.len() {
             self.kill(i);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        match std::env::var_os(KEEP_LOG_VAR) {
+            Some(to) => {
+                // Kept for a post-mortem: the members' log (the data dirs go).
+                let _ = std::fs::copy(&self.log, &to);
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+            None => drop(std::fs::remove_dir_all(&self.dir)),
+        }
     }
 }
 

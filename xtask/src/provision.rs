@@ -6,9 +6,10 @@
 //! checked against the index's SHA-256, and unpacked under `target/tools/` (a `.deb` is an `ar`
 //! archive holding a tarball; `python3`'s standard library reads both).
 //!
-//! Two etcd series are tested: 3.5 (Debian trixie: 3.5.16, which has the fix for etcd's early
-//! lease revocation, etcd issue 15247, fixed in 3.5.11) runs every test; 3.4 (Debian bookworm:
-//! 3.4.23) runs the conformance suite.
+//! Two etcd series are tested: 3.5 (Debian forky, "testing": 3.5.30) runs every test; 3.4
+//! (Debian bookworm: 3.4.23) runs the conformance suite. Not trixie's 3.5.16: it has the fix for
+//! etcd's early lease revocation (issue 15247, 3.5.11) but still revokes every lease when its
+//! leader resumes from a stop longer than the TTL (docs/RELIABILITY.md); 3.5.30 does not.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,7 +28,7 @@ pub(crate) struct EtcdRelease {
 /// The etcd every test runs on.
 pub(crate) const ETCD: EtcdRelease = EtcdRelease {
     series: "3.5",
-    debian: "trixie",
+    debian: "forky",
 };
 
 /// The older series the conformance suite also runs on (the README supports etcd ≥ 3.4).
@@ -73,9 +74,13 @@ pub(crate) fn etcd() -> Result<(PathBuf, PathBuf), String> {
     release(ETCD)
 }
 
-/// `etcd` and `etcdctl` of `release` under `target/tools/etcd-<series>/`, installed if needed.
+/// `etcd` and `etcdctl` of `release` under `target/tools/etcd-<series>-<debian>/`, installed if
+/// needed.
 pub(crate) fn release(release: EtcdRelease) -> Result<(PathBuf, PathBuf), String> {
-    let dir = workspace_root().join(format!("target/tools/etcd-{}", release.series));
+    let dir = workspace_root().join(format!(
+        "target/tools/etcd-{}-{}",
+        release.series, release.debian
+    ));
     if !dir.join("etcd").exists() || !dir.join("etcdctl").exists() {
         install(release, &dir)?;
     }
@@ -156,6 +161,19 @@ fn install(release: EtcdRelease, dir: &Path) -> Result<(), String> {
             release.series,
             release.debian,
             String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let installed = String::from_utf8_lossy(&output.stdout);
+    let version = installed
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd-server "))
+        .unwrap_or("?");
+    if !version.starts_with(&format!("{}.", release.series)) {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(format!(
+            "Debian {} now packages etcd {version}, not {}: choose another Debian release in \
+             xtask/src/provision.rs, or set LOCK_ETCD_BIN",
+            release.debian, release.series
         ));
     }
     let _ = std::fs::remove_dir_all(dir);
