@@ -11,26 +11,17 @@
 //! Each session's id is its own, so a hold can only end by this program's unlock: any loss
 //! before it is a false one. Exits non-zero if there was any.
 
+#[path = "common/args.rs"]
+mod args;
+
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lock_core::{Service, SessionConfig};
+
+use args::{arg, number};
 use lock_etcd::{EtcdConfig, EtcdService};
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn number(name: &str, default: u64) -> u64 {
-    arg(name).map_or(default, |v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name} takes a number, not `{v}`"))
-    })
-}
 
 #[derive(Default)]
 struct Counts {

@@ -12,24 +12,18 @@
 //! run's burners do. Prints, per round, whether every keep-alive was answered and whether the
 //! lease survived; exits non-zero if a lease that was kept alive was revoked.
 
+#[path = "common/args.rs"]
+mod args;
+
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
+
+use args::number;
 use lock_testkit::etcd::{binaries, Cluster, ClusterSpec};
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn number(name: &str, default: u64) -> u64 {
-    arg(name).map_or(default, |v| v.parse().expect("a number"))
-}
 
 /// CPU and disk burners until `stop`.
 fn burn(stop: Arc<AtomicBool>) {
@@ -78,7 +72,9 @@ async fn main() {
             .map(|i| urls[i].clone())
             .collect();
         let options = ConnectOptions::new().with_timeout(Duration::from_secs(1));
-        let client = Client::connect(others.clone(), Some(options)).await.expect("connect");
+        let client = Client::connect(others.clone(), Some(options))
+            .await
+            .expect("connect");
         let lease = client
             .lease_client()
             .grant(ttl, None)
@@ -90,8 +86,12 @@ async fn main() {
         let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let keeping = Arc::new(AtomicBool::new(true));
         let keeper = {
-            let (client, answered, failed, keeping) =
-                (client.clone(), answered.clone(), failed.clone(), keeping.clone());
+            let (client, answered, failed, keeping) = (
+                client.clone(),
+                answered.clone(),
+                failed.clone(),
+                keeping.clone(),
+            );
             tokio::spawn(async move {
                 let mut last_ok = Instant::now();
                 let mut longest_gap = Duration::ZERO;

@@ -11,6 +11,9 @@
 //!
 //! `cargo xtask torture --load` runs CPU, memory and disk burners beside it (see xtask).
 
+#[path = "common/args.rs"]
+mod args;
+
 #[path = "../tests/common/fenced.rs"]
 mod fenced;
 
@@ -25,6 +28,8 @@ use lock_testkit::contend::{Contender, Fenced};
 use lock_testkit::etcd::{binaries, Cluster, ClusterSpec};
 use lock_testkit::history::{Event, History, Kind};
 use lock_testkit::proxy::{Fault, FaultProxy};
+
+use args::arg;
 
 const TTL: Duration = Duration::from_secs(3);
 const CLIENTS: usize = 8;
@@ -46,13 +51,6 @@ impl Rng {
     fn millis(&mut self, from: u64, to: u64) -> Duration {
         Duration::from_millis(from + self.below(to - from))
     }
-}
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
 }
 
 struct Client {

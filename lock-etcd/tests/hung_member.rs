@@ -1,6 +1,7 @@
 //! One member of three stops answering (SIGSTOP: its connections stay open, nothing comes
 //! back), the quorum intact. With default options, new clients must not notice — 20 of 20
-//! sequential fresh clients (as `lock exec` runs) lock and unlock — and a session open before
+//! sequential fresh clients (as `lock exec` runs) lock and unlock, `lock()` with a 1 s timeout
+//! returns within 1.1 s — and a session open before
 //! the hang keeps its lock (TTL 3 s), through a hung follower and through a hung leader (the
 //! cluster spends 1–2 s electing a new one while a follower holds the renewal it forwarded to
 //! the old one: the keeper's hedge stream gets the next renewal through).
@@ -67,11 +68,31 @@ async fn hang(cluster: &mut Cluster, member: usize, what: &str) {
     let started = Instant::now();
     let failures = twenty_fresh_clients(cluster, &prefix, member).await;
     let took = started.elapsed();
+    // A lock() on the held id, with a 1 s timeout, returns within it (+ 100 ms).
+    let waiting = quiet
+        .new_session(&SessionConfig::new(quiet_ttl).with_timeout(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let waiter = waiting.new_locker("quiet");
+    let asked = Instant::now();
+    let waited = waiter.lock().await;
+    let waited_for = asked.elapsed();
+    assert!(
+        matches!(waited, Err(lock_core::Error::Timeout(_))),
+        "{what} hung: lock() on a held id gave {waited:?}"
+    );
+    assert!(
+        waited_for <= Duration::from_millis(1100),
+        "{what} hung: lock() with a 1 s timeout returned after {waited_for:?}"
+    );
+    drop(waiter);
+    drop(waiting);
     let quiet_lost = held.loss();
     cluster.resume(member);
     eprintln!(
-        "{what} (member {member}) hung: {} of 20 fresh clients failed in {took:?}; the earlier \
-         session's lock (TTL {quiet_ttl:?}): {}",
+        "{what} (member {member}) hung: {} of 20 fresh clients failed in {took:?}; lock() with \
+         a 1 s timeout returned after {waited_for:?}; the earlier session's lock (TTL \
+         {quiet_ttl:?}): {}",
         failures.len(),
         quiet_lost
             .as_ref()

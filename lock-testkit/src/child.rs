@@ -43,10 +43,14 @@ pub(crate) struct Child {
 }
 
 impl Child {
-    /// Starts the child and waits until it has opened a session, or `None` when the harness
-    /// has no child test (the caller skips, saying so).
-    pub(crate) async fn start(h: &Harness) -> Result<Option<Child>, Failure> {
+    /// Starts the child and waits until it has opened a session, or `None` (after reporting
+    /// that `check` is skipped) when the harness has no child test.
+    pub(crate) async fn start(h: &Harness, check: &str) -> Result<Option<Child>, Failure> {
         let Some(test) = h.child_test() else {
+            h.skip(
+                check,
+                "no child entry point: run the suite with `conformance_tests!`",
+            );
             return Ok(None);
         };
         let exe = std::env::current_exe()

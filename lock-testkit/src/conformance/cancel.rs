@@ -10,7 +10,9 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use lock_core::{Error, Held, Locker};
+use std::sync::Arc;
+
+use lock_core::{Error, Held, Locker, Service, Session};
 
 use crate::conformance::shared::two_services;
 use crate::conformance::{expect_err, PATIENCE};
@@ -19,6 +21,9 @@ use crate::{ensure, Failure, Harness, Outcome};
 /// How soon an id must be free for another party after a cancelled operation, when the
 /// backend answers.
 pub const FREED_WITHIN: Duration = Duration::from_secs(1);
+
+/// How many times the suite runs through every cut.
+const ROUNDS: usize = 3;
 
 /// The most wake-ups the suite cancels after; operations that need more are also cut by time.
 const MAX_POLLS: usize = 12;
@@ -44,19 +49,48 @@ impl fmt::Display for Cut {
     }
 }
 
-/// Every cut point: by polls until the operation completes within them, then by time.
-/// Three rounds: where a cut races the backend (a request in flight), one round may miss
-/// what another catches.
-fn cuts() -> impl Iterator<Item = Cut> {
-    (0..ROUNDS).flat_map(|_| {
-        (1..=MAX_POLLS)
-            .map(Cut::Polls)
-            .chain(AFTER.map(|ms| Cut::After(Duration::from_millis(ms))))
-    })
+/// Every cut point, in three rounds (where a cut races the backend, a request in flight, one
+/// round may catch what another misses): by polls, then by time. Poll cuts past the point where
+/// the operation completed or went quiet reach nothing new and are skipped, until the next round.
+struct Cuts {
+    all: Vec<Cut>,
+    next: usize,
+    polls_done: bool,
 }
 
-/// How many times the suite runs through every cut.
-const ROUNDS: usize = 3;
+impl Cuts {
+    fn new() -> Self {
+        let round = (1..=MAX_POLLS)
+            .map(Cut::Polls)
+            .chain(AFTER.map(|ms| Cut::After(Duration::from_millis(ms))));
+        Cuts {
+            all: (0..ROUNDS).flat_map(|_| round.clone()).collect(),
+            next: 0,
+            polls_done: false,
+        }
+    }
+
+    /// The operation completed, or waits on something outside: later poll cuts of this round
+    /// reach the same point.
+    fn polls_done(&mut self) {
+        self.polls_done = true;
+    }
+}
+
+impl Iterator for Cuts {
+    type Item = Cut;
+
+    fn next(&mut self) -> Option<Cut> {
+        loop {
+            let cut = *self.all.get(self.next)?;
+            self.next += 1;
+            self.polls_done &= !matches!(cut, Cut::Polls(1)); // a new round
+            if !(self.polls_done && matches!(cut, Cut::Polls(_))) {
+                return Some(cut);
+            }
+        }
+    }
+}
 
 /// What became of an operation run up to a cut.
 enum Ran<T> {
@@ -117,6 +151,43 @@ impl Tokens {
     }
 }
 
+/// Two lockers of one id, in two services (or two sessions of one, for a backend whose
+/// services are separate), and the sessions and services they need.
+struct Pair {
+    a: Box<dyn Locker>,
+    b: Box<dyn Locker>,
+    /// A third locker of `b`'s session.
+    c: Box<dyn Locker>,
+    tokens: Tokens,
+    _sessions: (Box<dyn Session>, Box<dyn Session>),
+    services: (Arc<dyn Service>, Arc<dyn Service>),
+}
+
+impl Pair {
+    async fn new(h: &Harness, name: &str) -> Result<Pair, Failure> {
+        let (one, two) = two_services(h).await?;
+        let id = h.id(name);
+        let (s1, s2) = (
+            one.new_session(&h.config()).await?,
+            two.new_session(&h.config()).await?,
+        );
+        Ok(Pair {
+            a: s1.new_locker(&id),
+            b: s2.new_locker(&id),
+            c: s2.new_locker(&id),
+            tokens: Tokens::default(),
+            _sessions: (s1, s2),
+            services: (one, two),
+        })
+    }
+
+    async fn close(self) -> Outcome {
+        let Pair { services, .. } = self;
+        services.0.close().await?;
+        Ok(())
+    }
+}
+
 /// The id is free: `other` is granted it within [`FREED_WITHIN`] and releases it again.
 async fn free(other: &dyn Locker, tokens: &mut Tokens, what: &str) -> Outcome {
     let held = match tokio::time::timeout(FREED_WITHIN, other.lock()).await {
@@ -142,42 +213,60 @@ async fn holds_nothing(locker: &dyn Locker, what: &str) -> Outcome {
     )
 }
 
-/// `lock()` on a free id, dropped at every point: the id is free afterwards, the locker holds
-/// nothing (or, if it completed, holds a fresh token), and it can lock again.
-pub async fn lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outcome {
-    let (one, two) = two_services(h).await?;
-    let id = h.id("cancel-lock");
-    let (s1, s2) = (
-        one.new_session(&h.config()).await?,
-        two.new_session(&h.config()).await?,
-    );
-    let (a, b) = (s1.new_locker(&id), s2.new_locker(&id));
-    let mut tokens = Tokens::default();
-    let mut polls_done = false;
-    for cut in cuts() {
-        polls_done &= !matches!(cut, Cut::Polls(1)); // a new round
-        if polls_done && matches!(cut, Cut::Polls(_)) {
-            continue;
-        }
-        let what = format!("lock() on a free id {cut}");
-        match run(h, cut, a.lock()).await {
-            Ran::Completed(held) => {
-                polls_done = true;
-                tokens.saw(&held?, &what)?;
+/// Which acquisition a check cancels.
+#[derive(Clone, Copy)]
+enum Acquire {
+    Lock,
+    TryLock,
+}
+
+/// An acquisition on a free id, dropped at every point: the id is free afterwards, the locker
+/// holds nothing (or, if it completed, holds a fresh token), and it can lock again.
+async fn acquisition_cancelled(h: &Harness, name: &str, op: Acquire) -> Outcome {
+    let mut p = Pair::new(h, name).await?;
+    let mut cuts = Cuts::new();
+    while let Some(cut) = cuts.next() {
+        let (a, what) = (
+            &*p.a,
+            match op {
+                Acquire::Lock => format!("lock() on a free id {cut}"),
+                Acquire::TryLock => format!("try_lock() on a free id {cut}"),
+            },
+        );
+        let ran = match op {
+            Acquire::Lock => run(h, cut, async { a.lock().await.map(Some) }).await,
+            Acquire::TryLock => run(h, cut, a.try_lock()).await,
+        };
+        match ran {
+            Ran::Completed(granted) => {
+                cuts.polls_done();
+                let held = granted?.ok_or_else(|| {
+                    Failure::new(format!("{what}: try_lock() on a free id returned None"))
+                })?;
+                p.tokens.saw(&held, &what)?;
                 a.unlock().await?;
             }
             Ran::Quiet => {
-                polls_done = true;
-                holds_nothing(&*a, &what).await?;
+                cuts.polls_done();
+                holds_nothing(a, &what).await?;
             }
-            Ran::Dropped => holds_nothing(&*a, &what).await?,
+            Ran::Dropped => holds_nothing(a, &what).await?,
         }
-        free(&*b, &mut tokens, &what).await?;
-        locks_again(&*a, &mut tokens, &what).await?;
+        free(&*p.b, &mut p.tokens, &what).await?;
+        locks_again(&*p.a, &mut p.tokens, &what).await?;
     }
-    one.close().await?;
-    drop(two);
-    Ok(())
+    p.close().await
+}
+
+/// `lock()` on a free id, dropped at every point: the id is free afterwards, the locker holds
+/// nothing (or, if it completed, holds a fresh token), and it can lock again.
+pub async fn lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outcome {
+    acquisition_cancelled(h, "cancel-lock", Acquire::Lock).await
+}
+
+/// `try_lock()` on a free id, dropped at every point: as for `lock()`.
+pub async fn try_lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outcome {
+    acquisition_cancelled(h, "cancel-try", Acquire::TryLock).await
 }
 
 /// After a cut: the cancelled locker can lock again (a fresh token) and unlock.
@@ -197,22 +286,12 @@ async fn locks_again(locker: &dyn Locker, tokens: &mut Tokens, what: &str) -> Ou
 /// `lock()` queued behind another holder, dropped at every point: once the holder unlocks, a
 /// third party is granted at once, and the cancelled locker holds nothing.
 pub async fn queued_lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outcome {
-    let (one, two) = two_services(h).await?;
-    let id = h.id("cancel-queued");
-    let (s1, s2) = (
-        one.new_session(&h.config()).await?,
-        two.new_session(&h.config()).await?,
-    );
-    let (a, holder, b) = (s1.new_locker(&id), s2.new_locker(&id), s2.new_locker(&id));
-    let mut tokens = Tokens::default();
-    let mut polls_done = false;
-    for cut in cuts() {
-        polls_done &= !matches!(cut, Cut::Polls(1)); // a new round
-        if polls_done && matches!(cut, Cut::Polls(_)) {
-            continue;
-        }
+    let mut p = Pair::new(h, "cancel-queued").await?;
+    let (a, holder, b) = (&*p.a, &*p.c, &*p.b);
+    let mut cuts = Cuts::new();
+    while let Some(cut) = cuts.next() {
         let what = format!("lock() queued behind a holder {cut}");
-        tokens.saw(&holder.lock().await?, &what)?;
+        p.tokens.saw(&holder.lock().await?, &what)?;
         match run(h, cut, a.lock()).await {
             Ran::Completed(granted) => {
                 let held = granted.map_err(|e| Failure::new(format!("{what}: {e}")))?;
@@ -221,56 +300,25 @@ pub async fn queued_lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> O
                     held.fencing_token()
                 )));
             }
-            Ran::Quiet => polls_done = true,
+            Ran::Quiet => cuts.polls_done(),
             Ran::Dropped => {}
         }
         holder.unlock().await?;
-        holds_nothing(&*a, &what).await?;
-        free(&*b, &mut tokens, &what).await?;
+        holds_nothing(a, &what).await?;
+        free(b, &mut p.tokens, &what).await?;
     }
-    locks_again(&*a, &mut tokens, "after every cut").await?;
-    one.close().await?;
-    drop(two);
-    Ok(())
+    locks_again(a, &mut p.tokens, "after every cut").await?;
+    p.close().await
 }
 
-/// `try_lock()` on a free id, dropped at every point: as for `lock()`.
-pub async fn try_lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outcome {
-    let (one, two) = two_services(h).await?;
-    let id = h.id("cancel-try");
-    let (s1, s2) = (
-        one.new_session(&h.config()).await?,
-        two.new_session(&h.config()).await?,
-    );
-    let (a, b) = (s1.new_locker(&id), s2.new_locker(&id));
-    let mut tokens = Tokens::default();
-    let mut polls_done = false;
-    for cut in cuts() {
-        polls_done &= !matches!(cut, Cut::Polls(1)); // a new round
-        if polls_done && matches!(cut, Cut::Polls(_)) {
-            continue;
-        }
-        let what = format!("try_lock() on a free id {cut}");
-        match run(h, cut, a.try_lock()).await {
-            Ran::Completed(granted) => {
-                polls_done = true;
-                let held = granted?.ok_or_else(|| {
-                    Failure::new(format!("{what}: try_lock() on a free id returned None"))
-                })?;
-                tokens.saw(&held, &what)?;
-                a.unlock().await?;
-            }
-            Ran::Quiet => {
-                polls_done = true;
-                holds_nothing(&*a, &what).await?;
-            }
-            Ran::Dropped => holds_nothing(&*a, &what).await?,
-        }
-        free(&*b, &mut tokens, &what).await?;
-        locks_again(&*a, &mut tokens, &what).await?;
+/// A release cancelled at a cut: the hold must be lost and the id free for another party within
+/// [`FREED_WITHIN`].
+fn released(ran: Ran<lock_core::Result<()>>, cuts: &mut Cuts, what: &str) -> Outcome {
+    match ran {
+        Ran::Completed(Err(e)) => return Err(Failure::new(format!("{what} failed: {e}"))),
+        Ran::Completed(Ok(())) | Ran::Quiet => cuts.polls_done(),
+        Ran::Dropped => {}
     }
-    one.close().await?;
-    drop(two);
     Ok(())
 }
 
@@ -278,77 +326,44 @@ pub async fn try_lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outc
 /// is lost and the id free for another party within [`FREED_WITHIN`] — and the locker can lock
 /// again with a fresh token.
 pub async fn unlock_cancelled_at_any_point_releases(h: &Harness) -> Outcome {
-    let (one, two) = two_services(h).await?;
-    let id = h.id("cancel-unlock");
-    let (s1, s2) = (
-        one.new_session(&h.config()).await?,
-        two.new_session(&h.config()).await?,
-    );
-    let (a, b) = (s1.new_locker(&id), s2.new_locker(&id));
-    let mut tokens = Tokens::default();
-    let mut polls_done = false;
-    for cut in cuts() {
-        polls_done &= !matches!(cut, Cut::Polls(1)); // a new round
-        if polls_done && matches!(cut, Cut::Polls(_)) {
-            continue;
-        }
+    let mut p = Pair::new(h, "cancel-unlock").await?;
+    let (a, b) = (&*p.a, &*p.b);
+    let mut cuts = Cuts::new();
+    while let Some(cut) = cuts.next() {
         let what = format!("unlock() {cut}");
         let held = a.lock().await?;
-        tokens.saw(&held, &format!("lock() before {what}"))?;
-        match run(h, cut, a.unlock()).await {
-            Ran::Completed(Err(e)) => {
-                return Err(Failure::new(format!("{what}: unlock() failed: {e}")))
-            }
-            Ran::Completed(Ok(())) | Ran::Quiet => polls_done = true,
-            Ran::Dropped => {}
-        }
-        free(&*b, &mut tokens, &what).await?;
+        p.tokens.saw(&held, &format!("lock() before {what}"))?;
+        released(run(h, cut, a.unlock()).await, &mut cuts, &what)?;
+        free(b, &mut p.tokens, &what).await?;
         ensure!(
             held.is_lost(),
             "{what}: another party was granted the id, but the hold is not lost"
         );
-        holds_nothing(&*a, &what).await?;
+        holds_nothing(a, &what).await?;
     }
-    one.close().await?;
-    drop(two);
-    Ok(())
+    p.close().await
 }
 
 /// A session's `close()` dropped at every point after its first poll, then the session
 /// dropped: its hold is lost and the id free for another party within [`FREED_WITHIN`].
 pub async fn close_cancelled_at_any_point_ends_the_session(h: &Harness) -> Outcome {
-    let (one, two) = two_services(h).await?;
-    let id = h.id("cancel-close");
-    let s2 = two.new_session(&h.config()).await?;
-    let b = s2.new_locker(&id);
-    let mut tokens = Tokens::default();
-    let mut polls_done = false;
-    for cut in cuts() {
-        polls_done &= !matches!(cut, Cut::Polls(1)); // a new round
-        if polls_done && matches!(cut, Cut::Polls(_)) {
-            continue;
-        }
-        let what = format!("Session::close() {cut}, then the session dropped");
+    let mut p = Pair::new(h, "cancel-close").await?;
+    let (one, id, b) = (p.services.0.clone(), p.a.id().to_owned(), &*p.b);
+    let mut cuts = Cuts::new();
+    while let Some(cut) = cuts.next() {
+        let what = format!("Session::close() {cut}, then the session dropped,");
         let session = one.new_session(&h.config()).await?;
         let a = session.new_locker(&id);
         let held = a.lock().await?;
-        tokens.saw(&held, &format!("lock() before {what}"))?;
-        match run(h, cut, session.close()).await {
-            Ran::Completed(Err(e)) => {
-                return Err(Failure::new(format!("{what}: close() failed: {e}")))
-            }
-            Ran::Completed(Ok(())) | Ran::Quiet => polls_done = true,
-            Ran::Dropped => {}
-        }
+        p.tokens.saw(&held, &format!("lock() before {what}"))?;
+        released(run(h, cut, session.close()).await, &mut cuts, &what)?;
         drop(a);
         drop(session);
-        free(&*b, &mut tokens, &what).await?;
+        free(b, &mut p.tokens, &what).await?;
         ensure!(
             held.is_lost(),
             "{what}: another party was granted the id, but the hold is not lost"
         );
     }
-    one.close().await?;
-    drop(two);
-    Ok(())
+    p.close().await
 }

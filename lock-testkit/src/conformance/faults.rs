@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use lock_core::{Error, Service};
 
 use crate::conformance::cancel::FREED_WITHIN;
-use crate::conformance::{joined, PATIENCE};
+use crate::conformance::{follows, joined, PATIENCE};
 use crate::proxy::{Fault, FaultProxy};
 use crate::{ensure, Failure, Harness, Outcome};
 
@@ -170,12 +170,11 @@ pub async fn a_partitioned_holder_loses_before_another_is_granted(h: &Harness) -
         "another service was granted the lock while the partitioned holder's is_lost() was \
          still false"
     );
-    ensure!(
-        next.fencing_token() > held.fencing_token(),
-        "the token {} after a partitioned holder does not follow its {}",
+    follows(
+        "after a partitioned holder",
         next.fencing_token(),
-        held.fencing_token()
-    );
+        held.fencing_token(),
+    )?;
     b.unlock().await?;
     faulty.set(Fault::None);
     drop(session);
@@ -230,22 +229,20 @@ pub async fn cancelled_unlock_during_a_blackhole_frees_the_id_once_healed(h: &Ha
             )))
         }
     };
-    ensure!(
-        next.fencing_token() > held.fencing_token(),
-        "the token {} after the cancelled unlock does not follow {}",
+    follows(
+        "after an unlock cancelled during a blackhole",
         next.fencing_token(),
-        held.fencing_token()
-    );
+        held.fencing_token(),
+    )?;
     b.unlock().await?;
     let again = h
         .within(PATIENCE, "lock() again by the healed locker", a.lock())
         .await??;
-    ensure!(
-        again.fencing_token() > next.fencing_token(),
-        "the healed locker's token {} does not follow {}",
+    follows(
+        "the healed locker locking again",
         again.fencing_token(),
-        next.fencing_token()
-    );
+        next.fencing_token(),
+    )?;
     a.unlock().await?;
     drop(a);
     session.close().await?;

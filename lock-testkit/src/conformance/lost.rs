@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use lock_core::{Held, Locker};
 
-use crate::conformance::{joined, PATIENCE};
+use crate::conformance::{follows, joined, PATIENCE};
 use crate::{ensure, Harness, Outcome};
 
 async fn fires(h: &Harness, held: &Held, what: &str) -> Outcome {
@@ -98,10 +98,11 @@ pub async fn lost_fires_on_session_drop(h: &Harness) -> Outcome {
             c.lock(),
         )
         .await??;
-    ensure!(
-        granted.fencing_token() > held.fencing_token(),
-        "fencing token did not increase"
-    );
+    follows(
+        "the next holder",
+        granted.fencing_token(),
+        held.fencing_token(),
+    )?;
     drop(locker);
     service.close().await?;
     Ok(())

@@ -17,6 +17,7 @@ mod waiting;
 
 pub use cancel::*;
 pub use errors::*;
+pub(crate) use exclusion::fifo;
 pub use exclusion::*;
 pub use faults::*;
 pub use ids::*;
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use lock_core::Error;
 
-use crate::{Failure, Harness};
+use crate::{Failure, Harness, Outcome};
 
 /// How long the suite waits for something that must happen.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -49,6 +50,16 @@ pub(crate) fn expect_err<T>(
             "{what}: expected {expected}, but it succeeded"
         ))),
     }
+}
+
+/// Checks that fencing token `later` follows `earlier` (strictly greater), saying `what` if not.
+pub(crate) fn follows(what: &str, later: u64, earlier: u64) -> Outcome {
+    if later > earlier {
+        return Ok(());
+    }
+    Err(Failure::new(format!(
+        "{what}: fencing token {later} does not follow {earlier}"
+    )))
 }
 
 /// The outcome of a spawned waiter, awaited within `limit`; a panic in it is a failure.

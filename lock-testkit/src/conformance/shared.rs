@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use lock_core::Service;
 
 use crate::child::Child;
-use crate::conformance::{joined, PATIENCE};
+use crate::conformance::{follows, joined, PATIENCE};
 use crate::{ensure, Failure, Harness, Outcome, Sharing};
 
 /// Two services, or the same one twice when the harness declares services separate (so that
@@ -59,12 +59,11 @@ pub async fn services_share_locks_as_declared(h: &Harness) -> Outcome {
             let next = h
                 .within(PATIENCE, "the other service after unlock", b.lock())
                 .await??;
-            ensure!(
-                next.fencing_token() > held.fencing_token(),
-                "the other service's token {} does not follow {}",
+            follows(
+                "another service after unlock",
                 next.fencing_token(),
-                held.fencing_token()
-            );
+                held.fencing_token(),
+            )?;
             b.unlock().await?;
         }
     }
@@ -123,45 +122,14 @@ pub async fn fencing_tokens_increase_across_services(h: &Harness) -> Outcome {
 /// Waiters from different services are granted in the order they started waiting (when the
 /// harness declares FIFO).
 pub async fn waiters_of_different_services_are_granted_in_fifo_order(h: &Harness) -> Outcome {
-    if !h.fifo() {
-        h.skip(
-            "waiters_of_different_services_are_granted_in_fifo_order",
-            "the harness declares the backend not FIFO",
-        );
-        return Ok(());
-    }
     let (one, two) = two_services(h).await?;
-    let id = h.id("fifo-services");
-    let owner = one.new_session(&h.config()).await?;
-    let first = owner.new_locker(&id);
-    first.lock().await?;
-    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut joins = Vec::new();
-    let mut sessions = Vec::new();
-    for n in 0..4 {
-        let service = if n % 2 == 0 { &two } else { &one };
-        let session = service.new_session(&h.config()).await?;
-        let locker = session.new_locker(&id);
-        sessions.push(session);
-        let order = order.clone();
-        joins.push(tokio::spawn(async move {
-            locker.lock().await?;
-            order.lock().unwrap_or_else(|e| e.into_inner()).push(n);
-            locker.unlock().await
-        }));
-        tokio::time::sleep(h.settle()).await; // let this waiter queue before the next
-    }
-    first.unlock().await?;
-    for join in joins {
-        joined(h, PATIENCE, "a queued waiter", join).await??;
-    }
-    let order = order.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    ensure!(
-        order == [0, 1, 2, 3],
-        "waiters alternating between services were granted in order {order:?}, expected \
-         [0, 1, 2, 3]"
-    );
-    drop(sessions);
+    crate::conformance::fifo(
+        h,
+        "waiters_of_different_services_are_granted_in_fifo_order",
+        [one.clone(), two.clone()],
+        "fifo-services",
+    )
+    .await?;
     one.close().await?;
     if h.sharing() != Sharing::Service {
         two.close().await?;
@@ -203,12 +171,11 @@ pub async fn lost_fires_before_another_service_is_granted(h: &Harness) -> Outcom
             "after {how}, another service was granted the lock while the holder's is_lost() \
              was still false"
         );
-        ensure!(
-            next.fencing_token() > held.fencing_token(),
-            "after {how}, the next holder's token {} does not follow {}",
+        follows(
+            &format!("after {how}, the next holder"),
             next.fencing_token(),
-            held.fencing_token()
-        );
+            held.fencing_token(),
+        )?;
         b.unlock().await?;
     }
     one.close().await?;
@@ -260,11 +227,7 @@ pub async fn closing_a_service_lets_another_service_in(h: &Harness) -> Outcome {
 /// directions; if not, it is independent.
 pub async fn processes_share_locks_as_declared(h: &Harness) -> Outcome {
     const CHECK: &str = "processes_share_locks_as_declared";
-    let Some(mut child) = Child::start(h).await? else {
-        h.skip(
-            CHECK,
-            "no child entry point: run the suite with `conformance_tests!`",
-        );
+    let Some(mut child) = Child::start(h, CHECK).await? else {
         return Ok(());
     };
     let service = h.service().await?;
@@ -305,11 +268,11 @@ pub async fn processes_share_locks_as_declared(h: &Harness) -> Outcome {
             locker.lock(),
         )
         .await??;
-    ensure!(
-        mine.fencing_token() > theirs,
-        "this process's token {} does not follow the other process's {theirs}",
-        mine.fencing_token()
-    );
+    follows(
+        "this process after the other process",
+        mine.fencing_token(),
+        theirs,
+    )?;
     child.send(&format!("try {id}")).await?;
     let busy = Child::token(
         &child.answer(PATIENCE, "the child's try_lock").await?,
@@ -351,11 +314,7 @@ pub async fn a_killed_process_frees_its_lock(h: &Harness) -> Outcome {
         );
         return Ok(());
     }
-    let Some(mut child) = Child::start(h).await? else {
-        h.skip(
-            CHECK,
-            "no child entry point: run the suite with `conformance_tests!`",
-        );
+    let Some(mut child) = Child::start(h, CHECK).await? else {
         return Ok(());
     };
     let service = h.service().await?;
@@ -395,11 +354,7 @@ pub async fn a_killed_process_frees_its_lock(h: &Harness) -> Outcome {
             "the harness declares no leases, so the backend must see the death at once"
         }
     );
-    ensure!(
-        mine.fencing_token() > theirs,
-        "the token {} after a killed holder does not follow its {theirs}",
-        mine.fencing_token()
-    );
+    follows("after a killed holder", mine.fencing_token(), theirs)?;
     locker.unlock().await?;
     service.close().await?;
     Ok(())
