@@ -79,6 +79,7 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
         )?;
         // Every crate meant for crates.io (those without `publish = false`) packages and
         // builds from its package alone, its workspace dependencies taken from their packages.
+        forget_packaged_workspace_crates();
         step(
             "cargo publish --dry-run",
             cargo(&tools.protoc).args(["publish", "--dry-run", "--workspace", "--allow-dirty"]),
@@ -112,6 +113,50 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     // meet etcd's own early lease revocation (etcd issue 15247, docs/RELIABILITY.md), which
     // would fail CI for a server bug; `cargo xtask torture --load` runs it on demand.
     torture_run(&tools, 40, SHORT_TORTURE_SEED, false)
+}
+
+/// Removes what an earlier `cargo publish --dry-run` unpacked of this workspace's own crates.
+/// Cargo unpacks the packages it verifies from a temporary local registry (under
+/// `target/package/`) into `$CARGO_HOME/registry/src/-<hash>/`, named by crate and version only,
+/// and reuses an unpacked copy of the same version as if it could not change: a second dry run
+/// from the same checkout would build the first run's sources. Local registries are the
+/// directories whose name starts with `-`; crates.io's copies are never touched.
+fn forget_packaged_workspace_crates() {
+    const OURS: [&str; 6] = [
+        "lock-core-",
+        "lock-local-",
+        "lock-etcd-",
+        "lock-testkit-",
+        "lock-rs-",
+        "lock-cli-",
+    ];
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(home) = home else { return };
+    for kind in ["src", "cache"] {
+        let Ok(registries) = std::fs::read_dir(home.join("registry").join(kind)) else {
+            continue;
+        };
+        for registry in registries.flatten() {
+            if !registry.file_name().to_string_lossy().starts_with('-') {
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(registry.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if OURS.iter().any(|ours| name.starts_with(ours)) {
+                    let path = entry.path();
+                    let _ = match path.is_dir() {
+                        true => std::fs::remove_dir_all(&path),
+                        false => std::fs::remove_file(&path),
+                    };
+                }
+            }
+        }
+    }
 }
 
 /// The conformance suite on the older etcd series the README supports ([`provision::ETCD_OLD`]),
