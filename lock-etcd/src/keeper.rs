@@ -283,13 +283,6 @@ struct Stream {
     on: usize,
 }
 
-/// A stream being opened beside the current one, which has stopped answering: it replaces the
-/// current one once it answers (a hedge).
-type Hedge = tokio::task::JoinHandle<(StreamId, usize, i64, Opened)>;
-
-/// What opening a stream gave.
-type Opened = Result<(LeaseKeeper, LeaseKeepAliveStream), OpenError>;
-
 /// The keeper task.
 pub(crate) async fn run(
     keeper: Arc<Keeper>,
@@ -305,7 +298,6 @@ pub(crate) async fn run(
     let mut retry_at = Instant::now();
     let mut backoff = Duration::from_millis(50);
     let mut next_tick = Instant::now();
-    let mut hedge: Option<Hedge> = None;
     loop {
         let now = Instant::now();
         if now >= next_tick {
@@ -317,9 +309,6 @@ pub(crate) async fn run(
                 tokio::spawn(revoke(client.lease_client(), lease, limit));
             }
             if due.stopped {
-                if let Some(hedge) = hedge.take() {
-                    hedge.abort();
-                }
                 return;
             }
             next_tick = if due.any {
@@ -345,32 +334,6 @@ pub(crate) async fn run(
                 (avoid, fleeing) = (Some(old.on), true);
                 stream = None;
                 retry_at = now;
-            }
-            // A keep-alive unanswered for a sixth of the TTL on a member that still answers
-            // its probes: a follower may hold it, forwarded to a leader that stopped (etcd
-            // serves one stream's keep-alives in order, so everything behind it waits too,
-            // until etcd gives up on the forward). A second stream, opened beside it, gets its
-            // keep-alives through as soon as the cluster has a leader again; whichever answers
-            // first keeps the leases. Each hedge waits at most a sixth of the TTL for its first
-            // answer, so a new one follows while the cluster elects.
-            if let (Some(current), None, Some(ttl)) = (stream.as_ref(), hedge.as_ref(), ttl) {
-                let sixth = ttl / 6;
-                if keeper.unanswered(current.id, now, sixth) {
-                    if let Some((lease, _)) = keeper.any_lease() {
-                        next_id += 1;
-                        let (id, keeper) = (next_id, keeper.clone());
-                        let (endpoint, via) = probes.pick(Some(current.on));
-                        tracing::debug!("a keep-alive waits; opening a second stream beside it");
-                        hedge = Some(tokio::spawn(async move {
-                            (
-                                id,
-                                endpoint,
-                                lease,
-                                open(&via, id, lease, sixth, &keeper).await,
-                            )
-                        }));
-                    }
-                }
             }
             if stream.is_none() && due.any && now >= retry_at {
                 if let Some((lease, _)) = keeper.any_lease() {
@@ -442,12 +405,6 @@ pub(crate) async fn run(
                 None => std::future::pending().await,
             }
         };
-        let hedged = async {
-            match hedge.as_mut() {
-                Some(task) => task.await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             message = message => match message {
                 Ok(Some(resp)) => {
@@ -470,31 +427,6 @@ pub(crate) async fn run(
                     retry_at = Instant::now() + backoff;
                 }
             },
-            hedged = hedged => {
-                hedge = None;
-                match hedged {
-                    Ok((id, endpoint, _, Ok((sender, answers)))) => {
-                        // It answered while the current stream did not: it takes over.
-                        tracing::warn!("a keep-alive went unanswered; the leases moved to a second stream");
-                        crate::metrics::keepalive_failure("hedged");
-                        if let Some(old) = stream.take() {
-                            keeper.stream_lost(old.id);
-                        }
-                        stream = Some(Stream { id, sender, answers, on: endpoint });
-                        keeper.refresh_all_now(Instant::now());
-                        next_tick = Instant::now();
-                    }
-                    Ok((_, _, lease, Err(OpenError::Gone))) => {
-                        // Confirmed by the leader: the lease is gone.
-                        if let Some(session) = keeper.forget(lease) {
-                            session.end(EndReason::LeaseGone);
-                        }
-                    }
-                    // No answer within its time: the next tick opens another if still needed.
-                    Ok((id, _, _, Err(OpenError::Failed))) => keeper.stream_lost(id),
-                    Err(_) => {}
-                }
-            }
             () = tokio::time::sleep_until(next_tick.into()) => {}
             () = keeper.wake.notified() => next_tick = Instant::now(),
         }

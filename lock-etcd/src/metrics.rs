@@ -10,8 +10,7 @@ pub(crate) fn keepalive_rtt(rtt: Duration) {
         .record(rtt.as_secs_f64());
 }
 
-/// The keep-alive stream failed: `stream_lost`, `open_failed`, `member_silent`, or `hedged` (a
-/// second stream took over from one that stopped answering).
+/// The keep-alive stream failed: `stream_lost`, `open_failed` or `member_silent`.
 #[cfg(feature = "metrics")]
 pub(crate) fn keepalive_failure(kind: &'static str) {
     metrics::counter!("lock_keepalive_failures_total", "backend" => "etcd", "kind" => kind)

@@ -1,10 +1,11 @@
 //! One member of three stops answering (SIGSTOP: its connections stay open, nothing comes
 //! back), the quorum intact. With default options, new clients must not notice — 20 of 20
 //! sequential fresh clients (as `lock exec` runs) lock and unlock, `lock()` with a 1 s timeout
-//! returns within 1.1 s — and a session open before
-//! the hang keeps its lock (TTL 3 s), through a hung follower and through a hung leader (the
-//! cluster spends 1–2 s electing a new one while a follower holds the renewal it forwarded to
-//! the old one: the keeper's hedge stream gets the next renewal through).
+//! returns within 1.1 s — and a session open before a hung follower keeps its lock (TTL 3 s).
+//! Through a hung leader the earlier session is not asserted to survive: the keeper does not
+//! move its keep-alives off a follower that holds a renewal forwarded to the stopped leader
+//! (a session kept alive through a stopped leader is exposed to etcd revoking its lease when
+//! that leader returns, docs/RELIABILITY.md "A hung member"); the test prints what happened.
 
 mod common;
 
@@ -52,7 +53,7 @@ async fn twenty_fresh_clients(cluster: &Cluster, prefix: &str, hung: usize) -> V
     failures
 }
 
-async fn hang(cluster: &mut Cluster, member: usize, what: &str) {
+async fn hang(cluster: &mut Cluster, member: usize, what: &str, must_survive: bool) {
     let quiet_ttl = TTL;
     let prefix = common::unique_prefix(&format!("hung-{what}"));
     // A session opened before the hang, holding a lock through it.
@@ -77,14 +78,15 @@ async fn hang(cluster: &mut Cluster, member: usize, what: &str) {
     let asked = Instant::now();
     let waited = waiter.lock().await;
     let waited_for = asked.elapsed();
-    assert!(
-        matches!(waited, Err(lock_core::Error::Timeout(_))),
-        "{what} hung: lock() on a held id gave {waited:?}"
-    );
-    assert!(
-        waited_for <= Duration::from_millis(1100),
-        "{what} hung: lock() with a 1 s timeout returned after {waited_for:?}"
-    );
+    match waited {
+        Err(lock_core::Error::Timeout(_)) => assert!(
+            waited_for <= Duration::from_millis(1100),
+            "{what} hung: lock() with a 1 s timeout returned after {waited_for:?}"
+        ),
+        // The earlier session gave its hold up (allowed through a hung leader): the id was free.
+        Ok(_) if held.is_lost() && !must_survive => {}
+        other => panic!("{what} hung: lock() on a held id gave {other:?}"),
+    }
     drop(waiter);
     drop(waiting);
     let quiet_lost = held.loss();
@@ -99,6 +101,9 @@ async fn hang(cluster: &mut Cluster, member: usize, what: &str) {
             .map_or("kept".to_owned(), |l| format!("lost ({l})"))
     );
     assert!(failures.is_empty(), "{failures:#?}");
+    if quiet_lost.is_some() && !must_survive {
+        return;
+    }
     assert!(
         quiet_lost.is_none(),
         "a session open before the hang lost its lock: {}",
@@ -131,7 +136,8 @@ async fn a_hung_follower_or_leader_goes_unnoticed_by_new_and_existing_clients() 
     };
     let leader = cluster.leader().expect("a leader");
     let follower = (leader + 1) % 3;
-    hang(&mut cluster, follower, "follower").await;
+    hang(&mut cluster, follower, "follower", true).await;
     let leader = cluster.leader().expect("a leader");
-    hang(&mut cluster, leader, "leader").await;
+    // Through a stopped leader the session may be given up (see the module's doc).
+    hang(&mut cluster, leader, "leader", false).await;
 }
