@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use lock_core::{Error, Service};
 
 use crate::conformance::cancel::FREED_WITHIN;
-use crate::conformance::{follows, joined, PATIENCE};
+use crate::conformance::{follows, joined, waiter_after, PATIENCE};
 use crate::proxy::{Fault, FaultProxy};
 use crate::{ensure, Failure, Harness, Outcome};
 
@@ -148,13 +148,7 @@ pub async fn a_partitioned_holder_loses_before_another_is_granted(h: &Harness) -
     let session = faulty.service.new_session(&h.config()).await?;
     let held = session.new_locker(&id).lock().await?;
     let waiting = healthy.new_session(&h.config()).await?;
-    let holders = held.clone();
-    let waiter = tokio::spawn(async move {
-        let b = waiting.new_locker(&id);
-        // Whether the partitioned holder knew it had lost the lock at the moment of this grant.
-        let granted = b.lock().await.map(|next| (holders.is_lost(), next));
-        (granted, b, waiting)
-    });
+    let waiter = waiter_after(waiting, id, held.clone());
     tokio::time::sleep(h.settle()).await;
     faulty.set(Fault::Blackhole);
     let (granted, b, _waiting) = joined(

@@ -62,6 +62,28 @@ pub(crate) fn follows(what: &str, later: u64, earlier: u64) -> Outcome {
     )))
 }
 
+/// What a [`waiter_after`] task gives back: whether the holder already knew it had lost the lock
+/// when this waiter was granted (and the new hold), the waiter's locker and its session.
+pub(crate) type Waited = (
+    lock_core::Result<(bool, lock_core::Held)>,
+    Box<dyn lock_core::Locker>,
+    Box<dyn lock_core::Session>,
+);
+
+/// Spawns a waiter for `id` in `session` that, the moment it is granted, records whether
+/// `holder`'s `is_lost()` was already true: `lost()` must fire before anybody else's grant.
+pub(crate) fn waiter_after(
+    session: Box<dyn lock_core::Session>,
+    id: String,
+    holder: lock_core::Held,
+) -> tokio::task::JoinHandle<Waited> {
+    tokio::spawn(async move {
+        let b = session.new_locker(&id);
+        let granted = b.lock().await.map(|next| (holder.is_lost(), next));
+        (granted, b, session)
+    })
+}
+
 /// The outcome of a spawned waiter, awaited within `limit`; a panic in it is a failure.
 pub(crate) async fn joined<T>(
     h: &Harness,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use lock_core::Service;
 
 use crate::child::Child;
-use crate::conformance::{follows, joined, PATIENCE};
+use crate::conformance::{follows, joined, waiter_after, PATIENCE};
 use crate::{ensure, Failure, Harness, Outcome, Sharing};
 
 /// Two services, or the same one twice when the harness declares services separate (so that
@@ -147,13 +147,7 @@ pub async fn lost_fires_before_another_service_is_granted(h: &Harness) -> Outcom
         let a = holder.new_locker(&id);
         let held = a.lock().await?;
         let waiting = two.new_session(&h.config()).await?;
-        let holders = held.clone();
-        let waiter = tokio::spawn(async move {
-            let b = waiting.new_locker(&id);
-            // Whether the holder knew it had lost the lock at the moment of this grant.
-            let granted = b.lock().await.map(|next| (holders.is_lost(), next));
-            (granted, b, waiting)
-        });
+        let waiter = waiter_after(waiting, id, held.clone());
         tokio::time::sleep(h.settle()).await;
         match how {
             "unlock" => a.unlock().await?,
