@@ -7,41 +7,39 @@
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
 
-use lock::{Service, SessionConfig};
+use lock::SessionConfig;
+
+/// A load followed by a store is not atomic: only the lock keeps increments from being lost.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 #[tokio::main]
 async fn main() -> lock::Result<()> {
     let uri = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "local:".to_owned());
-    let service: Arc<dyn Service> = lock::new(&uri).await?.into();
+    let service = lock::new(&uri).await?;
     let config = SessionConfig::new(Duration::from_secs(10));
     let id = "mylock";
-    // A load followed by a store is not atomic: only the lock keeps increments from being lost.
-    let counter = Arc::new(AtomicU64::new(0));
-    let niter = 1000;
 
-    let mut tasks = Vec::with_capacity(niter);
-    for _ in 0..niter {
-        let (service, counter) = (service.clone(), counter.clone());
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let service = service.clone();
         tasks.push(tokio::spawn(async move {
-            let session = service.new_session(&config).await?;
-            let locker = session.new_locker(id);
-            let held = locker.lock().await?;
+            let session = service.new_session(config).await?;
+            let held = session.new_locker(id).lock().await?;
             if held.is_lost() {
                 panic!("lost lock");
             }
-            counter.store(counter.load(Relaxed) + 1, Relaxed);
-            locker.unlock().await?;
+            COUNTER.store(COUNTER.load(Relaxed) + 1, Relaxed);
+            held.unlock().await?;
             session.close().await
         }));
     }
     for task in tasks {
         task.await.expect("a task panicked")?;
     }
-    println!("{}", counter.load(Relaxed));
+    println!("{}", COUNTER.load(Relaxed));
     service.close().await
 }

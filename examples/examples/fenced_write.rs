@@ -43,8 +43,8 @@ async fn main() -> lock::Result<()> {
     let service = lock::new("local:").await?;
     let config = SessionConfig::new(Duration::from_secs(10));
     let (slow, fast) = (
-        service.new_session(&config).await?,
-        service.new_session(&config).await?,
+        service.new_session(config).await?,
+        service.new_session(config).await?,
     );
 
     // The slow holder takes the lock, then stalls before writing.

@@ -7,7 +7,6 @@
 //! cargo run --example prometheus --features metrics,etcd -- etcd:http://127.0.0.1:2379
 //! ```
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use lock::{Service, SessionConfig};
@@ -27,16 +26,16 @@ async fn main() -> lock::Result<()> {
     let uri = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "local:".to_owned());
-    let service: Arc<dyn Service> = lock::new(&uri).await?.into();
+    let service: Service = lock::new(&uri).await?;
     let mut tasks = Vec::new();
     for _ in 0..100 {
         let service = service.clone();
         tasks.push(tokio::spawn(async move {
             let session = service
-                .new_session(&SessionConfig::new(Duration::from_secs(10)))
+                .new_session(SessionConfig::new(Duration::from_secs(10)))
                 .await?;
             let locker = session.new_locker("reports/nightly");
-            locker.lock().await?;
+            let _held = locker.lock().await?;
             tokio::time::sleep(Duration::from_millis(1)).await; // the critical section
             locker.unlock().await?;
             session.close().await

@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lock::{Error, Locker, Session, SessionConfig};
@@ -87,7 +88,7 @@ async fn terminate(child: &mut Child, grace: Duration) {
 /// How long `lock` spends giving back its lock and session on its way out, whatever the exit.
 const CLEANUP_LIMIT: Duration = Duration::from_secs(1);
 
-async fn release(locker: &dyn Locker) {
+async fn release(locker: &Locker) {
     match tokio::time::timeout(CLEANUP_LIMIT, locker.unlock()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("unlock: {e} (closing the session releases it)"),
@@ -97,7 +98,7 @@ async fn release(locker: &dyn Locker) {
 
 /// Closes the session (revoking its lease, which takes its keys with it) within
 /// [`CLEANUP_LIMIT`]: on every exit, so a failed `lock` leaves nothing queued behind.
-async fn close(session: &dyn Session) {
+async fn close(session: &Session) {
     match tokio::time::timeout(CLEANUP_LIMIT, session.close()).await {
         Ok(Ok(()) | Err(Error::AlreadyClosed(_))) => {}
         Ok(Err(e)) => tracing::warn!("closing the session: {e} (it expires with its TTL)"),
@@ -130,34 +131,25 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
     if let Some(limit) = timeout {
         config = config.with_timeout(limit);
     }
-    let (session, lease): (Box<dyn Session>, Option<i64>) = match &opened.etcd {
+    let (session, lease): (Session, Option<i64>) = match &opened.etcd {
         Some(etcd) => {
             let session = etcd.open_session(&config).await.map_err(unavailable)?;
             let lease = session.lease_id();
-            (Box::new(session), Some(lease))
+            (Session::from_backend(Arc::new(session)), Some(lease))
         }
         None => (
             opened
                 .service
-                .new_session(&config)
+                .new_session(config)
                 .await
                 .map_err(unavailable)?,
             None,
         ),
     };
     let locker = session.new_locker(&id);
-    let result = hold_and_run(
-        &opened,
-        locker.as_ref(),
-        &id,
-        lease,
-        try_only,
-        kill_after,
-        &command,
-    )
-    .await;
+    let result = hold_and_run(&opened, &locker, &id, lease, try_only, kill_after, &command).await;
     drop(locker);
-    close(session.as_ref()).await;
+    close(&session).await;
     result
 }
 
@@ -165,7 +157,7 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
 /// caller's to close).
 async fn hold_and_run(
     opened: &Opened,
-    locker: &dyn Locker,
+    locker: &Locker,
     id: &str,
     lease: Option<i64>,
     try_only: bool,

@@ -1,17 +1,16 @@
 //! Opening the lock service from `--service`/`LOCK_SERVICE`, with the password from a file or
 //! the environment.
 
-use std::sync::Arc;
-
+use lock::backend::ConnectionString;
 use lock::etcd::{EtcdConfig, EtcdService};
-use lock::{ConnectionString, Service};
+use lock::Service;
 
 use crate::args::Common;
 use crate::{exit, Failure};
 
 /// The opened service; `etcd` is set for the etcd backend (for `status` and queue positions).
 pub(crate) struct Opened {
-    pub(crate) service: Arc<dyn Service>,
+    pub(crate) service: Service,
     pub(crate) etcd: Option<EtcdService>,
 }
 
@@ -59,7 +58,7 @@ pub(crate) async fn open(common: &Common) -> Result<Opened, Failure> {
     if cs.scheme() != lock::etcd::SERVICE_ETCD {
         let service = lock::new(&uri).await.map_err(unavailable)?;
         return Ok(Opened {
-            service: Arc::from(service),
+            service,
             etcd: None,
         });
     }
@@ -76,7 +75,7 @@ pub(crate) async fn open(common: &Common) -> Result<Opened, Failure> {
     }
     let etcd = EtcdService::connect(config).await.map_err(unavailable)?;
     Ok(Opened {
-        service: Arc::new(etcd.clone()),
+        service: Service::from_backend(etcd.clone()),
         etcd: Some(etcd),
     })
 }

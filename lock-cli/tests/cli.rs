@@ -308,18 +308,21 @@ async fn a_paused_holder_notices_the_loss_the_moment_it_resumes() {
 
     // Freeze the holder (not its command) for longer than its TTL: the lease expires.
     signal("-STOP", &holder_pid);
-    let other = EtcdService::connect(EtcdConfig::from_uri(&service).unwrap())
-        .await
-        .unwrap();
+    let other = Service::from_backend(
+        EtcdService::connect(EtcdConfig::from_uri(&service).unwrap())
+            .await
+            .unwrap(),
+    );
     let session = other
-        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .unwrap();
     let next = session.new_locker("p");
     let granted = tokio::time::timeout(Duration::from_secs(15), next.lock())
         .await
         .expect("granted after the TTL");
-    let token = granted.unwrap().fencing_token();
+    let held = granted.unwrap();
+    let token = held.fencing_token();
 
     // Thaw it: it must see the loss at once and terminate its command.
     signal("-CONT", &holder_pid);
@@ -352,7 +355,7 @@ async fn a_paused_holder_notices_the_loss_the_moment_it_resumes() {
         stale < token,
         "the stale holder's token {stale} must be older than the new holder's {token}"
     );
-    next.unlock().await.unwrap();
+    held.unlock().await.unwrap();
     other.close().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -369,15 +372,17 @@ async fn a_holder_killed_with_sigkill_frees_the_lock_within_the_ttl() {
     holder.kill().unwrap(); // SIGKILL: no unlock, no revoke
     let killed = Instant::now();
     let _ = holder.wait();
-    let other = EtcdService::connect(EtcdConfig::from_uri(&service).unwrap())
-        .await
-        .unwrap();
+    let other = Service::from_backend(
+        EtcdService::connect(EtcdConfig::from_uri(&service).unwrap())
+            .await
+            .unwrap(),
+    );
     let session = other
-        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .unwrap();
     let next = session.new_locker("k");
-    tokio::time::timeout(Duration::from_secs(10), next.lock())
+    let _held = tokio::time::timeout(Duration::from_secs(10), next.lock())
         .await
         .expect("granted")
         .unwrap();

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::Loss;
+
 /// A boxed error from a backend's transport, client library or server.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -15,7 +17,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// No backend is registered for the connection string's scheme.
-    #[error("unsupported service: `{scheme}` (available schemes: {})", available.join(", "))]
+    #[error(
+        "unsupported service: `{scheme}` (available schemes: {}); a backend crate registers its \
+         scheme only if the program links it: add the crate to Cargo.toml and reference it once, \
+         e.g. `use lock_{} as _;` for a crate named `lock-{scheme}`",
+        available.join(", "),
+        scheme.replace('-', "_")
+    )]
     UnsupportedService {
         /// The scheme that was asked for.
         scheme: String,
@@ -31,7 +39,8 @@ pub enum Error {
     /// The service, session or locker was already closed.
     #[error("already closed: {0}")]
     AlreadyClosed(&'static str),
-    /// `lock()` did not get the lock within the session's timeout.
+    /// `lock()` did not get the lock within the session's timeout (or the call's, for
+    /// [`Locker::lock_timeout`](crate::Locker::lock_timeout)).
     #[error("timed out after {} waiting for the lock", humantime::format_duration(*.0))]
     Timeout(Duration),
     /// The session configuration is not usable with this backend.
@@ -48,6 +57,10 @@ pub enum Error {
     /// `unlock()` was called on a locker that does not hold the lock.
     #[error("this locker does not hold the lock")]
     NotHeld,
+    /// The lock was lost before it was released (its session ended, its lease expired, its
+    /// record was removed): what was done under it may have overlapped with another holder.
+    #[error("the lock was lost before it was released ({0})")]
+    Lost(Loss),
     /// The backend failed: transport, authentication, permissions or server errors.
     #[error("{backend} backend: {source}")]
     Backend {
@@ -59,7 +72,61 @@ pub enum Error {
     },
 }
 
+/// What kind of [`Error`] it is: `Copy + Eq`, to match on or compare, like
+/// [`std::io::ErrorKind`].
+///
+/// ```
+/// use std::time::Duration;
+/// use lock_core::{Error, ErrorKind};
+///
+/// assert_eq!(Error::Timeout(Duration::from_secs(1)).kind(), ErrorKind::Timeout);
+/// assert_eq!(Error::backend("etcd", "permission denied").kind(), ErrorKind::Backend);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// [`Error::UnsupportedService`].
+    UnsupportedService,
+    /// [`Error::InvalidConnectionString`].
+    InvalidConnectionString,
+    /// [`Error::Canceled`].
+    Canceled,
+    /// [`Error::AlreadyClosed`].
+    AlreadyClosed,
+    /// [`Error::Timeout`].
+    Timeout,
+    /// [`Error::InvalidConfig`].
+    InvalidConfig,
+    /// [`Error::InvalidId`].
+    InvalidId,
+    /// [`Error::AlreadyLocked`].
+    AlreadyLocked,
+    /// [`Error::NotHeld`].
+    NotHeld,
+    /// [`Error::Lost`].
+    Lost,
+    /// [`Error::Backend`].
+    Backend,
+}
+
 impl Error {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::UnsupportedService { .. } => ErrorKind::UnsupportedService,
+            Error::InvalidConnectionString(_) => ErrorKind::InvalidConnectionString,
+            Error::Canceled(_) => ErrorKind::Canceled,
+            Error::AlreadyClosed(_) => ErrorKind::AlreadyClosed,
+            Error::Timeout(_) => ErrorKind::Timeout,
+            Error::InvalidConfig(_) => ErrorKind::InvalidConfig,
+            Error::InvalidId(_) => ErrorKind::InvalidId,
+            Error::AlreadyLocked => ErrorKind::AlreadyLocked,
+            Error::NotHeld => ErrorKind::NotHeld,
+            Error::Lost(_) => ErrorKind::Lost,
+            Error::Backend { .. } => ErrorKind::Backend,
+        }
+    }
+
     /// Wraps a backend's own error, keeping the backend's name: a failure that trying again
     /// will not fix (credentials refused, permission denied, a request the server rejects).
     /// See [`Error::backend_transient`] for the others.

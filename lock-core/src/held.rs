@@ -1,4 +1,5 @@
-//! What a granted lock hands back: the lost signal and the fencing token.
+//! What a granted lock hands back: [`Held`], the guard an application keeps, built around the
+//! backend's [`Hold`] (the lost signal and the fencing token).
 
 use std::fmt;
 use std::future::Future;
@@ -8,47 +9,103 @@ use std::task::{Context, Poll};
 
 use crate::loss::Loss;
 use crate::signal::{Deadline, HasSignal, Watch};
+use crate::{Error, Locker, Result};
 
-/// A granted lock: a signal that fires the moment the lock is no longer held, and the lock's
-/// fencing token.
-///
-/// `Held` is cheap to clone; every clone observes the same hold. Dropping it does **not**
-/// release the lock — call [`Locker::unlock`](crate::Locker::unlock), or drop the locker.
-///
-/// # Examples
-///
-/// ```
-/// # async fn demo(locker: &dyn lock_core::Locker) -> lock_core::Result<()> {
-/// let held = locker.lock().await?;
-/// tokio::select! {
-///     () = held.lost() => eprintln!("lost the lock; stop writing"),
-///     () = do_work(held.fencing_token()) => {}
-/// }
-/// locker.unlock().await?;
-/// # Ok(()) }
-/// # async fn do_work(_token: u64) {}
-/// ```
+/// What a backend's `lock()` grants: a view of the lock's loss signal and the fencing token.
+/// The [`Locker`] handle wraps it in a [`Held`]. Cheap to clone; dropping it does nothing.
 #[derive(Clone)]
-pub struct Held {
+pub struct Hold {
     watch: Watch,
     token: u64,
 }
 
-impl Held {
+impl Hold {
     /// Builds a hold from a backend's loss signal: an `Arc<Signal>`, or an `Arc` of any backend
     /// state that owns one ([`HasSignal`]).
     ///
     /// The hold is lost once the signal leaves `epoch` (see
-    /// [`Signal::fire`](crate::Signal::fire)) or, when given, once `deadline` passes. For backends.
+    /// [`Signal::fire`](crate::backend::Signal::fire)) or, when given, once `deadline` passes.
     pub fn new<S: HasSignal>(
         signal: Arc<S>,
         epoch: u64,
         deadline: Option<Arc<Deadline>>,
         token: u64,
     ) -> Self {
-        Held {
+        Hold {
             watch: Watch::new(signal, epoch, deadline),
             token,
+        }
+    }
+
+    /// The fencing token.
+    pub fn fencing_token(&self) -> u64 {
+        self.token
+    }
+
+    /// Whether the hold is already known to be lost (reads the clock).
+    pub fn is_lost(&self) -> bool {
+        self.watch.is_fired()
+    }
+
+    /// Why and when the hold ended; `None` while it is held.
+    pub fn loss(&self) -> Option<Loss> {
+        self.watch.loss()
+    }
+
+    /// A future that resolves once the hold is lost.
+    pub fn lost(&self) -> Lost {
+        Lost::new(self.watch.clone())
+    }
+}
+
+impl fmt::Debug for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hold")
+            .field("fencing_token", &self.token)
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+/// A granted lock: the guard [`Locker::lock`] returns. It keeps its locker, session and service
+/// alive on its own, tells the moment the lock is no longer held ([`lost`](Held::lost)), and
+/// carries the lock's fencing token.
+///
+/// Release it with [`unlock`](Held::unlock) to learn whether the release succeeded. Dropping it
+/// without `unlock()` releases the lock too, in the background (like dropping a tokio
+/// `MutexGuard`), and [`lost`](Held::lost) fires at once. [`Locker::unlock`] (the seed's
+/// unlock) releases it as well; the guard is then simply lost.
+///
+/// Observers in other tasks take a [`Lost`] (`'static`, with [`Lost::is_lost`]) instead of the
+/// guard, so one owner decides when the lock is released.
+///
+/// # Examples
+///
+/// ```
+/// # async fn demo(session: lock_core::Session) -> lock_core::Result<()> {
+/// let held = session.new_locker("reports/daily").lock().await?;
+/// tokio::select! {
+///     () = held.lost() => eprintln!("lost the lock; stop writing"),
+///     () = do_work(held.fencing_token()) => {}
+/// }
+/// held.unlock().await?;
+/// # Ok(()) }
+/// # async fn do_work(_token: u64) {}
+/// ```
+#[must_use = "dropping the guard releases the lock at once: bind it (`let held = …`)"]
+pub struct Held {
+    hold: Hold,
+    locker: Locker,
+    /// Whether dropping the guard must release the hold (not after `unlock()` completed).
+    armed: bool,
+}
+
+impl Held {
+    pub(crate) fn new(hold: Hold, locker: Locker) -> Self {
+        Held {
+            hold,
+            locker,
+            armed: true,
         }
     }
 
@@ -56,13 +113,13 @@ impl Held {
     /// and never handed out again. Send it with every write to the protected resource, and have
     /// the resource reject tokens lower than the highest it has seen.
     pub fn fencing_token(&self) -> u64 {
-        self.token
+        self.hold.token
     }
 
     /// Whether the lock is already known to be lost. This reads the clock, so it is accurate
     /// even right after the process resumes from a pause, before any task has run.
     pub fn is_lost(&self) -> bool {
-        self.watch.is_fired()
+        self.hold.is_lost()
     }
 
     /// Why and when the hold ended, once [`is_lost`](Held::is_lost) is `true`; `None` while
@@ -74,75 +131,143 @@ impl Held {
     /// [`LossCause::Unknown`]: crate::LossCause::Unknown
     /// [`LossCause::DeadlinePassed`]: crate::LossCause::DeadlinePassed
     pub fn loss(&self) -> Option<Loss> {
-        self.watch.loss()
+        self.hold.loss()
     }
 
-    /// A future that resolves once the lock is no longer held: unlocked, its session closed or
-    /// dropped, its service closed, its lease expired or its key deleted. It resolves before the
-    /// backend can grant the lock to anybody else.
+    /// A future that resolves once the lock is no longer held: unlocked, the guard dropped, its
+    /// session closed or dropped, its service closed, its lease expired or its key deleted. It
+    /// resolves before the backend can grant the lock to anybody else. `'static`: hand it to
+    /// another task.
     pub fn lost(&self) -> Lost {
-        Lost(Box::pin(self.watch.clone().fired()))
+        self.hold.lost()
+    }
+
+    /// The locker this hold was taken through.
+    pub fn locker(&self) -> &Locker {
+        &self.locker
+    }
+
+    /// The lock id.
+    pub fn id(&self) -> &str {
+        self.locker.id()
+    }
+
+    /// Releases the lock; [`lost`](Held::lost) fires.
+    ///
+    /// Cancel-safe: if this future is dropped, the release goes on in the background.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lost`] if the lock had already been lost (it was not held to the end: see
+    /// [`loss`](Held::loss)); otherwise what the backend reports (for a remote backend the
+    /// lock is then released at the latest when the session's TTL runs out).
+    pub async fn unlock(mut self) -> Result<()> {
+        if let Some(loss) = self.hold.loss() {
+            self.armed = false;
+            return Err(Error::Lost(loss));
+        }
+        let outcome = self.locker.backend().unlock(Some(self.hold.token)).await;
+        self.armed = false;
+        match outcome {
+            // Lost while the release was on its way: say so rather than "not held".
+            Err(Error::NotHeld) => Err(Error::Lost(self.hold.loss().unwrap_or_else(|| {
+                Loss::new(crate::LossCause::Unknown, None, "released by someone else")
+            }))),
+            other => other,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.armed && !self.hold.is_lost() {
+            self.locker.backend().release(self.hold.token);
+        }
     }
 }
 
 impl fmt::Debug for Held {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Held")
-            .field("fencing_token", &self.token)
+            .field("id", &self.id())
+            .field("fencing_token", &self.hold.token)
             .field("lost", &self.is_lost())
             .finish()
     }
 }
 
-/// The future returned by [`Held::lost`]; `Send`, `'static` and cancel-safe.
+/// The future returned by [`Held::lost`]: resolves once the hold is lost. `Send`, `'static`,
+/// cancel-safe, and it allocates only when first polled.
 #[must_use = "futures do nothing unless awaited"]
-pub struct Lost(Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
-
-impl Future for Lost {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-impl fmt::Debug for Lost {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Lost")
-    }
-}
-
-/// A future that resolves once a session has ended (closed, dropped, or its lease lost); see
-/// [`Session::done`](crate::Session::done). Cancel-safe.
-#[must_use = "futures do nothing unless awaited"]
-pub struct Done {
+pub struct Lost {
     watch: Watch,
-    fut: Option<Lost>,
+    fut: Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>>,
 }
 
-impl Done {
-    /// A future for the end of the `epoch` of `signal` (and `deadline`, if any). For backends.
-    pub fn new<S: HasSignal>(signal: Arc<S>, epoch: u64, deadline: Option<Arc<Deadline>>) -> Self {
-        Done {
-            watch: Watch::new(signal, epoch, deadline),
-            fut: None,
-        }
+impl Lost {
+    fn new(watch: Watch) -> Self {
+        Lost { watch, fut: None }
     }
 
-    /// Whether the session has already ended, without waiting.
-    pub fn is_done(&self) -> bool {
+    /// Whether the hold is already lost, without waiting (reads the clock).
+    pub fn is_lost(&self) -> bool {
         self.watch.is_fired()
     }
+
+    /// Why and when the hold ended; `None` while it is held. See [`Held::loss`].
+    pub fn loss(&self) -> Option<Loss> {
+        self.watch.loss()
+    }
 }
 
-impl Future for Done {
+/// A clone is a new future for the same hold.
+impl Clone for Lost {
+    fn clone(&self) -> Self {
+        Lost::new(self.watch.clone())
+    }
+}
+
+impl Future for Lost {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         let watch = &this.watch;
         let fut = this
             .fut
-            .get_or_insert_with(|| Lost(Box::pin(watch.clone().fired())));
-        Pin::new(fut).poll(cx)
+            .get_or_insert_with(|| Box::pin(watch.clone().fired()));
+        fut.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lost")
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+/// A future that resolves once a session has ended (closed, dropped, or its lease lost); see
+/// [`Session::done`](crate::Session::done). Cancel-safe.
+#[must_use = "futures do nothing unless awaited"]
+pub struct Done(Lost);
+
+impl Done {
+    /// A future for the end of the `epoch` of `signal` (and `deadline`, if any). For backends.
+    pub fn new<S: HasSignal>(signal: Arc<S>, epoch: u64, deadline: Option<Arc<Deadline>>) -> Self {
+        Done(Lost::new(Watch::new(signal, epoch, deadline)))
+    }
+
+    /// Whether the session has already ended, without waiting.
+    pub fn is_done(&self) -> bool {
+        self.0.is_lost()
+    }
+}
+
+impl Future for Done {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx)
     }
 }
 

@@ -16,8 +16,8 @@ pub const MAX_ID_LEN: usize = 1024;
 /// # Examples
 ///
 /// ```
-/// assert!(lock_core::validate_id("jobs/nightly report ✓").is_ok());
-/// assert!(lock_core::validate_id("").is_err());
+/// assert!(lock_core::backend::validate_id("jobs/nightly report ✓").is_ok());
+/// assert!(lock_core::backend::validate_id("").is_err());
 /// ```
 pub fn validate_id(id: &str) -> Result<()> {
     if id.is_empty() {

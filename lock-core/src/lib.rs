@@ -5,8 +5,12 @@
 //! - A [`Service`] is opened from a connection string by [`new`] (`local:`, `etcd:…`, or any
 //!   scheme a crate registers).
 //! - A [`Session`] carries a TTL ([`SessionConfig`]); a [`Locker`] takes one lock id.
-//! - Every granted lock hands back a [`Held`]: [`Held::lost`] fires the moment the lock is no
-//!   longer held, and [`Held::fencing_token`] increases strictly from holder to holder.
+//! - Every granted lock hands back a [`Held`] guard: [`Held::lost`] fires the moment the lock
+//!   is no longer held, [`Held::fencing_token`] increases strictly from holder to holder, and
+//!   dropping the guard releases the lock.
+//! - The three handles are cheap to clone, `Send + Sync + 'static`: clone them into tasks. A
+//!   locker keeps its session open and a `Held` keeps its locker, so
+//!   `session.new_locker(id).lock().await?` holds the lock for as long as the guard lives.
 //!
 //! # Semantics every backend honours
 //!
@@ -14,8 +18,8 @@
 //! on unlock, session end, service close, lease expiry, and *before* anybody else is granted
 //! the lock; fencing tokens strictly increase and are never reused; waiters are served in FIFO
 //! order and a release wakes one waiter; [`SessionConfig::timeout`] bounds `lock()`; dropping a
-//! pending `lock()` leaves nothing behind; dropping a locker releases its lock and dropping a
-//! session ends it. Ids are any non-empty UTF-8 up to [`MAX_ID_LEN`] bytes.
+//! pending `lock()` leaves nothing behind; dropping a `Held` (or the last handle of its locker)
+//! releases the lock, and dropping the last handle of a session ends it. Ids are any non-empty UTF-8 up to [`MAX_ID_LEN`] bytes.
 //! The conformance suite in `lock-testkit` checks each of these.
 //!
 //! # What is shared
@@ -42,35 +46,20 @@
 //!
 //! # Writing a backend
 //!
-//! Implement [`Service`], [`Session`] and [`Locker`] — their async methods return
-//! [`OpFuture`]: `OpFuture::ready(…)` when you can answer at once, `OpFuture::boxed(async {…})`
-//! otherwise (or [`OpFuture::pending`] when the wait's state lives in the object itself) —, build each [`Held`] from a [`Signal`] you fire when the lock stops being held
-//! (or from your own state implementing [`HasSignal`]), and register the scheme with one line. Any crate can do this; `lock::new("yours:…")` then finds it as long as the
-//! program links your crate (reference it, e.g. `use your_backend as _;`, or call
-//! [`Registry::register`] yourself).
+//! The traits a backend implements and their helpers are in [`backend`]; applications never
+//! need them. `third-party/example-mem` in this repository is a complete example.
 //!
-//! ```
-//! use lock_core::{ConnectionString, OpenFuture, Error, Service};
+//! # Runtime
 //!
-//! fn open(cs: ConnectionString) -> OpenFuture {
-//!     Box::pin(async move {
-//!         let mut options = cs.options();
-//!         let _verbose = options.bool("verbose")?.unwrap_or(false);
-//!         options.finish()?; // rejects unknown options
-//!         Err::<Box<dyn Service>, _>(Error::InvalidConfig("construct your service here".into()))
-//!     })
-//! }
-//!
-//! lock_core::register_service!("yours", open);
-//! ```
-//!
-//! Then run the conformance suite from your crate's `tests/conformance.rs`:
-//! `lock_testkit::conformance_tests!(lock_testkit::Harness::from_uri("yours:"));`.
-//! `third-party/example-mem` in this repository is a complete example.
+//! The handles work on any tokio runtime. A timeout (the session's, or
+//! [`Locker::lock_timeout`]) needs tokio's timers: `#[tokio::main]` and `#[tokio::test]` enable
+//! them, and a runtime you build needs `enable_time()` (or `enable_all()`); without them tokio
+//! panics when the timer starts. The etcd backend also needs tokio's I/O driver.
 
+pub mod backend;
 mod config;
 mod error;
-mod ext;
+mod handle;
 mod held;
 mod id;
 mod loss;
@@ -81,16 +70,12 @@ mod traits;
 mod uri;
 
 pub use config::SessionConfig;
-pub use error::{BoxError, Error, Result};
-pub use ext::LockerExt;
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use handle::{Locker, Service, Session};
 pub use held::{Done, Held, Lost};
-pub use id::{validate_id, MAX_ID_LEN};
+pub use id::MAX_ID_LEN;
 pub use loss::{Loss, LossCause};
-pub use op::{OpFuture, PendingOp};
-pub use registry::{new, services, OpenFuture, Registry, ServiceFactory};
-pub use signal::{Deadline, HasSignal, Signal};
-pub use traits::{Locker, Service, Session};
-pub use uri::{is_secret_option, ConnectionString, Options};
+pub use registry::{new, services};
 
 #[doc(hidden)]
 pub mod __private {

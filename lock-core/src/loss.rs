@@ -3,8 +3,8 @@
 use std::fmt;
 use std::time::Instant;
 
-/// What ended a hold. Backends record it when they fire a hold's [`Signal`](crate::Signal)
-/// with [`Signal::fire_because`](crate::Signal::fire_because); a backend that records nothing
+/// What ended a hold. Backends record it when they fire a hold's [`Signal`](crate::backend::Signal)
+/// with [`Signal::fire_because`](crate::backend::Signal::fire_because); a backend that records nothing
 /// gives [`LossCause::Unknown`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -55,7 +55,7 @@ impl fmt::Display for LossCause {
 /// # Examples
 ///
 /// ```
-/// # async fn demo(locker: &dyn lock_core::Locker) -> lock_core::Result<()> {
+/// # async fn demo(locker: lock_core::Locker) -> lock_core::Result<()> {
 /// let held = locker.lock().await?;
 /// held.lost().await;
 /// if let Some(loss) = held.loss() {

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// The future returned by [`Service`](crate::Service), [`Session`](crate::Session) and
-/// [`Locker`](crate::Locker) methods.
+/// The future returned by [`Service`](crate::backend::Service), [`Session`](crate::backend::Session) and
+/// [`Locker`](crate::backend::Locker) methods.
 ///
 /// A backend that can answer at once (an uncontended in-process lock, a validation error)
 /// returns [`OpFuture::ready`], which allocates nothing; one that must wait returns
@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 /// # Examples
 ///
 /// ```
-/// use lock_core::OpFuture;
+/// use lock_core::backend::OpFuture;
 ///
 /// fn answer(now: bool) -> OpFuture<'static, u32> {
 ///     if now {

@@ -6,10 +6,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{OnceLock, RwLock};
 
-use crate::{ConnectionString, Error, Result, Service};
+use crate::uri::ConnectionString;
+use crate::{Error, Result, Service};
 
-/// The future a backend's constructor returns.
-pub type OpenFuture = Pin<Box<dyn Future<Output = Result<Box<dyn Service>>> + Send + 'static>>;
+/// The future a backend's constructor returns: the service, wrapped with
+/// [`Service::from_backend`].
+pub type OpenFuture = Pin<Box<dyn Future<Output = Result<Service>> + Send + 'static>>;
 
 /// How to open one backend: its scheme and its constructor. Built in `const` context, so it can
 /// be registered with [`register_service!`](crate::register_service).
@@ -52,7 +54,8 @@ inventory::collect!(ServiceFactory);
 /// # Examples
 ///
 /// ```
-/// use lock_core::{Registry, ServiceFactory, ConnectionString, OpenFuture, Error};
+/// use lock_core::backend::{Registry, ServiceFactory, ConnectionString, OpenFuture};
+/// use lock_core::Error;
 ///
 /// fn open(_: ConnectionString) -> OpenFuture {
 ///     Box::pin(async { Err(Error::InvalidConfig("demo only".into())) })
@@ -116,7 +119,7 @@ impl Registry {
     /// [`Error::InvalidConnectionString`] for a malformed string;
     /// [`Error::UnsupportedService`] (listing the registered schemes) for an unknown scheme;
     /// whatever the backend's constructor returns.
-    pub async fn open(&self, uri: &str) -> Result<Box<dyn Service>> {
+    pub async fn open(&self, uri: &str) -> Result<Service> {
         let cs = ConnectionString::parse(uri)?;
         let factory = {
             let factories = self.factories.read().unwrap_or_else(|e| e.into_inner());
@@ -149,12 +152,12 @@ impl fmt::Debug for Registry {
 /// Registers a backend in every program that links the calling crate:
 /// `register_service!("scheme", open_fn)` where `open_fn: fn(ConnectionString) -> OpenFuture`.
 ///
-/// See the crate documentation's "Writing a backend" section.
+/// See the [`backend`](crate::backend) module.
 #[macro_export]
 macro_rules! register_service {
     ($scheme:expr, $open:expr $(,)?) => {
         $crate::__private::inventory::submit! {
-            $crate::ServiceFactory::new($scheme, $open)
+            $crate::backend::ServiceFactory::new($scheme, $open)
         }
     };
 }
@@ -173,7 +176,7 @@ macro_rules! register_service {
 /// assert!(err.to_string().starts_with("unsupported service: `nosuch`"));
 /// # }
 /// ```
-pub async fn new(uri: &str) -> Result<Box<dyn Service>> {
+pub async fn new(uri: &str) -> Result<Service> {
     Registry::global().open(uri).await
 }
 

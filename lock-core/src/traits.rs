@@ -1,17 +1,22 @@
 //! The three traits every backend implements. Their async methods return [`OpFuture`]: ready
 //! (no allocation) when the backend can answer at once, pending on the backend object's own
 //! state (no allocation) or boxed when it must wait.
+//!
+//! Applications do not call these: they hold the handles [`crate::Service`],
+//! [`crate::Session`] and [`crate::Locker`], which wrap them.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
-use crate::{Done, Held, OpFuture, Result, SessionConfig};
+use crate::backend::{Hold, OpFuture};
+use crate::{Done, Result, SessionConfig};
 
-/// A locking service: a connection to a backend, from which sessions are opened.
+/// A backend's locking service: a connection to the backend, from which sessions are opened.
 ///
-/// Open one with [`crate::new`] from a connection string such as `local:` or
-/// `etcd:http://127.0.0.1:2379`. Sessions keep the service's resources alive: dropping the
-/// service handle ends nothing; [`close`](Service::close) ends every session.
-pub trait Service: Send + Sync + Debug {
+/// Wrapped by [`crate::Service`] ([`Service::from_backend`](crate::Service::from_backend)).
+/// Sessions keep the service's resources alive: dropping the service ends nothing;
+/// [`close`](Service::close) ends every session.
+pub trait Service: Send + Sync + Debug + 'static {
     /// Opens a session with the given configuration.
     ///
     /// # Errors
@@ -19,10 +24,7 @@ pub trait Service: Send + Sync + Debug {
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a configuration the backend
     /// cannot honour; [`Error::AlreadyClosed`](crate::Error::AlreadyClosed) after `close`;
     /// [`Error::Backend`](crate::Error::Backend) when the backend cannot be reached.
-    fn new_session<'a>(
-        &'a self,
-        config: &'a SessionConfig,
-    ) -> OpFuture<'a, Result<Box<dyn Session>>>;
+    fn new_session(&self, config: SessionConfig) -> OpFuture<'_, Result<Arc<dyn Session>>>;
 
     /// Closes the service: every session ends and every lock is reported lost.
     ///
@@ -32,16 +34,16 @@ pub trait Service: Send + Sync + Debug {
     fn close(&self) -> OpFuture<'_, Result<()>>;
 }
 
-/// A session: one party's identity towards the backend, with a TTL. Every lock taken through
-/// the session's lockers lives at most as long as the session.
+/// A backend's session: one party's identity towards the backend, with a TTL. Every lock taken
+/// through the session's lockers lives at most as long as the session.
 ///
-/// Dropping a session ends it (in the background for remote backends); [`close`](Session::close)
-/// is the clean path.
-pub trait Session: Send + Sync + Debug {
+/// Dropping it ends it (in the background for remote backends). The [`crate::Session`] handle
+/// drops it once the last handle of the session, its lockers and their holds are gone.
+pub trait Session: Send + Sync + Debug + 'static {
     /// A locker for lock `id`. Lockers of the same id exclude each other, whether they belong
     /// to the same session or to different ones. An invalid id is reported by the locker's
     /// first `lock`/`try_lock` call as [`Error::InvalidId`](crate::Error::InvalidId).
-    fn new_locker(&self, id: &str) -> Box<dyn Locker>;
+    fn new_locker(&self, id: &str) -> Arc<dyn Locker>;
 
     /// A future that resolves once the session has ended: closed, dropped, its service closed,
     /// or (for remote backends) its lease lost.
@@ -56,8 +58,9 @@ pub trait Session: Send + Sync + Debug {
     fn close(&self) -> OpFuture<'_, Result<()>>;
 }
 
-/// One party's handle on one lock id.
-pub trait Locker: Send + Sync + Debug {
+/// A backend's locker: one party's handle on one lock id. At most one hold or attempt at a
+/// time. Dropping it releases its hold (in the background for remote backends).
+pub trait Locker: Send + Sync + Debug + 'static {
     /// Waits for the lock, in FIFO order with other waiters, up to the session's timeout.
     ///
     /// Cancel-safe: dropping the future withdraws from the queue and leaves nothing behind.
@@ -69,24 +72,32 @@ pub trait Locker: Send + Sync + Debug {
     /// [`Error::Canceled`](crate::Error::Canceled) if the session ends while waiting;
     /// [`Error::AlreadyClosed`](crate::Error::AlreadyClosed) if it had ended before;
     /// [`Error::InvalidId`](crate::Error::InvalidId).
-    fn lock(&self) -> OpFuture<'_, Result<Held>>;
+    fn lock(&self) -> OpFuture<'_, Result<Hold>>;
 
     /// Takes the lock if nobody holds it or waits for it; never waits.
     ///
     /// # Errors
     ///
     /// As [`lock`](Locker::lock), except that a held lock gives `Ok(None)`.
-    fn try_lock(&self) -> OpFuture<'_, Result<Option<Held>>>;
+    fn try_lock(&self) -> OpFuture<'_, Result<Option<Hold>>>;
 
-    /// Releases the lock; its [`Held::lost`] fires.
+    /// Releases the current hold (`token: None`, the seed's `unlock`), or only the hold whose
+    /// fencing token is `token` (a [`crate::Held`] unlocking itself). Its lost signal fires.
+    ///
+    /// Cancel-safe once polled: a release that started completes in the background.
     ///
     /// # Errors
     ///
-    /// [`Error::NotHeld`](crate::Error::NotHeld) if this locker does not hold the lock;
-    /// [`Error::AlreadyClosed`](crate::Error::AlreadyClosed) after the session ended. An error
-    /// from a remote backend is informative: the lock is released at the latest when the
-    /// session's TTL runs out.
-    fn unlock(&self) -> OpFuture<'_, Result<()>>;
+    /// [`Error::NotHeld`](crate::Error::NotHeld) if the locker holds nothing (or another
+    /// hold than `token`); [`Error::AlreadyClosed`](crate::Error::AlreadyClosed) after the
+    /// session ended. An error from a remote backend is informative: the lock is released at
+    /// the latest when the session's TTL runs out.
+    fn unlock(&self, token: Option<u64>) -> OpFuture<'_, Result<()>>;
+
+    /// Releases the hold whose fencing token is `token`, if it is still the current one,
+    /// without waiting: its lost signal fires now, and a remote backend removes its record in
+    /// the background. Called when a [`crate::Held`] is dropped without `unlock()`.
+    fn release(&self, token: u64);
 
     /// The lock id this locker was made for.
     fn id(&self) -> &str;

@@ -14,7 +14,7 @@ use crate::{Error, Result};
 /// # Examples
 ///
 /// ```
-/// use lock_core::ConnectionString;
+/// use lock_core::backend::ConnectionString;
 ///
 /// let cs = ConnectionString::parse("etcd:http://a:2379,http://b:2379?dial-timeout=2s").unwrap();
 /// assert_eq!(cs.scheme(), "etcd");

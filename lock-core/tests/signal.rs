@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lock_core::{Deadline, Done, Held, LossCause, Signal};
+use lock_core::backend::{Deadline, Hold as Held, Signal};
+use lock_core::{Done, LossCause};
 
 #[tokio::test]
 async fn a_hold_is_lost_once_its_epoch_ends_and_stays_lost() {

@@ -1,6 +1,7 @@
 //! Connection strings and the registry.
 
-use lock_core::{ConnectionString, Error, OpenFuture, Registry, ServiceFactory};
+use lock_core::backend::{ConnectionString, OpenFuture, Registry, ServiceFactory};
+use lock_core::Error;
 
 #[test]
 fn parts_and_options() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, LockOptions};
-use lock_core::{Service, Session, SessionConfig};
+use lock_core::{Service, SessionConfig};
 use lock_etcd::{EtcdConfig, EtcdService};
 
 const UNCONTENDED: usize = 1000;
@@ -27,10 +27,10 @@ fn unique(name: &str) -> String {
     format!("bench/{name}/{nanos:x}")
 }
 
-async fn ours(endpoints: &str) -> Arc<dyn Service> {
+async fn ours(endpoints: &str) -> Service {
     let config =
         EtcdConfig::from_uri(&format!("etcd:{endpoints}?prefix={}/", unique("ours"))).unwrap();
-    Arc::new(EtcdService::connect(config).await.unwrap())
+    Service::from_backend(EtcdService::connect(config).await.unwrap())
 }
 
 async fn raw(endpoints: &str) -> Client {
@@ -88,7 +88,7 @@ async fn floor_and_uncontended(endpoints: &str, rows: &mut Vec<Row>) -> f64 {
     let key = unique("floor");
     let service = ours(endpoints).await;
     let session = service
-        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .unwrap();
     let locker = session.new_locker("uncontended");
@@ -103,7 +103,7 @@ async fn floor_and_uncontended(endpoints: &str, rows: &mut Vec<Row>) -> f64 {
         }
         for _ in 0..UNCONTENDED / BLOCKS {
             let t = Instant::now();
-            locker.lock().await.unwrap();
+            let _held = locker.lock().await.unwrap();
             locker.unlock().await.unwrap();
             mine.push(t.elapsed());
         }
@@ -165,12 +165,12 @@ async fn contended(endpoints: &str, put_rate: f64, rows: &mut Vec<Row>) {
         let (service, count) = (service.clone(), count.clone());
         tasks.push(tokio::spawn(async move {
             let session = service
-                .new_session(&SessionConfig::new(Duration::from_secs(10)))
+                .new_session(SessionConfig::new(Duration::from_secs(10)))
                 .await
                 .unwrap();
             let locker = session.new_locker("contended");
             while Instant::now() < stop {
-                locker.lock().await.unwrap();
+                let _held = locker.lock().await.unwrap();
                 locker.unlock().await.unwrap();
                 count.fetch_add(1, Relaxed);
             }
@@ -193,7 +193,7 @@ async fn contended(endpoints: &str, put_rate: f64, rows: &mut Vec<Row>) {
 }
 
 /// The seed example on `service`: the wall time, or the first error.
-async fn seed_ours(service: &Arc<dyn Service>, sessions: usize) -> Result<Duration, String> {
+async fn seed_ours(service: &Service, sessions: usize) -> Result<Duration, String> {
     let counter = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -201,7 +201,7 @@ async fn seed_ours(service: &Arc<dyn Service>, sessions: usize) -> Result<Durati
         let (service, counter) = (service.clone(), counter.clone());
         tasks.push(tokio::spawn(async move {
             let config = SessionConfig::new(Duration::from_secs(30));
-            let session = service.new_session(&config).await?;
+            let session = service.new_session(config).await?;
             let locker = session.new_locker("seed");
             let held = locker.lock().await?;
             assert!(!held.is_lost());
@@ -338,12 +338,12 @@ async fn waiters(endpoints: &str, rows: &mut Vec<Row>) {
     let config = EtcdConfig::from_uri(&format!("etcd:{endpoints}?prefix={prefix}")).unwrap();
     let service = EtcdService::connect(config).await.unwrap();
     let ttl = SessionConfig::new(Duration::from_secs(60));
-    let holder = service.open_session(&ttl).await.unwrap();
+    let holder = service.new_session(ttl).await.unwrap();
     let first = holder.new_locker("queue");
-    first.lock().await.unwrap();
+    let _held = first.lock().await.unwrap();
     let mut sessions = Vec::new();
     for _ in 0..SESSIONS {
-        sessions.push(Arc::new(service.open_session(&ttl).await.unwrap()));
+        sessions.push(service.new_session(ttl).await.unwrap());
     }
     let order = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -431,7 +431,10 @@ async fn idle(endpoints: &str, rows: &mut Vec<Row>) {
     let wall = start.elapsed();
     let after = service.stats();
     let streams = server_metric(endpoints, streams_method) - server_streams;
-    let ended = sessions.iter().filter(|s| s.done().is_done()).count();
+    let ended = sessions
+        .iter()
+        .filter(|s| lock_core::backend::Session::done(*s).is_done())
+        .count();
     let sent = after.keep_alives_sent - before.keep_alives_sent;
     let unanswered = after.keep_alives_sent - after.keep_alives_acknowledged;
     service.close().await.unwrap();

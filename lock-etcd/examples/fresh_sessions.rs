@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lock_core::{Service, SessionConfig};
+use lock_core::SessionConfig;
 
 use args::{arg, number};
 use lock_etcd::{EtcdConfig, EtcdService};
@@ -36,7 +36,7 @@ async fn one(uri: &str, n: u64, hold: Duration, counts: &Counts) -> Result<(), S
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let session = service
-        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .map_err(|e| format!("session: {e}"))?;
     let locker = session.new_locker(&format!("fresh-{n}"));

@@ -4,7 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lock_core::{ConnectionString, Error, Result};
+use lock_core::backend::{ConnectionString, Options};
+use lock_core::{Error, Result};
 
 /// How long opening a service waits for the cluster to answer, as in etcd's Go client.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -198,7 +199,7 @@ impl fmt::Debug for EtcdConfig {
     }
 }
 
-fn positive(o: &mut lock_core::Options, key: &'static str) -> Result<Option<Duration>> {
+fn positive(o: &mut Options, key: &'static str) -> Result<Option<Duration>> {
     match o.duration(key)? {
         Some(d) if d.is_zero() => Err(invalid(format!("option `{key}` must be greater than zero"))),
         d => Ok(d),

@@ -10,7 +10,7 @@
 //! The server saying the lease is unknown (a keep-alive answered with TTL ≤ 0) ends the session
 //! only once a `LeaseTimeToLive` query (answered by the leader) confirms it: etcd before 3.5.3
 //! can give that answer for a lease granted moments ago. Until then the deadline still runs.
-//! `Held::is_lost()` reads the deadline directly, so even a process that wakes from a pause
+//! `Held::is_lost()` (through its `Hold`) reads the deadline directly, so even a process that wakes from a pause
 //! sees the loss before this task has run.
 
 use std::collections::{HashMap, VecDeque};
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
-use lock_core::Deadline;
+use lock_core::backend::Deadline;
 use tokio::sync::Notify;
 
 use crate::health::Probes;

@@ -38,7 +38,7 @@ pub use locker::EtcdLocker;
 pub use service::{EtcdService, KeyInfo, ServiceStats};
 pub use session::EtcdSession;
 
-use lock_core::{ConnectionString, OpenFuture, Registry, Service, ServiceFactory};
+use lock_core::backend::{ConnectionString, OpenFuture, Registry, ServiceFactory};
 
 /// The scheme of this backend: `etcd`.
 pub const SERVICE_ETCD: &str = "etcd";
@@ -46,7 +46,9 @@ pub const SERVICE_ETCD: &str = "etcd";
 fn open(cs: ConnectionString) -> OpenFuture {
     Box::pin(async move {
         let config = EtcdConfig::parse(&cs)?;
-        Ok(Box::new(EtcdService::connect(config).await?) as Box<dyn Service>)
+        Ok(lock_core::Service::from_backend(
+            EtcdService::connect(config).await?,
+        ))
     })
 }
 

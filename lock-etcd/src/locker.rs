@@ -28,7 +28,8 @@ use std::time::Duration;
 use etcd_client::{
     Compare, CompareOp, GetOptions, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
-use lock_core::{Error, Held, Locker, LossCause, OpFuture, Result, Signal};
+use lock_core::backend::{self, Hold, OpFuture, Signal};
+use lock_core::{Error, LossCause, Result};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
@@ -307,7 +308,7 @@ impl LockerCore {
     }
 
     /// Acquiring → Held.
-    fn grant(&self) -> Result<Held> {
+    fn grant(&self) -> Result<Hold> {
         let mut st = self.state();
         if self.session.ended().is_some() || st.deleted_at > st.rev {
             return Err(self.canceled());
@@ -315,7 +316,7 @@ impl LockerCore {
         st.phase = Phase::Held;
         st.granted = st.granted.max(st.rev);
         tracing::debug!(id = %self.id, token = st.rev, "lock acquired");
-        Ok(Held::new(
+        Ok(Hold::new(
             self.signal.clone(),
             self.signal.epoch(),
             Some(self.session.deadline.clone()),
@@ -404,7 +405,7 @@ impl LockerCore {
         Ok(resp.prev_key().map_or(revision, |kv| kv.create_revision()))
     }
 
-    async fn acquire(self: &Arc<Self>) -> Result<Held> {
+    async fn acquire(self: &Arc<Self>) -> Result<Hold> {
         // Where this service already sees contention for the id, a plain put joins the queue;
         // otherwise one txn takes a free lock outright.
         let (mut queue, busy) = self.session.service.hub.join(&self.range);
@@ -476,7 +477,7 @@ impl LockerCore {
         }
     }
 
-    async fn try_acquire(self: &Arc<Self>) -> Result<Option<Held>> {
+    async fn try_acquire(self: &Arc<Self>) -> Result<Option<Hold>> {
         let (owner, options) = self.put_own_key();
         let txn = Txn::new()
             .when([Compare::create_revision(&*self.range, CompareOp::Equal, 0).with_prefix()])
@@ -612,7 +613,7 @@ async fn remove(mut kv: KvClient, key: &str, rev: &mut i64) -> Result<(), etcd_c
     kv.txn(delete_if_created_at(key, *rev)).await.map(drop)
 }
 
-/// A locker of the `etcd:` backend; see [`lock_core::Locker`].
+/// A locker of the `etcd:` backend; see [`lock_core::backend::Locker`].
 pub struct EtcdLocker {
     core: Arc<LockerCore>,
 }
@@ -626,7 +627,7 @@ impl EtcdLocker {
             core: Arc::new(LockerCore {
                 serial,
                 id: id.to_owned(),
-                invalid_id: lock_core::validate_id(id).err().map(|e| match e {
+                invalid_id: backend::validate_id(id).err().map(|e| match e {
                     Error::InvalidId(reason) => reason,
                     other => other.to_string(),
                 }),
@@ -689,8 +690,8 @@ impl Drop for Release<'_> {
     }
 }
 
-impl Locker for EtcdLocker {
-    fn lock(&self) -> OpFuture<'_, Result<Held>> {
+impl backend::Locker for EtcdLocker {
+    fn lock(&self) -> OpFuture<'_, Result<Hold>> {
         let span = self.span("lock");
         OpFuture::boxed(Instrument::instrument(
             async move {
@@ -701,7 +702,7 @@ impl Locker for EtcdLocker {
         ))
     }
 
-    fn try_lock(&self) -> OpFuture<'_, Result<Option<Held>>> {
+    fn try_lock(&self) -> OpFuture<'_, Result<Option<Hold>>> {
         let span = self.span("try_lock");
         OpFuture::boxed(Instrument::instrument(
             async move {
@@ -713,7 +714,7 @@ impl Locker for EtcdLocker {
         ))
     }
 
-    fn unlock(&self) -> OpFuture<'_, Result<()>> {
+    fn unlock(&self, token: Option<u64>) -> OpFuture<'_, Result<()>> {
         let span = self.span("unlock");
         OpFuture::boxed(Instrument::instrument(
             async move {
@@ -721,7 +722,7 @@ impl Locker for EtcdLocker {
                 core.session.check_open()?;
                 let rev = {
                     let mut st = core.state();
-                    if st.phase != Phase::Held {
+                    if st.phase != Phase::Held || token.is_some_and(|t| t != st.rev as u64) {
                         return Err(Error::NotHeld);
                     }
                     st.go_idle(&core.signal, LossCause::Unlocked, || "unlock()".to_owned());
@@ -744,6 +745,21 @@ impl Locker for EtcdLocker {
             },
             span,
         ))
+    }
+
+    fn release(&self, token: u64) {
+        let core = &self.core;
+        let mut st = core.state();
+        if st.phase != Phase::Held || st.rev as u64 != token {
+            return; // released or lost already
+        }
+        st.go_idle(&core.signal, LossCause::Unlocked, || {
+            "the Held was dropped".to_owned()
+        });
+        tracing::debug!(id = %core.id, token, "releasing a dropped hold");
+        let rev = st.rev;
+        // Under the lock that made us idle, as `abandon` does: a next attempt waits for it.
+        core.remove_later_locked(&mut st, rev);
     }
 
     fn id(&self) -> &str {

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use lock_core::{Deadline, Error, OpFuture, Result, Service, Session, SessionConfig};
+use lock_core::backend::{self, Deadline, OpFuture};
+use lock_core::{Error, Result, SessionConfig};
 use tokio::task::JoinHandle;
 
 use crate::config::EtcdConfig;
@@ -77,7 +78,7 @@ impl Drop for ServiceCore {
 
 /// The `etcd:` service. Open it with `lock::new("etcd:http://…")` or [`EtcdService::connect`].
 ///
-/// Sessions keep the service's connection alive; [`Service::close`] ends every session and
+/// Sessions keep the service's connection alive; [`EtcdService::close`] ends every session and
 /// revokes their leases.
 #[derive(Clone)]
 pub struct EtcdService {
@@ -135,11 +136,32 @@ impl EtcdService {
         })
     }
 
+    /// Opens a session as the application handle [`lock_core::Session`], as
+    /// [`lock_core::Service::new_session`] does; [`open_session`](Self::open_session) gives the
+    /// etcd session itself (its lease id).
+    ///
+    /// # Errors
+    ///
+    /// As [`open_session`](Self::open_session).
+    pub async fn new_session(&self, config: SessionConfig) -> Result<lock_core::Session> {
+        let session = self.open_session(&config).await?;
+        Ok(lock_core::Session::from_backend(Arc::new(session)))
+    }
+
+    /// Closes the service, as [`lock_core::Service::close`] does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyClosed`] on the second call.
+    pub async fn close(&self) -> Result<()> {
+        backend::Service::close(self).await
+    }
+
     /// Opens a session (one lease) and returns the concrete type, which tells its lease id.
     ///
     /// # Errors
     ///
-    /// As [`Service::new_session`].
+    /// As [`lock_core::Service::new_session`].
     pub async fn open_session(&self, config: &SessionConfig) -> Result<EtcdSession> {
         config.validate()?;
         if self.core.sessions().is_none() {
@@ -214,7 +236,7 @@ impl EtcdService {
     ///
     /// [`Error::Backend`] when etcd cannot be read; [`Error::InvalidId`].
     pub async fn status(&self, id: &str) -> Result<Vec<KeyInfo>> {
-        lock_core::validate_id(id)?;
+        backend::validate_id(id)?;
         let range = crate::keys::id_prefix(&self.core.config.prefix, id);
         let kv = self.core.client.kv_client();
         let options = etcd_client::GetOptions::new().with_prefix().with_sort(
@@ -283,14 +305,14 @@ impl EtcdService {
     }
 }
 
-impl Service for EtcdService {
-    fn new_session<'a>(
-        &'a self,
-        config: &'a SessionConfig,
-    ) -> OpFuture<'a, Result<Box<dyn Session>>> {
+impl backend::Service for EtcdService {
+    fn new_session(
+        &self,
+        config: SessionConfig,
+    ) -> OpFuture<'_, Result<Arc<dyn backend::Session>>> {
         OpFuture::boxed(async move {
-            let session = self.open_session(config).await?;
-            Ok(Box::new(session) as Box<dyn Session>)
+            let session = self.open_session(&config).await?;
+            Ok(Arc::new(session) as Arc<dyn backend::Session>)
         })
     }
 

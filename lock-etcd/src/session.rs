@@ -5,7 +5,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use lock_core::{Deadline, Done, Error, Locker, LossCause, OpFuture, Result, Session, Signal};
+use lock_core::backend::{self, Deadline, OpFuture, Signal};
+use lock_core::{Done, Error, LossCause, Result};
 
 use crate::locker::{EtcdLocker, LockerCore};
 use crate::service::ServiceCore;
@@ -194,7 +195,7 @@ impl fmt::Debug for SessionCore {
 }
 
 /// A session of the `etcd:` backend: one etcd lease with the session's TTL. See
-/// [`lock_core::Session`].
+/// [`lock_core::backend::Session`].
 pub struct EtcdSession {
     core: Arc<SessionCore>,
 }
@@ -210,15 +211,15 @@ impl EtcdSession {
     }
 }
 
-impl Session for EtcdSession {
-    fn new_locker(&self, id: &str) -> Box<dyn Locker> {
+impl backend::Session for EtcdSession {
+    fn new_locker(&self, id: &str) -> Arc<dyn backend::Locker> {
         let key = self.core.service.next_key();
         let locker = EtcdLocker::new(key, id, self.core.clone());
         self.core.lockers().insert(key, locker.weak());
         if let Some(reason) = self.core.ended() {
             locker.core().session_ended(reason);
         }
-        Box::new(locker)
+        Arc::new(locker)
     }
 
     fn done(&self) -> Done {

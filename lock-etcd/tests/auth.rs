@@ -51,7 +51,7 @@ async fn authentication_and_permissions() {
         .await
         .unwrap();
     let session = service
-        .new_session(&SessionConfig::new(Duration::from_secs(5)))
+        .new_session(SessionConfig::new(Duration::from_secs(5)))
         .await
         .unwrap();
     let locker = session.new_locker("job");

@@ -8,18 +8,18 @@ use std::time::{Duration, Instant};
 use lock_core::{Service, SessionConfig};
 use lock_testkit::etcd::ClusterSpec;
 
-async fn one_cycle(service: &dyn Service) -> lock_core::Result<()> {
+async fn one_cycle(service: &Service) -> lock_core::Result<()> {
     let session = service
-        .new_session(&SessionConfig::new(Duration::from_secs(5)))
+        .new_session(SessionConfig::new(Duration::from_secs(5)))
         .await?;
     let locker = session.new_locker("cycle");
-    locker.lock().await?;
+    let _held = locker.lock().await?;
     locker.unlock().await?;
     session.close().await
 }
 
 /// Time until a full session/lock/unlock/close cycle succeeds again.
-async fn recovery(service: &dyn Service) -> Duration {
+async fn recovery(service: &Service) -> Duration {
     let start = Instant::now();
     loop {
         match tokio::time::timeout(Duration::from_secs(6), one_cycle(service)).await {
@@ -44,7 +44,7 @@ async fn losing_a_member_breaks_no_session() {
         .await
         .unwrap();
     let session = service
-        .new_session(&SessionConfig::new(Duration::from_secs(5)))
+        .new_session(SessionConfig::new(Duration::from_secs(5)))
         .await
         .unwrap();
     let holder = session.new_locker("held");
@@ -53,12 +53,10 @@ async fn losing_a_member_breaks_no_session() {
     let leader = cluster.leader().expect("a leader");
     for victim in [leader, (leader + 1) % 3] {
         cluster.kill(victim);
-        let took = recovery(service.as_ref()).await;
+        let took = recovery(&service).await;
         eprintln!("member n{victim} killed: locks granted again after {took:?}");
         for _ in 0..10 {
-            one_cycle(service.as_ref())
-                .await
-                .expect("locks keep being granted");
+            one_cycle(&service).await.expect("locks keep being granted");
         }
         assert!(
             !held.is_lost(),

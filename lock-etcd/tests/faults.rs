@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lock_core::{Service, SessionConfig};
+use lock_core::SessionConfig;
 use lock_etcd::{EtcdConfig, EtcdService};
 use lock_testkit::contend::{Contender, Fenced};
 use lock_testkit::etcd::{Cluster, ClusterSpec};
@@ -51,7 +51,7 @@ async fn contend(cluster: &Cluster, clients: usize, id: &str) -> Run {
         let service = connect(&cluster.endpoints(), &prefix).await.unwrap();
         let contender = Contender {
             client: n,
-            service: Arc::new(service),
+            service: lock_core::Service::from_backend(service),
             id: id.to_owned(),
             ttl: TTL,
             resource: resource.clone(),
@@ -192,7 +192,7 @@ async fn rolling_restart_under_contention() {
     let prefix = common::unique_prefix("rolling-quiet");
     let quiet = connect(&cluster.endpoints(), &prefix).await.unwrap();
     let session = quiet
-        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .unwrap();
     let locker = session.new_locker("quiet");
@@ -236,7 +236,7 @@ fn a_frozen_holder_sees_the_loss_at_once_and_its_stale_write_is_rejected() {
                 .unwrap();
             rt.block_on(async {
                 let service = connect(&endpoints, &prefix).await.unwrap();
-                let session = service.new_session(&SessionConfig::new(TTL)).await.unwrap();
+                let session = service.new_session(SessionConfig::new(TTL)).await.unwrap();
                 let locker = session.new_locker("x");
                 let held = locker.lock().await.unwrap();
                 let token = held.fencing_token();
@@ -290,7 +290,7 @@ fn a_frozen_holder_sees_the_loss_at_once_and_its_stale_write_is_rejected() {
     rt.block_on(async {
         let stale = granted_rx.recv().unwrap();
         let service = connect(&endpoints, &prefix).await.unwrap();
-        let session = service.new_session(&SessionConfig::new(TTL)).await.unwrap();
+        let session = service.new_session(SessionConfig::new(TTL)).await.unwrap();
         let locker = session.new_locker("x");
         let held = tokio::time::timeout(TTL * 4, locker.lock())
             .await

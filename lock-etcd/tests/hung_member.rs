@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use lock_core::{LossCause, Service, SessionConfig};
+use lock_core::{LossCause, SessionConfig};
 use lock_etcd::{EtcdConfig, EtcdService};
 use lock_testkit::etcd::{Cluster, ClusterSpec};
 
@@ -25,9 +25,9 @@ async fn connect(cluster: &Cluster, prefix: &str) -> lock_core::Result<EtcdServi
 /// What a `lock exec ID -- true` does: connect, open a session, lock, unlock, close.
 async fn one_fresh_client(cluster: &Cluster, prefix: &str) -> lock_core::Result<()> {
     let service = connect(cluster, prefix).await?;
-    let session = service.new_session(&SessionConfig::new(TTL)).await?;
+    let session = service.new_session(SessionConfig::new(TTL)).await?;
     let locker = session.new_locker("job");
-    locker.lock().await?;
+    let _held = locker.lock().await?;
     locker.unlock().await?;
     service.close().await
 }
@@ -59,7 +59,7 @@ async fn hang(cluster: &mut Cluster, member: usize, what: &str, must_survive: bo
     // A session opened before the hang, holding a lock through it.
     let quiet = connect(cluster, &prefix).await.unwrap();
     let session = quiet
-        .new_session(&SessionConfig::new(quiet_ttl))
+        .new_session(SessionConfig::new(quiet_ttl))
         .await
         .unwrap();
     let locker = session.new_locker("quiet");
@@ -71,7 +71,7 @@ async fn hang(cluster: &mut Cluster, member: usize, what: &str, must_survive: bo
     let took = started.elapsed();
     // A lock() on the held id, with a 1 s timeout, returns within it (+ 100 ms).
     let waiting = quiet
-        .new_session(&SessionConfig::new(quiet_ttl).with_timeout(Duration::from_secs(1)))
+        .new_session(SessionConfig::new(quiet_ttl).with_timeout(Duration::from_secs(1)))
         .await
         .unwrap();
     let waiter = waiting.new_locker("quiet");

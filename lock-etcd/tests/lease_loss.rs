@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use etcd_client::GetOptions;
-use lock_core::{Error, Service, SessionConfig};
+use lock_core::{Error, SessionConfig};
 use lock_etcd::{EtcdConfig, EtcdService};
 
 async fn service(endpoints: &str, prefix: &str) -> EtcdService {
@@ -22,7 +22,7 @@ async fn revoking_the_lease_from_outside_fires_lost_and_done() {
     let prefix = common::unique_prefix("revoke");
     let service = service(&endpoints, &prefix).await;
     let session = service
-        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .unwrap();
     let done = session.done();
@@ -64,7 +64,7 @@ async fn deleting_the_lock_key_from_outside_fires_lost_for_that_lock_only() {
     let prefix = common::unique_prefix("delete");
     let service = service(&endpoints, &prefix).await;
     let session = service
-        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .unwrap();
     let (a, b) = (
@@ -108,14 +108,14 @@ async fn unlock_and_close_leave_no_keys_or_leases() {
     let service = service(&endpoints, &prefix).await;
     let mut raw = common::raw(&endpoints).await;
     let session = service
-        .new_session(&SessionConfig::new(Duration::from_secs(10)))
+        .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .unwrap();
     let holder = session.new_locker("x");
-    holder.lock().await.unwrap();
+    let first = holder.lock().await.unwrap();
     let other = service
         .new_session(
-            &SessionConfig::new(Duration::from_secs(10)).with_timeout(Duration::from_millis(300)),
+            SessionConfig::new(Duration::from_secs(10)).with_timeout(Duration::from_millis(300)),
         )
         .await
         .unwrap();
@@ -133,13 +133,14 @@ async fn unlock_and_close_leave_no_keys_or_leases() {
         0,
         "unlock left the key behind"
     );
-    holder.lock().await.unwrap();
+    let guard = holder.lock().await.unwrap();
     let held = raw
         .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
         .await
         .unwrap();
     let lease = held.kvs()[0].lease();
-    drop(session); // revoked in the background
+    // The last handles of the session (an unlocked `Held` is one too): revoked in the background.
+    drop((first, guard, holder, session));
     assert!(
         keys_become(&mut raw, &prefix, 0, Duration::from_secs(5)).await,
         "a dropped session's keys were not removed"

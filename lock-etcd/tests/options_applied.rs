@@ -40,10 +40,10 @@ async fn prefix_namespaces_the_keys() {
     let service = EtcdService::connect(EtcdConfig::from_uri(&uri).unwrap())
         .await
         .unwrap();
-    let session =
-        lock_core::Service::new_session(&service, &SessionConfig::new(Duration::from_secs(5)))
-            .await
-            .unwrap();
+    let session = service
+        .new_session(SessionConfig::new(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let locker = session.new_locker("a/b c");
     let held = locker.lock().await.unwrap();
     let mut raw = common::raw(&endpoints).await;
@@ -59,7 +59,7 @@ async fn prefix_namespaces_the_keys() {
         held.fencing_token(),
         "the token is the create revision"
     );
-    lock_core::Service::close(&service).await.unwrap();
+    service.close().await.unwrap();
 }
 
 #[tokio::test]
@@ -71,11 +71,11 @@ async fn reject_old_cluster_accepts_a_current_cluster_and_keep_alive_options_app
     let uri = format!("etcd:{endpoints}?reject-old-cluster=true&dial-keep-alive-time=1s&dial-keep-alive-timeout=1s");
     let service = lock_core::new(&uri).await.unwrap();
     let session = service
-        .new_session(&SessionConfig::new(Duration::from_secs(5)))
+        .new_session(SessionConfig::new(Duration::from_secs(5)))
         .await
         .unwrap();
     let locker = session.new_locker(&common::unique_prefix("old"));
-    locker.lock().await.unwrap();
+    let _held = locker.lock().await.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await; // idle across several pings
     locker.unlock().await.unwrap();
     service.close().await.unwrap();
@@ -109,13 +109,11 @@ async fn auto_sync_picks_up_members_not_in_the_connection_string() {
     let start = Instant::now();
     loop {
         let attempt = async {
-            let session = lock_core::Service::new_session(
-                &service,
-                &SessionConfig::new(Duration::from_secs(5)),
-            )
-            .await?;
+            let session = service
+                .new_session(SessionConfig::new(Duration::from_secs(5)))
+                .await?;
             let locker = session.new_locker("after-sync");
-            locker.lock().await?;
+            let _held = locker.lock().await?;
             locker.unlock().await?;
             session.close().await
         };

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lock_core::{Error, Service, SessionConfig};
+use lock_core::{Error, SessionConfig};
 use lock_etcd::{EtcdConfig, EtcdService};
 use lock_testkit::proxy::{Fault, FaultProxy};
 
@@ -37,10 +37,10 @@ async fn a_partitioned_holder_loses_the_lock_before_the_next_holder_gets_it() {
     let cut_off = service(&proxy.url(), &prefix).await;
     let direct = service(&endpoints, &prefix).await;
 
-    let session = cut_off.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let session = cut_off.new_session(SessionConfig::new(TTL)).await.unwrap();
     let locker = session.new_locker("x");
     let held = locker.lock().await.unwrap();
-    let other = direct.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let other = direct.new_session(SessionConfig::new(TTL)).await.unwrap();
     let waiter = tokio::spawn(async move {
         let locker = other.new_locker("x");
         let granted = locker.lock().await;
@@ -96,7 +96,7 @@ async fn slow_keep_alives_are_no_loss_until_they_come_too_late() {
     let prefix = common::unique_prefix("slow");
     let proxy = proxy(&endpoints).await;
     let slow = service(&proxy.url(), &prefix).await;
-    let session = slow.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let session = slow.new_session(SessionConfig::new(TTL)).await.unwrap();
     let locker = session.new_locker("x");
     let held = locker.lock().await.unwrap();
 
@@ -126,13 +126,13 @@ async fn lock_returns_within_its_timeout_when_the_client_is_partitioned_while_wa
     let proxy = proxy(&endpoints).await;
     let cut_off = service(&proxy.url(), &prefix).await;
     let direct = service(&endpoints, &prefix).await;
-    let holder_session = direct.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let holder_session = direct.new_session(SessionConfig::new(TTL)).await.unwrap();
     let holder = holder_session.new_locker("x");
     let _held = holder.lock().await.unwrap();
 
     let timeout = Duration::from_secs(1);
     let session = cut_off
-        .new_session(&SessionConfig::new(TTL).with_timeout(timeout))
+        .new_session(SessionConfig::new(TTL).with_timeout(timeout))
         .await
         .unwrap();
     let waiter = session.new_locker("x");

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use lock_core::{Error, Service, SessionConfig};
+use lock_core::{Error, SessionConfig};
 use lock_etcd::{EtcdConfig, EtcdService};
 
 async fn service(endpoints: &str) -> EtcdService {
@@ -21,14 +21,14 @@ async fn ttls_below_a_second_or_the_server_minimum_are_invalid() {
     let service = service(&endpoints).await;
     for ttl in [Duration::from_millis(500), Duration::from_secs(1)] {
         let err = service
-            .new_session(&SessionConfig::new(ttl))
+            .new_session(SessionConfig::new(ttl))
             .await
             .unwrap_err();
         assert!(matches!(err, Error::InvalidConfig(_)), "{ttl:?}: {err:?}");
     }
     // Fractional seconds are cut to whole seconds (never lengthened).
     let session = service
-        .new_session(&SessionConfig::new(Duration::from_millis(2700)))
+        .new_session(SessionConfig::new(Duration::from_millis(2700)))
         .await
         .unwrap();
     session.close().await.unwrap();
@@ -46,7 +46,7 @@ async fn many_sessions_share_one_keep_alive_stream() {
     let mut sessions = Vec::new();
     for n in 0..50 {
         let session = service
-            .new_session(&SessionConfig::new(Duration::from_secs(2)))
+            .new_session(SessionConfig::new(Duration::from_secs(2)))
             .await
             .unwrap();
         let locker = session.new_locker(&format!("{prefix}{n}"));
@@ -90,7 +90,7 @@ async fn fresh_sessions_are_not_falsely_lost() {
             for n in (worker..total).step_by(PARALLEL) {
                 let service = service(&endpoints).await;
                 let session = service
-                    .new_session(&SessionConfig::new(Duration::from_secs(10)))
+                    .new_session(SessionConfig::new(Duration::from_secs(10)))
                     .await
                     .unwrap();
                 // The keep-alive stream opens, and its first answer arrives, within this.

@@ -13,7 +13,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lock_core::{Service, SessionConfig};
+use lock_core::SessionConfig;
 use lock_etcd::{EtcdConfig, EtcdService};
 use lock_testkit::proxy::{Fault, FaultProxy};
 
@@ -59,7 +59,7 @@ async fn a_late_delete_of_an_earlier_attempt_never_removes_the_key_held_now() {
         return;
     };
     let (slow, proxy, direct) = behind_a_proxy(&endpoints, "late-delete", "1s").await;
-    let session = slow.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let session = slow.new_session(SessionConfig::new(TTL)).await.unwrap();
     let locker = session.new_locker("x");
     let first_hold = locker.lock().await.unwrap();
 
@@ -96,7 +96,7 @@ async fn a_late_delete_of_an_earlier_attempt_never_removes_the_key_held_now() {
         second_hold.fencing_token(),
         first_hold.fencing_token()
     );
-    let other = direct.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let other = direct.new_session(SessionConfig::new(TTL)).await.unwrap();
     let waiter = tokio::spawn(async move {
         let locker = other.new_locker("x");
         let granted = locker.lock().await;
@@ -128,7 +128,7 @@ async fn a_cancelled_unlock_still_frees_the_lock_and_never_reuses_a_token() {
         return;
     };
     let (client, proxy, direct) = behind_a_proxy(&endpoints, "cancelled-unlock", "2s").await;
-    let session = client.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let session = client.new_session(SessionConfig::new(TTL)).await.unwrap();
     let locker = session.new_locker("x");
     let first_hold = locker.lock().await.unwrap();
 
@@ -141,7 +141,7 @@ async fn a_cancelled_unlock_still_frees_the_lock_and_never_reuses_a_token() {
     proxy.set(Fault::None);
 
     // Once the cluster answers, the id is free for another service within a second or so.
-    let other = direct.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let other = direct.new_session(SessionConfig::new(TTL)).await.unwrap();
     let other_locker = other.new_locker("x");
     let started = std::time::Instant::now();
     let other_hold = tokio::time::timeout(Duration::from_secs(3), other_locker.lock())
@@ -176,7 +176,7 @@ async fn a_dropped_wait_for_an_earlier_removal_does_not_let_it_delete_a_later_ho
     };
     // request-timeout 5 s: requests on the slow connection take 2 s but do not time out.
     let (slow, proxy, _direct) = behind_a_proxy(&endpoints, "dropped-wait", "5s").await;
-    let session = slow.new_session(&SessionConfig::new(TTL)).await.unwrap();
+    let session = slow.new_session(SessionConfig::new(TTL)).await.unwrap();
     let locker = session.new_locker("x");
     proxy.set(Fault::Latency(Duration::from_secs(1)));
 

@@ -78,11 +78,11 @@ async fn tls_with_client_certificates() {
 
     let service = lock_core::new(&files("ca.pem")).await.unwrap();
     let session = service
-        .new_session(&SessionConfig::new(Duration::from_secs(5)))
+        .new_session(SessionConfig::new(Duration::from_secs(5)))
         .await
         .unwrap();
     let locker = session.new_locker("tls");
-    locker.lock().await.unwrap();
+    let _held = locker.lock().await.unwrap();
     locker.unlock().await.unwrap();
     service.close().await.unwrap();
 

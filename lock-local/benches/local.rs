@@ -68,8 +68,8 @@ const THREADS: usize = 2;
 
 fn uncontended() -> (f64, f64) {
     let rt = runtime(1);
-    let service = LocalService::new();
-    let session = rt.block_on(service.new_session(&config())).unwrap();
+    let service = Service::from_backend(LocalService::new());
+    let session = rt.block_on(service.new_session(config())).unwrap();
     let locker = session.new_locker("bench/uncontended");
     let ours = median(&rt, 7, || async {
         for _ in 0..CYCLES {
@@ -101,15 +101,15 @@ fn contended() -> (f64, f64) {
 }
 
 async fn contended_ours_run() {
-    let service: Arc<dyn Service> = Arc::new(LocalService::new());
+    let service = Service::from_backend(LocalService::new());
     let mut tasks = Vec::new();
     for _ in 0..TASKS {
         let service = service.clone();
         tasks.push(tokio::spawn(async move {
-            let session = service.new_session(&config()).await.unwrap();
+            let session = service.new_session(config()).await.unwrap();
             let locker = session.new_locker("bench/contended");
             for _ in 0..ROUNDS {
-                locker.lock().await.unwrap();
+                let _held = locker.lock().await.unwrap();
                 locker.unlock().await.unwrap();
             }
         }));
@@ -176,13 +176,13 @@ fn timed(rt: &tokio::runtime::Runtime, fut: impl Future<Output = ()>) -> Duratio
 
 /// One run of the seed example on `local:`.
 async fn seed_ours_run() {
-    let service: Arc<dyn Service> = Arc::new(LocalService::new());
+    let service = Service::from_backend(LocalService::new());
     let counter = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..1000 {
         let (service, counter) = (service.clone(), counter.clone());
         tasks.push(tokio::spawn(async move {
-            let session = service.new_session(&config()).await.unwrap();
+            let session = service.new_session(config()).await.unwrap();
             let locker = session.new_locker("mylock");
             let held = locker.lock().await.unwrap();
             assert!(!held.is_lost());
@@ -227,20 +227,21 @@ fn peak_kib() -> Option<u64> {
 /// 1,000,000 distinct ids locked and unlocked once each: time, peak memory, entries left.
 fn distinct_ids() -> (f64, Option<u64>, usize) {
     let rt = runtime(1);
-    let service = LocalService::new();
-    let session = rt.block_on(service.new_session(&config())).unwrap();
+    let local = LocalService::new();
+    let service = Service::from_backend(local.clone());
+    let session = rt.block_on(service.new_session(config())).unwrap();
     let start = Instant::now();
     rt.block_on(async {
         for n in 0..1_000_000u32 {
             let locker = session.new_locker(&format!("job/{n}"));
-            locker.lock().await.unwrap();
+            let _held = locker.lock().await.unwrap();
             locker.unlock().await.unwrap();
         }
     });
     (
         start.elapsed().as_secs_f64(),
         peak_kib(),
-        service.active_ids(),
+        local.active_ids(),
     )
 }
 

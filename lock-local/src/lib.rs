@@ -15,7 +15,7 @@ pub use locker::LocalLocker;
 pub use service::LocalService;
 pub use session::LocalSession;
 
-use lock_core::{ConnectionString, OpenFuture, Registry, Service, ServiceFactory};
+use lock_core::backend::{ConnectionString, OpenFuture, Registry, ServiceFactory};
 
 /// The scheme of this backend: `local`.
 pub const SERVICE_LOCAL: &str = "local";
@@ -28,7 +28,7 @@ fn open(cs: ConnectionString) -> OpenFuture {
             ));
         }
         cs.options().finish()?;
-        Ok(Box::new(LocalService::new()) as Box<dyn Service>)
+        Ok(lock_core::Service::from_backend(LocalService::new()))
     })
 }
 

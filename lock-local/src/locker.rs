@@ -4,12 +4,13 @@ use std::fmt;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 
-use lock_core::{Error, HasSignal, Held, Locker, LossCause, OpFuture, PendingOp, Result, Signal};
+use lock_core::backend::{self, HasSignal, Hold, OpFuture, PendingOp, Signal};
+use lock_core::{Error, LossCause, Result};
 
 use crate::id::IdBuf;
 use crate::session::SessionShared;
@@ -56,8 +57,8 @@ impl LockerShared {
         Wake::new(self.waker.take())
     }
 
-    pub(crate) fn held(self: &Arc<Self>) -> Held {
-        Held::new(
+    pub(crate) fn held(self: &Arc<Self>) -> Hold {
+        Hold::new(
             self.clone(),
             self.epoch.load(Relaxed),
             None,
@@ -71,7 +72,7 @@ impl LockerShared {
 const SPIN_ROUNDS: u32 = 3;
 const SPINS: u32 = 256;
 
-/// A locker of the `local:` backend; see [`lock_core::Locker`].
+/// A locker of the `local:` backend; see [`lock_core::backend::Locker`].
 pub struct LocalLocker {
     shared: Arc<LockerShared>,
 }
@@ -82,7 +83,7 @@ impl LocalLocker {
             shared: Arc::new(LockerShared {
                 hash: session.service.hash(id),
                 id: IdBuf::new(id),
-                invalid_id: lock_core::validate_id(id).err().map(|e| match e {
+                invalid_id: backend::validate_id(id).err().map(|e| match e {
                     Error::InvalidId(reason) => reason,
                     other => other.to_string(),
                 }),
@@ -97,11 +98,12 @@ impl LocalLocker {
         }
     }
 
-    fn release(&self) -> Result<()> {
+    /// Releases the current hold, or only the one with fencing token `token`.
+    fn release_hold(&self, token: Option<u64>) -> Result<()> {
         let l = &self.shared;
         let mut table = l.session.service.table();
         l.session.check_open(&table)?;
-        if l.state.load(Relaxed) != HELD {
+        if l.state.load(Relaxed) != HELD || token.is_some_and(|t| t != l.token.load(Relaxed)) {
             return Err(Error::NotHeld);
         }
         let wake = table.release(l);
@@ -161,8 +163,30 @@ impl LocalLocker {
     }
 }
 
-impl Locker for LocalLocker {
-    fn lock(&self) -> OpFuture<'_, Result<Held>> {
+/// Spends one unit of the running tokio task's cooperative budget, as tokio's own `Mutex`
+/// does; `false` when the budget is used up and the task should yield first.
+///
+/// A free lock is taken on the spot, without a yield: without this, a task looping on
+/// lock/unlock never gives its worker up, and the tasks that would queue behind it never run
+/// (one task took almost every turn among 1000). Outside a tokio task there is no budget.
+fn spend_budget() -> bool {
+    match tokio::task::coop::poll_proceed(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(progress) => {
+            progress.made_progress();
+            true
+        }
+        Poll::Pending => false,
+    }
+}
+
+impl backend::Locker for LocalLocker {
+    fn lock(&self) -> OpFuture<'_, Result<Hold>> {
+        if !spend_budget() {
+            return OpFuture::boxed(async move {
+                tokio::task::yield_now().await;
+                self.lock().await
+            });
+        }
         let attempt = match self.attempt(IfTaken::QueueUnlessRunning) {
             Ok(Attempt::Running(holder)) => self.retry_then_queue(holder),
             other => other,
@@ -179,7 +203,7 @@ impl Locker for LocalLocker {
         }
     }
 
-    fn try_lock(&self) -> OpFuture<'_, Result<Option<Held>>> {
+    fn try_lock(&self) -> OpFuture<'_, Result<Option<Hold>>> {
         OpFuture::ready(match self.attempt(IfTaken::Fail) {
             Ok(Attempt::Granted) => Ok(Some(self.shared.held())),
             Ok(Attempt::Busy) => Ok(None),
@@ -188,8 +212,13 @@ impl Locker for LocalLocker {
         })
     }
 
-    fn unlock(&self) -> OpFuture<'_, Result<()>> {
-        OpFuture::ready(self.release())
+    fn unlock(&self, token: Option<u64>) -> OpFuture<'_, Result<()>> {
+        OpFuture::ready(self.release_hold(token))
+    }
+
+    fn release(&self, token: u64) {
+        // Not held any more (unlocked, evicted) is fine: there is nothing left to release.
+        let _ = self.release_hold(Some(token));
     }
 
     fn id(&self) -> &str {
@@ -228,8 +257,8 @@ fn canceled() -> Error {
 // A queued `lock()` without a timeout is an `OpFuture::pending` on the locker itself: the wait
 // allocates nothing. Dropping it unfinished withdraws from the queue, or passes the lock on if
 // it was granted meanwhile: cancel safety.
-impl PendingOp<Result<Held>> for LocalLocker {
-    fn poll_op(&self, cx: &mut Context<'_>) -> Poll<Result<Held>> {
+impl PendingOp<Result<Hold>> for LocalLocker {
+    fn poll_op(&self, cx: &mut Context<'_>) -> Poll<Result<Hold>> {
         if let Some(outcome) = self.outcome() {
             return Poll::Ready(outcome);
         }
@@ -259,7 +288,7 @@ impl PendingOp<Result<Held>> for LocalLocker {
 
 impl LocalLocker {
     /// The outcome of a queued `lock()` once the state left WAITING; `None` while it waits.
-    fn outcome(&self) -> Option<Result<Held>> {
+    fn outcome(&self) -> Option<Result<Hold>> {
         let l = &self.shared;
         match l.state.load(Acquire) {
             // An eviction may cancel the grant at the same moment: whoever moves it first wins.
@@ -280,7 +309,7 @@ impl LocalLocker {
 
     /// A queued `lock()` under the session's timeout. On expiry it takes the lock if it was
     /// granted in the meantime, else withdraws.
-    async fn wait_at_most(&self, limit: Duration) -> Result<Held> {
+    async fn wait_at_most(&self, limit: Duration) -> Result<Hold> {
         let mut wait = OpFuture::pending(self);
         match tokio::time::timeout(limit, &mut wait).await {
             Ok(outcome) => outcome,

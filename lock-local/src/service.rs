@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::DefaultHashBuilder;
-use lock_core::{Error, OpFuture, Result, Service, Session, SessionConfig};
+use lock_core::backend::{self, OpFuture};
+use lock_core::{Error, Result, SessionConfig};
 
 use crate::session::{LocalSession, SessionShared};
 use crate::table::{Table, Wake};
@@ -69,14 +70,15 @@ impl ServiceShared {
 /// use lock_local::LocalService;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> lock_core::Result<()> {
-/// let service = LocalService::new();
-/// let session = service.new_session(&SessionConfig::default()).await?;
-/// let locker = session.new_locker("reports/daily");
-/// let held = locker.lock().await?;
-/// assert!(!held.is_lost());
-/// locker.unlock().await?;
-/// assert!(held.is_lost());
-/// assert_eq!(service.active_ids(), 0);
+/// let local = LocalService::new();
+/// let service = Service::from_backend(local.clone()); // what `lock::new("local:")` returns
+/// let session = service.new_session(SessionConfig::default()).await?;
+/// let held = session.new_locker("reports/daily").lock().await?;
+/// assert_eq!(local.active_ids(), 1);
+/// let lost = held.lost();
+/// held.unlock().await?;
+/// assert!(lost.is_lost());
+/// assert_eq!(local.active_ids(), 0);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -108,12 +110,12 @@ impl Default for LocalService {
     }
 }
 
-impl Service for LocalService {
-    fn new_session<'a>(
-        &'a self,
-        config: &'a SessionConfig,
-    ) -> OpFuture<'a, Result<Box<dyn Session>>> {
-        OpFuture::ready(self.open_session(config))
+impl backend::Service for LocalService {
+    fn new_session(
+        &self,
+        config: SessionConfig,
+    ) -> OpFuture<'_, Result<Arc<dyn backend::Session>>> {
+        OpFuture::ready(self.open_session(&config))
     }
 
     fn close(&self) -> OpFuture<'_, Result<()>> {
@@ -122,13 +124,13 @@ impl Service for LocalService {
 }
 
 impl LocalService {
-    fn open_session(&self, config: &SessionConfig) -> Result<Box<dyn Session>> {
+    fn open_session(&self, config: &SessionConfig) -> Result<Arc<dyn backend::Session>> {
         config.validate()?;
         if self.shared.is_closed() {
             return Err(Error::AlreadyClosed("the service was closed"));
         }
         let session = SessionShared::new(self.shared.clone(), config.timeout);
-        Ok(Box::new(LocalSession::new(Arc::new(session))))
+        Ok(Arc::new(LocalSession::new(Arc::new(session))))
     }
 
     /// Ends every hold and wait, then every watched session's `done()`. Sessions see the

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lock_core::{Done, Error, HasSignal, Locker, LossCause, OpFuture, Result, Session, Signal};
+use lock_core::backend::{self, HasSignal, OpFuture, Signal};
+use lock_core::{Done, Error, LossCause, Result};
 
 use crate::locker::{LocalLocker, LockerShared};
 use crate::service::ServiceShared;
@@ -107,7 +108,7 @@ impl SessionShared {
     }
 }
 
-/// A session of the `local:` backend; see [`lock_core::Session`]. The TTL is not used: the
+/// A session of the `local:` backend; see [`lock_core::backend::Session`]. The TTL is not used: the
 /// process is the whole world, so a session lives until it is closed or dropped.
 pub struct LocalSession {
     shared: Arc<SessionShared>,
@@ -119,11 +120,11 @@ impl LocalSession {
     }
 }
 
-impl Session for LocalSession {
-    fn new_locker(&self, id: &str) -> Box<dyn Locker> {
+impl backend::Session for LocalSession {
+    fn new_locker(&self, id: &str) -> Arc<dyn backend::Locker> {
         let locker = LocalLocker::new(id, self.shared.clone());
         self.shared.lockers_list().push(locker.weak());
-        Box::new(locker)
+        Arc::new(locker)
     }
 
     fn done(&self) -> Done {

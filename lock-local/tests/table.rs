@@ -7,44 +7,40 @@ use lock_local::LocalService;
 
 #[tokio::test]
 async fn a_million_distinct_ids_leave_the_table_empty() {
-    let service = LocalService::new();
-    let session = service
-        .new_session(&SessionConfig::default())
-        .await
-        .unwrap();
+    let local = LocalService::new();
+    let service = Service::from_backend(local.clone());
+    let session = service.new_session(SessionConfig::default()).await.unwrap();
     for n in 0..1_000_000u32 {
         let locker = session.new_locker(&format!("job/{n}"));
-        locker.lock().await.unwrap();
-        assert_eq!(service.active_ids(), 1);
-        locker.unlock().await.unwrap();
+        let held = locker.lock().await.unwrap();
+        assert_eq!(local.active_ids(), 1);
+        held.unlock().await.unwrap();
     }
-    assert_eq!(service.active_ids(), 0);
+    assert_eq!(local.active_ids(), 0);
 }
 
 #[tokio::test]
 async fn waiters_timeouts_cancellations_and_closes_leave_the_table_empty() {
-    let service = LocalService::new();
-    let holder = service
-        .new_session(&SessionConfig::default())
-        .await
-        .unwrap();
+    let local = LocalService::new();
+    let service = Service::from_backend(local.clone());
+    let holder = service.new_session(SessionConfig::default()).await.unwrap();
     let waiting = service
-        .new_session(&SessionConfig::default().with_timeout(Duration::from_millis(20)))
+        .new_session(SessionConfig::default().with_timeout(Duration::from_millis(20)))
         .await
         .unwrap();
     for n in 0..100 {
         let id = format!("id/{n}");
         let (a, b) = (holder.new_locker(&id), waiting.new_locker(&id));
-        a.lock().await.unwrap();
+        let held = a.lock().await.unwrap();
         assert!(b.lock().await.is_err()); // timed out
         let _ = tokio::time::timeout(Duration::from_millis(1), b.lock()).await; // dropped
-        drop(a); // releases
+        drop((a, held)); // releases
     }
-    assert_eq!(service.active_ids(), 0);
+    assert_eq!(local.active_ids(), 0);
     let c = holder.new_locker("last");
-    c.lock().await.unwrap();
+    let _held = c.lock().await.unwrap();
     holder.close().await.unwrap();
-    assert_eq!(service.active_ids(), 0);
+    assert_eq!(local.active_ids(), 0);
 }
 
 /// A session closed while its lockers lock on other threads leaves nothing held: every attempt
@@ -56,14 +52,12 @@ fn closing_a_session_during_lock_attempts_leaves_the_table_empty() {
         .enable_all()
         .build()
         .unwrap();
-    let service = LocalService::new();
+    let local = LocalService::new();
+    let service = Service::from_backend(local.clone());
     rt.block_on(async {
         for round in 0..2000 {
-            let session: std::sync::Arc<dyn lock_core::Session> = service
-                .new_session(&SessionConfig::default())
-                .await
-                .unwrap()
-                .into();
+            let session: lock_core::Session =
+                service.new_session(SessionConfig::default()).await.unwrap();
             let lockers: Vec<_> = (0..4)
                 .map(|n| session.new_locker(&format!("race/{round}/{}", n % 2)))
                 .collect();
@@ -98,7 +92,7 @@ fn closing_a_session_during_lock_attempts_leaves_the_table_empty() {
                     .unwrap_or_else(|_| panic!("round {round}: a lock() outlived its session"));
                 drop(locker.unwrap());
             }
-            assert_eq!(service.active_ids(), 0, "round {round}");
+            assert_eq!(local.active_ids(), 0, "round {round}");
         }
     });
 }

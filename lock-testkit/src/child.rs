@@ -182,7 +182,7 @@ pub(crate) fn serve(harness: Option<Harness>) {
             Ok(s) => s,
             Err(e) => return say(&format!("error {e}")),
         };
-        let session = match service.new_session(&h.config()).await {
+        let session = match service.new_session(h.config()).await {
             Ok(s) => s,
             Err(e) => return say(&format!("error opening a session: {e}")),
         };

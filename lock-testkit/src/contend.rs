@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::{OpFuture, Service, SessionConfig};
+use lock_core::backend::OpFuture;
+use lock_core::{Service, SessionConfig};
 
 use crate::history::{History, Kind};
 
@@ -22,7 +23,7 @@ pub struct Contender {
     /// Its number in the history.
     pub client: usize,
     /// Its own service (its own connection).
-    pub service: Arc<dyn Service>,
+    pub service: Service,
     /// The lock id it takes.
     pub id: String,
     /// Its sessions' TTL.
@@ -56,11 +57,7 @@ impl Contender {
         let (n, id, history) = (self.client, self.id.as_str(), &self.history);
         let mut rounds = 0u64;
         while !self.stop.load(SeqCst) {
-            let Ok(session) = self
-                .service
-                .new_session(&SessionConfig::new(self.ttl))
-                .await
-            else {
+            let Ok(session) = self.service.new_session(SessionConfig::new(self.ttl)).await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
@@ -77,10 +74,10 @@ impl Contender {
                 history.record(n, id, Kind::Acquired(token));
                 // The loss is recorded when `lost()` fires, whatever this task is doing (a slow
                 // write, say), and dated when the holder's view changed: the backend's record.
-                let watcher = (held.clone(), history.clone(), id.to_owned());
+                let watcher = (held.lost(), history.clone(), id.to_owned());
                 tokio::spawn(async move {
-                    watcher.0.lost().await;
-                    watcher.1.record_lost(n, &watcher.2, &watcher.0);
+                    watcher.0.clone().await;
+                    watcher.1.record_lost(n, &watcher.2, token, &watcher.0);
                 });
                 if held.is_lost() {
                     continue;

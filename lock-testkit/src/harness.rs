@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::{OpenFuture, Service, SessionConfig};
+use lock_core::backend::OpenFuture;
+use lock_core::{Service, SessionConfig};
 
 use crate::Failure;
 
@@ -71,7 +72,7 @@ impl Harness {
     /// A harness that opens `uri` through the global registry (`lock::new`).
     pub fn from_uri(uri: impl Into<String>) -> Self {
         let uri: String = uri.into();
-        let label = lock_core::ConnectionString::parse(&uri)
+        let label = lock_core::backend::ConnectionString::parse(&uri)
             .map(|cs| cs.scheme().to_owned())
             .unwrap_or_else(|_| "invalid".to_owned());
         Harness::new(label, move || {
@@ -218,7 +219,7 @@ impl Harness {
     /// # Errors
     ///
     /// A [`Failure`] carrying the backend's error.
-    pub async fn service(&self) -> Result<Box<dyn Service>, Failure> {
+    pub async fn service(&self) -> Result<Service, Failure> {
         (self.open)()
             .await
             .map_err(|e| Failure::new(format!("opening the {} service failed: {e}", self.label)))

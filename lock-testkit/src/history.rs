@@ -8,7 +8,7 @@
 //!   already accepted (ordered by the resource's own revision).
 //!
 //! A hold ends when its holder's view changed: a `Lost` event is recorded at the moment the
-//! backend's loss record ([`Held::loss`]) gives — the deadline that passed, the watch event
+//! backend's loss record ([`Held::loss`](lock_core::Held::loss)) gives — the deadline that passed, the watch event
 //! that removed the key — not when a task got round to noticing, so a starved process is judged
 //! by what its `is_lost()` said, without any time tolerance.
 //!
@@ -20,7 +20,7 @@ use std::fmt::{self, Write as _};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lock_core::{Held, Loss, LossCause};
+use lock_core::{Loss, LossCause, Lost};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,10 +66,10 @@ pub struct Event {
     pub id: String,
     /// What happened.
     pub kind: Kind,
-    /// The hold a `Lost` event is about, and its [`Held::loss`] when the event was recorded.
+    /// The hold a `Lost` event is about, and its [`Lost::loss`] when the event was recorded.
     /// Violations print the loss as the hold reports it then (with evidence that arrived
     /// later), or this snapshot.
-    pub hold: Option<(Held, Option<Loss>)>,
+    pub hold: Option<(Lost, Option<Loss>)>,
 }
 
 impl Event {
@@ -142,11 +142,11 @@ impl History {
         });
     }
 
-    /// Records that `held` (granted to `client` on `id`) is lost, at the moment its holder's
-    /// view changed ([`Loss::at`](lock_core::Loss::at); now, if the backend did not say).
-    /// Call it once `held.is_lost()` is true.
-    pub fn record_lost(&self, client: usize, id: &str, held: &Held) {
-        let loss = held.loss();
+    /// Records that the hold with `token` (granted to `client` on `id`, watched by `lost`) is
+    /// lost, at the moment its holder's view changed ([`Loss::at`](lock_core::Loss::at); now,
+    /// if the backend did not say). Call it once `lost.is_lost()` is true.
+    pub fn record_lost(&self, client: usize, id: &str, token: u64, lost: &Lost) {
+        let loss = lost.loss();
         let at = loss
             .as_ref()
             .and_then(Loss::at)
@@ -155,8 +155,8 @@ impl History {
             at: self.offset(at),
             client,
             id: id.to_owned(),
-            kind: Kind::Lost(held.fencing_token()),
-            hold: Some((held.clone(), loss)),
+            kind: Kind::Lost(token),
+            hold: Some((lost.clone(), loss)),
         });
     }
 
@@ -505,8 +505,8 @@ mod tests {
     #[test]
     fn a_violation_shows_why_each_hold_ended_and_the_faults_around_it() {
         let history = History::new();
-        let signal = std::sync::Arc::new(lock_core::Signal::new());
-        let held = Held::new(signal.clone(), signal.epoch(), None, 10);
+        let signal = std::sync::Arc::new(lock_core::backend::Signal::new());
+        let held = lock_core::backend::Hold::new(signal.clone(), signal.epoch(), None, 10);
         let start = Instant::now();
         history.record_fault("client slowed", 1, start, start + Duration::from_millis(40));
         history.record(1, "x", Kind::Acquired(10));
@@ -514,7 +514,7 @@ mod tests {
         history.record(2, "x", Kind::Acquired(11));
         std::thread::sleep(Duration::from_millis(5));
         signal.fire_because(lock_core::LossCause::Removed, "key deleted at revision 12");
-        history.record_lost(1, "x", &held);
+        history.record_lost(1, "x", 10, &held.lost());
         let report = history.check().unwrap_err().to_string();
         assert!(
             report.contains("Lost(10)  <- removed by someone else: key deleted at revision 12"),
@@ -529,16 +529,17 @@ mod tests {
         // A deadline passed before the next grant; the holder's watcher ran late (a starved
         // process): the hold ends at the deadline, so there is no overlap.
         let history = History::new();
-        let signal = std::sync::Arc::new(lock_core::Signal::new());
-        let deadline = std::sync::Arc::new(lock_core::Deadline::new(
+        let signal = std::sync::Arc::new(lock_core::backend::Signal::new());
+        let deadline = std::sync::Arc::new(lock_core::backend::Deadline::new(
             Instant::now() + Duration::from_millis(5),
         ));
-        let held = Held::new(signal.clone(), signal.epoch(), Some(deadline), 10);
+        let held =
+            lock_core::backend::Hold::new(signal.clone(), signal.epoch(), Some(deadline), 10);
         history.record(1, "x", Kind::Acquired(10));
         std::thread::sleep(Duration::from_millis(20));
         history.record(2, "x", Kind::Acquired(11));
         std::thread::sleep(Duration::from_millis(5));
-        history.record_lost(1, "x", &held);
+        history.record_lost(1, "x", 10, &held.lost());
         history.check().unwrap();
     }
 

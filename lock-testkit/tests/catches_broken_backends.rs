@@ -3,7 +3,6 @@
 //! for that property reports a failure (and that the same function passes without the bug).
 
 use example_mem::{Bugs, Store};
-use lock_core::Service;
 use lock_local as _; // links `local:` for the declaration check
 use lock_testkit::{conformance, Harness, Outcome, Sharing};
 
@@ -13,7 +12,7 @@ fn harness(bugs: Bugs) -> Harness {
     let store = Store::new(bugs);
     Harness::new("example-mem (with bugs)", move || {
         let service = store.service();
-        Box::pin(async move { Ok(Box::new(service) as Box<dyn Service>) })
+        Box::pin(async move { Ok(service) })
     })
     .with_sharing(Sharing::Process)
     .with_leases(false)

@@ -25,9 +25,9 @@ pub mod metrics;
 /// As [`lock_core::new`].
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
-pub async fn new(uri: &str) -> Result<Box<dyn Service>> {
+pub async fn new(uri: &str) -> Result<Service> {
     let service = lock_core::new(uri).await?;
-    let scheme = ConnectionString::parse(uri).map(|cs| cs.scheme().to_owned());
+    let scheme = backend::ConnectionString::parse(uri).map(|cs| cs.scheme().to_owned());
     Ok(metrics::instrument(
         scheme.as_deref().unwrap_or("unknown"),
         service,

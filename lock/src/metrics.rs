@@ -23,10 +23,9 @@
 //! metrics::set_global_recorder(recorder).expect("no recorder installed yet");
 //!
 //! let service = lock::new("local:").await?;
-//! let session = service.new_session(&lock::SessionConfig::new(std::time::Duration::from_secs(10))).await?;
-//! let locker = session.new_locker("jobs/report");
-//! locker.lock().await?;
-//! locker.unlock().await?;
+//! let session = service.new_session(lock::SessionConfig::new(std::time::Duration::from_secs(10))).await?;
+//! let held = session.new_locker("jobs/report").lock().await?;
+//! held.unlock().await?;
 //! tokio::task::yield_now().await; // the hold's end is counted by a task
 //! assert!(handle.render().contains("lock_acquisitions_total{backend=\"local\",op=\"lock\"} 1"));
 //! # Ok(()) }
@@ -38,9 +37,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ::metrics::{counter, gauge, histogram, Label};
-use lock_core::{
-    Done, Error, Held, Locker, LossCause, OpFuture, Result, Service, Session, SessionConfig,
-};
+use lock_core::backend::{self, OpFuture};
+use lock_core::{Done, Error, LossCause, Result, Service, SessionConfig};
 
 static LABEL_IDS: AtomicBool = AtomicBool::new(false);
 
@@ -52,8 +50,8 @@ pub fn label_ids(on: bool) {
 
 /// Wraps `service` so that it reports metrics labelled `backend = scheme`. [`crate::new`]
 /// does this; use it for a service opened another way (a backend's own constructor).
-pub fn instrument(scheme: &str, service: Box<dyn Service>) -> Box<dyn Service> {
-    Box::new(MeteredService {
+pub fn instrument(scheme: &str, service: Service) -> Service {
+    Service::from_backend(MeteredService {
         inner: service,
         backend: Arc::from(scheme),
     })
@@ -81,7 +79,7 @@ fn watch(fut: impl std::future::Future<Output = ()> + Send + 'static) {
 }
 
 struct MeteredService {
-    inner: Box<dyn Service>,
+    inner: Service,
     backend: Arc<str>,
 }
 
@@ -91,13 +89,13 @@ impl fmt::Debug for MeteredService {
     }
 }
 
-impl Service for MeteredService {
-    fn new_session<'a>(
-        &'a self,
-        config: &'a SessionConfig,
-    ) -> OpFuture<'a, Result<Box<dyn Session>>> {
+impl backend::Service for MeteredService {
+    fn new_session(
+        &self,
+        config: SessionConfig,
+    ) -> OpFuture<'_, Result<Arc<dyn backend::Session>>> {
         OpFuture::boxed(async move {
-            let session = self.inner.new_session(config).await?;
+            let session = self.inner.backend().new_session(config).await?;
             let sessions = gauge!("lock_sessions", "backend" => self.backend.to_string());
             sessions.increment(1.0);
             let done = session.done();
@@ -105,20 +103,20 @@ impl Service for MeteredService {
                 done.await;
                 sessions.decrement(1.0);
             });
-            Ok(Box::new(MeteredSession {
+            Ok(Arc::new(MeteredSession {
                 inner: session,
                 backend: self.backend.clone(),
-            }) as Box<dyn Session>)
+            }) as Arc<dyn backend::Session>)
         })
     }
 
     fn close(&self) -> OpFuture<'_, Result<()>> {
-        self.inner.close()
+        self.inner.backend().close()
     }
 }
 
 struct MeteredSession {
-    inner: Box<dyn Session>,
+    inner: Arc<dyn backend::Session>,
     backend: Arc<str>,
 }
 
@@ -128,13 +126,13 @@ impl fmt::Debug for MeteredSession {
     }
 }
 
-impl Session for MeteredSession {
-    fn new_locker(&self, id: &str) -> Box<dyn Locker> {
+impl backend::Session for MeteredSession {
+    fn new_locker(&self, id: &str) -> Arc<dyn backend::Locker> {
         let mut labels = vec![Label::new("backend", self.backend.to_string())];
         if LABEL_IDS.load(Relaxed) {
             labels.push(Label::new("id", id.to_owned()));
         }
-        Box::new(MeteredLocker {
+        Arc::new(MeteredLocker {
             inner: self.inner.new_locker(id),
             labels,
             hold: Mutex::new(None),
@@ -151,10 +149,10 @@ impl Session for MeteredSession {
 }
 
 struct MeteredLocker {
-    inner: Box<dyn Locker>,
+    inner: Arc<dyn backend::Locker>,
     labels: Vec<Label>,
     /// The current hold, counted when it ends.
-    hold: Mutex<Option<Arc<Hold>>>,
+    hold: Mutex<Option<Arc<HoldStats>>>,
 }
 
 impl fmt::Debug for MeteredLocker {
@@ -165,8 +163,8 @@ impl fmt::Debug for MeteredLocker {
 
 /// One hold, counted once when it ends: by this locker's `unlock()` (`unlocked`, even where the
 /// backend records no cause on its fast path), or else by its watcher with the backend's cause.
-struct Hold {
-    held: Held,
+struct HoldStats {
+    held: backend::Hold,
     since: Instant,
     labels: Vec<Label>,
     holds: ::metrics::Gauge,
@@ -175,7 +173,7 @@ struct Hold {
     counted: AtomicBool,
 }
 
-impl Hold {
+impl HoldStats {
     fn count(&self, cause: Option<LossCause>) {
         if self.counted.swap(true, Relaxed) {
             return;
@@ -198,7 +196,7 @@ impl Hold {
 
 /// Counts the hold `unlock()` took when the call ends, however it ends (dropped too: an
 /// `unlock()` that was polled has released).
-struct Unlocking(Arc<Hold>, bool);
+struct Unlocking(Arc<HoldStats>, bool);
 
 impl Drop for Unlocking {
     fn drop(&mut self) {
@@ -226,16 +224,30 @@ impl MeteredLocker {
         labels
     }
 
-    fn hold(&self) -> std::sync::MutexGuard<'_, Option<Arc<Hold>>> {
+    fn hold(&self) -> std::sync::MutexGuard<'_, Option<Arc<HoldStats>>> {
         self.hold.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The statistics of the hold with `token` (the current one, for `None`), taken out for
+    /// its release.
+    fn releasing(&self, token: Option<u64>) -> Option<Unlocking> {
+        let mut hold = self.hold();
+        let matches = hold
+            .as_ref()
+            .is_some_and(|h| token.is_none_or(|t| t == h.held.fencing_token()));
+        let taken = if matches { hold.take() } else { None };
+        taken.map(|hold| {
+            hold.unlocking.store(true, Relaxed);
+            Unlocking(hold, true)
+        })
+    }
+
     /// Counts a grant and watches the hold until it ends.
-    fn granted(&self, op: &'static str, held: &Held) {
+    fn granted(&self, op: &'static str, held: &backend::Hold) {
         counter!("lock_acquisitions_total", self.labels_with("op", op)).increment(1);
         let holds = gauge!("lock_holds", self.labels.clone());
         holds.increment(1.0);
-        let hold = Arc::new(Hold {
+        let hold = Arc::new(HoldStats {
             held: held.clone(),
             since: Instant::now(),
             labels: self.labels.clone(),
@@ -260,8 +272,8 @@ impl MeteredLocker {
     }
 }
 
-impl Locker for MeteredLocker {
-    fn lock(&self) -> OpFuture<'_, Result<Held>> {
+impl backend::Locker for MeteredLocker {
+    fn lock(&self) -> OpFuture<'_, Result<backend::Hold>> {
         OpFuture::boxed(async move {
             let waiters = gauge!("lock_waiters", self.labels.clone());
             waiters.increment(1.0);
@@ -280,7 +292,7 @@ impl Locker for MeteredLocker {
         })
     }
 
-    fn try_lock(&self) -> OpFuture<'_, Result<Option<Held>>> {
+    fn try_lock(&self) -> OpFuture<'_, Result<Option<backend::Hold>>> {
         OpFuture::boxed(async move {
             let result = self.inner.try_lock().await;
             match &result {
@@ -292,13 +304,10 @@ impl Locker for MeteredLocker {
         })
     }
 
-    fn unlock(&self) -> OpFuture<'_, Result<()>> {
+    fn unlock(&self, token: Option<u64>) -> OpFuture<'_, Result<()>> {
         OpFuture::boxed(async move {
-            let taken = self.hold().take().map(|hold| {
-                hold.unlocking.store(true, Relaxed);
-                Unlocking(hold, true)
-            });
-            let result = self.inner.unlock().await;
+            let taken = self.releasing(token);
+            let result = self.inner.unlock(token).await;
             if let Err(e) = &result {
                 self.failed("unlock", e);
                 if let Some(mut taken) = taken {
@@ -307,6 +316,11 @@ impl Locker for MeteredLocker {
             }
             result
         })
+    }
+
+    fn release(&self, token: u64) {
+        let _released = self.releasing(Some(token));
+        self.inner.release(token);
     }
 
     fn id(&self) -> &str {

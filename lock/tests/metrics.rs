@@ -43,29 +43,29 @@ async fn a_known_sequence_gives_known_numbers() {
     let service = lock::new("local:").await.unwrap();
     let config = SessionConfig::new(Duration::from_secs(10));
     let (one, two) = (
-        service.new_session(&config).await.unwrap(),
+        service.new_session(config).await.unwrap(),
         service
-            .new_session(&config.with_timeout(Duration::from_millis(50)))
+            .new_session(config.with_timeout(Duration::from_millis(50)))
             .await
             .unwrap(),
     );
     let (a, b) = (one.new_locker("x"), two.new_locker("x"));
     // Two locks and one try_lock granted, each unlocked.
     for _ in 0..2 {
-        a.lock().await.unwrap();
+        let _held = a.lock().await.unwrap();
         a.unlock().await.unwrap();
     }
-    b.try_lock().await.unwrap().unwrap();
-    b.unlock().await.unwrap();
+    let held = b.try_lock().await.unwrap().unwrap();
+    held.unlock().await.unwrap();
     // While a holds: b's try_lock is busy, b's lock times out.
-    a.lock().await.unwrap();
+    let _held = a.lock().await.unwrap();
     assert!(b.try_lock().await.unwrap().is_none());
     assert!(matches!(b.lock().await, Err(lock::Error::Timeout(_))));
     // a's hold ends with its session.
     one.close().await.unwrap();
     // An unlock of nothing is an error.
     assert!(b.unlock().await.is_err());
-    drop(two);
+    drop((b, two)); // the last handles of the session
     tokio::time::sleep(Duration::from_millis(100)).await; // the watchers see the ends
 
     let got = snapshot(&snapshotter);
@@ -94,9 +94,9 @@ async fn a_known_sequence_gives_known_numbers() {
 
     // Asked for, the id is a label.
     lock::metrics::label_ids(true);
-    let session = service.new_session(&config).await.unwrap();
+    let session = service.new_session(config).await.unwrap();
     let c = session.new_locker("jobs/report");
-    c.lock().await.unwrap();
+    let _held = c.lock().await.unwrap();
     let got = snapshot(&snapshotter);
     assert_eq!(
         got.get("lock_acquisitions_total{backend=local,id=jobs/report,op=lock}"),

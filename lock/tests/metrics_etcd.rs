@@ -23,11 +23,11 @@ async fn keep_alive_round_trips_are_measured() {
         .unwrap();
     // A 2 s TTL: keep-alives go out several times a second.
     let session = service
-        .new_session(&SessionConfig::new(Duration::from_secs(2)))
+        .new_session(SessionConfig::new(Duration::from_secs(2)))
         .await
         .unwrap();
     let locker = session.new_locker("x");
-    locker.lock().await.unwrap();
+    let _held = locker.lock().await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     locker.unlock().await.unwrap();
     service.close().await.unwrap();

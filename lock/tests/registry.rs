@@ -67,7 +67,7 @@ async fn local_rejects_a_body_and_options() {
 #[cfg(feature = "local")]
 #[tokio::test]
 async fn explicit_registration_works_without_inventory() {
-    let registry = lock::Registry::new();
+    let registry = lock::backend::Registry::new();
     assert!(registry.open("local:").await.is_err());
     lock::local::register(&registry);
     assert_eq!(registry.schemes(), ["local"]);

@@ -86,6 +86,7 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
         )?;
     }
     first_command_needs_no_protoc()?;
+    every_example_runs()?;
     // Build first, so the cluster does not idle through a long compile.
     step(
         "cargo test (build)",
@@ -228,6 +229,40 @@ fn first_command_needs_no_protoc() -> Result<(), String> {
             printed.trim()
         ))
     }
+}
+
+/// The application examples besides the seed (`examples/examples/`), each run to its end on
+/// `local:`; each asserts what it shows, so a run that exits 0 passed.
+fn every_example_runs() -> Result<(), String> {
+    for (example, features) in [
+        ("leader", None),
+        ("try_lock", None),
+        ("fenced_write", None),
+        ("prometheus", Some("metrics")),
+    ] {
+        let name = format!("cargo run --example {example}");
+        eprintln!("xtask: {name}");
+        let mut command = cargo(std::path::Path::new("/nonexistent/protoc"));
+        command.args([
+            "run",
+            "--quiet",
+            "-p",
+            "lock-examples",
+            "--example",
+            example,
+        ]);
+        if let Some(features) = features {
+            command.args(["--features", features]);
+        }
+        let output = command
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| format!("{name}: could not run: {e}"))?;
+        if !output.status.success() {
+            return Err(format!("{name} failed ({})", output.status));
+        }
+    }
+    Ok(())
 }
 
 /// The seed of the torture run inside `cargo xtask test`.

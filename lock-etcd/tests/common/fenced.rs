@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use lock_core::OpFuture;
+use lock_core::backend::OpFuture;
 use lock_etcd::etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use lock_testkit::contend::Fenced;
 

@@ -10,8 +10,6 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use lock_core::{Error, Held, Locker, Service, Session};
 
 use crate::conformance::shared::two_services;
@@ -154,13 +152,13 @@ impl Tokens {
 /// Two lockers of one id, in two services (or two sessions of one, for a backend whose
 /// services are separate), and the sessions and services they need.
 struct Pair {
-    a: Box<dyn Locker>,
-    b: Box<dyn Locker>,
+    a: Locker,
+    b: Locker,
     /// A third locker of `b`'s session.
-    c: Box<dyn Locker>,
+    c: Locker,
     tokens: Tokens,
-    _sessions: (Box<dyn Session>, Box<dyn Session>),
-    services: (Arc<dyn Service>, Arc<dyn Service>),
+    _sessions: (Session, Session),
+    services: (Service, Service),
 }
 
 impl Pair {
@@ -168,8 +166,8 @@ impl Pair {
         let (one, two) = two_services(h).await?;
         let id = h.id(name);
         let (s1, s2) = (
-            one.new_session(&h.config()).await?,
-            two.new_session(&h.config()).await?,
+            one.new_session(h.config()).await?,
+            two.new_session(h.config()).await?,
         );
         Ok(Pair {
             a: s1.new_locker(&id),
@@ -189,7 +187,7 @@ impl Pair {
 }
 
 /// The id is free: `other` is granted it within [`FREED_WITHIN`] and releases it again.
-async fn free(other: &dyn Locker, tokens: &mut Tokens, what: &str) -> Outcome {
+async fn free(other: &Locker, tokens: &mut Tokens, what: &str) -> Outcome {
     let held = match tokio::time::timeout(FREED_WITHIN, other.lock()).await {
         Ok(granted) => granted?,
         Err(_) => {
@@ -204,7 +202,7 @@ async fn free(other: &dyn Locker, tokens: &mut Tokens, what: &str) -> Outcome {
 }
 
 /// After a cancelled acquisition that did not complete, `locker` holds nothing.
-async fn holds_nothing(locker: &dyn Locker, what: &str) -> Outcome {
+async fn holds_nothing(locker: &Locker, what: &str) -> Outcome {
     expect_err(
         &format!("{what}: unlock() by the cancelled locker"),
         locker.unlock().await,
@@ -227,7 +225,7 @@ async fn acquisition_cancelled(h: &Harness, name: &str, op: Acquire) -> Outcome 
     let mut cuts = Cuts::new();
     while let Some(cut) = cuts.next() {
         let (a, what) = (
-            &*p.a,
+            &p.a,
             match op {
                 Acquire::Lock => format!("lock() on a free id {cut}"),
                 Acquire::TryLock => format!("try_lock() on a free id {cut}"),
@@ -252,8 +250,8 @@ async fn acquisition_cancelled(h: &Harness, name: &str, op: Acquire) -> Outcome 
             }
             Ran::Dropped => holds_nothing(a, &what).await?,
         }
-        free(&*p.b, &mut p.tokens, &what).await?;
-        locks_again(&*p.a, &mut p.tokens, &what).await?;
+        free(&p.b, &mut p.tokens, &what).await?;
+        locks_again(&p.a, &mut p.tokens, &what).await?;
     }
     p.close().await
 }
@@ -270,7 +268,7 @@ pub async fn try_lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outc
 }
 
 /// After a cut: the cancelled locker can lock again (a fresh token) and unlock.
-async fn locks_again(locker: &dyn Locker, tokens: &mut Tokens, what: &str) -> Outcome {
+async fn locks_again(locker: &Locker, tokens: &mut Tokens, what: &str) -> Outcome {
     let again = tokio::time::timeout(PATIENCE, locker.lock())
         .await
         .map_err(|_| {
@@ -287,11 +285,12 @@ async fn locks_again(locker: &dyn Locker, tokens: &mut Tokens, what: &str) -> Ou
 /// third party is granted at once, and the cancelled locker holds nothing.
 pub async fn queued_lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outcome {
     let mut p = Pair::new(h, "cancel-queued").await?;
-    let (a, holder, b) = (&*p.a, &*p.c, &*p.b);
+    let (a, holder, b) = (&p.a, &p.c, &p.b);
     let mut cuts = Cuts::new();
     while let Some(cut) = cuts.next() {
         let what = format!("lock() queued behind a holder {cut}");
-        p.tokens.saw(&holder.lock().await?, &what)?;
+        let held = holder.lock().await?;
+        p.tokens.saw(&held, &what)?;
         match run(h, cut, a.lock()).await {
             Ran::Completed(granted) => {
                 let held = granted.map_err(|e| Failure::new(format!("{what}: {e}")))?;
@@ -327,7 +326,7 @@ fn released(ran: Ran<lock_core::Result<()>>, cuts: &mut Cuts, what: &str) -> Out
 /// again with a fresh token.
 pub async fn unlock_cancelled_at_any_point_releases(h: &Harness) -> Outcome {
     let mut p = Pair::new(h, "cancel-unlock").await?;
-    let (a, b) = (&*p.a, &*p.b);
+    let (a, b) = (&p.a, &p.b);
     let mut cuts = Cuts::new();
     while let Some(cut) = cuts.next() {
         let what = format!("unlock() {cut}");
@@ -344,26 +343,27 @@ pub async fn unlock_cancelled_at_any_point_releases(h: &Harness) -> Outcome {
     p.close().await
 }
 
-/// A session's `close()` dropped at every point after its first poll, then the session
-/// dropped: its hold is lost and the id free for another party within [`FREED_WITHIN`].
+/// A session's `close()` dropped at every point after its first poll, while every handle of
+/// the session lives: the close is committed, so its hold is lost and the id free for another
+/// party within [`FREED_WITHIN`].
 pub async fn close_cancelled_at_any_point_ends_the_session(h: &Harness) -> Outcome {
     let mut p = Pair::new(h, "cancel-close").await?;
-    let (one, id, b) = (p.services.0.clone(), p.a.id().to_owned(), &*p.b);
+    let (one, id, b) = (p.services.0.clone(), p.a.id().to_owned(), &p.b);
     let mut cuts = Cuts::new();
     while let Some(cut) = cuts.next() {
         let what = format!("Session::close() {cut}, then the session dropped,");
-        let session = one.new_session(&h.config()).await?;
+        let session = one.new_session(h.config()).await?;
         let a = session.new_locker(&id);
         let held = a.lock().await?;
         p.tokens.saw(&held, &format!("lock() before {what}"))?;
         released(run(h, cut, session.close()).await, &mut cuts, &what)?;
-        drop(a);
-        drop(session);
+        // Polled once, the close is committed: the session's handles still live here.
         free(b, &mut p.tokens, &what).await?;
         ensure!(
             held.is_lost(),
             "{what}: another party was granted the id, but the hold is not lost"
         );
+        drop((held, a, session));
     }
     p.close().await
 }

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use lock_core::{Error, LockerExt, SessionConfig};
+use lock_core::{Error, ErrorKind, SessionConfig};
 
-use crate::conformance::{expect_err, PATIENCE};
+use crate::conformance::{expect_err, takes, PATIENCE};
 use crate::{ensure, Harness, Outcome};
 
 fn already_closed(e: &Error) -> bool {
@@ -14,7 +14,7 @@ fn already_closed(e: &Error) -> bool {
 /// `lock`/`try_lock` on a locker that holds the lock fail with `AlreadyLocked` and keep the hold.
 pub async fn locking_twice_is_already_locked(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     let locker = session.new_locker(&h.id("twice"));
     let held = locker.lock().await?;
     let again = h
@@ -51,7 +51,7 @@ pub async fn locking_twice_is_already_locked(h: &Harness) -> Outcome {
 /// `unlock` without holding fails with `NotHeld`, also the second time.
 pub async fn unlock_without_lock_is_not_held(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     let locker = session.new_locker(&h.id("not-held"));
     expect_err(
         "unlock() before lock()",
@@ -59,7 +59,7 @@ pub async fn unlock_without_lock_is_not_held(h: &Harness) -> Outcome {
         "NotHeld",
         |e| matches!(e, Error::NotHeld),
     )?;
-    locker.lock().await?;
+    let _held = locker.lock().await?;
     locker.unlock().await?;
     expect_err("a second unlock()", locker.unlock().await, "NotHeld", |e| {
         matches!(e, Error::NotHeld)
@@ -71,7 +71,7 @@ pub async fn unlock_without_lock_is_not_held(h: &Harness) -> Outcome {
 /// A second `close` of a session or a service fails with `AlreadyClosed`.
 pub async fn closing_twice_is_already_closed(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     session.close().await?;
     expect_err(
         "a second session close()",
@@ -91,7 +91,7 @@ pub async fn closing_twice_is_already_closed(h: &Harness) -> Outcome {
 /// Lockers of a closed session fail with `AlreadyClosed`.
 pub async fn use_after_close_is_already_closed(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     let before = session.new_locker(&h.id("after-close"));
     session.close().await?;
     let after = session.new_locker(&h.id("after-close"));
@@ -124,7 +124,7 @@ pub async fn invalid_config_is_rejected(h: &Harness) -> Outcome {
     expect_err(
         "a zero TTL",
         service
-            .new_session(&SessionConfig::new(Duration::ZERO))
+            .new_session(SessionConfig::new(Duration::ZERO))
             .await,
         "InvalidConfig",
         invalid,
@@ -132,7 +132,7 @@ pub async fn invalid_config_is_rejected(h: &Harness) -> Outcome {
     let zero_timeout = h.config().with_timeout(Duration::ZERO);
     expect_err(
         "a zero timeout",
-        service.new_session(&zero_timeout).await,
+        service.new_session(zero_timeout).await,
         "InvalidConfig",
         invalid,
     )?;
@@ -140,23 +140,54 @@ pub async fn invalid_config_is_rejected(h: &Harness) -> Outcome {
     Ok(())
 }
 
-/// `LockerExt::with_lock` runs the closure under the lock and unlocks afterwards.
+/// `Locker::with_lock` runs the closure under the lock and unlocks afterwards, also when the
+/// closure fails (its error comes back as it was); a lock lost while the closure runs stops the
+/// closure and gives `Error::Lost`.
 pub async fn with_lock_runs_and_unlocks(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     let locker = session.new_locker(&h.id("with-lock"));
-    let (token, lost_inside) = locker
-        .with_lock(|held| async move { (held.fencing_token(), held.is_lost()) })
+    let probe = session.new_locker(&h.id("with-lock"));
+    let (token, free_inside) = locker
+        .with_lock(|token| {
+            let probe = probe.clone();
+            async move { Ok::<_, Error>((token, probe.try_lock().await?.is_some())) }
+        })
         .await?;
     ensure!(
-        token > 0 && !lost_inside,
-        "with_lock ran without a live hold"
+        token > 0 && !free_inside,
+        "with_lock ran its closure without holding the lock"
+    );
+    ensure!(takes(&probe).await?, "with_lock did not unlock");
+    let failed: Result<(), Error> = locker
+        .with_lock(|_| async { Err(Error::InvalidId("the closure's own error".into())) })
+        .await;
+    ensure!(
+        matches!(&failed, Err(Error::InvalidId(m)) if m == "the closure's own error"),
+        "with_lock did not return the closure's error as it was: {failed:?}"
     );
     ensure!(
-        locker.try_lock().await?.is_some(),
-        "with_lock did not unlock"
+        takes(&probe).await?,
+        "with_lock did not unlock after its closure failed"
     );
-    locker.unlock().await?;
+    let ending = service.new_session(h.config()).await?;
+    let lost = h
+        .within(
+            PATIENCE,
+            "with_lock whose session is closed while the closure runs",
+            ending.new_locker(&h.id("with-lock")).with_lock(|_| {
+                let ending = ending.clone();
+                async move {
+                    ending.close().await?;
+                    std::future::pending::<Result<(), Error>>().await
+                }
+            }),
+        )
+        .await?;
+    ensure!(
+        lost.as_ref().is_err_and(|e| e.kind() == ErrorKind::Lost),
+        "with_lock whose lock was lost while its closure ran returned {lost:?}, not Error::Lost"
+    );
     service.close().await?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
-use crate::conformance::{follows, joined, PATIENCE};
+use crate::conformance::{follows, joined, takes, PATIENCE};
 use crate::{ensure, Failure, Harness, Outcome};
 
 /// The seed example: 1000 tasks, each with its own session, increment a shared counter under
@@ -24,7 +24,7 @@ async fn contended_counter(
     rounds: u64,
     yield_inside: bool,
 ) -> Outcome {
-    let service: Arc<dyn lock_core::Service> = Arc::from(h.service().await?);
+    let service: lock_core::Service = h.service().await?;
     let id = h.id(name);
     let counter = Arc::new(AtomicU64::new(0));
     let inside = Arc::new(AtomicBool::new(false));
@@ -38,7 +38,7 @@ async fn contended_counter(
             h.config(),
         );
         joins.push(tokio::spawn(async move {
-            let session = service.new_session(&config).await?;
+            let session = service.new_session(config).await?;
             let locker = session.new_locker(&id);
             for _ in 0..rounds {
                 let held = locker.lock().await?;
@@ -81,7 +81,7 @@ async fn contended_counter(
 /// Two lockers of one session, same id: the second cannot take the lock while the first holds it.
 pub async fn lockers_of_one_session_exclude_each_other(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     let id = h.id("same-session");
     let (a, b) = (session.new_locker(&id), session.new_locker(&id));
     let held = a.lock().await?;
@@ -113,8 +113,8 @@ pub async fn lockers_of_one_session_exclude_each_other(h: &Harness) -> Outcome {
 pub async fn lockers_of_two_sessions_exclude_each_other(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let (s1, s2) = (
-        service.new_session(&h.config()).await?,
-        service.new_session(&h.config()).await?,
+        service.new_session(h.config()).await?,
+        service.new_session(h.config()).await?,
     );
     let id = h.id("two-sessions");
     let (a, b) = (s1.new_locker(&id), s2.new_locker(&id));
@@ -128,7 +128,7 @@ pub async fn lockers_of_two_sessions_exclude_each_other(h: &Harness) -> Outcome 
         "another session was granted a held lock"
     );
     a.unlock().await?;
-    let _ = h
+    let _held = h
         .within(PATIENCE, "other session after unlock", b.lock())
         .await??;
     b.unlock().await?;
@@ -140,8 +140,8 @@ pub async fn lockers_of_two_sessions_exclude_each_other(h: &Harness) -> Outcome 
 pub async fn ids_are_independent(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let (s1, s2) = (
-        service.new_session(&h.config()).await?,
-        service.new_session(&h.config()).await?,
+        service.new_session(h.config()).await?,
+        service.new_session(h.config()).await?,
     );
     let (a, b) = (
         s1.new_locker(&h.id("independent-a")),
@@ -164,7 +164,7 @@ pub async fn ids_are_independent(h: &Harness) -> Outcome {
 
 /// Waiters are granted in the order they started waiting.
 pub async fn waiters_are_granted_in_fifo_order(h: &Harness) -> Outcome {
-    let service: Arc<dyn lock_core::Service> = Arc::from(h.service().await?);
+    let service: lock_core::Service = h.service().await?;
     fifo(
         h,
         "waiters_are_granted_in_fifo_order",
@@ -182,7 +182,7 @@ pub async fn waiters_are_granted_in_fifo_order(h: &Harness) -> Outcome {
 pub(crate) async fn fifo(
     h: &Harness,
     check: &str,
-    services: [Arc<dyn lock_core::Service>; 2],
+    services: [lock_core::Service; 2],
     name: &str,
 ) -> Outcome {
     if !h.fifo() {
@@ -190,19 +190,19 @@ pub(crate) async fn fifo(
         return Ok(());
     }
     let id = h.id(name);
-    let owner = services[0].new_session(&h.config()).await?;
+    let owner = services[0].new_session(h.config()).await?;
     let first = owner.new_locker(&id);
-    first.lock().await?;
+    let _held = first.lock().await?;
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut sessions = Vec::new();
     let mut joins = Vec::new();
     for n in 0..5 {
-        let session = services[(n + 1) % 2].new_session(&h.config()).await?;
+        let session = services[(n + 1) % 2].new_session(h.config()).await?;
         let locker = session.new_locker(&id);
         sessions.push(session);
         let order = order.clone();
         joins.push(tokio::spawn(async move {
-            locker.lock().await?;
+            let _held = locker.lock().await?;
             order.lock().unwrap_or_else(|e| e.into_inner()).push(n);
             locker.unlock().await
         }));
@@ -225,27 +225,29 @@ pub async fn fencing_tokens_strictly_increase(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let id = h.id("tokens");
     let (s1, s2) = (
-        service.new_session(&h.config()).await?,
-        service.new_session(&h.config()).await?,
+        service.new_session(h.config()).await?,
+        service.new_session(h.config()).await?,
     );
     let (a, b, c) = (s1.new_locker(&id), s2.new_locker(&id), s1.new_locker(&id));
     let mut tokens = Vec::new();
     for step in 0..3 {
-        tokens.push(a.lock().await?.fencing_token());
-        a.unlock().await?;
+        let held = a.lock().await?;
+        tokens.push(held.fencing_token());
+        a.unlock().await?; // the seed's unlock
         let held = b
             .try_lock()
             .await?
             .ok_or_else(|| Failure::new("try_lock on a free id failed"))?;
         tokens.push(held.fencing_token());
-        b.unlock().await?;
+        held.unlock().await?; // the guard's
         if step == 1 {
-            tokens.push(c.lock().await?.fencing_token());
-            drop(c.unlock().await);
+            let held = c.lock().await?;
+            tokens.push(held.fencing_token());
+            drop(held); // a dropped guard releases
         }
     }
     s1.close().await?;
-    let s3 = service.new_session(&h.config()).await?;
+    let s3 = service.new_session(h.config()).await?;
     let d = s3.new_locker(&id);
     tokens.push(d.lock().await?.fencing_token());
     ensure!(
@@ -258,14 +260,14 @@ pub async fn fencing_tokens_strictly_increase(h: &Harness) -> Outcome {
 
 /// Tokens recorded inside the critical section by contending holders strictly increase.
 pub async fn fencing_tokens_increase_under_contention(h: &Harness) -> Outcome {
-    let service: Arc<dyn lock_core::Service> = Arc::from(h.service().await?);
+    let service: lock_core::Service = h.service().await?;
     let id = h.id("tokens-contended");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut joins = Vec::new();
     for _ in 0..8 {
         let (service, id, seen, config) = (service.clone(), id.clone(), seen.clone(), h.config());
         joins.push(tokio::spawn(async move {
-            let session = service.new_session(&config).await?;
+            let session = service.new_session(config).await?;
             let locker = session.new_locker(&id);
             for _ in 0..5 {
                 let held = locker.lock().await?;
@@ -293,8 +295,8 @@ pub async fn fencing_tokens_increase_under_contention(h: &Harness) -> Outcome {
 pub async fn try_lock_does_not_wait(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let (s1, s2) = (
-        service.new_session(&h.config()).await?,
-        service.new_session(&h.config()).await?,
+        service.new_session(h.config()).await?,
+        service.new_session(h.config()).await?,
     );
     let id = h.id("try");
     let (a, b) = (s1.new_locker(&id), s2.new_locker(&id));
@@ -315,13 +317,12 @@ pub async fn try_lock_does_not_wait(h: &Harness) -> Outcome {
     ensure!(!held.is_lost(), "a failed try_lock disturbed the holder");
     a.unlock().await?;
     ensure!(
-        b.try_lock().await?.is_some(),
+        takes(&b).await?,
         "try_lock failed after the holder unlocked"
     );
-    // A failed try_lock leaves no waiter behind: the lock is free after b unlocks.
-    b.unlock().await?;
+    // A failed try_lock leaves no waiter behind: the lock is free after b unlocked.
     ensure!(
-        a.try_lock().await?.is_some(),
+        takes(&a).await?,
         "the id was not free after everyone unlocked"
     );
     service.close().await?;

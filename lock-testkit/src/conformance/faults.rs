@@ -2,7 +2,6 @@
 //! [`FaultProxy`]s ([`Harness::with_faults`]): the service under fault is cut off from the
 //! backend while another service keeps talking to it.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lock_core::{Error, Service};
@@ -18,7 +17,7 @@ pub const TIMEOUT_SLACK: Duration = Duration::from_millis(100);
 /// A service that connects through fault proxies, one per backend address.
 struct Faulty {
     proxies: Vec<FaultProxy>,
-    service: Arc<dyn Service>,
+    service: Service,
 }
 
 impl Faulty {
@@ -45,10 +44,7 @@ impl Faulty {
                 h.label()
             ))
         })?;
-        Ok(Some(Faulty {
-            proxies,
-            service: Arc::from(service),
-        }))
+        Ok(Some(Faulty { proxies, service }))
     }
 
     fn set(&self, fault: Fault) {
@@ -67,13 +63,13 @@ pub async fn lock_returns_within_its_timeout_under_a_blackhole(h: &Harness) -> O
     };
     let healthy = h.service().await?;
     let id = h.id("blackhole-timeout");
-    let holding = healthy.new_session(&h.config()).await?;
+    let holding = healthy.new_session(h.config()).await?;
     let holder = holding.new_locker(&id);
     let held = holder.lock().await?;
     let timeout = Duration::from_secs(1);
     let session = faulty
         .service
-        .new_session(&h.config().with_timeout(timeout))
+        .new_session(h.config().with_timeout(timeout))
         .await?;
     for (n, blackhole_after) in [Duration::ZERO, timeout / 2].into_iter().enumerate() {
         let locker = session.new_locker(&id);
@@ -108,12 +104,12 @@ pub async fn lock_returns_within_its_timeout_under_a_blackhole(h: &Harness) -> O
     }
     ensure!(!held.is_lost(), "the healthy holder lost its lock");
     holder.unlock().await?;
-    let next = healthy.new_session(&h.config()).await?;
+    let next = healthy.new_session(h.config()).await?;
     let other = next.new_locker(&id);
     let start = Instant::now();
     let limit = FREED_WITHIN + h.settle();
     match tokio::time::timeout(limit, other.lock()).await {
-        Ok(granted) => drop(granted?),
+        Ok(granted) => granted?.unlock().await?,
         Err(_) => {
             return Err(Failure::new(format!(
                 "after the network healed, the id stayed taken for {:?} after its holder \
@@ -122,7 +118,6 @@ pub async fn lock_returns_within_its_timeout_under_a_blackhole(h: &Harness) -> O
             )))
         }
     }
-    other.unlock().await?;
     drop(session);
     faulty.service.close().await?;
     healthy.close().await?;
@@ -145,10 +140,10 @@ pub async fn a_partitioned_holder_loses_before_another_is_granted(h: &Harness) -
     };
     let healthy = h.service().await?;
     let id = h.id("partitioned");
-    let session = faulty.service.new_session(&h.config()).await?;
+    let session = faulty.service.new_session(h.config()).await?;
     let held = session.new_locker(&id).lock().await?;
-    let waiting = healthy.new_session(&h.config()).await?;
-    let waiter = waiter_after(waiting, id, held.clone());
+    let waiting = healthy.new_session(h.config()).await?;
+    let waiter = waiter_after(waiting, id, held.lost());
     tokio::time::sleep(h.settle()).await;
     faulty.set(Fault::Blackhole);
     let (granted, b, _waiting) = joined(
@@ -193,7 +188,7 @@ pub async fn cancelled_unlock_during_a_blackhole_frees_the_id_once_healed(h: &Ha
     };
     let healthy = h.service().await?;
     let id = h.id("blackhole-unlock");
-    let session = faulty.service.new_session(&h.config()).await?;
+    let session = faulty.service.new_session(h.config()).await?;
     let a = session.new_locker(&id);
     let held = a.lock().await?;
     faulty.set(Fault::Blackhole);
@@ -210,7 +205,7 @@ pub async fn cancelled_unlock_during_a_blackhole_frees_the_id_once_healed(h: &Ha
     );
     faulty.set(Fault::None);
     let healed = Instant::now();
-    let other_session = healthy.new_session(&h.config()).await?;
+    let other_session = healthy.new_session(h.config()).await?;
     let b = other_session.new_locker(&id);
     let limit = FREED_WITHIN + h.settle();
     let next = match tokio::time::timeout(limit, b.lock()).await {

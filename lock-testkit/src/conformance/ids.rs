@@ -9,7 +9,7 @@ use crate::{ensure, Harness, Outcome};
 /// are independent of each other (`a` does not collide with `a/b`).
 pub async fn unusual_ids_work(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     let longest = "x".repeat(MAX_ID_LEN - h.prefix_len());
     let names = [
         "a",
@@ -28,24 +28,25 @@ pub async fn unusual_ids_work(h: &Harness) -> Outcome {
         "?x=1&y",
         longest.as_str(),
     ];
-    let mut lockers = Vec::new();
+    let mut holds = Vec::new();
     for name in names {
         let locker = session.new_locker(&h.id(name));
         let held = h
             .within(PATIENCE, &format!("locking id {name:?}"), locker.try_lock())
             .await??;
+        let Some(held) = held else {
+            return Err(crate::Failure::new(format!(
+                "id {name:?} was not free: it collides with another id"
+            )));
+        };
         ensure!(
-            held.is_some(),
-            "id {name:?} was not free: it collides with another id"
+            locker.id() == h.id(name) && held.id() == h.id(name),
+            "locker.id() or Held::id() does not return the id it was made for"
         );
-        ensure!(
-            locker.id() == h.id(name),
-            "locker.id() does not return the id it was made for"
-        );
-        lockers.push(locker);
+        holds.push(held);
     }
-    for locker in &lockers {
-        locker.unlock().await?;
+    for held in holds {
+        held.unlock().await?;
     }
     service.close().await?;
     Ok(())
@@ -54,7 +55,7 @@ pub async fn unusual_ids_work(h: &Harness) -> Outcome {
 /// Empty and over-long ids fail with `InvalidId` from `lock` and `try_lock`.
 pub async fn invalid_ids_are_rejected(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     let invalid = |e: &Error| matches!(e, Error::InvalidId(_));
     for id in [String::new(), "y".repeat(MAX_ID_LEN + 1)] {
         let locker = session.new_locker(&id);

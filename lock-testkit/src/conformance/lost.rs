@@ -1,47 +1,49 @@
 //! The lost signal and the session's `done()`.
 
-use std::sync::Arc;
+use lock_core::{Locker, Lost};
 
-use lock_core::{Held, Locker};
-
-use crate::conformance::{follows, joined, PATIENCE};
+use crate::conformance::{follows, joined, takes, PATIENCE};
 use crate::{ensure, Harness, Outcome};
 
-async fn fires(h: &Harness, held: &Held, what: &str) -> Outcome {
-    h.within(PATIENCE, &format!("lost() after {what}"), held.lost())
+/// `lost` (a hold's [`Lost`]) resolves within [`PATIENCE`], and says so after.
+pub(crate) async fn fires(h: &Harness, lost: &Lost, what: &str) -> Outcome {
+    h.within(PATIENCE, &format!("lost() after {what}"), lost.clone())
         .await?;
     ensure!(
-        held.is_lost(),
+        lost.is_lost(),
         "is_lost() is false after lost() resolved ({what})"
     );
     Ok(())
 }
 
-async fn pending(h: &Harness, held: &Held, what: &str) -> Outcome {
+/// `lost` does not resolve within the harness's settle time.
+pub(crate) async fn pending(h: &Harness, lost: &Lost, what: &str) -> Outcome {
     ensure!(
-        !held.is_lost(),
+        !lost.is_lost(),
         "is_lost() is true while the lock is held ({what})"
     );
     ensure!(
-        tokio::time::timeout(h.settle(), held.lost()).await.is_err(),
+        tokio::time::timeout(h.settle(), lost.clone())
+            .await
+            .is_err(),
         "lost() resolved while the lock is held ({what})"
     );
     Ok(())
 }
 
-/// `unlock` fires the hold's `lost()` and every clone of it; a new hold is not lost.
+/// `unlock` fires the hold's `lost()` and every `Lost` taken from it; a new hold is not lost.
 pub async fn lost_fires_on_unlock(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     let locker = session.new_locker(&h.id("lost-unlock"));
     let held = locker.lock().await?;
-    let clone = held.clone();
-    pending(h, &held, "before unlock").await?;
+    let watcher = held.lost();
+    pending(h, &held.lost(), "before unlock").await?;
     locker.unlock().await?;
-    fires(h, &held, "unlock").await?;
-    fires(h, &clone, "unlock (clone)").await?;
+    fires(h, &held.lost(), "unlock").await?;
+    fires(h, &watcher, "unlock (a Lost taken before)").await?;
     let again = locker.lock().await?;
-    pending(h, &again, "a new hold after unlock").await?;
+    pending(h, &again.lost(), "a new hold after unlock").await?;
     ensure!(
         held.is_lost(),
         "an old hold came back to life when the locker locked again"
@@ -54,7 +56,7 @@ pub async fn lost_fires_on_unlock(h: &Harness) -> Outcome {
 /// Closing the session fires `lost()` of its holds and resolves `done()`.
 pub async fn lost_fires_on_session_close(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     let done = session.done();
     ensure!(!done.is_done(), "done() is resolved on a fresh session");
     let (a, b) = (
@@ -63,33 +65,48 @@ pub async fn lost_fires_on_session_close(h: &Harness) -> Outcome {
     );
     let (ha, hb) = (a.lock().await?, b.lock().await?);
     session.close().await?;
-    fires(h, &ha, "session close").await?;
-    fires(h, &hb, "session close").await?;
+    fires(h, &ha.lost(), "session close").await?;
+    fires(h, &hb.lost(), "session close").await?;
     h.within(PATIENCE, "done() after session close", done)
         .await?;
-    let other = service.new_session(&h.config()).await?;
+    let other = service.new_session(h.config()).await?;
     let c = other.new_locker(&h.id("close-a"));
     ensure!(
-        c.try_lock().await?.is_some(),
+        takes(&c).await?,
         "the lock of a closed session was not released"
     );
     service.close().await?;
     Ok(())
 }
 
-/// Dropping the session ends it: holds lost, `done()` resolved, locks free for others.
+/// Dropping a session's handle ends nothing while its lockers and holds live; dropping the
+/// last of them ends it: holds lost, `done()` resolved, locks free for others.
 pub async fn lost_fires_on_session_drop(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     let done = session.done();
     let id = h.id("drop-session");
     let locker = session.new_locker(&id);
     let held = locker.lock().await?;
+    let (lost, token) = (held.lost(), held.fencing_token());
     drop(session);
-    fires(h, &held, "session drop").await?;
+    pending(h, &lost, "the session handle dropped, its locker alive").await?;
+    ensure!(
+        !done.is_done(),
+        "done() resolved when the session handle was dropped, although its locker lives"
+    );
+    drop(locker);
+    pending(
+        h,
+        &lost,
+        "the session and locker handles dropped, the Held alive",
+    )
+    .await?;
+    drop(held);
+    fires(h, &lost, "the last handle of the session dropped").await?;
     h.within(PATIENCE, "done() after session drop", done)
         .await?;
-    let other = service.new_session(&h.config()).await?;
+    let other = service.new_session(h.config()).await?;
     let c = other.new_locker(&id);
     let granted = h
         .within(
@@ -98,12 +115,7 @@ pub async fn lost_fires_on_session_drop(h: &Harness) -> Outcome {
             c.lock(),
         )
         .await??;
-    follows(
-        "the next holder",
-        granted.fencing_token(),
-        held.fencing_token(),
-    )?;
-    drop(locker);
+    follows("the next holder", granted.fencing_token(), token)?;
     service.close().await?;
     Ok(())
 }
@@ -111,17 +123,17 @@ pub async fn lost_fires_on_session_drop(h: &Harness) -> Outcome {
 /// Closing the service ends every session: holds lost, `done()` resolved, further use fails.
 pub async fn lost_fires_on_service_close(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     let done = session.done();
     let locker = session.new_locker(&h.id("service-close"));
     let held = locker.lock().await?;
     service.close().await?;
-    fires(h, &held, "service close").await?;
+    fires(h, &held.lost(), "service close").await?;
     h.within(PATIENCE, "done() after service close", done)
         .await?;
     crate::conformance::expect_err(
         "new_session after service close",
-        service.new_session(&h.config()).await,
+        service.new_session(h.config()).await,
         "AlreadyClosed",
         |e| matches!(e, lock_core::Error::AlreadyClosed(_)),
     )?;
@@ -134,20 +146,25 @@ pub async fn lost_fires_on_service_close(h: &Harness) -> Outcome {
 }
 
 /// When the next holder is granted the lock, the previous holder's `is_lost()` is already
-/// true: after an unlock, a session close and a locker drop.
+/// true: after an unlock, a session close, a dropped `Held`, and every handle dropped.
 pub async fn lost_fires_before_next_holder_is_granted(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    for (n, how) in ["unlock", "session close", "locker drop"]
-        .into_iter()
-        .enumerate()
+    for (n, how) in [
+        "unlock",
+        "session close",
+        "Held drop",
+        "every handle dropped",
+    ]
+    .into_iter()
+    .enumerate()
     {
         let id = h.id(&format!("before-next-{n}"));
-        let first = service.new_session(&h.config()).await?;
+        let first = service.new_session(h.config()).await?;
         let locker = first.new_locker(&id);
         let held = locker.lock().await?;
-        let second = service.new_session(&h.config()).await?;
+        let second = service.new_session(h.config()).await?;
         let waiter = second.new_locker(&id);
-        let watched = held.clone();
+        let watched = held.lost();
         let next = tokio::spawn(async move {
             let granted = waiter.lock().await;
             (watched.is_lost(), granted, waiter)
@@ -156,11 +173,12 @@ pub async fn lost_fires_before_next_holder_is_granted(h: &Harness) -> Outcome {
         match how {
             "unlock" => locker.unlock().await?,
             "session close" => first.close().await?,
-            _ => drop(locker),
+            "Held drop" => drop(held),
+            _ => drop((held, locker, first)),
         }
         let (was_lost, granted, waiter) =
             joined(h, PATIENCE, &format!("next holder after {how}"), next).await?;
-        granted?;
+        let _granted = granted?;
         ensure!(
             was_lost,
             "the next holder was granted before the previous hold (ended by {how}) was lost"
@@ -171,23 +189,76 @@ pub async fn lost_fires_before_next_holder_is_granted(h: &Harness) -> Outcome {
     Ok(())
 }
 
-/// Dropping a locker that holds the lock releases it.
-pub async fn dropping_a_holding_locker_releases(h: &Harness) -> Outcome {
+/// Dropping a `Held` without `unlock()` releases the lock (its `lost()` fires, another party is
+/// granted it, the locker can lock again); dropping the locker's handle alone does not, while
+/// the `Held` lives.
+pub async fn dropping_a_held_releases(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
-    let id = h.id("drop-locker");
+    let session = service.new_session(h.config()).await?;
+    let id = h.id("drop-held");
+    let other = service.new_session(h.config()).await?;
+    let next = other.new_locker(&id);
+    // The guard alone.
     let locker = session.new_locker(&id);
     let held = locker.lock().await?;
+    let lost = held.lost();
+    drop(held);
+    fires(h, &lost, "the Held dropped").await?;
+    let granted = h
+        .within(PATIENCE, "lock after the Held was dropped", next.lock())
+        .await??;
+    drop(granted);
+    let again = h
+        .within(PATIENCE, "the locker locking again", locker.lock())
+        .await??;
+    // The locker's handle, then the guard.
+    let lost = again.lost();
     drop(locker);
-    fires(h, &held, "locker drop").await?;
-    let other = service.new_session(&h.config()).await?;
-    let next = other.new_locker(&id);
-    h.within(
-        PATIENCE,
-        "lock after the holding locker was dropped",
-        next.lock(),
+    pending(h, &lost, "the locker handle dropped, its Held alive").await?;
+    ensure!(
+        next.try_lock().await?.is_none(),
+        "another party took the lock while a Held whose locker handle was dropped lives"
+    );
+    drop(again);
+    fires(h, &lost, "the Held dropped after its locker handle").await?;
+    let _next = h
+        .within(
+            PATIENCE,
+            "lock after the last handle was dropped",
+            next.lock(),
+        )
+        .await??;
+    service.close().await?;
+    Ok(())
+}
+
+/// A lock taken through a temporary locker (`session.new_locker(id).lock().await?`) is held
+/// for as long as its `Held` lives.
+pub async fn a_hold_through_a_temporary_locker_is_live(h: &Harness) -> Outcome {
+    let service = h.service().await?;
+    let id = h.id("temporary-locker");
+    let held = service
+        .new_session(h.config())
+        .await?
+        .new_locker(&id)
+        .lock()
+        .await?;
+    pending(
+        h,
+        &held.lost(),
+        "a hold through a temporary session and locker",
     )
-    .await??;
+    .await?;
+    let other = service.new_session(h.config()).await?;
+    ensure!(
+        other.new_locker(&id).try_lock().await?.is_none(),
+        "another party took a lock held through a temporary locker"
+    );
+    held.unlock().await?;
+    ensure!(
+        takes(&other.new_locker(&id)).await?,
+        "the lock was not free after Held::unlock()"
+    );
     service.close().await?;
     Ok(())
 }
@@ -195,9 +266,9 @@ pub async fn dropping_a_holding_locker_releases(h: &Harness) -> Outcome {
 /// A held lock outlives the session TTL while the session is kept alive.
 pub async fn held_lock_survives_past_ttl(h: &Harness) -> Outcome {
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     let id = h.id("past-ttl");
-    let locker: Arc<dyn Locker> = Arc::from(session.new_locker(&id));
+    let locker: Locker = session.new_locker(&id);
     let held = locker.lock().await?;
     let hold_for = h.ttl() + h.ttl() / 2;
     let lost_early = tokio::time::timeout(hold_for, held.lost()).await.is_ok();
@@ -209,7 +280,7 @@ pub async fn held_lock_survives_past_ttl(h: &Harness) -> Outcome {
         !session.done().is_done(),
         "the session ended although it was kept alive"
     );
-    let other = service.new_session(&h.config()).await?;
+    let other = service.new_session(h.config()).await?;
     ensure!(
         other.new_locker(&id).try_lock().await?.is_none(),
         "another session took the lock after the TTL"

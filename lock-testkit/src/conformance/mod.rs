@@ -66,16 +66,16 @@ pub(crate) fn follows(what: &str, later: u64, earlier: u64) -> Outcome {
 /// when this waiter was granted (and the new hold), the waiter's locker and its session.
 pub(crate) type Waited = (
     lock_core::Result<(bool, lock_core::Held)>,
-    Box<dyn lock_core::Locker>,
-    Box<dyn lock_core::Session>,
+    lock_core::Locker,
+    lock_core::Session,
 );
 
 /// Spawns a waiter for `id` in `session` that, the moment it is granted, records whether
 /// `holder`'s `is_lost()` was already true: `lost()` must fire before anybody else's grant.
 pub(crate) fn waiter_after(
-    session: Box<dyn lock_core::Session>,
+    session: lock_core::Session,
     id: String,
-    holder: lock_core::Held,
+    holder: lock_core::Lost,
 ) -> tokio::task::JoinHandle<Waited> {
     tokio::spawn(async move {
         let b = session.new_locker(&id);
@@ -94,4 +94,16 @@ pub(crate) async fn joined<T>(
     h.within(limit, what, waiter)
         .await?
         .map_err(|e| Failure::new(format!("waiter panicked: {e}")))
+}
+
+/// Whether `locker` can take its id right now (`try_lock`). A hold it gets is released, and
+/// the release awaited, before this returns.
+pub(crate) async fn takes(locker: &lock_core::Locker) -> Result<bool, Failure> {
+    match locker.try_lock().await? {
+        Some(held) => {
+            held.unlock().await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }

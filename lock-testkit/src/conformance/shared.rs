@@ -3,24 +3,21 @@
 //! exclude, hand tokens that increase and be FIFO across the boundary; what is declared separate
 //! must be independent (so that the declaration, which users read, is honest).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lock_core::Service;
 
 use crate::child::Child;
-use crate::conformance::{follows, joined, waiter_after, PATIENCE};
+use crate::conformance::{follows, joined, takes, waiter_after, PATIENCE};
 use crate::{ensure, Failure, Harness, Outcome, Sharing};
 
 /// Two services, or the same one twice when the harness declares services separate (so that
 /// checks about "another party" still run, between sessions of one service).
-pub(crate) async fn two_services(
-    h: &Harness,
-) -> Result<(Arc<dyn Service>, Arc<dyn Service>), Failure> {
-    let first: Arc<dyn Service> = Arc::from(h.service().await?);
+pub(crate) async fn two_services(h: &Harness) -> Result<(Service, Service), Failure> {
+    let first: Service = h.service().await?;
     let second = match h.sharing() {
         Sharing::Service => first.clone(),
-        Sharing::Process | Sharing::Processes => Arc::from(h.service().await?),
+        Sharing::Process | Sharing::Processes => h.service().await?,
     };
     Ok((first, second))
 }
@@ -32,8 +29,8 @@ pub async fn services_share_locks_as_declared(h: &Harness) -> Outcome {
     let (one, two) = (h.service().await?, h.service().await?);
     let id = h.id("services");
     let (s1, s2) = (
-        one.new_session(&h.config()).await?,
-        two.new_session(&h.config()).await?,
+        one.new_session(h.config()).await?,
+        two.new_session(h.config()).await?,
     );
     let (a, b) = (s1.new_locker(&id), s2.new_locker(&id));
     let held = a.lock().await?;
@@ -67,7 +64,7 @@ pub async fn services_share_locks_as_declared(h: &Harness) -> Outcome {
             b.unlock().await?;
         }
     }
-    let s3 = one.new_session(&h.config()).await?;
+    let s3 = one.new_session(h.config()).await?;
     let c = s3.new_locker(&id);
     if h.sharing() == Sharing::Service {
         ensure!(
@@ -77,7 +74,7 @@ pub async fn services_share_locks_as_declared(h: &Harness) -> Outcome {
         a.unlock().await?;
     }
     ensure!(
-        c.try_lock().await?.is_some(),
+        takes(&c).await?,
         "the id is not free after every holder unlocked"
     );
     one.close().await?;
@@ -91,14 +88,15 @@ pub async fn fencing_tokens_increase_across_services(h: &Harness) -> Outcome {
     let (one, two) = two_services(h).await?;
     let id = h.id("tokens-services");
     let (s1, s2) = (
-        one.new_session(&h.config()).await?,
-        two.new_session(&h.config()).await?,
+        one.new_session(h.config()).await?,
+        two.new_session(h.config()).await?,
     );
     let (a, b) = (s1.new_locker(&id), s2.new_locker(&id));
     let mut tokens = Vec::new();
     for round in 0..4 {
         let (first, second) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        tokens.push(first.lock().await?.fencing_token());
+        let held = first.lock().await?;
+        tokens.push(held.fencing_token());
         first.unlock().await?;
         let held = second
             .try_lock()
@@ -138,24 +136,21 @@ pub async fn waiters_of_different_services_are_granted_in_fifo_order(h: &Harness
 }
 
 /// The holder's `lost()` fires before a waiter of another service is granted, whichever way
-/// the hold ends: unlock, session close, session drop.
+/// the hold ends: unlock, session close, every handle of the session dropped.
 pub async fn lost_fires_before_another_service_is_granted(h: &Harness) -> Outcome {
     let (one, two) = two_services(h).await?;
-    for how in ["unlock", "session close", "session drop"] {
+    for how in ["unlock", "session close", "every handle dropped"] {
         let id = h.id(&format!("lost-before-{}", how.replace(' ', "-")));
-        let holder = one.new_session(&h.config()).await?;
+        let holder = one.new_session(h.config()).await?;
         let a = holder.new_locker(&id);
         let held = a.lock().await?;
-        let waiting = two.new_session(&h.config()).await?;
-        let waiter = waiter_after(waiting, id, held.clone());
+        let waiting = two.new_session(h.config()).await?;
+        let (waiter, token) = (waiter_after(waiting, id, held.lost()), held.fencing_token());
         tokio::time::sleep(h.settle()).await;
         match how {
             "unlock" => a.unlock().await?,
             "session close" => holder.close().await?,
-            _ => {
-                drop(a);
-                drop(holder);
-            }
+            _ => drop((held, a, holder)),
         }
         let (granted, b, _waiting) =
             joined(h, PATIENCE, &format!("the waiter after {how}"), waiter).await?;
@@ -168,7 +163,7 @@ pub async fn lost_fires_before_another_service_is_granted(h: &Harness) -> Outcom
         follows(
             &format!("after {how}, the next holder"),
             next.fencing_token(),
-            held.fencing_token(),
+            token,
         )?;
         b.unlock().await?;
     }
@@ -185,10 +180,10 @@ pub async fn lost_fires_before_another_service_is_granted(h: &Harness) -> Outcom
 pub async fn closing_a_service_lets_another_service_in(h: &Harness) -> Outcome {
     let (one, two) = (h.service().await?, h.service().await?);
     let id = h.id("service-close");
-    let holder = one.new_session(&h.config()).await?;
+    let holder = one.new_session(h.config()).await?;
     let done = holder.done();
     let held = holder.new_locker(&id).lock().await?;
-    let waiting = two.new_session(&h.config()).await?;
+    let waiting = two.new_session(h.config()).await?;
     let b = waiting.new_locker(&id);
     if h.sharing() == Sharing::Service {
         let theirs = b.lock().await?;
@@ -210,7 +205,7 @@ pub async fn closing_a_service_lets_another_service_in(h: &Harness) -> Outcome {
         .await?;
     ensure!(held.is_lost(), "a hold of a closed service is not lost");
     let (granted, b) = joined(h, PATIENCE, "the other service's waiter", waiter).await?;
-    granted?;
+    let _granted = granted?;
     b.unlock().await?;
     two.close().await?;
     Ok(())
@@ -225,7 +220,7 @@ pub async fn processes_share_locks_as_declared(h: &Harness) -> Outcome {
         return Ok(());
     };
     let service = h.service().await?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     let id = h.id("processes");
     let locker = session.new_locker(&id);
     child.send(&format!("lock {id}")).await?;
@@ -316,7 +311,7 @@ pub async fn a_killed_process_frees_its_lock(h: &Harness) -> Outcome {
     child.send(&format!("lock {id}")).await?;
     let theirs = Child::token(&child.answer(PATIENCE, "the child's lock").await?, CHECK)?;
     let theirs = theirs.ok_or_else(|| Failure::new("the child's lock answered busy"))?;
-    let session = service.new_session(&h.config()).await?;
+    let session = service.new_session(h.config()).await?;
     let locker = session.new_locker(&id);
     ensure!(
         locker.try_lock().await?.is_none(),

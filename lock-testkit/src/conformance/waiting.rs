@@ -1,11 +1,10 @@
 //! Waiting: timeouts, cancellation, and sessions ending under a waiter.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lock_core::{Error, Session};
 
-use crate::conformance::{expect_err, joined, PATIENCE};
+use crate::conformance::{expect_err, joined, takes, PATIENCE};
 use crate::{ensure, Failure, Harness, Outcome};
 
 /// `lock()` fails with `Timeout` after the session's timeout (not before, not much later), and
@@ -13,12 +12,12 @@ use crate::{ensure, Failure, Harness, Outcome};
 pub async fn lock_times_out_after_session_timeout(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let id = h.id("timeout");
-    let holder = service.new_session(&h.config()).await?;
+    let holder = service.new_session(h.config()).await?;
     let a = holder.new_locker(&id);
-    a.lock().await?;
+    let _held = a.lock().await?;
     let timeout = (h.settle() * 3).max(Duration::from_millis(300));
     let waiting = service
-        .new_session(&h.config().with_timeout(timeout))
+        .new_session(h.config().with_timeout(timeout))
         .await?;
     let b = waiting.new_locker(&id);
     let start = Instant::now();
@@ -41,15 +40,14 @@ pub async fn lock_times_out_after_session_timeout(h: &Harness) -> Outcome {
         "lock() timed out after {took:?}, long after {timeout:?}"
     );
     a.unlock().await?;
-    let third = service.new_session(&h.config()).await?;
+    let third = service.new_session(h.config()).await?;
     let c = third.new_locker(&id);
     ensure!(
-        c.try_lock().await?.is_some(),
+        takes(&c).await?,
         "the timed-out waiter left something behind: the id is not free"
     );
-    c.unlock().await?;
     ensure!(
-        b.try_lock().await?.is_some(),
+        takes(&b).await?,
         "the timed-out locker cannot lock afterwards"
     );
     service.close().await?;
@@ -62,12 +60,12 @@ pub async fn dropped_lock_future_leaves_nothing(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let id = h.id("cancel");
     let (s1, s2, s3) = (
-        service.new_session(&h.config()).await?,
-        service.new_session(&h.config()).await?,
-        service.new_session(&h.config()).await?,
+        service.new_session(h.config()).await?,
+        service.new_session(h.config()).await?,
+        service.new_session(h.config()).await?,
     );
     let (a, b, c) = (s1.new_locker(&id), s2.new_locker(&id), s3.new_locker(&id));
-    a.lock().await?;
+    let _held = a.lock().await?;
     ensure!(
         tokio::time::timeout(h.settle(), b.lock()).await.is_err(),
         "lock() was granted on a held id"
@@ -85,7 +83,7 @@ pub async fn dropped_lock_future_leaves_nothing(h: &Harness) -> Outcome {
         next,
     )
     .await?;
-    granted?;
+    let _granted = granted?;
     expect_err(
         "unlock by the locker whose lock() was dropped",
         b.unlock().await,
@@ -94,7 +92,7 @@ pub async fn dropped_lock_future_leaves_nothing(h: &Harness) -> Outcome {
     )?;
     c.unlock().await?;
     ensure!(
-        b.try_lock().await?.is_some(),
+        takes(&b).await?,
         "the locker whose lock() was dropped cannot lock later"
     );
     service.close().await?;
@@ -105,10 +103,10 @@ pub async fn dropped_lock_future_leaves_nothing(h: &Harness) -> Outcome {
 pub async fn waiter_is_canceled_when_its_session_closes(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let id = h.id("canceled");
-    let holder = service.new_session(&h.config()).await?;
+    let holder = service.new_session(h.config()).await?;
     let a = holder.new_locker(&id);
     let held = a.lock().await?;
-    let waiting: Arc<dyn Session> = Arc::from(service.new_session(&h.config()).await?);
+    let waiting: Session = service.new_session(h.config()).await?;
     let b = waiting.new_locker(&id);
     let pending = tokio::spawn(async move { b.lock().await });
     tokio::time::sleep(h.settle()).await;
@@ -125,9 +123,9 @@ pub async fn waiter_is_canceled_when_its_session_closes(h: &Harness) -> Outcome 
         "closing a waiter's session disturbed the holder"
     );
     a.unlock().await?;
-    let third = service.new_session(&h.config()).await?;
+    let third = service.new_session(h.config()).await?;
     ensure!(
-        third.new_locker(&id).try_lock().await?.is_some(),
+        takes(&third.new_locker(&id)).await?,
         "the canceled waiter left something behind"
     );
     service.close().await?;
@@ -140,7 +138,7 @@ pub async fn waiter_is_canceled_when_its_session_closes(h: &Harness) -> Outcome 
 pub async fn session_close_ends_its_hold_and_its_wait_on_one_id(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let id = h.id("close-both");
-    let session: Arc<dyn Session> = Arc::from(service.new_session(&h.config()).await?);
+    let session: Session = service.new_session(h.config()).await?;
     let (a, b) = (session.new_locker(&id), session.new_locker(&id));
     let held = a.lock().await?;
     let pending = tokio::spawn(async move { b.lock().await });
@@ -165,9 +163,9 @@ pub async fn session_close_ends_its_hold_and_its_wait_on_one_id(h: &Harness) -> 
             |e| matches!(e, Error::Canceled(_)),
         )?,
     }
-    let other = service.new_session(&h.config()).await?;
+    let other = service.new_session(h.config()).await?;
     ensure!(
-        other.new_locker(&id).try_lock().await?.is_some(),
+        takes(&other.new_locker(&id)).await?,
         "the closed session left the id taken"
     );
     service.close().await?;
@@ -181,17 +179,17 @@ pub async fn try_lock_never_overtakes_a_queued_waiter(h: &Harness) -> Outcome {
     let (one, two) = crate::conformance::shared::two_services(h).await?;
     let id = h.id("try-overtake");
     let (s1, s2, s3) = (
-        one.new_session(&h.config()).await?,
-        one.new_session(&h.config()).await?,
-        two.new_session(&h.config()).await?,
+        one.new_session(h.config()).await?,
+        one.new_session(h.config()).await?,
+        two.new_session(h.config()).await?,
     );
     let (holder, prober) = (s1.new_locker(&id), s3.new_locker(&id));
-    let waiter: Arc<dyn lock_core::Locker> = Arc::from(s2.new_locker(&id));
+    let waiter: lock_core::Locker = s2.new_locker(&id);
     for round in 0..20 {
-        holder.lock().await?;
+        let _held = holder.lock().await?;
         let queued = {
             let waiter = waiter.clone();
-            tokio::spawn(async move { waiter.lock().await.map(|held| held.fencing_token()) })
+            tokio::spawn(async move { waiter.lock().await })
         };
         tokio::time::sleep(h.settle()).await; // the waiter is queued
         ensure!(
@@ -207,12 +205,12 @@ pub async fn try_lock_never_overtakes_a_queued_waiter(h: &Harness) -> Outcome {
                 taken.fencing_token()
             )));
         }
-        joined(h, PATIENCE, "the queued waiter after the handover", queued).await??;
+        let granted = joined(h, PATIENCE, "the queued waiter after the handover", queued).await??;
         ensure!(
             prober.try_lock().await?.is_none(),
             "round {round}: try_lock took an id the former waiter holds"
         );
-        waiter.unlock().await?;
+        granted.unlock().await?;
     }
     one.close().await?;
     drop(two);

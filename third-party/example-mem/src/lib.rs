@@ -14,10 +14,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use lock_core::{
-    ConnectionString, Done, Error, Held, Locker, OpFuture, OpenFuture, Result, Service, Session,
-    SessionConfig, Signal,
-};
+use lock_core::backend::{self, ConnectionString, Hold, OpFuture, OpenFuture, Signal};
+use lock_core::{Done, Error, Result, SessionConfig};
 use tokio::sync::Notify;
 
 /// Deliberate bugs, for showing that the conformance suite catches them. All off by default.
@@ -59,8 +57,8 @@ struct State {
     open_sessions: HashMap<u64, (u64, Arc<Signal>)>,
     /// Per id: holder and waiting lockers. Removed when both are empty.
     ids: HashMap<String, Queue>,
-    /// Per holding locker: its id, session and signal.
-    holds: HashMap<u64, (String, u64, Arc<Signal>)>,
+    /// Per holding locker: its id, session, signal and fencing token.
+    holds: HashMap<u64, (String, u64, Arc<Signal>, u64)>,
 }
 
 #[derive(Default)]
@@ -92,7 +90,7 @@ impl State {
 
     /// The first half of a release: the hold ends and is reported lost. Returns its id.
     fn take_hold(&mut self, locker: u64, bugs: Bugs) -> Option<String> {
-        let (id, _, signal) = self.holds.remove(&locker)?;
+        let (id, _, signal, _) = self.holds.remove(&locker)?;
         if !bugs.no_lost_signal {
             signal.fire();
         }
@@ -112,7 +110,14 @@ impl State {
         }
     }
 
-    fn grant(&mut self, locker: &MemLocker) -> Held {
+    /// Whether `locker` holds the hold with fencing token `token` (any hold, for `None`).
+    fn holds(&self, locker: u64, token: Option<u64>) -> bool {
+        self.holds
+            .get(&locker)
+            .is_some_and(|h| token.is_none_or(|t| t == h.3))
+    }
+
+    fn grant(&mut self, locker: &MemLocker) -> Hold {
         let bugs = locker.shared.bugs;
         self.last_token += 1;
         let token = if bugs.constant_tokens {
@@ -128,8 +133,8 @@ impl State {
         let (locker, session) = (locker.key, locker.session);
         self.ids.entry(id.to_owned()).or_default().holder = Some(locker);
         self.holds
-            .insert(locker, (id.to_owned(), session, signal.clone()));
-        Held::new(signal.clone(), signal.epoch(), None, token)
+            .insert(locker, (id.to_owned(), session, signal.clone(), token));
+        Hold::new(signal.clone(), signal.epoch(), None, token)
     }
 
     fn close_session(&mut self, session: u64, bugs: Bugs) -> Option<Arc<Signal>> {
@@ -169,7 +174,7 @@ impl Store {
     }
 
     /// A new service on this table (on a table of its own with `Bugs::separate_services`).
-    pub fn service(&self) -> MemService {
+    pub fn service(&self) -> lock_core::Service {
         let shared = match self.0.bugs.separate_services {
             true => Store::new(self.0.bugs).0,
             false => self.0.clone(),
@@ -179,7 +184,7 @@ impl Store {
             st.next_key += 1;
             st.next_key
         };
-        MemService { shared, key }
+        lock_core::Service::from_backend(MemService { shared, key })
     }
 }
 
@@ -204,11 +209,11 @@ impl fmt::Debug for MemService {
     }
 }
 
-impl Service for MemService {
-    fn new_session<'a>(
-        &'a self,
-        config: &'a SessionConfig,
-    ) -> OpFuture<'a, Result<Box<dyn Session>>> {
+impl backend::Service for MemService {
+    fn new_session(
+        &self,
+        config: SessionConfig,
+    ) -> OpFuture<'_, Result<Arc<dyn backend::Session>>> {
         OpFuture::boxed(async move {
             config.validate()?;
             let mut st = self.shared.state();
@@ -218,13 +223,13 @@ impl Service for MemService {
             st.next_key += 1;
             let (key, done) = (st.next_key, Arc::new(Signal::new()));
             st.open_sessions.insert(key, (self.key, done.clone()));
-            Ok(Box::new(MemSession {
+            Ok(Arc::new(MemSession {
                 shared: self.shared.clone(),
                 service: self.key,
                 key,
                 done,
                 timeout: config.timeout,
-            }) as Box<dyn Session>)
+            }) as Arc<dyn backend::Session>)
         })
     }
 
@@ -282,15 +287,15 @@ impl fmt::Debug for MemSession {
     }
 }
 
-impl Session for MemSession {
-    fn new_locker(&self, id: &str) -> Box<dyn Locker> {
+impl backend::Session for MemSession {
+    fn new_locker(&self, id: &str) -> Arc<dyn backend::Locker> {
         let key = {
             let mut st = self.shared.state();
             st.next_key += 1;
             st.next_key
         };
         let (shared, session, timeout) = (self.shared.clone(), self.key, self.timeout);
-        Box::new(MemLocker {
+        Arc::new(MemLocker {
             shared,
             key,
             service: self.service,
@@ -328,7 +333,7 @@ struct MemLocker {
 
 impl MemLocker {
     fn check(&self, st: &State) -> Result<()> {
-        lock_core::validate_id(&self.id)?;
+        backend::validate_id(&self.id)?;
         if !st.open_sessions.contains_key(&self.session) {
             return Err(Error::AlreadyClosed("session"));
         }
@@ -342,7 +347,7 @@ impl MemLocker {
         Ok(())
     }
 
-    async fn wait(&self) -> Result<Held> {
+    async fn wait(&self) -> Result<Hold> {
         let bugs = self.shared.bugs;
         loop {
             let notified = self.shared.changed.notified();
@@ -389,8 +394,8 @@ impl fmt::Debug for MemLocker {
     }
 }
 
-impl Locker for MemLocker {
-    fn lock(&self) -> OpFuture<'_, Result<Held>> {
+impl backend::Locker for MemLocker {
+    fn lock(&self) -> OpFuture<'_, Result<Hold>> {
         OpFuture::boxed(async move {
             {
                 let mut st = self.shared.state();
@@ -411,7 +416,7 @@ impl Locker for MemLocker {
         })
     }
 
-    fn try_lock(&self) -> OpFuture<'_, Result<Option<Held>>> {
+    fn try_lock(&self) -> OpFuture<'_, Result<Option<Hold>>> {
         OpFuture::boxed(async move {
             let mut st = self.shared.state();
             self.check(&st)?;
@@ -423,13 +428,16 @@ impl Locker for MemLocker {
         })
     }
 
-    fn unlock(&self) -> OpFuture<'_, Result<()>> {
+    fn unlock(&self, token: Option<u64>) -> OpFuture<'_, Result<()>> {
         OpFuture::boxed(async move {
             let bugs = self.shared.bugs;
             let taken = {
                 let mut st = self.shared.state();
                 if !st.open_sessions.contains_key(&self.session) {
                     return Err(Error::AlreadyClosed("session"));
+                }
+                if !st.holds(self.key, token) {
+                    return Err(Error::NotHeld);
                 }
                 let taken = st.take_hold(self.key, bugs).ok_or(Error::NotHeld)?;
                 if !bugs.unlock_not_cancel_safe {
@@ -446,6 +454,14 @@ impl Locker for MemLocker {
             }
             Ok(())
         })
+    }
+
+    fn release(&self, token: u64) {
+        let mut st = self.shared.state();
+        if st.holds(self.key, Some(token)) && st.release(self.key, self.shared.bugs) {
+            drop(st);
+            self.shared.changed.notify_waiters();
+        }
     }
 
     fn id(&self) -> &str {
@@ -478,7 +494,7 @@ async fn yield_once() {
 fn open(cs: ConnectionString) -> OpenFuture {
     Box::pin(async move {
         cs.options().finish()?;
-        Ok(Box::new(Store::global().service()) as Box<dyn Service>)
+        Ok(Store::global().service())
     })
 }
 

@@ -1,0 +1,298 @@
+//! The handles applications hold: [`Service`], [`Session`] and [`Locker`]. Each is one or two
+//! `Arc`s around a backend object, `Clone + Send + Sync + 'static`: clone it into tasks freely.
+//!
+//! Lifetimes follow the handles, as with `Arc`: a locker keeps its session open, and a
+//! [`Held`] keeps its locker; a session ends when it is closed, its service is closed, or the
+//! last handle of it (its lockers and holds included) is dropped.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{backend, Done, Error, Held, Result, SessionConfig};
+
+/// A locking service: a connection to a backend, from which sessions are opened. Open one with
+/// [`crate::new`] from a connection string (`local:`, `etcd:http://127.0.0.1:2379`, …).
+///
+/// Cheap to clone; every clone is the same service. Sessions keep the service's resources
+/// alive: dropping the handles ends nothing; [`close`](Service::close) ends every session.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> lock_core::Result<()> {
+/// use std::time::Duration;
+/// use lock_core::SessionConfig;
+///
+/// let service = lock_core::new("local:").await?;
+/// let session = service.new_session(SessionConfig::new(Duration::from_secs(10))).await?;
+/// let held = session.new_locker("jobs/nightly").lock().await?;
+/// println!("token {}", held.fencing_token());
+/// held.unlock().await?;
+/// service.close().await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Service {
+    backend: Arc<dyn backend::Service>,
+}
+
+impl Service {
+    /// Wraps a backend's service. For backends (in their `open` function) and tests.
+    pub fn from_backend(service: impl backend::Service) -> Self {
+        Service {
+            backend: Arc::new(service),
+        }
+    }
+
+    /// The backend's service, for a wrapper that adds to it (metrics, tracing).
+    pub fn backend(&self) -> &dyn backend::Service {
+        &*self.backend
+    }
+
+    /// Opens a session: the TTL its locks live by without a keep-alive, and how long `lock()`
+    /// may wait (see [`SessionConfig`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a configuration the backend cannot honour;
+    /// [`Error::AlreadyClosed`] after `close`; [`Error::Backend`] when the backend cannot be
+    /// reached.
+    pub fn new_session(
+        &self,
+        config: SessionConfig,
+    ) -> impl Future<Output = Result<Session>> + Send + '_ {
+        let opening = self.backend.new_session(config);
+        async move { Ok(Session::from_backend(opening.await?)) }
+    }
+
+    /// Closes the service: every session ends and every lock is reported lost.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyClosed`] on the second call.
+    pub async fn close(&self) -> Result<()> {
+        self.backend.close().await
+    }
+}
+
+impl fmt::Debug for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.backend, f)
+    }
+}
+
+/// A session: one party's identity towards the backend, with a TTL. Every lock taken through
+/// its lockers lives at most as long as the session.
+///
+/// Cheap to clone. The session ends when [`close`](Session::close)d, when its service is
+/// closed, when (on a remote backend) its lease is lost, or when the last handle of it — its
+/// lockers and their holds included — is dropped (then in the background).
+#[derive(Clone)]
+pub struct Session {
+    backend: Arc<dyn backend::Session>,
+}
+
+impl Session {
+    /// Wraps a backend's session. For backends and wrappers.
+    pub fn from_backend(session: Arc<dyn backend::Session>) -> Self {
+        Session { backend: session }
+    }
+
+    /// The backend's session, for a wrapper that adds to it.
+    pub fn backend(&self) -> &Arc<dyn backend::Session> {
+        &self.backend
+    }
+
+    /// A locker for lock `id`. Lockers of the same id exclude each other, whether they belong
+    /// to the same session or to different ones. An invalid id is reported by the locker's
+    /// first `lock`/`try_lock` call as [`Error::InvalidId`].
+    ///
+    /// The locker keeps this session open while it (or a [`Held`] of it) lives.
+    pub fn new_locker(&self, id: &str) -> Locker {
+        Locker {
+            backend: self.backend.new_locker(id),
+            session: self.clone(),
+        }
+    }
+
+    /// A future that resolves once the session has ended: closed, its service closed, or (for
+    /// remote backends) its lease lost. `'static`.
+    pub fn done(&self) -> Done {
+        self.backend.done()
+    }
+
+    /// Ends the session: its locks are released (and reported lost), its waiters fail with
+    /// [`Error::Canceled`]. Handles of it that remain fail with [`Error::AlreadyClosed`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyClosed`] on the second call.
+    pub async fn close(&self) -> Result<()> {
+        self.backend.close().await
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.backend, f)
+    }
+}
+
+/// One party's handle on one lock id, made by [`Session::new_locker`].
+///
+/// Cheap to clone; clones are the same locker (one hold or attempt at a time: a second `lock()`
+/// fails with [`Error::AlreadyLocked`]). Dropping the last handle of a locker — its [`Held`]
+/// included — releases its lock.
+#[derive(Clone)]
+pub struct Locker {
+    backend: Arc<dyn backend::Locker>,
+    /// Keeps the session open while the locker lives. Declared after `backend`, so that the
+    /// backend's locker goes first.
+    session: Session,
+}
+
+impl Locker {
+    /// Wraps a backend's locker of `session`. For wrappers.
+    pub fn from_backend(locker: Arc<dyn backend::Locker>, session: Session) -> Self {
+        Locker {
+            backend: locker,
+            session,
+        }
+    }
+
+    /// The backend's locker, for a wrapper that adds to it.
+    pub fn backend(&self) -> &Arc<dyn backend::Locker> {
+        &self.backend
+    }
+
+    /// The session this locker belongs to.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The lock id this locker was made for.
+    pub fn id(&self) -> &str {
+        self.backend.id()
+    }
+
+    /// Waits for the lock, in FIFO order with other waiters, up to the session's timeout, and
+    /// returns the guard of the hold.
+    ///
+    /// Cancel-safe: dropping the future withdraws from the queue and leaves nothing behind.
+    /// A session timeout needs a tokio runtime with timers (`#[tokio::main]`, or a runtime
+    /// built with `enable_time()`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyLocked`] if this locker holds or is already acquiring the lock;
+    /// [`Error::Timeout`]; [`Error::Canceled`] if the session ends while waiting;
+    /// [`Error::AlreadyClosed`] if it had ended before; [`Error::InvalidId`].
+    pub fn lock(&self) -> impl Future<Output = Result<Held>> + Send + '_ {
+        let locking = self.backend.lock();
+        async move { Ok(Held::new(locking.await?, self.clone())) }
+    }
+
+    /// [`lock`](Locker::lock), waiting at most `timeout` (or the session's timeout, if that is
+    /// shorter). Needs a tokio runtime with timers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] with `timeout` when it passed; otherwise as [`lock`](Locker::lock).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locker: lock_core::Locker) -> lock_core::Result<()> {
+    /// use std::time::Duration;
+    /// use lock_core::ErrorKind;
+    ///
+    /// match locker.lock_timeout(Duration::from_millis(200)).await {
+    ///     Ok(held) => held.unlock().await?,
+    ///     Err(e) if e.kind() == ErrorKind::Timeout => println!("busy; try later"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<Held> {
+        match tokio::time::timeout(timeout, self.lock()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    /// Takes the lock if nobody holds it or waits for it; never waits for a holder.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Locker::lock), except that a held lock gives `Ok(None)`.
+    pub fn try_lock(&self) -> impl Future<Output = Result<Option<Held>>> + Send + '_ {
+        let trying = self.backend.try_lock();
+        async move { Ok(trying.await?.map(|hold| Held::new(hold, self.clone()))) }
+    }
+
+    /// Releases whatever this locker holds (the seed's `unlock`); the hold's
+    /// [`lost`](Held::lost) fires. [`Held::unlock`] does the same for one guard.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotHeld`] if this locker does not hold the lock; [`Error::AlreadyClosed`] after
+    /// the session ended. An error from a remote backend is informative: the lock is released
+    /// at the latest when the session's TTL runs out.
+    pub async fn unlock(&self) -> Result<()> {
+        self.backend.unlock(None).await
+    }
+
+    /// Takes the lock, runs `f` with the fencing token, and unlocks — also when `f` fails.
+    /// `f` is raced against the loss of the lock: if the lock is lost first, `f` is dropped
+    /// (cancelled at its next await) and the result is [`Error::Lost`].
+    ///
+    /// Returns what `f` returned; `f`'s error type only needs `From<lock::Error>`.
+    ///
+    /// # Errors
+    ///
+    /// What [`lock`](Locker::lock) returns; [`Error::Lost`] if the lock was lost while `f`
+    /// ran; `f`'s error; an unlock failure after `f` succeeded.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locker: lock_core::Locker) -> lock_core::Result<()> {
+    /// let written = locker
+    ///     .with_lock(|token| async move { write_report(token).await })
+    ///     .await?;
+    /// # Ok(()) }
+    /// # async fn write_report(_token: u64) -> lock_core::Result<usize> { Ok(1) }
+    /// ```
+    pub async fn with_lock<T, E, F, Fut>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        let held = self.lock().await?;
+        let out = tokio::select! {
+            biased;
+            () = held.lost() => return Err(lost(&held).into()),
+            out = f(held.fencing_token()) => out,
+        };
+        match (held.unlock().await, out) {
+            (Ok(()), out) | (Err(_), out @ Err(_)) => out,
+            (Err(e), Ok(_)) => Err(e.into()),
+        }
+    }
+}
+
+fn lost(held: &Held) -> Error {
+    Error::Lost(
+        held.loss()
+            .unwrap_or_else(|| crate::Loss::new(crate::LossCause::Unknown, None, "")),
+    )
+}
+
+impl fmt::Debug for Locker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.backend, f)
+    }
+}
