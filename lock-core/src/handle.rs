@@ -7,10 +7,13 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::{backend, Done, Error, Held, Result, SessionConfig};
+use crate::backend::{self, Hold, OpFuture};
+use crate::{Done, Error, Held, Result, SessionConfig};
 
 /// A locking service: a connection to a backend, from which sessions are opened. Open one with
 /// [`crate::new`] from a connection string (`local:`, `etcd:http://127.0.0.1:2379`, …).
@@ -189,9 +192,11 @@ impl Locker {
     /// [`Error::AlreadyLocked`] if this locker holds or is already acquiring the lock;
     /// [`Error::Timeout`]; [`Error::Canceled`] if the session ends while waiting;
     /// [`Error::AlreadyClosed`] if it had ended before; [`Error::InvalidId`].
-    pub fn lock(&self) -> impl Future<Output = Result<Held>> + Send + '_ {
-        let locking = self.backend.lock();
-        async move { Ok(Held::new(locking.await?, self.clone())) }
+    pub fn lock(&self) -> Lock<'_> {
+        Lock {
+            locking: self.backend.lock(),
+            locker: self,
+        }
     }
 
     /// [`lock`](Locker::lock), waiting at most `timeout` (or the session's timeout, if that is
@@ -227,9 +232,11 @@ impl Locker {
     /// # Errors
     ///
     /// As [`lock`](Locker::lock), except that a held lock gives `Ok(None)`.
-    pub fn try_lock(&self) -> impl Future<Output = Result<Option<Held>>> + Send + '_ {
-        let trying = self.backend.try_lock();
-        async move { Ok(trying.await?.map(|hold| Held::new(hold, self.clone()))) }
+    pub fn try_lock(&self) -> TryLock<'_> {
+        TryLock {
+            trying: self.backend.try_lock(),
+            locker: self,
+        }
     }
 
     /// Releases whatever this locker holds (the seed's `unlock`); the hold's
@@ -281,6 +288,41 @@ impl Locker {
             (Ok(()), out) | (Err(_), out @ Err(_)) => out,
             (Err(e), Ok(_)) => Err(e.into()),
         }
+    }
+}
+
+/// The future of [`Locker::lock`]: the backend's, turned into a [`Held`] of the locker.
+/// Cancel-safe, as the backend's is.
+#[must_use = "futures do nothing unless awaited"]
+#[derive(Debug)]
+pub struct Lock<'a> {
+    locking: OpFuture<'a, Result<Hold>>,
+    locker: &'a Locker,
+}
+
+impl Future for Lock<'_> {
+    type Output = Result<Held>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Held>> {
+        let this = &mut *self;
+        let hold = std::task::ready!(Pin::new(&mut this.locking).poll(cx))?;
+        Poll::Ready(Ok(Held::new(hold, this.locker.clone())))
+    }
+}
+
+/// The future of [`Locker::try_lock`].
+#[must_use = "futures do nothing unless awaited"]
+#[derive(Debug)]
+pub struct TryLock<'a> {
+    trying: OpFuture<'a, Result<Option<Hold>>>,
+    locker: &'a Locker,
+}
+
+impl Future for TryLock<'_> {
+    type Output = Result<Option<Held>>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Option<Held>>> {
+        let this = &mut *self;
+        let hold = std::task::ready!(Pin::new(&mut this.trying).poll(cx))?;
+        Poll::Ready(Ok(hold.map(|hold| Held::new(hold, this.locker.clone()))))
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::loss::Loss;
+use crate::op::OpFuture;
 use crate::signal::{Deadline, HasSignal, Watch};
 use crate::{Error, Locker, Result};
 
@@ -161,20 +162,27 @@ impl Held {
     /// [`Error::Lost`] if the lock had already been lost (it was not held to the end: see
     /// [`loss`](Held::loss)); otherwise what the backend reports (for a remote backend the
     /// lock is then released at the latest when the session's TTL runs out).
-    pub async fn unlock(mut self) -> Result<()> {
-        if let Some(loss) = self.hold.loss() {
+    pub fn unlock(mut self) -> Unlock {
+        if self.hold.is_lost() {
             self.armed = false;
-            return Err(Error::Lost(loss));
+            return Unlock {
+                releasing: OpFuture::ready(Err(Error::NotHeld)),
+                held: Some(self),
+            };
         }
-        let outcome = self.locker.backend().unlock(Some(self.hold.token)).await;
-        self.armed = false;
-        match outcome {
-            // Lost while the release was on its way: say so rather than "not held".
-            Err(Error::NotHeld) => Err(Error::Lost(self.hold.loss().unwrap_or_else(|| {
-                Loss::new(crate::LossCause::Unknown, None, "released by someone else")
-            }))),
-            other => other,
+        let backend = Arc::clone(self.locker.backend());
+        Unlock {
+            releasing: backend.unlock_owned(self.hold.token),
+            held: Some(self),
         }
+    }
+
+    /// [`Error::Lost`] with this hold's loss.
+    #[cold]
+    fn lost_error(&self) -> Error {
+        Error::Lost(self.hold.loss().unwrap_or_else(|| {
+            Loss::new(crate::LossCause::Unknown, None, "released by someone else")
+        }))
     }
 }
 
@@ -193,6 +201,36 @@ impl fmt::Debug for Held {
             .field("fencing_token", &self.hold.token)
             .field("lost", &self.is_lost())
             .finish()
+    }
+}
+
+/// The future returned by [`Held::unlock`]. It keeps the `Held` until the release completes:
+/// dropped before it was first polled, the `Held` releases the lock in the background, as a
+/// dropped `Held` does.
+#[must_use = "futures do nothing unless awaited"]
+pub struct Unlock {
+    releasing: OpFuture<'static, Result<()>>,
+    held: Option<Held>,
+}
+
+impl Future for Unlock {
+    type Output = Result<()>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = &mut *self;
+        let outcome = std::task::ready!(Pin::new(&mut this.releasing).poll(cx));
+        let mut held = this.held.take().expect("Unlock polled after completion");
+        held.armed = false;
+        Poll::Ready(match outcome {
+            // Lost before, or while the release was on its way: say so, not "not held".
+            Err(Error::NotHeld) => Err(held.lost_error()),
+            other => other,
+        })
+    }
+}
+
+impl fmt::Debug for Unlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unlock").field("held", &self.held).finish()
     }
 }
 

@@ -71,8 +71,8 @@ mod uri;
 
 pub use config::SessionConfig;
 pub use error::{BoxError, Error, ErrorKind, Result};
-pub use handle::{Locker, Service, Session};
-pub use held::{Done, Held, Lost};
+pub use handle::{Lock, Locker, Service, Session, TryLock};
+pub use held::{Done, Held, Lost, Unlock};
 pub use id::MAX_ID_LEN;
 pub use loss::{Loss, LossCause};
 pub use registry::{new, services};

@@ -94,6 +94,14 @@ pub trait Locker: Send + Sync + Debug + 'static {
     /// the latest when the session's TTL runs out.
     fn unlock(&self, token: Option<u64>) -> OpFuture<'_, Result<()>>;
 
+    /// [`unlock`](Locker::unlock)`(Some(token))` through an owned handle, so that the future
+    /// does not borrow the locker: what [`crate::Held::unlock`] awaits. The provided method
+    /// boxes `unlock`; a backend whose `unlock` completes at once returns
+    /// [`OpFuture::ready`] instead, and saves the allocation.
+    fn unlock_owned(self: Arc<Self>, token: u64) -> OpFuture<'static, Result<()>> {
+        OpFuture::boxed(async move { self.unlock(Some(token)).await })
+    }
+
     /// Releases the hold whose fencing token is `token`, if it is still the current one,
     /// without waiting: its lost signal fires now, and a remote backend removes its record in
     /// the background. Called when a [`crate::Held`] is dropped without `unlock()`.
