@@ -115,8 +115,7 @@ impl Session {
     /// The locker keeps this session open while it (or a [`Held`] of it) lives.
     pub fn new_locker(&self, id: &str) -> Locker {
         Locker {
-            backend: self.backend.new_locker(id),
-            session: self.clone(),
+            backend: self.backend.new_locker(id, self.clone()),
         }
     }
 
@@ -150,29 +149,20 @@ impl fmt::Debug for Session {
 /// included — releases its lock.
 #[derive(Clone)]
 pub struct Locker {
+    /// The backend's locker, which keeps its session's handle (see
+    /// [`backend::Session::new_locker`]).
     backend: Arc<dyn backend::Locker>,
-    /// Keeps the session open while the locker lives. Declared after `backend`, so that the
-    /// backend's locker goes first.
-    session: Session,
 }
 
 impl Locker {
-    /// Wraps a backend's locker of `session`. For wrappers.
-    pub fn from_backend(locker: Arc<dyn backend::Locker>, session: Session) -> Self {
-        Locker {
-            backend: locker,
-            session,
-        }
+    /// Wraps a backend's locker. For wrappers.
+    pub fn from_backend(locker: Arc<dyn backend::Locker>) -> Self {
+        Locker { backend: locker }
     }
 
     /// The backend's locker, for a wrapper that adds to it.
     pub fn backend(&self) -> &Arc<dyn backend::Locker> {
         &self.backend
-    }
-
-    /// The session this locker belongs to.
-    pub fn session(&self) -> &Session {
-        &self.session
     }
 
     /// The lock id this locker was made for.

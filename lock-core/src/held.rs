@@ -163,17 +163,24 @@ impl Held {
     /// [`loss`](Held::loss)); otherwise what the backend reports (for a remote backend the
     /// lock is then released at the latest when the session's TTL runs out).
     pub fn unlock(mut self) -> Unlock {
-        if self.hold.is_lost() {
-            self.armed = false;
-            return Unlock {
-                releasing: OpFuture::ready(Err(Error::NotHeld)),
-                held: Some(self),
-            };
-        }
-        let backend = Arc::clone(self.locker.backend());
-        Unlock {
-            releasing: backend.unlock_owned(self.hold.token),
-            held: Some(self),
+        let outcome = if self.hold.is_lost() {
+            Err(Error::NotHeld)
+        } else if let Some(outcome) = self.locker.backend().unlock_now(self.hold.token) {
+            outcome
+        } else {
+            let backend = Arc::clone(self.locker.backend());
+            let releasing = backend.unlock_owned(self.hold.token);
+            return Unlock(UnlockState::Releasing(Box::new((releasing, self))));
+        };
+        self.armed = false;
+        Unlock(UnlockState::Done(Some(self.outcome(outcome))))
+    }
+
+    /// The outcome of a release: "not held" means the hold was lost before or meanwhile.
+    fn outcome(&self, outcome: Result<()>) -> Result<()> {
+        match outcome {
+            Err(Error::NotHeld) => Err(self.lost_error()),
+            other => other,
         }
     }
 
@@ -204,33 +211,44 @@ impl fmt::Debug for Held {
     }
 }
 
-/// The future returned by [`Held::unlock`]. It keeps the `Held` until the release completes:
-/// dropped before it was first polled, the `Held` releases the lock in the background, as a
+/// The future returned by [`Held::unlock`]. While the backend releases, it keeps the `Held`:
+/// dropped before the release started, the `Held` releases the lock in the background, as a
 /// dropped `Held` does.
 #[must_use = "futures do nothing unless awaited"]
-pub struct Unlock {
-    releasing: OpFuture<'static, Result<()>>,
-    held: Option<Held>,
+pub struct Unlock(UnlockState);
+
+enum UnlockState {
+    /// Released at once (or found lost); the outcome until polled.
+    Done(Option<Result<()>>),
+    /// The backend's release in progress, and the guard it releases.
+    Releasing(Box<(OpFuture<'static, Result<()>>, Held)>),
 }
 
 impl Future for Unlock {
     type Output = Result<()>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let this = &mut *self;
-        let outcome = std::task::ready!(Pin::new(&mut this.releasing).poll(cx));
-        let mut held = this.held.take().expect("Unlock polled after completion");
-        held.armed = false;
-        Poll::Ready(match outcome {
-            // Lost before, or while the release was on its way: say so, not "not held".
-            Err(Error::NotHeld) => Err(held.lost_error()),
-            other => other,
-        })
+        match &mut self.0 {
+            UnlockState::Done(outcome) => {
+                Poll::Ready(outcome.take().expect("Unlock polled after completion"))
+            }
+            UnlockState::Releasing(releasing) => {
+                let (future, held) = &mut **releasing;
+                let outcome = std::task::ready!(Pin::new(future).poll(cx));
+                held.armed = false;
+                let outcome = held.outcome(outcome);
+                self.0 = UnlockState::Done(None);
+                Poll::Ready(outcome)
+            }
+        }
     }
 }
 
 impl fmt::Debug for Unlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Unlock").field("held", &self.held).finish()
+        f.write_str(match self.0 {
+            UnlockState::Done(_) => "Unlock::Done",
+            UnlockState::Releasing(_) => "Unlock::Releasing",
+        })
     }
 }
 

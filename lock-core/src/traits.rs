@@ -43,7 +43,12 @@ pub trait Session: Send + Sync + Debug + 'static {
     /// A locker for lock `id`. Lockers of the same id exclude each other, whether they belong
     /// to the same session or to different ones. An invalid id is reported by the locker's
     /// first `lock`/`try_lock` call as [`Error::InvalidId`](crate::Error::InvalidId).
-    fn new_locker(&self, id: &str) -> Arc<dyn Locker>;
+    ///
+    /// `session` is the application's handle of this session: the locker keeps it, and drops
+    /// it only after its own clean-up (declare it as the locker's last field), so that a session
+    /// lives as long as its lockers and their holds (`session.new_locker(id).lock()` through a
+    /// temporary session holds the lock).
+    fn new_locker(&self, id: &str, session: crate::Session) -> Arc<dyn Locker>;
 
     /// A future that resolves once the session has ended: closed, dropped, its service closed,
     /// or (for remote backends) its lease lost.
@@ -94,10 +99,16 @@ pub trait Locker: Send + Sync + Debug + 'static {
     /// the latest when the session's TTL runs out.
     fn unlock(&self, token: Option<u64>) -> OpFuture<'_, Result<()>>;
 
+    /// [`unlock`](Locker::unlock)`(Some(token))` if the backend can complete it at once,
+    /// without waiting; `None` if it must wait (the provided method). [`crate::Held::unlock`]
+    /// tries this first, and otherwise awaits [`unlock_owned`](Locker::unlock_owned).
+    fn unlock_now(&self, token: u64) -> Option<Result<()>> {
+        let _ = token;
+        None
+    }
+
     /// [`unlock`](Locker::unlock)`(Some(token))` through an owned handle, so that the future
-    /// does not borrow the locker: what [`crate::Held::unlock`] awaits. The provided method
-    /// boxes `unlock`; a backend whose `unlock` completes at once returns
-    /// [`OpFuture::ready`] instead, and saves the allocation.
+    /// does not borrow the locker. The provided method boxes `unlock`.
     fn unlock_owned(self: Arc<Self>, token: u64) -> OpFuture<'static, Result<()>> {
         OpFuture::boxed(async move { self.unlock(Some(token)).await })
     }

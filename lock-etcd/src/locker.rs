@@ -616,14 +616,23 @@ async fn remove(mut kv: KvClient, key: &str, rev: &mut i64) -> Result<(), etcd_c
 /// A locker of the `etcd:` backend; see [`lock_core::backend::Locker`].
 pub struct EtcdLocker {
     core: Arc<LockerCore>,
+    /// The application's handle of the session, kept while the locker lives; dropped after
+    /// the locker's `Drop` handed its key to the removal.
+    _session: lock_core::Session,
 }
 
 impl EtcdLocker {
-    pub(crate) fn new(serial: u64, id: &str, session: Arc<SessionCore>) -> Self {
+    pub(crate) fn new(
+        serial: u64,
+        id: &str,
+        session: Arc<SessionCore>,
+        handle: lock_core::Session,
+    ) -> Self {
         let prefix = &session.service.config.prefix;
         let range = keys::id_prefix(prefix, id);
         let key = keys::locker_key(&range, session.lease, serial);
         EtcdLocker {
+            _session: handle,
             core: Arc::new(LockerCore {
                 serial,
                 id: id.to_owned(),

@@ -78,11 +78,15 @@ const SPINS: u32 = 256;
 /// A locker of the `local:` backend; see [`lock_core::backend::Locker`].
 pub struct LocalLocker {
     shared: Arc<LockerShared>,
+    /// The application's handle of the session, kept while the locker lives; dropped after
+    /// the locker's `Drop` released what it held.
+    _session: lock_core::Session,
 }
 
 impl LocalLocker {
-    pub(crate) fn new(id: &str, session: Arc<SessionShared>) -> Self {
+    pub(crate) fn new(id: &str, session: Arc<SessionShared>, handle: lock_core::Session) -> Self {
         LocalLocker {
+            _session: handle,
             shared: Arc::new(LockerShared {
                 hash: session.service.hash(id),
                 id: IdBuf::new(id),
@@ -233,8 +237,8 @@ impl backend::Locker for LocalLocker {
         OpFuture::ready(self.release_hold(token))
     }
 
-    fn unlock_owned(self: Arc<Self>, token: u64) -> OpFuture<'static, Result<()>> {
-        OpFuture::ready(self.release_hold(Some(token)))
+    fn unlock_now(&self, token: u64) -> Option<Result<()>> {
+        Some(self.release_hold(Some(token)))
     }
 
     fn release(&self, token: u64) {

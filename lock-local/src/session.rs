@@ -121,8 +121,8 @@ impl LocalSession {
 }
 
 impl backend::Session for LocalSession {
-    fn new_locker(&self, id: &str) -> Arc<dyn backend::Locker> {
-        let locker = LocalLocker::new(id, self.shared.clone());
+    fn new_locker(&self, id: &str, session: lock_core::Session) -> Arc<dyn backend::Locker> {
+        let locker = LocalLocker::new(id, self.shared.clone(), session);
         self.shared.lockers_list().push(locker.weak());
         Arc::new(locker)
     }

@@ -127,13 +127,13 @@ impl fmt::Debug for MeteredSession {
 }
 
 impl backend::Session for MeteredSession {
-    fn new_locker(&self, id: &str) -> Arc<dyn backend::Locker> {
+    fn new_locker(&self, id: &str, session: lock_core::Session) -> Arc<dyn backend::Locker> {
         let mut labels = vec![Label::new("backend", self.backend.to_string())];
         if LABEL_IDS.load(Relaxed) {
             labels.push(Label::new("id", id.to_owned()));
         }
         Arc::new(MeteredLocker {
-            inner: self.inner.new_locker(id),
+            inner: self.inner.new_locker(id, session),
             labels,
             hold: Mutex::new(None),
         })
@@ -196,15 +196,27 @@ impl HoldStats {
 
 /// Counts the hold `unlock()` took when the call ends, however it ends (dropped too: an
 /// `unlock()` that was polled has released).
-struct Unlocking(Arc<HoldStats>, bool);
+struct Unlocking(Option<Arc<HoldStats>>, bool);
+
+impl Unlocking {
+    /// The release did not happen after all: the hold is current again, counted when it ends.
+    fn undo(mut self, locker: &MeteredLocker) {
+        if let Some(hold) = self.0.take() {
+            hold.unlocking.store(false, Relaxed);
+            *locker.hold() = Some(hold);
+        }
+    }
+}
 
 impl Drop for Unlocking {
     fn drop(&mut self) {
-        let cause = match self.1 {
-            true => Some(LossCause::Unlocked),
-            false => self.0.recorded(),
-        };
-        self.0.count(cause);
+        if let Some(hold) = self.0.take() {
+            let cause = match self.1 {
+                true => Some(LossCause::Unlocked),
+                false => hold.recorded(),
+            };
+            hold.count(cause);
+        }
     }
 }
 
@@ -238,7 +250,7 @@ impl MeteredLocker {
         let taken = if matches { hold.take() } else { None };
         taken.map(|hold| {
             hold.unlocking.store(true, Relaxed);
-            Unlocking(hold, true)
+            Unlocking(Some(hold), true)
         })
     }
 
@@ -316,6 +328,23 @@ impl backend::Locker for MeteredLocker {
             }
             result
         })
+    }
+
+    fn unlock_now(&self, token: u64) -> Option<Result<()>> {
+        let taken = self.releasing(Some(token));
+        let Some(result) = self.inner.unlock_now(token) else {
+            if let Some(taken) = taken {
+                taken.undo(self); // it must wait: `unlock` counts it
+            }
+            return None;
+        };
+        if let Err(e) = &result {
+            self.failed("unlock", e);
+            if let Some(mut taken) = taken {
+                taken.1 = false;
+            }
+        }
+        Some(result)
     }
 
     fn release(&self, token: u64) {

@@ -288,7 +288,7 @@ impl fmt::Debug for MemSession {
 }
 
 impl backend::Session for MemSession {
-    fn new_locker(&self, id: &str) -> Arc<dyn backend::Locker> {
+    fn new_locker(&self, id: &str, session_handle: lock_core::Session) -> Arc<dyn backend::Locker> {
         let key = {
             let mut st = self.shared.state();
             st.next_key += 1;
@@ -303,6 +303,7 @@ impl backend::Session for MemSession {
             timeout,
             id: id.to_owned(),
             signal: Arc::new(Signal::new()),
+            _session: session_handle,
         })
     }
 
@@ -329,6 +330,8 @@ struct MemLocker {
     timeout: Option<std::time::Duration>,
     id: String,
     signal: Arc<Signal>,
+    /// The application's handle of the session: kept while the locker lives, dropped last.
+    _session: lock_core::Session,
 }
 
 impl MemLocker {
