@@ -2,8 +2,10 @@
 //! default; without it nothing here exists and nothing is measured).
 //!
 //! Services opened with [`crate::new`] report to whatever recorder the program installed
-//! (a Prometheus exporter, StatsD, …); with no recorder installed the calls do nothing. Every
-//! metric is labelled `backend` (the connection string's scheme). Lock ids are not labels —
+//! (a Prometheus exporter, StatsD, …); with no recorder installed the calls do nothing. Each
+//! locker looks its metrics up once, when it is made (a lock operation allocates nothing for
+//! them), so install the recorder before making lockers. Every metric is labelled `backend`
+//! (the connection string's scheme). Lock ids are not labels —
 //! they can be unbounded — unless [`label_ids`] turns them on.
 //!
 //! The metrics, their types and labels are listed in the guide: [`crate::guide`], "Metrics".
@@ -36,7 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use ::metrics::{counter, gauge, histogram, Label};
+use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, Label};
 use lock_core::backend::{self, OpFuture};
 use lock_core::{Done, Error, LossCause, Result, Service, SessionConfig};
 
@@ -134,6 +136,7 @@ impl backend::Session for MeteredSession {
         }
         Arc::new(MeteredLocker {
             inner: self.inner.new_locker(id, session),
+            metrics: Handles::new(&labels),
             labels,
             hold: Mutex::new(None),
         })
@@ -148,8 +151,47 @@ impl backend::Session for MeteredSession {
     }
 }
 
+/// A locker's metrics, looked up once when the locker is made (so a lock operation allocates
+/// nothing for them): they report to the recorder installed then.
+struct Handles {
+    acquired_lock: Counter,
+    acquired_try_lock: Counter,
+    try_lock_busy: Counter,
+    timeouts: Counter,
+    errors_lock: Counter,
+    errors_try_lock: Counter,
+    errors_unlock: Counter,
+    wait: Histogram,
+    holds: Gauge,
+    waiters: Gauge,
+}
+
+impl Handles {
+    fn new(labels: &[Label]) -> Self {
+        let with = |key: &'static str, value: &'static str| {
+            let mut labels = labels.to_vec();
+            labels.push(Label::new(key, value));
+            labels
+        };
+        Handles {
+            acquired_lock: counter!("lock_acquisitions_total", with("op", "lock")),
+            acquired_try_lock: counter!("lock_acquisitions_total", with("op", "try_lock")),
+            try_lock_busy: counter!("lock_try_lock_busy_total", labels.to_vec()),
+            timeouts: counter!("lock_timeouts_total", labels.to_vec()),
+            errors_lock: counter!("lock_errors_total", with("op", "lock")),
+            errors_try_lock: counter!("lock_errors_total", with("op", "try_lock")),
+            errors_unlock: counter!("lock_errors_total", with("op", "unlock")),
+            wait: histogram!("lock_wait_seconds", labels.to_vec()),
+            holds: gauge!("lock_holds", labels.to_vec()),
+            waiters: gauge!("lock_waiters", labels.to_vec()),
+        }
+    }
+}
+
 struct MeteredLocker {
     inner: Arc<dyn backend::Locker>,
+    metrics: Handles,
+    /// For the metrics of a hold's end, whose `reason` label is known only then.
     labels: Vec<Label>,
     /// The current hold, counted when it ends.
     hold: Mutex<Option<Arc<HoldStats>>>,
@@ -230,12 +272,6 @@ impl Drop for Waiting {
 }
 
 impl MeteredLocker {
-    fn labels_with(&self, key: &'static str, value: &'static str) -> Vec<Label> {
-        let mut labels = self.labels.clone();
-        labels.push(Label::new(key, value));
-        labels
-    }
-
     fn hold(&self) -> std::sync::MutexGuard<'_, Option<Arc<HoldStats>>> {
         self.hold.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -255,9 +291,9 @@ impl MeteredLocker {
     }
 
     /// Counts a grant and watches the hold until it ends.
-    fn granted(&self, op: &'static str, held: &backend::Hold) {
-        counter!("lock_acquisitions_total", self.labels_with("op", op)).increment(1);
-        let holds = gauge!("lock_holds", self.labels.clone());
+    fn granted(&self, acquisitions: &Counter, held: &backend::Hold) {
+        acquisitions.increment(1);
+        let holds = self.metrics.holds.clone();
         holds.increment(1.0);
         let hold = Arc::new(HoldStats {
             held: held.clone(),
@@ -276,10 +312,10 @@ impl MeteredLocker {
         });
     }
 
-    fn failed(&self, op: &'static str, e: &Error) {
+    fn failed(&self, errors: &Counter, e: &Error) {
         match e {
-            Error::Timeout(_) => counter!("lock_timeouts_total", self.labels.clone()).increment(1),
-            _ => counter!("lock_errors_total", self.labels_with("op", op)).increment(1),
+            Error::Timeout(_) => self.metrics.timeouts.increment(1),
+            _ => errors.increment(1),
         }
     }
 }
@@ -287,18 +323,17 @@ impl MeteredLocker {
 impl backend::Locker for MeteredLocker {
     fn lock(&self) -> OpFuture<'_, Result<backend::Hold>> {
         OpFuture::boxed(async move {
-            let waiters = gauge!("lock_waiters", self.labels.clone());
+            let waiters = self.metrics.waiters.clone();
             waiters.increment(1.0);
             let _waiting = Waiting(waiters);
             let start = Instant::now();
             let result = self.inner.lock().await;
             match &result {
                 Ok(held) => {
-                    histogram!("lock_wait_seconds", self.labels.clone())
-                        .record(start.elapsed().as_secs_f64());
-                    self.granted("lock", held);
+                    self.metrics.wait.record(start.elapsed().as_secs_f64());
+                    self.granted(&self.metrics.acquired_lock, held);
                 }
-                Err(e) => self.failed("lock", e),
+                Err(e) => self.failed(&self.metrics.errors_lock, e),
             }
             result
         })
@@ -308,9 +343,9 @@ impl backend::Locker for MeteredLocker {
         OpFuture::boxed(async move {
             let result = self.inner.try_lock().await;
             match &result {
-                Ok(Some(held)) => self.granted("try_lock", held),
-                Ok(None) => counter!("lock_try_lock_busy_total", self.labels.clone()).increment(1),
-                Err(e) => self.failed("try_lock", e),
+                Ok(Some(held)) => self.granted(&self.metrics.acquired_try_lock, held),
+                Ok(None) => self.metrics.try_lock_busy.increment(1),
+                Err(e) => self.failed(&self.metrics.errors_try_lock, e),
             }
             result
         })
@@ -321,7 +356,7 @@ impl backend::Locker for MeteredLocker {
             let taken = self.releasing(token);
             let result = self.inner.unlock(token).await;
             if let Err(e) = &result {
-                self.failed("unlock", e);
+                self.failed(&self.metrics.errors_unlock, e);
                 if let Some(mut taken) = taken {
                     taken.1 = false; // ended otherwise, before: the backend's cause
                 }
@@ -339,7 +374,7 @@ impl backend::Locker for MeteredLocker {
             return None;
         };
         if let Err(e) = &result {
-            self.failed("unlock", e);
+            self.failed(&self.metrics.errors_unlock, e);
             if let Some(mut taken) = taken {
                 taken.1 = false;
             }

@@ -27,6 +27,12 @@ async fn unknown_scheme_lists_the_available_ones() {
     for scheme in lock::services() {
         assert!(text.contains(scheme), "{text} does not list {scheme}");
     }
+    assert_eq!(err.kind(), lock::ErrorKind::UnsupportedService);
+    // A backend crate that is a dependency but never referenced is not linked: say so.
+    assert!(
+        text.contains("use lock_nosuch as _;") && text.contains("Cargo.toml"),
+        "{text} does not say how to link a backend crate"
+    );
 }
 
 #[tokio::test]
