@@ -7,7 +7,8 @@
 //!   watch on that id alone (opened before the read, closed with the mirror), so a service
 //!   receives no put events for ids it does not wait for. When the first key changes, the
 //!   waiter that owns the new first key is woken, and nobody else: a release costs one delete
-//!   on the wire and one wake-up here, with no read to confirm it.
+//!   on the wire and one wake-up here; the woken waiter confirms with one small read that
+//!   etcd agrees (the mirror can lag behind the cluster), before it takes the lock.
 //!
 //! The two streams are not ordered with respect to each other, so the mirror orders changes
 //! per key by revision (a delete that overtakes its key's put leaves a tombstone), and a waiter

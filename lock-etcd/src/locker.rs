@@ -26,7 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, GetOptions, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Compare, CompareOp, GetOptions, KvClient, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse, TxnResponse,
 };
 use lock_core::backend::{self, Hold, OpFuture, Signal};
 use lock_core::{Error, LossCause, Result};
@@ -434,17 +435,55 @@ impl LockerCore {
             }),
         );
         tracing::debug!(id = %self.id, key = %self.key, token = rev, "waiting for the lock");
+        // How long to wait before looking again when etcd disagrees with the mirror.
+        let mut recheck = Duration::from_millis(50);
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if queue.is_first(&self.key, rev)? {
+            if queue.is_first(&self.key, rev)? && self.confirm_first(rev).await? {
                 return self.grant();
             }
             if self.session.ended().is_some() || self.state().deleted_at > rev {
                 return Err(self.canceled());
             }
-            notified.await;
+            if queue.is_first(&self.key, rev)? {
+                // The mirror says first and etcd does not: the mirror is behind, and the
+                // events that move it on are on their way. Look again when they arrive, or
+                // soon anyway.
+                let _ = tokio::time::timeout(recheck, notified).await;
+                recheck = (recheck * 2).min(Duration::from_secs(1));
+            } else {
+                notified.await;
+            }
+        }
+    }
+
+    /// Whether etcd itself says, now, that our key (created at `rev`) is the first of the
+    /// id's keys: a linearizable read of the oldest key. The queue mirror comes from a watch,
+    /// which can lag behind the cluster (a member that is behind, a slow link): granting on it
+    /// alone once gave a hold to a key etcd had already deleted — its lease revoked on the
+    /// server — while the next key's owner held the lock. etcd's Go `concurrency.Mutex` checks
+    /// its key the same way before it returns. A read that fails for a reason that may pass
+    /// counts as "not yet"; the wait goes on.
+    async fn confirm_first(&self, rev: i64) -> Result<bool> {
+        let kv = self.kv();
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1)
+            .with_keys_only();
+        let read = crate::error::request("confirming the lock", self.limit(), || {
+            let (mut kv, range, options) = (kv.clone(), self.range.clone(), options.clone());
+            async move { kv.get(range.as_bytes(), Some(options)).await }
+        })
+        .await;
+        match read {
+            Ok(resp) => Ok(resp.kvs().first().is_some_and(|first| {
+                first.create_revision() == rev && first.key() == self.key.as_bytes()
+            })),
+            Err(e) if e.is_transient() => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
