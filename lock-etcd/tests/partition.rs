@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use lock_core::{Error, SessionConfig};
@@ -22,9 +21,7 @@ async fn service(endpoints: &str, prefix: &str) -> EtcdService {
 
 /// A proxy in front of the shared cluster's first member.
 async fn proxy(endpoints: &str) -> FaultProxy {
-    let first = endpoints.split(',').next().unwrap();
-    let addr: SocketAddr = first.trim_start_matches("http://").parse().unwrap();
-    FaultProxy::start(addr).await.unwrap()
+    common::first_member_proxy(endpoints).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use lock_core::SessionConfig;
@@ -30,14 +29,7 @@ async fn behind_a_proxy(
     request_timeout: &str,
 ) -> (EtcdService, FaultProxy, EtcdService) {
     let prefix = common::unique_prefix(name);
-    let first: SocketAddr = endpoints
-        .split(',')
-        .next()
-        .unwrap()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(first).await.unwrap();
+    let proxy = common::first_member_proxy(endpoints).await;
     let uri = format!(
         "etcd:{}?prefix={prefix}&request-timeout={request_timeout}",
         proxy.url()

@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use etcd_client::GetOptions;
 use lock_core::SessionConfig;
 use lock_etcd::{EtcdConfig, EtcdService};
-use lock_testkit::proxy::{Fault, FaultProxy};
+use lock_testkit::proxy::Fault;
 
 async fn service(endpoints: &str, prefix: &str) -> EtcdService {
     let uri = format!("etcd:{endpoints}?prefix={prefix}&request-timeout=5s");
@@ -43,14 +42,7 @@ async fn a_waiter_whose_view_lags_is_not_granted_a_key_etcd_deleted() {
         return;
     };
     let prefix = common::unique_prefix("stale-view");
-    let first: SocketAddr = endpoints
-        .split(',')
-        .next()
-        .unwrap()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(first).await.unwrap();
+    let proxy = common::first_member_proxy(&endpoints).await;
     let direct = service(&endpoints, &prefix).await;
     let lagging = service(&proxy.url(), &prefix).await;
     let mut raw = common::raw(&endpoints).await;

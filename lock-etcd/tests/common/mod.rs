@@ -24,6 +24,18 @@ pub async fn raw(endpoints: &str) -> etcd_client::Client {
         .expect("raw etcd client")
 }
 
+/// A fault proxy in front of the first member of `endpoints`.
+pub async fn first_member_proxy(endpoints: &str) -> lock_testkit::proxy::FaultProxy {
+    let first: std::net::SocketAddr = endpoints
+        .split(',')
+        .next()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    lock_testkit::proxy::FaultProxy::start(first).await.unwrap()
+}
+
 /// A prefix no other test run uses.
 pub fn unique_prefix(name: &str) -> String {
     let nanos = std::time::SystemTime::now()
