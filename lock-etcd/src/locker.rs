@@ -26,8 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, GetOptions, KvClient, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse, TxnResponse,
+    Compare, CompareOp, GetOptions, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use lock_core::backend::{self, Hold, OpFuture, Signal};
 use lock_core::{Error, LossCause, Result};
@@ -459,29 +458,28 @@ impl LockerCore {
         }
     }
 
-    /// Whether etcd itself says, now, that our key (created at `rev`) is the first of the
-    /// id's keys: a linearizable read of the oldest key. The queue mirror comes from a watch,
-    /// which can lag behind the cluster (a member that is behind, a slow link): granting on it
-    /// alone once gave a hold to a key etcd had already deleted — its lease revoked on the
-    /// server — while the next key's owner held the lock. etcd's Go `concurrency.Mutex` checks
-    /// its key the same way before it returns. A read that fails for a reason that may pass
-    /// counts as "not yet"; the wait goes on.
+    /// Whether etcd itself says, now, that our key still exists as created at `rev`: a
+    /// linearizable read of that one key. With what the mirror showed — no key older than
+    /// ours, which stays true once true, since a key created later has a higher revision — it
+    /// means our key is the first at the read's revision. The mirror comes from a watch, which
+    /// can lag behind the cluster (a member that is behind, a slow link): granting on it alone
+    /// once gave a hold to a key etcd had already deleted — its lease revoked on the server —
+    /// while the next key's owner held the lock. etcd's Go `concurrency.Mutex` reads its key
+    /// the same way before it returns. A read that fails for a reason that may pass counts as
+    /// "not yet"; the wait goes on.
     async fn confirm_first(&self, rev: i64) -> Result<bool> {
         let kv = self.kv();
-        let options = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Ascend)
-            .with_limit(1)
-            .with_keys_only();
+        let options = GetOptions::new().with_keys_only();
         let read = crate::error::request("confirming the lock", self.limit(), || {
-            let (mut kv, range, options) = (kv.clone(), self.range.clone(), options.clone());
-            async move { kv.get(range.as_bytes(), Some(options)).await }
+            let (mut kv, options) = (kv.clone(), options.clone());
+            async move { kv.get(self.key.as_str(), Some(options)).await }
         })
         .await;
         match read {
-            Ok(resp) => Ok(resp.kvs().first().is_some_and(|first| {
-                first.create_revision() == rev && first.key() == self.key.as_bytes()
-            })),
+            Ok(resp) => Ok(resp
+                .kvs()
+                .first()
+                .is_some_and(|own| own.create_revision() == rev)),
             Err(e) if e.is_transient() => Ok(false),
             Err(e) => Err(e),
         }
