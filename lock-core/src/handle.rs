@@ -1,5 +1,5 @@
-//! The handles applications hold: [`Service`], [`Session`] and [`Locker`]. Each is one or two
-//! `Arc`s around a backend object, `Clone + Send + Sync + 'static`: clone it into tasks freely.
+//! The handles applications hold: [`Service`], [`Session`] and [`Locker`]. Each is one `Arc`
+//! around a backend object, `Clone + Send + Sync + 'static`: clone it into tasks freely.
 //!
 //! Lifetimes follow the handles, as with `Arc`: a locker keeps its session open, and a
 //! [`Held`] keeps its locker; a session ends when it is closed, its service is closed, or the
