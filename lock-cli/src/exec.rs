@@ -133,7 +133,7 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
     }
     let (session, lease): (Session, Option<i64>) = match &opened.etcd {
         Some(etcd) => {
-            let session = etcd.open_session(&config).await.map_err(unavailable)?;
+            let session = etcd.open_session(config).await.map_err(unavailable)?;
             let lease = session.lease_id();
             (Session::from_backend(Arc::new(session)), Some(lease))
         }

@@ -418,7 +418,7 @@ async fn idle(endpoints: &str, rows: &mut Vec<Row>) {
     for _ in 0..SESSIONS {
         sessions.push(
             service
-                .open_session(&SessionConfig::default())
+                .open_session(SessionConfig::default())
                 .await
                 .unwrap(),
         );

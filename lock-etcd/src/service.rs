@@ -144,7 +144,7 @@ impl EtcdService {
     ///
     /// As [`open_session`](Self::open_session).
     pub async fn new_session(&self, config: SessionConfig) -> Result<lock_core::Session> {
-        let session = self.open_session(&config).await?;
+        let session = self.open_session(config).await?;
         Ok(lock_core::Session::from_backend(Arc::new(session)))
     }
 
@@ -162,7 +162,7 @@ impl EtcdService {
     /// # Errors
     ///
     /// As [`lock_core::Service::new_session`].
-    pub async fn open_session(&self, config: &SessionConfig) -> Result<EtcdSession> {
+    pub async fn open_session(&self, config: SessionConfig) -> Result<EtcdSession> {
         config.validate()?;
         if self.core.sessions().is_none() {
             return Err(Error::AlreadyClosed("the service was closed"));
@@ -311,7 +311,7 @@ impl backend::Service for EtcdService {
         config: SessionConfig,
     ) -> OpFuture<'_, Result<Arc<dyn backend::Session>>> {
         OpFuture::boxed(async move {
-            let session = self.open_session(&config).await?;
+            let session = self.open_session(config).await?;
             Ok(Arc::new(session) as Arc<dyn backend::Session>)
         })
     }
