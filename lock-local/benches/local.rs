@@ -368,10 +368,23 @@ fn row(name: &str, figures: [String; 3], ratio: String, target: &str, held: bool
 fn main() {
     // `cargo bench` passes `--bench`; a bare word runs only that case: uncontended |
     // contended | seed | distinct; `contended-ours` (`-map`, `-lockable`) runs one side of the
-    // contended case 50 times, for a profiler.
+    // contended case 50 times, `seed-ours` (…) one side of the seed example 2000 times, for a
+    // profiler.
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let rt = runtime();
+    if let Some(side) = only.as_deref().and_then(|o| o.strip_prefix("seed-")) {
+        // One side alone, many times: for a profiler.
+        let side = match side {
+            "ours" => Side::Ours,
+            "map" => Side::Map,
+            _ => Side::Lockable,
+        };
+        for _ in 0..2000 {
+            rt.block_on(seed(side));
+        }
+        return;
+    }
     if let Some(side) = only.as_deref().and_then(|o| o.strip_prefix("contended-")) {
         // One side alone, many times: for a profiler.
         let side = match side {
