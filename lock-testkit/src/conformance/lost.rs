@@ -53,7 +53,8 @@ pub async fn lost_fires_on_unlock(h: &Harness) -> Outcome {
     Ok(())
 }
 
-/// Closing the session fires `lost()` of its holds and resolves `done()`.
+/// Closing the session fires `lost()` of its holds and resolves `done()`; `Held::unlock()` of
+/// such a hold is `Error::Lost`.
 pub async fn lost_fires_on_session_close(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let session = service.new_session(h.config()).await?;
@@ -69,6 +70,14 @@ pub async fn lost_fires_on_session_close(h: &Harness) -> Outcome {
     fires(h, &hb.lost(), "session close").await?;
     h.within(PATIENCE, "done() after session close", done)
         .await?;
+    // Releasing a hold that was lost says so: what ran under it may have overlapped.
+    let released = ha.unlock().await;
+    ensure!(
+        released
+            .as_ref()
+            .is_err_and(|e| e.kind() == lock_core::ErrorKind::Lost),
+        "Held::unlock() of a hold its session's close ended gave {released:?}, not Error::Lost"
+    );
     let other = service.new_session(h.config()).await?;
     let c = other.new_locker(&h.id("close-a"));
     ensure!(
