@@ -373,27 +373,20 @@ fn main() {
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let rt = runtime();
-    if let Some(side) = only.as_deref().and_then(|o| o.strip_prefix("seed-")) {
-        // One side alone, many times: for a profiler.
+    // One side alone, many times: for a profiler.
+    if let Some((case, side)) = only.as_deref().and_then(|o| o.split_once('-')) {
         let side = match side {
             "ours" => Side::Ours,
             "map" => Side::Map,
             _ => Side::Lockable,
         };
-        for _ in 0..2000 {
-            rt.block_on(seed(side));
-        }
-        return;
-    }
-    if let Some(side) = only.as_deref().and_then(|o| o.strip_prefix("contended-")) {
-        // One side alone, many times: for a profiler.
-        let side = match side {
-            "ours" => Side::Ours,
-            "map" => Side::Map,
-            _ => Side::Lockable,
-        };
-        for _ in 0..50 {
-            rt.block_on(contended(side));
+        match case {
+            "seed" => (0..2000).for_each(|_| {
+                rt.block_on(seed(side));
+            }),
+            _ => (0..50).for_each(|_| {
+                rt.block_on(contended(side));
+            }),
         }
         return;
     }
