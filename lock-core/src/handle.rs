@@ -271,7 +271,7 @@ impl Locker {
         let held = self.lock().await?;
         let out = tokio::select! {
             biased;
-            () = held.lost() => return Err(lost(&held).into()),
+            () = held.lost() => return Err(held.lost_error("").into()),
             out = f(held.fencing_token()) => out,
         };
         match (held.unlock().await, out) {
@@ -314,13 +314,6 @@ impl Future for TryLock<'_> {
         let hold = std::task::ready!(Pin::new(&mut this.trying).poll(cx))?;
         Poll::Ready(Ok(hold.map(|hold| Held::new(hold, this.locker.clone()))))
     }
-}
-
-fn lost(held: &Held) -> Error {
-    Error::Lost(
-        held.loss()
-            .unwrap_or_else(|| crate::Loss::new(crate::LossCause::Unknown, None, "")),
-    )
 }
 
 impl fmt::Debug for Locker {

@@ -168,8 +168,8 @@ impl Held {
         } else if let Some(outcome) = self.locker.backend().unlock_now(self.hold.token) {
             outcome
         } else {
-            let backend = Arc::clone(self.locker.backend());
-            let releasing = backend.unlock_owned(self.hold.token);
+            let (backend, token) = (Arc::clone(self.locker.backend()), self.hold.token);
+            let releasing = OpFuture::boxed(async move { backend.unlock(Some(token)).await });
             return Unlock(UnlockState::Releasing(Box::new((releasing, self))));
         };
         self.armed = false;
@@ -179,17 +179,19 @@ impl Held {
     /// The outcome of a release: "not held" means the hold was lost before or meanwhile.
     fn outcome(&self, outcome: Result<()>) -> Result<()> {
         match outcome {
-            Err(Error::NotHeld) => Err(self.lost_error()),
+            Err(Error::NotHeld) => Err(self.lost_error("released by someone else")),
             other => other,
         }
     }
 
-    /// [`Error::Lost`] with this hold's loss.
+    /// [`Error::Lost`] with this hold's loss (`detail` if the backend recorded none).
     #[cold]
-    fn lost_error(&self) -> Error {
-        Error::Lost(self.hold.loss().unwrap_or_else(|| {
-            Loss::new(crate::LossCause::Unknown, None, "released by someone else")
-        }))
+    pub(crate) fn lost_error(&self, detail: &str) -> Error {
+        Error::Lost(
+            self.hold
+                .loss()
+                .unwrap_or_else(|| Loss::new(crate::LossCause::Unknown, None, detail)),
+        )
     }
 }
 

@@ -101,16 +101,10 @@ pub trait Locker: Send + Sync + Debug + 'static {
 
     /// [`unlock`](Locker::unlock)`(Some(token))` if the backend can complete it at once,
     /// without waiting; `None` if it must wait (the provided method). [`crate::Held::unlock`]
-    /// tries this first, and otherwise awaits [`unlock_owned`](Locker::unlock_owned).
+    /// tries this first, and otherwise awaits `unlock(Some(token))`.
     fn unlock_now(&self, token: u64) -> Option<Result<()>> {
         let _ = token;
         None
-    }
-
-    /// [`unlock`](Locker::unlock)`(Some(token))` through an owned handle, so that the future
-    /// does not borrow the locker. The provided method boxes `unlock`.
-    fn unlock_owned(self: Arc<Self>, token: u64) -> OpFuture<'static, Result<()>> {
-        OpFuture::boxed(async move { self.unlock(Some(token)).await })
     }
 
     /// Releases the hold whose fencing token is `token`, if it is still the current one,

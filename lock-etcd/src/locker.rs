@@ -440,13 +440,14 @@ impl LockerCore {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if queue.is_first(&self.key, rev)? && self.confirm_first(rev).await? {
+            let first = queue.is_first(&self.key, rev)?;
+            if first && self.confirm_first(rev).await? {
                 return self.grant();
             }
             if self.session.ended().is_some() || self.state().deleted_at > rev {
                 return Err(self.canceled());
             }
-            if queue.is_first(&self.key, rev)? {
+            if first {
                 // The mirror says first and etcd does not: the mirror is behind, and the
                 // events that move it on are on their way. Look again when they arrive, or
                 // soon anyway.
