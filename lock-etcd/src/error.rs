@@ -105,6 +105,21 @@ pub(crate) fn is_unavailable(e: &etcd_client::Error) -> bool {
 pub(crate) async fn request<T, F, Fut>(
     context: &'static str,
     limit: Duration,
+    call: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let per_try = (limit / 2).max(Duration::from_millis(500));
+    request_in_tries(context, limit, per_try, call).await
+}
+
+/// [`request`] with tries of at most `per_try` each.
+pub(crate) async fn request_in_tries<T, F, Fut>(
+    context: &'static str,
+    limit: Duration,
+    per_try: Duration,
     mut call: F,
 ) -> Result<T, Error>
 where
@@ -112,7 +127,6 @@ where
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
     let deadline = Instant::now() + limit;
-    let per_try = (limit / 2).max(Duration::from_millis(500));
     let mut backoff = Duration::from_millis(10);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

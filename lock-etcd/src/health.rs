@@ -108,17 +108,6 @@ impl Probes {
         self.found.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether endpoint `i` failed its latest probe while another endpoint answered its own:
-    /// evidence that the member, not the network or the whole cluster, stopped answering.
-    pub(crate) fn silent(&self, i: usize) -> bool {
-        let found = self.found();
-        found.get(i).is_some_and(|f| f.failures > 0)
-            && found
-                .iter()
-                .enumerate()
-                .any(|(j, f)| j != i && f.failures == 0)
-    }
-
     /// A client of the endpoint that answered a probe most recently, other than `avoid` (when
     /// another one answered at all): `(its index, the client)`.
     pub(crate) fn pick(&self, avoid: Option<usize>) -> (usize, Client) {

@@ -14,8 +14,12 @@
 //! sees the loss before this task has run.
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
+
+use futures_core::Stream as _;
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use lock_core::backend::Deadline;
@@ -54,6 +58,8 @@ struct State {
     stream_opens: u64,
     sent: u64,
     acked: u64,
+    /// Smoothed round trip of the keep-alives (`None` before the first answer).
+    rtt: Option<Duration>,
 }
 
 struct Lease {
@@ -67,6 +73,14 @@ struct Lease {
     /// the oldest entry of `s` (never another stream's: that one may have been sent later).
     sent: VecDeque<(StreamId, Instant)>,
     next_send: Instant,
+    /// The stream this lease's keep-alives go out on (`None`: the current one, from its next
+    /// keep-alive). A lease is renewed on one stream only; it moves to the current stream
+    /// when its own closes, unless it is `moving`.
+    home: Option<StreamId>,
+    /// Its keep-alives stalled: its session is moving its keys to a fresh lease, and this
+    /// lease is renewed nowhere but on the stream where it stalled (see
+    /// `SessionCore::move_to_fresh_lease`).
+    moving: bool,
 }
 
 impl Keeper {
@@ -94,6 +108,8 @@ impl Keeper {
                 session,
                 sent: VecDeque::new(),
                 next_send: granted_at + interval(ttl),
+                home: None,
+                moving: false,
             },
         );
         drop(st);
@@ -154,7 +170,12 @@ impl Keeper {
         let Some((_, sent_at)) = entry.sent.remove(at) else {
             return false;
         };
-        crate::metrics::keepalive_rtt(sent_at.elapsed());
+        let rtt = sent_at.elapsed();
+        crate::metrics::keepalive_rtt(rtt);
+        st.rtt = Some(st.rtt.map_or(rtt, |smooth| (smooth * 7 + rtt) / 8));
+        let Some(entry) = st.leases.get_mut(&lease) else {
+            return false;
+        };
         if ttl <= 0 {
             return !std::mem::replace(&mut entry.confirming, true);
         }
@@ -183,9 +204,9 @@ impl Keeper {
         }
     }
 
-    /// The work due before `horizon`: expired sessions, leases to refresh (on `stream`, if
-    /// one is open), leases to revoke.
-    fn due(&self, horizon: Instant, stream: Option<StreamId>) -> Due {
+    /// The work due before `horizon`: expired sessions, leases to refresh (each on its home
+    /// stream if that is one of `open`, else on `current` if one is open), leases to revoke.
+    fn due(&self, horizon: Instant, current: Option<StreamId>, open: &[StreamId]) -> Due {
         let mut st = self.state();
         let mut due = Due {
             expired: Vec::new(),
@@ -200,10 +221,17 @@ impl Keeper {
                 due.expired.extend(lease.session.upgrade());
                 return false;
             }
+            let stream = match lease.home {
+                Some(home) if open.contains(&home) => Some(home),
+                // A moving lease is not renewed anywhere else: see `moving`.
+                Some(_) if lease.moving => None,
+                _ => current,
+            };
             if let Some(stream) = stream.filter(|_| lease.next_send <= horizon) {
                 let now = Instant::now();
-                due.send.push(*id);
+                due.send.push((stream, *id));
                 sent += 1;
+                lease.home = Some(stream);
                 lease.sent.push_back((stream, now));
                 lease.next_send = now + interval(lease.ttl);
             }
@@ -213,14 +241,38 @@ impl Keeper {
         due
     }
 
-    /// Whether a keep-alive on `stream` has gone unanswered for longer than `after`.
-    fn unanswered(&self, stream: StreamId, now: Instant, after: Duration) -> bool {
-        self.state().leases.values().any(|l| {
+    /// Whether keep-alives on `stream` stalled: one has gone unanswered for a sixth of its
+    /// lease's TTL, and for three smoothed round trips (a link that is merely slow keeps its
+    /// stream; the deadline decides there, as it always did).
+    fn stalled(&self, stream: StreamId, now: Instant) -> bool {
+        let st = self.state();
+        let slow = st.rtt.unwrap_or_default() * 3;
+        st.leases.values().any(|l| {
             l.sent
                 .iter()
                 .find(|(s, _)| *s == stream)
-                .is_some_and(|(_, sent)| now.saturating_duration_since(*sent) > after)
+                .is_some_and(|(_, sent)| {
+                    now.saturating_duration_since(*sent) > slow.max(interval(l.ttl))
+                })
         })
+    }
+
+    /// `stream` stalled: every lease renewed on it is `moving` from now on. Returns the
+    /// sessions that must move their keys to a fresh lease (each once).
+    fn stall(&self, stream: StreamId) -> Vec<(Arc<SessionCore>, i64)> {
+        let mut st = self.state();
+        let mut moves = Vec::new();
+        for (id, lease) in st.leases.iter_mut() {
+            if lease.home == Some(stream) && !std::mem::replace(&mut lease.moving, true) {
+                moves.extend(lease.session.upgrade().map(|s| (s, *id)));
+            }
+        }
+        moves
+    }
+
+    /// Whether any lease is still renewed on `stream`.
+    fn renews_on(&self, stream: StreamId) -> bool {
+        self.state().leases.values().any(|l| l.home == Some(stream))
     }
 
     /// The shortest TTL of the leases kept.
@@ -228,25 +280,32 @@ impl Keeper {
         self.state().leases.values().map(|l| l.ttl).min()
     }
 
-    fn any_lease(&self) -> Option<(i64, Duration)> {
-        self.state()
-            .leases
-            .iter()
-            .next()
-            .map(|(id, l)| (*id, l.ttl))
+    /// A lease to open a new current stream with: one that may be renewed on it.
+    fn lease_for_new_stream(&self, open: &[StreamId]) -> Option<i64> {
+        let st = self.state();
+        let mut leases = st.leases.iter();
+        leases
+            .find(|(_, l)| !l.moving && l.home.is_none_or(|h| !open.contains(&h)))
+            .map(|(id, _)| *id)
     }
 
-    /// `stream` is closed: its unanswered keep-alives will not be answered.
+    /// `stream` is closed: its unanswered keep-alives will not be answered, and its leases
+    /// move to the current stream (except moving ones).
     fn stream_lost(&self, stream: StreamId) {
         for lease in self.state().leases.values_mut() {
             lease.sent.retain(|(s, _)| *s != stream);
+            if lease.home == Some(stream) && !lease.moving {
+                lease.home = None;
+            }
         }
     }
 
-    /// A new stream took over: every lease is refreshed on it at once.
-    fn refresh_all_now(&self, now: Instant) {
+    /// A new current stream opened: every lease without a stream is refreshed on it at once.
+    fn refresh_homeless_now(&self, now: Instant, open: &[StreamId]) {
         for lease in self.state().leases.values_mut() {
-            lease.next_send = now;
+            if !lease.moving && lease.home.is_none_or(|h| !open.contains(&h)) {
+                lease.next_send = now;
+            }
         }
     }
 
@@ -255,6 +314,7 @@ impl Keeper {
         st.stream_opens += 1;
         st.sent += 1;
         if let Some(l) = st.leases.get_mut(&lease) {
+            l.home = Some(stream);
             l.sent.push_back((stream, at));
             l.next_send = at + interval(l.ttl);
         }
@@ -263,9 +323,11 @@ impl Keeper {
 
 struct Due {
     expired: Vec<Arc<SessionCore>>,
-    send: Vec<i64>,
+    /// Leases to refresh, with the stream each goes out on.
+    send: Vec<(StreamId, i64)>,
     revoke: Vec<i64>,
     stopped: bool,
+    /// Whether any lease is kept.
     any: bool,
 }
 
@@ -284,16 +346,23 @@ struct Stream {
 }
 
 /// The keeper task.
+///
+/// Leases are renewed on the *current* stream. One whose keep-alives stall there (see
+/// [`Keeper::stalled`]) makes that stream a *stalled* one: its leases stay on it (if it
+/// recovers, they are renewed as before) and are renewed nowhere else, while their sessions
+/// move their keys to fresh leases; a new current stream opens on another endpoint for
+/// everything else. A stalled stream closes once no lease is renewed on it.
 pub(crate) async fn run(
     keeper: Arc<Keeper>,
     client: etcd_client::Client,
     probes: Arc<Probes>,
     limit: Duration,
 ) {
-    let mut stream: Option<Stream> = None;
+    let mut current: Option<Stream> = None;
+    let mut stalled: Vec<Stream> = Vec::new();
     let mut next_id: StreamId = 0;
-    // The endpoint to avoid when reopening, and whether we are fleeing a member that stopped
-    // answering (then each try to open is short).
+    // The endpoint to avoid when reopening, and whether we are fleeing a stream that stalled
+    // (then each try to open is short).
     let (mut avoid, mut fleeing) = (None, false);
     let mut retry_at = Instant::now();
     let mut backoff = Duration::from_millis(50);
@@ -301,7 +370,8 @@ pub(crate) async fn run(
     loop {
         let now = Instant::now();
         if now >= next_tick {
-            let due = keeper.due(now + TICK, stream.as_ref().map(|s| s.id));
+            let open: Vec<StreamId> = current.iter().chain(&stalled).map(|s| s.id).collect();
+            let due = keeper.due(now + TICK, current.as_ref().map(|s| s.id), &open);
             for session in due.expired {
                 session.end(EndReason::Expired);
             }
@@ -317,100 +387,103 @@ pub(crate) async fn run(
                 now + Duration::from_secs(3600)
             };
             let ttl = keeper.shortest_ttl();
-            // A stream on a member that stopped answering (its probe failed while another
-            // member's answered) moves once a keep-alive on it goes unanswered for a third of
-            // the TTL; a merely slow stream stays.
-            let silent = stream.as_ref().is_some_and(|s| probes.silent(s.on));
-            let third = ttl.map_or(limit, |ttl| ttl / 3);
-            if let Some(old) = stream
-                .as_ref()
-                .filter(|s| silent && keeper.unanswered(s.id, now, third))
-            {
+            if let Some(old) = current.take_if(|s| keeper.stalled(s.id, now)) {
+                let moves = keeper.stall(old.id);
                 tracing::warn!(
-                    "the keep-alive stream's member stopped answering; reopening the stream elsewhere"
+                    sessions = moves.len(),
+                    "keep-alives stalled; moving those sessions' keys to fresh leases, and the \
+                     other keep-alives to a stream elsewhere"
                 );
-                crate::metrics::keepalive_failure("member_silent");
-                keeper.stream_lost(old.id);
+                crate::metrics::keepalive_failure("stalled");
+                for (session, lease) in moves {
+                    tokio::spawn(session.move_to_fresh_lease(lease));
+                }
                 (avoid, fleeing) = (Some(old.on), true);
-                stream = None;
                 retry_at = now;
+                stalled.push(old);
             }
-            if stream.is_none() && due.any && now >= retry_at {
-                if let Some((lease, _)) = keeper.any_lease() {
-                    // Fleeing a silent member, each try is short and the next follows at once:
-                    // a member elsewhere may have forwarded our keep-alive to the old, silent
-                    // leader and hold it there (etcd waits up to its own request timeout), while
-                    // a fresh one reaches the new leader as soon as there is one.
-                    let open_limit = match (fleeing, ttl) {
-                        (true, Some(ttl)) => limit.min(ttl / 6),
-                        _ => limit,
-                    };
-                    // On the endpoint that answered the health probes most recently.
-                    let (endpoint, via) = probes.pick(avoid);
-                    next_id += 1;
-                    match open(&via, next_id, lease, open_limit, &keeper).await {
-                        Ok((sender, answers)) => {
-                            tracing::debug!("keep-alive stream open");
-                            (avoid, fleeing) = (None, false);
-                            stream = Some(Stream {
-                                id: next_id,
-                                sender,
-                                answers,
-                                on: endpoint,
-                            });
-                            backoff = Duration::from_millis(50);
-                            keeper.refresh_all_now(Instant::now());
-                            next_tick = Instant::now(); // send what is due on the new stream
-                            continue;
+            stalled.retain(|s| keeper.renews_on(s.id));
+            let open: Vec<StreamId> = current.iter().chain(&stalled).map(|s| s.id).collect();
+            let opener = keeper.lease_for_new_stream(&open);
+            if let Some(lease) = opener.filter(|_| current.is_none() && now >= retry_at) {
+                // Fleeing a stalled stream, each try is short and the next follows at once: a
+                // member elsewhere may have forwarded our keep-alive to the old, silent leader
+                // and hold it there (etcd waits up to its own request timeout), while a fresh
+                // one reaches the new leader as soon as there is one.
+                let open_limit = match (fleeing, ttl) {
+                    (true, Some(ttl)) => limit.min(ttl / 6),
+                    _ => limit,
+                };
+                // On the endpoint that answered the health probes most recently.
+                let (endpoint, via) = probes.pick(avoid);
+                next_id += 1;
+                match open_stream(&via, next_id, lease, open_limit, &keeper).await {
+                    Ok((sender, answers)) => {
+                        tracing::debug!("keep-alive stream open");
+                        (avoid, fleeing) = (None, false);
+                        current = Some(Stream {
+                            id: next_id,
+                            sender,
+                            answers,
+                            on: endpoint,
+                        });
+                        backoff = Duration::from_millis(50);
+                        let open: Vec<StreamId> =
+                            current.iter().chain(&stalled).map(|s| s.id).collect();
+                        keeper.refresh_homeless_now(Instant::now(), &open);
+                        next_tick = Instant::now(); // send what is due on the new stream
+                        continue;
+                    }
+                    Err(OpenError::Gone) => {
+                        if let Some(session) = keeper.forget(lease) {
+                            session.end(EndReason::LeaseGone);
                         }
-                        Err(OpenError::Gone) => {
-                            if let Some(session) = keeper.forget(lease) {
-                                session.end(EndReason::LeaseGone);
-                            }
-                            continue;
-                        }
-                        Err(OpenError::Failed) if fleeing => {
-                            crate::metrics::keepalive_failure("open_failed");
-                            avoid = Some(endpoint);
-                            retry_at = Instant::now();
-                        }
-                        Err(OpenError::Failed) => {
-                            avoid = Some(endpoint);
-                            tracing::warn!(retry_in = ?backoff, "cannot open the keep-alive stream");
-                            crate::metrics::keepalive_failure("open_failed");
-                            retry_at = Instant::now() + backoff;
-                            backoff = (backoff * 2).min(Duration::from_secs(1));
-                        }
+                        continue;
+                    }
+                    Err(OpenError::Failed) if fleeing => {
+                        crate::metrics::keepalive_failure("open_failed");
+                        avoid = Some(endpoint);
+                        retry_at = Instant::now();
+                    }
+                    Err(OpenError::Failed) => {
+                        avoid = Some(endpoint);
+                        tracing::warn!(retry_in = ?backoff, "cannot open the keep-alive stream");
+                        crate::metrics::keepalive_failure("open_failed");
+                        retry_at = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
                     }
                 }
             }
-            if let Some(current) = &stream {
-                for lease in &due.send {
-                    let mut one = LeaseKeeper {
-                        id: *lease,
-                        sender: current.sender.sender.clone(),
-                    };
-                    if one.keep_alive().await.is_err() {
-                        crate::metrics::keepalive_failure("stream_lost");
-                        keeper.stream_lost(current.id);
-                        stream = None;
-                        break;
+            for (on, lease) in &due.send {
+                let Some(stream) = current.iter().chain(&stalled).find(|s| s.id == *on) else {
+                    continue;
+                };
+                let mut one = LeaseKeeper {
+                    id: *lease,
+                    sender: stream.sender.sender.clone(),
+                };
+                if one.keep_alive().await.is_err() {
+                    crate::metrics::keepalive_failure("stream_lost");
+                    keeper.stream_lost(*on);
+                    if current.take_if(|s| s.id == *on).is_none() {
+                        stalled.retain(|s| s.id != *on);
                     }
                 }
             }
         }
-        let message = async {
-            match stream.as_mut() {
-                Some(s) => s.answers.message().await,
-                None => std::future::pending().await,
+        let message = std::future::poll_fn(|cx| {
+            for stream in current.iter_mut().chain(&mut stalled) {
+                if let Poll::Ready(message) = Pin::new(&mut stream.answers).poll_next(cx) {
+                    return Poll::Ready((stream.id, message));
+                }
             }
-        };
+            Poll::Pending
+        });
         tokio::select! {
-            message = message => match message {
-                Ok(Some(resp)) => {
+            (on, message) = message => match message {
+                Some(Ok(resp)) => {
                     let lease = resp.id();
-                    let id = stream.as_ref().map_or(0, |s| s.id);
-                    if keeper.ack(id, lease, resp.ttl()) {
+                    if keeper.ack(on, lease, resp.ttl()) {
                         let (keeper, client) = (keeper.clone(), client.clone());
                         tokio::spawn(async move {
                             keeper.confirmed(lease, lease_alive(&client, lease, limit).await);
@@ -418,13 +491,15 @@ pub(crate) async fn run(
                     }
                 }
                 _ => {
-                    tracing::warn!("keep-alive stream lost; reopening");
                     crate::metrics::keepalive_failure("stream_lost");
-                    if let Some(old) = stream.take() {
-                        keeper.stream_lost(old.id);
+                    keeper.stream_lost(on);
+                    if let Some(old) = current.take_if(|s| s.id == on) {
+                        tracing::warn!("keep-alive stream lost; reopening");
                         avoid = Some(old.on);
+                        retry_at = Instant::now() + backoff;
+                    } else {
+                        stalled.retain(|s| s.id != on);
                     }
-                    retry_at = Instant::now() + backoff;
                 }
             },
             () = tokio::time::sleep_until(next_tick.into()) => {}
@@ -481,7 +556,7 @@ enum OpenError {
 
 /// Opens a keep-alive stream (id `id`) with a first keep-alive of `lease`, waiting at most
 /// `limit` for its answer.
-async fn open(
+async fn open_stream(
     client: &etcd_client::Client,
     id: StreamId,
     lease: i64,

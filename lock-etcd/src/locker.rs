@@ -181,7 +181,7 @@ impl LockerCore {
     pub(crate) fn session_ended(&self, reason: EndReason) {
         let mut st = self.state();
         if st.phase == Phase::Held {
-            let lease = self.session.lease;
+            let lease = self.session.current_lease();
             st.go_idle(&self.signal, reason.cause(), || {
                 format!("{} (lease {lease:016x})", reason.describe())
             });
@@ -218,7 +218,7 @@ impl LockerCore {
     fn ask_about_lease(&self, epoch: u64) {
         let (client, lease, signal, limit) = (
             self.session.service.client.clone(),
-            self.session.lease,
+            self.session.current_lease(),
             self.signal.clone(),
             self.limit(),
         );
@@ -324,20 +324,29 @@ impl LockerCore {
         ))
     }
 
-    /// Runs `put` (a request that may create our key) to its end in a task of its own, even if
-    /// the attempt awaiting it is dropped, and records what it created (`created` reads that
-    /// from its answer) for the removal of an abandoned attempt.
+    /// Runs `put` (a request that may create our key, bound to the lease it is given) to its
+    /// end in a task of its own, even if the attempt awaiting it is dropped, and records what
+    /// it created (`created` reads that from its answer) for the removal of an abandoned
+    /// attempt, and for a move of the session's keys to a fresh lease.
     async fn detached<T, Fut>(
         self: &Arc<Self>,
         created: fn(&T) -> Option<i64>,
-        put: Fut,
+        put: impl FnOnce(i64) -> Fut,
     ) -> Result<T>
     where
         T: Send + 'static,
         Fut: std::future::Future<Output = Result<T>> + Send + 'static,
     {
         let outcome = Arc::new(PutOutcome::default());
-        self.state().put = Some(outcome.clone());
+        let lease = {
+            // Under our state's mutex, which a move reads after it chose its fresh lease:
+            // either the move sees this put (and waits for it), or this put binds to the
+            // fresh lease.
+            let mut st = self.state();
+            st.put = Some(outcome.clone());
+            self.session.lease_for_put()
+        };
+        let put = put(lease);
         let task = self.session.service.runtime.spawn(async move {
             let done = PutDone(outcome);
             let result = put.await;
@@ -351,19 +360,59 @@ impl LockerCore {
         })
     }
 
-    fn put_own_key(&self) -> (String, PutOptions) {
+    fn put_own_key(&self, lease: i64) -> (String, PutOptions) {
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         let owner = format!("{} since={since}", self.session.service.owner);
-        (owner, PutOptions::new().with_lease(self.session.lease))
+        (owner, PutOptions::new().with_lease(lease))
+    }
+
+    /// Binds our key, if it exists and is bound to lease `from`, to lease `to` (the session
+    /// moves to a fresh lease), after the put this locker has in flight, if any, has landed.
+    /// A put on an existing key keeps its create revision: the queue order and the fencing
+    /// token stay.
+    pub(crate) async fn move_key(&self, from: i64, to: i64) -> Result<()> {
+        let put = {
+            let st = self.state();
+            if st.phase == Phase::Idle {
+                // No key, or one being removed: if it is bound to `from`, it goes with it.
+                return Ok(());
+            }
+            st.put.clone()
+        };
+        if let Some(put) = put {
+            put.created().await;
+        }
+        let key = self.key.as_str();
+        let txn = Txn::new()
+            .when([Compare::lease(key, CompareOp::Equal, from)])
+            .and_then([TxnOp::put(
+                key,
+                "",
+                Some(PutOptions::new().with_lease(to).with_ignore_value()),
+            )]);
+        let (kv, session) = (self.kv(), &self.session);
+        let within = session.deadline.instant().map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(std::time::Instant::now())
+        });
+        let context = "moving the lock's key to the session's fresh lease";
+        let per_try = crate::session::move_try(session.ttl);
+        session
+            .service
+            .write_in_tries(context, within, per_try, || {
+                let (mut kv, txn) = (kv.clone(), txn.clone());
+                async move { kv.txn(txn).await }
+            })
+            .await
+            .map(drop)
     }
 
     /// One txn puts our key and counts the id's keys (etcd counts from its index, reading no
     /// values). Only ours: the lock is ours (`true`). Returns our key's create revision (an
     /// earlier send's, if that put arrived but its answer did not).
-    async fn put_if_free(&self) -> Result<(i64, bool)> {
-        let (owner, options) = self.put_own_key();
+    async fn put_if_free(&self, lease: i64) -> Result<(i64, bool)> {
+        let (owner, options) = self.put_own_key(lease);
         let txn = Txn::new().and_then([
             TxnOp::put(self.key.as_str(), owner, Some(options.with_prev_key())),
             TxnOp::get(
@@ -389,8 +438,8 @@ impl LockerCore {
 
     /// One put: queues our key behind the id's others. Returns its create revision (an
     /// earlier attempt's, if that put arrived but its answer did not).
-    async fn enqueue(&self) -> Result<i64> {
-        let (owner, options) = self.put_own_key();
+    async fn enqueue(&self, lease: i64) -> Result<i64> {
+        let (owner, options) = self.put_own_key(lease);
         let options = options.with_prev_key();
         let kv = self.kv();
         let resp = self
@@ -411,10 +460,13 @@ impl LockerCore {
         let (mut queue, busy) = self.session.service.hub.join(&self.range);
         let core = self.clone();
         let rev = if busy {
-            self.detached(|rev| Some(*rev), async move { core.enqueue().await })
-                .await?
+            self.detached(
+                |rev| Some(*rev),
+                |lease| async move { core.enqueue(lease).await },
+            )
+            .await?
         } else {
-            let put = async move { core.put_if_free().await };
+            let put = |lease| async move { core.put_if_free(lease).await };
             let (rev, free) = self.detached(|(rev, _)| Some(*rev), put).await?;
             if free {
                 self.set_rev(rev)?;
@@ -516,17 +568,17 @@ impl LockerCore {
     }
 
     async fn try_acquire(self: &Arc<Self>) -> Result<Option<Hold>> {
-        let (owner, options) = self.put_own_key();
-        let txn = Txn::new()
-            .when([Compare::create_revision(&*self.range, CompareOp::Equal, 0).with_prefix()])
-            .and_then([TxnOp::put(self.key.as_str(), owner, Some(options))])
-            .or_else([TxnOp::get(
-                self.key.as_str(),
-                Some(GetOptions::new().with_keys_only()),
-            )]);
         let core = self.clone();
         let resp = self
-            .detached(created_by_try, async move {
+            .detached(created_by_try, |lease| async move {
+                let (owner, options) = core.put_own_key(lease);
+                let key = core.key.as_str();
+                let txn = Txn::new()
+                    .when([
+                        Compare::create_revision(&*core.range, CompareOp::Equal, 0).with_prefix()
+                    ])
+                    .and_then([TxnOp::put(key, owner, Some(options))])
+                    .or_else([TxnOp::get(key, Some(GetOptions::new().with_keys_only()))]);
                 core.txn("trying the lock", txn).await
             })
             .await?;
@@ -698,7 +750,7 @@ impl EtcdLocker {
     }
 
     fn span(&self, op: &'static str) -> tracing::Span {
-        tracing::debug_span!("lock_etcd", op, id = %self.core.id, lease = format_args!("{:016x}", self.core.session.lease))
+        tracing::debug_span!("lock_etcd", op, id = %self.core.id, lease = format_args!("{:016x}", self.core.session.current_lease()))
     }
 
     /// The etcd key this locker creates when it locks.

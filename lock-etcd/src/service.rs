@@ -60,6 +60,24 @@ impl ServiceCore {
         request(context, self.config.request_timeout, call).await
     }
 
+    /// [`write`](Self::write) in short tries (`per_try` each) for at most `limit`: for work
+    /// racing a session's deadline, where a try stuck on a member that stopped must not use up
+    /// the time left.
+    pub(crate) async fn write_in_tries<T, F, Fut>(
+        &self,
+        context: &'static str,
+        limit: Duration,
+        per_try: Duration,
+        call: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let _permit = self.writes.acquire().await.ok();
+        crate::error::request_in_tries(context, limit, per_try, call).await
+    }
+
     pub(crate) fn forget_session(&self, key: u64) {
         if let Some(s) = self.sessions().as_mut() {
             s.remove(&key);

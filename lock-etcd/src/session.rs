@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lock_core::backend::{self, Deadline, OpFuture, Signal};
 use lock_core::{Done, Error, LossCause, Result};
@@ -21,6 +21,9 @@ pub(crate) enum EndReason {
     /// The server said the lease does not exist (revoked or expired).
     LeaseGone,
     ServiceClosed,
+    /// The session's keep-alives stalled and its keys could not all be moved to a fresh lease
+    /// (an error that trying again does not cure).
+    NotMoved,
 }
 
 impl EndReason {
@@ -31,6 +34,9 @@ impl EndReason {
             EndReason::Expired => "the session's lease could not be kept alive within its TTL",
             EndReason::LeaseGone => "the session's lease was revoked or expired on the etcd server",
             EndReason::ServiceClosed => "the service was closed",
+            EndReason::NotMoved => {
+                "the session's keep-alives stalled and its keys could not be moved to a fresh lease"
+            }
         }
     }
 
@@ -38,7 +44,7 @@ impl EndReason {
     pub(crate) fn cause(self) -> LossCause {
         match self {
             EndReason::Closed | EndReason::Dropped => LossCause::SessionEnded,
-            EndReason::Expired => LossCause::DeadlinePassed,
+            EndReason::Expired | EndReason::NotMoved => LossCause::DeadlinePassed,
             EndReason::LeaseGone => LossCause::SessionGone,
             EndReason::ServiceClosed => LossCause::ServiceClosed,
         }
@@ -48,7 +54,10 @@ impl EndReason {
 pub(crate) struct SessionCore {
     pub(crate) key: u64,
     pub(crate) service: Arc<ServiceCore>,
+    /// The lease the session was opened with; its lockers' key names carry it. Its keys may
+    /// have moved to another lease since (see [`SessionCore::move_to_fresh_lease`]).
     pub(crate) lease: i64,
+    leases: Mutex<Leases>,
     pub(crate) ttl: Duration,
     pub(crate) timeout: Option<Duration>,
     /// When the lease must be assumed gone; see the keeper.
@@ -72,6 +81,10 @@ impl SessionCore {
             key,
             service,
             lease,
+            leases: Mutex::new(Leases {
+                current: lease,
+                next: None,
+            }),
             ttl,
             timeout,
             deadline,
@@ -79,6 +92,22 @@ impl SessionCore {
             ended: Mutex::new(None),
             lockers: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn leases(&self) -> MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lease the session's keys are bound to.
+    pub(crate) fn current_lease(&self) -> i64 {
+        self.leases().current
+    }
+
+    /// The lease a put of a key sent now binds it to: once a move has its fresh lease, that
+    /// one (the move then only has to wait for the puts sent before).
+    pub(crate) fn lease_for_put(&self) -> i64 {
+        let leases = self.leases();
+        leases.next.unwrap_or(leases.current)
     }
 
     fn lockers(&self) -> MutexGuard<'_, HashMap<u64, Weak<LockerCore>>> {
@@ -113,7 +142,10 @@ impl SessionCore {
             }
             *ended = Some(reason);
         }
-        let lease = format_args!("{:016x}", self.lease);
+        // A move that adopts its fresh lease checks `ended` under this mutex: either it saw the
+        // end (and adopts nothing), or its lease is here.
+        let leases = *self.leases();
+        let lease = format_args!("{:016x}", leases.current);
         match reason {
             EndReason::Expired | EndReason::LeaseGone => {
                 tracing::warn!(%lease, reason = reason.describe(), "session lost: every lock of it is lost")
@@ -133,11 +165,17 @@ impl SessionCore {
         self.deadline.expire();
         self.end_signal.fire();
         self.service.forget_session(self.key);
+        let keeper = &self.service.keeper;
         match reason {
             EndReason::Closed | EndReason::ServiceClosed | EndReason::LeaseGone => {
-                self.service.keeper.remove(self.lease)
+                keeper.remove(leases.current)
             }
-            EndReason::Dropped | EndReason::Expired => self.service.keeper.revoke_later(self.lease),
+            EndReason::Dropped | EndReason::Expired | EndReason::NotMoved => {
+                keeper.revoke_later(leases.current)
+            }
+        }
+        if let Some(next) = leases.next {
+            keeper.revoke_later(next); // a move in progress: its keys go with it
         }
         true
     }
@@ -148,9 +186,9 @@ impl SessionCore {
             return Err(Error::AlreadyClosed("the session was already closed"));
         }
         let leases = self.service.client.lease_client();
-        let lease = self.lease;
-        // From here the lease is ours to revoke, whatever happens to this future: dropped
-        // before etcd confirmed it, the revoke goes on in the background.
+        let lease = self.current_lease(); // fixed from now: no move adopts after the end
+                                          // From here the lease is ours to revoke, whatever happens to this future: dropped
+                                          // before etcd confirmed it, the revoke goes on in the background.
         let mut revoke = RevokeGuard {
             session: self,
             done: false,
@@ -168,6 +206,128 @@ impl SessionCore {
     }
 }
 
+/// How long one try of a move's request may take: a try stuck on a member that stopped must
+/// leave time for others before the session's deadline (a TTL minus a tenth after the last
+/// acknowledged keep-alive).
+pub(crate) fn move_try(ttl: Duration) -> Duration {
+    (ttl / 6).max(Duration::from_millis(250))
+}
+
+/// The leases of a session: the one its keys are bound to, and a fresh one being moved to.
+#[derive(Debug, Clone, Copy)]
+struct Leases {
+    current: i64,
+    next: Option<i64>,
+}
+
+impl SessionCore {
+    /// Moves the session's keys from lease `from`, whose keep-alives stalled, to a fresh lease,
+    /// then keeps that one alive instead.
+    ///
+    /// Why: a stalled keep-alive is typically one a follower forwarded to a leader that stopped
+    /// (SIGSTOP, a starved CPU, a slow disk). Renewing `from` through another path would keep
+    /// the session alive only until that leader returns: it still believes `from` expired and
+    /// can make the cluster revoke it (etcd issue 15247; even 3.5.30 under load). A lease
+    /// granted now is one it has never seen. So `from` is not renewed anywhere else (the keeper
+    /// still renews it where it stalled, as before), and the session's deadline stays that of
+    /// `from` until every key is on the fresh lease: a put on an existing key keeps its create
+    /// revision, so the queue order and the fencing tokens stay as they were.
+    ///
+    /// A move that cannot finish before the deadline leaves the session to end by it; one
+    /// that fails for good ends it at once ([`EndReason::NotMoved`]).
+    pub(crate) async fn move_to_fresh_lease(self: Arc<Self>, from: i64) {
+        let Some(deadline) = self.deadline.instant() else {
+            return;
+        };
+        let within = deadline.saturating_duration_since(Instant::now());
+        let keeper = &self.service.keeper;
+        let secs = self.ttl.as_secs() as i64;
+        let leases = self.service.client.lease_client();
+        let mut granted_at = Instant::now();
+        let context = "granting a fresh lease for the session";
+        let grant = self
+            .service
+            .write_in_tries(context, within, move_try(self.ttl), || {
+                granted_at = Instant::now();
+                let mut leases = leases.clone();
+                async move { leases.grant(secs, None).await }
+            })
+            .await;
+        let fresh = match grant {
+            Ok(grant) if grant.ttl() == secs => grant.id(),
+            Ok(grant) => return keeper.revoke_later(grant.id()),
+            Err(e) => {
+                // The deadline passed, or the cluster refused: the session ends by its deadline
+                // unless the stalled stream recovers.
+                tracing::warn!(error = %e, "a fresh lease for a stalled session was not granted");
+                return;
+            }
+        };
+        {
+            let mut leases = self.leases();
+            if self.ended().is_some() || leases.current != from || leases.next.is_some() {
+                drop(leases);
+                return keeper.revoke_later(fresh);
+            }
+            leases.next = Some(fresh); // from now on, puts bind their keys to it
+        }
+        // Every key bound to `from`: the lockers that hold or wait, each after the put it has
+        // in flight (a put sent from now on binds to `fresh` already).
+        let lockers: Vec<Arc<LockerCore>> =
+            self.lockers().values().filter_map(Weak::upgrade).collect();
+        let mut moves = tokio::task::JoinSet::new();
+        for locker in lockers {
+            moves.spawn(async move { locker.move_key(from, fresh).await });
+        }
+        let within = deadline.saturating_duration_since(Instant::now());
+        let moved = tokio::time::timeout(within, async {
+            while let Some(moved) = moves.join_next().await {
+                match moved {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match moved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "a key of a stalled session could not be moved to its fresh lease");
+                self.end(EndReason::NotMoved);
+                return;
+            }
+            Err(_) => return, // the deadline passed: the session ends by it
+        }
+        {
+            let mut leases = self.leases();
+            if self.ended().is_some() {
+                return; // `end` revokes `fresh` too
+            }
+            *leases = Leases {
+                current: fresh,
+                next: None,
+            };
+            keeper.add(
+                fresh,
+                self.ttl,
+                granted_at,
+                self.deadline.clone(),
+                Arc::downgrade(&self),
+            );
+            self.deadline
+                .extend_to(granted_at + self.ttl - crate::keeper::margin(self.ttl));
+        }
+        keeper.revoke_later(from);
+        tracing::info!(
+            from = format_args!("{from:016x}"),
+            to = format_args!("{fresh:016x}"),
+            "the session's keep-alives stalled: its keys moved to a fresh lease"
+        );
+    }
+}
+
 /// Hands the lease to the keeper to revoke if `close()` did not see etcd revoke it (an error,
 /// or the future dropped while waiting).
 struct RevokeGuard<'a> {
@@ -178,7 +338,8 @@ struct RevokeGuard<'a> {
 impl Drop for RevokeGuard<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.session.service.keeper.revoke_later(self.session.lease);
+            let lease = self.session.current_lease();
+            self.session.service.keeper.revoke_later(lease);
         }
     }
 }
@@ -186,7 +347,7 @@ impl Drop for RevokeGuard<'_> {
 impl fmt::Debug for SessionCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdSession")
-            .field("lease", &format_args!("{:016x}", self.lease))
+            .field("lease", &format_args!("{:016x}", self.current_lease()))
             .field("ttl", &self.ttl)
             .field("timeout", &self.timeout)
             .field("ended", &self.ended())
@@ -207,7 +368,7 @@ impl EtcdSession {
 
     /// The id of the session's etcd lease.
     pub fn lease_id(&self) -> i64 {
-        self.core.lease
+        self.core.current_lease()
     }
 }
 

@@ -1,14 +1,13 @@
 //! One member of three stops answering (SIGSTOP: its connections stay open, nothing comes
 //! back), the quorum intact. With default options, new clients must not notice — 20 of 20
 //! sequential fresh clients (as `lock exec` runs) lock and unlock, `lock()` with a 1 s timeout
-//! returns within 1.1 s — and a session open before a hung follower keeps its lock (TTL 3 s).
-//! Through a hung leader the earlier session is not asserted to survive: the keeper does not
-//! move its keep-alives off a follower that holds a renewal forwarded to the stopped leader
-//! (a session kept alive through a stopped leader is exposed to etcd revoking its lease when
-//! that leader returns, docs/RELIABILITY.md "A hung member"); the test prints what happened.
+//! returns within 1.1 s — and a session open before the hang keeps its lock (TTL 3 s), through
+//! a hung follower and through a hung leader (it moves its keys to a fresh lease: see
+//! docs/RELIABILITY.md "A hung member").
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lock_core::{LossCause, SessionConfig};
@@ -53,15 +52,19 @@ async fn twenty_fresh_clients(cluster: &Cluster, prefix: &str, hung: usize) -> V
     failures
 }
 
-async fn hang(cluster: &mut Cluster, member: usize, what: &str, must_survive: bool) {
+async fn hang(cluster: &mut Cluster, member: usize, what: &str) {
     let quiet_ttl = TTL;
     let prefix = common::unique_prefix(&format!("hung-{what}"));
     // A session opened before the hang, holding a lock through it.
     let quiet = connect(cluster, &prefix).await.unwrap();
-    let session = quiet
-        .new_session(SessionConfig::new(quiet_ttl))
-        .await
-        .unwrap();
+    let etcd_session = Arc::new(
+        quiet
+            .open_session(SessionConfig::new(quiet_ttl))
+            .await
+            .unwrap(),
+    );
+    let first_lease = etcd_session.lease_id();
+    let session = lock_core::Session::from_backend(etcd_session.clone());
     let locker = session.new_locker("quiet");
     let held = locker.lock().await.unwrap();
 
@@ -83,27 +86,50 @@ async fn hang(cluster: &mut Cluster, member: usize, what: &str, must_survive: bo
             waited_for <= Duration::from_millis(1100),
             "{what} hung: lock() with a 1 s timeout returned after {waited_for:?}"
         ),
-        // The earlier session gave its hold up (allowed through a hung leader): the id was free.
-        Ok(_) if held.is_lost() && !must_survive => {}
         other => panic!("{what} hung: lock() on a held id gave {other:?}"),
     }
     drop(waiter);
     drop(waiting);
     let quiet_lost = held.loss();
+    // Still the same key, created at the hold's fencing token, bound to the session's lease:
+    // a new one if the session's keep-alives stalled and it moved its keys.
+    let answering: Vec<String> = (0..3)
+        .filter(|&i| i != member)
+        .map(|i| cluster.urls()[i].clone())
+        .collect();
+    let mut raw = etcd_client::Client::connect(answering, None).await.unwrap();
+    let options = etcd_client::GetOptions::new().with_prefix();
+    let keys = raw.get(prefix.as_str(), Some(options)).await.unwrap();
+    // The key names carry the lease their session was opened with.
+    let name = format!("{first_lease:016x}-");
+    let key = keys
+        .kvs()
+        .iter()
+        .find(|kv| kv.key_str().is_ok_and(|k| k.contains(&name)))
+        .expect("the held key");
+    let (token, lease) = (key.create_revision() as u64, key.lease());
+    let moved = lease != first_lease;
     cluster.resume(member);
     eprintln!(
         "{what} (member {member}) hung: {} of 20 fresh clients failed in {took:?}; lock() with \
          a 1 s timeout returned after {waited_for:?}; the earlier session's lock (TTL \
-         {quiet_ttl:?}): {}",
+         {quiet_ttl:?}): {}, its key {}",
         failures.len(),
         quiet_lost
             .as_ref()
-            .map_or("kept".to_owned(), |l| format!("lost ({l})"))
+            .map_or("kept".to_owned(), |l| format!("lost ({l})")),
+        if moved {
+            "moved to a fresh lease"
+        } else {
+            "on its first lease"
+        }
     );
     assert!(failures.is_empty(), "{failures:#?}");
-    if quiet_lost.is_some() && !must_survive {
-        return;
-    }
+    assert_eq!(
+        (token, lease),
+        (held.fencing_token(), etcd_session.lease_id()),
+        "the held key: (create revision, lease) against (the fencing token, the session's lease)"
+    );
     assert!(
         quiet_lost.is_none(),
         "a session open before the hang lost its lock: {}",
@@ -131,13 +157,17 @@ async fn hang(cluster: &mut Cluster, member: usize, what: &str, must_survive: bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_follower_or_leader_goes_unnoticed_by_new_and_existing_clients() {
+    // `RUST_LOG=lock_etcd=info` shows what the clients did.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let Some(mut cluster) = common::own_cluster("hung_member", ClusterSpec::default()) else {
         return;
     };
     let leader = cluster.leader().expect("a leader");
     let follower = (leader + 1) % 3;
-    hang(&mut cluster, follower, "follower", true).await;
+    hang(&mut cluster, follower, "follower").await;
     let leader = cluster.leader().expect("a leader");
-    // Through a stopped leader the session may be given up (see the module's doc).
-    hang(&mut cluster, leader, "leader", false).await;
+    hang(&mut cluster, leader, "leader").await;
 }

@@ -384,6 +384,9 @@ fn main() {
             "seed" => (0..2000).for_each(|_| {
                 rt.block_on(seed(side));
             }),
+            "uncontended" => (0..20).for_each(|_| {
+                rt.block_on(uncontended(side));
+            }),
             _ => (0..50).for_each(|_| {
                 rt.block_on(contended(side));
             }),
