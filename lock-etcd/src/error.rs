@@ -100,8 +100,10 @@ pub(crate) fn is_unavailable(e: &etcd_client::Error) -> bool {
 /// revision (and the acquire reads it back from `prev_kv`), a delete of our key is guarded by
 /// the create revision of the incarnation it means (so a late one deletes nothing newer), and
 /// the rest only read — except a lease grant, whose late or repeated copy leaves a lease nobody
-/// keeps alive, which etcd expires after its TTL. (An unlock whose first delete arrived but
-/// whose answer was lost reports `NotHeld`: the key is gone either way.)
+/// keeps alive, which etcd expires after its TTL, and a put of our key that lands after its
+/// session moved the key to a fresh lease, which binds it to the old lease again (the key then
+/// goes when that lease is revoked; the holder sees its key deleted). (An unlock whose first
+/// delete arrived but whose answer was lost reports `NotHeld`: the key is gone either way.)
 pub(crate) async fn request<T, F, Fut>(
     context: &'static str,
     limit: Duration,

@@ -1,5 +1,9 @@
-//! Keeps every lease of a service alive over **one** keep-alive stream, and decides when a
-//! session must be given up.
+//! Keeps every lease of a service alive over **one** current keep-alive stream, and decides
+//! when a session must be given up.
+//!
+//! A lease is renewed on one stream only. Leases whose stream stalls stay on it and are renewed
+//! nowhere else while their sessions move their keys to fresh leases (see [`run`] and
+//! `SessionCore::move_to_fresh_lease`).
 //!
 //! Conservative loss: a keep-alive sent at `t` and acknowledged proves the server extended the
 //! lease to at least `t + TTL` (it received the request after `t`). So the client believes the
