@@ -600,3 +600,77 @@ pub(crate) async fn lease_alive(
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(3);
+
+    fn keeper_with(leases: &[i64], now: Instant) -> Keeper {
+        let keeper = Keeper::default();
+        for &lease in leases {
+            let deadline = Arc::new(Deadline::new(now + TTL));
+            keeper.add(lease, TTL, now - TTL, deadline, Weak::new());
+        }
+        keeper
+    }
+
+    /// The (stream, lease) pairs due now.
+    fn sends(
+        keeper: &Keeper,
+        now: Instant,
+        current: Option<StreamId>,
+        open: &[StreamId],
+    ) -> Vec<(StreamId, i64)> {
+        let mut send = keeper.due(now, current, open).send;
+        send.sort_unstable();
+        send
+    }
+
+    #[test]
+    fn a_stalled_lease_is_renewed_only_where_it_stalled() {
+        let now = Instant::now();
+        let keeper = keeper_with(&[1, 2], now);
+        // Both go out on the current stream 10 and are homed there.
+        assert_eq!(sends(&keeper, now, Some(10), &[10]), [(10, 1), (10, 2)]);
+        // Unanswered for a sixth of the TTL: stalled.
+        let later = now + TTL / 6 + Duration::from_millis(1);
+        assert!(!keeper.stalled(10, now + TTL / 12));
+        assert!(keeper.stalled(10, later));
+        // Both are moving (their sessions are gone here, so none is returned to move).
+        assert!(keeper.stall(10).is_empty());
+        assert!(keeper.renews_on(10));
+        // While stream 10 stays open, they are renewed on it, not on the new current 11.
+        let due = later + TTL / 6;
+        assert_eq!(sends(&keeper, due, Some(11), &[10, 11]), [(10, 1), (10, 2)]);
+        // Stream 10 closes: they are renewed nowhere, and nothing opens a stream for them.
+        keeper.stream_lost(10);
+        assert!(sends(&keeper, due + TTL / 6, Some(11), &[11]).is_empty());
+        assert_eq!(keeper.lease_for_new_stream(&[11]), None);
+        assert!(!keeper.renews_on(11));
+    }
+
+    #[test]
+    fn a_lease_whose_stream_closed_moves_to_the_current_one() {
+        let now = Instant::now();
+        let keeper = keeper_with(&[1], now);
+        assert_eq!(sends(&keeper, now, Some(10), &[10]), [(10, 1)]);
+        keeper.stream_lost(10);
+        assert_eq!(keeper.lease_for_new_stream(&[]), Some(1));
+        keeper.refresh_homeless_now(now, &[11]);
+        assert_eq!(sends(&keeper, now, Some(11), &[11]), [(11, 1)]);
+        assert!(keeper.renews_on(11) && !keeper.renews_on(10));
+    }
+
+    #[test]
+    fn a_slow_link_is_no_stall() {
+        let now = Instant::now();
+        let keeper = keeper_with(&[1], now);
+        assert_eq!(sends(&keeper, now, Some(10), &[10]), [(10, 1)]);
+        // Answers have taken 2 s round trips.
+        keeper.state().rtt = Some(Duration::from_secs(2));
+        assert!(!keeper.stalled(10, now + Duration::from_secs(3)));
+        assert!(keeper.stalled(10, now + Duration::from_millis(6100)));
+    }
+}
