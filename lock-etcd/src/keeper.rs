@@ -126,6 +126,14 @@ impl Keeper {
         }
     }
 
+    /// From now on `lease` keeps `deadline` (its session's) alive, instead of the one it was
+    /// added with (a session adopting the fresh lease it moved its keys to).
+    pub(crate) fn adopt(&self, lease: i64, deadline: Arc<Deadline>) {
+        if let Some(entry) = self.state().leases.get_mut(&lease) {
+            entry.deadline = deadline;
+        }
+    }
+
     /// Stops keeping `lease` alive.
     pub(crate) fn remove(&self, lease: i64) {
         self.state().leases.remove(&lease);

@@ -372,7 +372,13 @@ impl LockerCore {
     /// moves to a fresh lease), after the put this locker has in flight, if any, has landed.
     /// A put on an existing key keeps its create revision: the queue order and the fencing
     /// token stay.
-    pub(crate) async fn move_key(&self, from: i64, to: i64) -> Result<()> {
+    pub(crate) async fn move_key(
+        &self,
+        from: i64,
+        to: i64,
+        limit: Duration,
+        per_try: Duration,
+    ) -> Result<()> {
         let put = {
             let st = self.state();
             if st.phase == Phase::Idle {
@@ -393,14 +399,10 @@ impl LockerCore {
                 Some(PutOptions::new().with_lease(to).with_ignore_value()),
             )]);
         let (kv, session) = (self.kv(), &self.session);
-        let within = session.deadline.instant().map_or(Duration::ZERO, |at| {
-            at.saturating_duration_since(std::time::Instant::now())
-        });
         let context = "moving the lock's key to the session's fresh lease";
-        let per_try = crate::session::move_try(session.ttl);
         session
             .service
-            .write_in_tries(context, within, per_try, || {
+            .write_in_tries(context, limit, per_try, || {
                 let (mut kv, txn) = (kv.clone(), txn.clone());
                 async move { kv.txn(txn).await }
             })

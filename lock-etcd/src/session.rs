@@ -231,36 +231,43 @@ impl SessionCore {
     /// granted now is one it has never seen. So `from` is not renewed anywhere else (the keeper
     /// still renews it where it stalled, as before), and the session's deadline stays that of
     /// `from` until every key is on the fresh lease: a put on an existing key keeps its create
-    /// revision, so the queue order and the fencing tokens stay as they were.
+    /// revision, so the queue order and the fencing tokens stay.
     ///
-    /// A move that cannot finish before the deadline leaves the session to end by it; one
-    /// that fails for good ends it at once ([`EndReason::NotMoved`]).
+    /// Requests go in rounds of two short tries (a try stuck on the stopped member must leave
+    /// time for others), twice as long each round (a link that is merely slow still gets its
+    /// answers), until the session's deadline passes. Once the fresh lease is granted the move ends in one of
+    /// two ways: adopted, or the session ended (by its deadline, or at once,
+    /// [`EndReason::NotMoved`], when a key cannot be moved for a reason that trying again does
+    /// not cure).
     pub(crate) async fn move_to_fresh_lease(self: Arc<Self>, from: i64) {
-        let Some(deadline) = self.deadline.instant() else {
-            return;
-        };
-        let within = deadline.saturating_duration_since(Instant::now());
         let keeper = &self.service.keeper;
+        let limit = self.service.config.request_timeout;
+        let mut per_try = move_try(self.ttl);
         let secs = self.ttl.as_secs() as i64;
-        let leases = self.service.client.lease_client();
-        let mut granted_at = Instant::now();
-        let context = "granting a fresh lease for the session";
-        let grant = self
-            .service
-            .write_in_tries(context, within, move_try(self.ttl), || {
-                granted_at = Instant::now();
-                let mut leases = leases.clone();
-                async move { leases.grant(secs, None).await }
-            })
-            .await;
-        let fresh = match grant {
-            Ok(grant) if grant.ttl() == secs => grant.id(),
-            Ok(grant) => return keeper.revoke_later(grant.id()),
-            Err(e) => {
-                // The deadline passed, or the cluster refused: the session ends by its deadline
-                // unless the stalled stream recovers.
-                tracing::warn!(error = %e, "a fresh lease for a stalled session was not granted");
-                return;
+        let lease_client = self.service.client.lease_client();
+        let (fresh, granted_at) = loop {
+            let Some(within) = self.time_left() else {
+                return; // the session ended, or ends by its deadline
+            };
+            let mut granted_at = Instant::now();
+            let context = "granting a fresh lease for the session";
+            let grant = self
+                .service
+                .write_in_tries(context, within.min(per_try * 2), per_try, || {
+                    granted_at = Instant::now();
+                    let mut leases = lease_client.clone();
+                    async move { leases.grant(secs, None).await }
+                })
+                .await;
+            match grant {
+                Ok(grant) if grant.ttl() == secs => break (grant.id(), granted_at),
+                Ok(grant) => return keeper.revoke_later(grant.id()),
+                Err(e) if e.is_transient() => per_try = (per_try * 2).min(limit),
+                Err(e) => {
+                    // The stalled stream may still recover; otherwise the deadline decides.
+                    tracing::warn!(error = %e, "a stalled session was refused a fresh lease");
+                    return;
+                }
             }
         };
         {
@@ -270,35 +277,37 @@ impl SessionCore {
                 return keeper.revoke_later(fresh);
             }
             leases.next = Some(fresh); // from now on, puts bind their keys to it
+                                       // Kept alive from now on (by the deadline of its own grant, until it is adopted):
+                                       // keys move onto it before the session relies on it.
+            let own = Deadline::new(granted_at + self.ttl - crate::keeper::margin(self.ttl));
+            let weak = Arc::downgrade(&self);
+            keeper.add(fresh, self.ttl, granted_at, Arc::new(own), weak);
         }
         // Every key bound to `from`: the lockers that hold or wait, each after the put it has
         // in flight (a put sent from now on binds to `fresh` already).
-        let lockers: Vec<Arc<LockerCore>> =
+        let mut lockers: Vec<Arc<LockerCore>> =
             self.lockers().values().filter_map(Weak::upgrade).collect();
-        let mut moves = tokio::task::JoinSet::new();
-        for locker in lockers {
-            moves.spawn(async move { locker.move_key(from, fresh).await });
-        }
-        let within = deadline.saturating_duration_since(Instant::now());
-        let moved = tokio::time::timeout(within, async {
-            while let Some(moved) = moves.join_next().await {
-                match moved {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(e) => return Err(e.to_string()),
+        while !lockers.is_empty() {
+            let Some(within) = self.time_left() else {
+                return; // ended: `end` revokes `fresh` too
+            };
+            let mut moves = tokio::task::JoinSet::new();
+            for locker in lockers.drain(..) {
+                moves.spawn(async move {
+                    let limit = within.min(per_try * 2);
+                    let moved = locker.move_key(from, fresh, limit, per_try).await;
+                    (locker, moved)
+                });
+            }
+            while let Some(done) = moves.join_next().await {
+                match done {
+                    Ok((_, Ok(()))) => {}
+                    Ok((locker, Err(e))) if e.is_transient() => lockers.push(locker),
+                    Ok((_, Err(e))) => return self.not_moved(&e.to_string()),
+                    Err(e) => return self.not_moved(&e.to_string()),
                 }
             }
-            Ok(())
-        })
-        .await;
-        match moved {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "a key of a stalled session could not be moved to its fresh lease");
-                self.end(EndReason::NotMoved);
-                return;
-            }
-            Err(_) => return, // the deadline passed: the session ends by it
+            per_try = (per_try * 2).min(limit);
         }
         {
             let mut leases = self.leases();
@@ -309,15 +318,9 @@ impl SessionCore {
                 current: fresh,
                 next: None,
             };
-            keeper.add(
-                fresh,
-                self.ttl,
-                granted_at,
-                self.deadline.clone(),
-                Arc::downgrade(&self),
-            );
-            self.deadline
-                .extend_to(granted_at + self.ttl - crate::keeper::margin(self.ttl));
+            let own = granted_at + self.ttl - crate::keeper::margin(self.ttl);
+            self.deadline.extend_to(own);
+            keeper.adopt(fresh, self.deadline.clone());
         }
         keeper.revoke_later(from);
         tracing::info!(
@@ -325,6 +328,24 @@ impl SessionCore {
             to = format_args!("{fresh:016x}"),
             "the session's keep-alives stalled: its keys moved to a fresh lease"
         );
+    }
+
+    /// How long the session has until its deadline; `None` once it ended or the deadline
+    /// passed.
+    fn time_left(&self) -> Option<Duration> {
+        let at = self.deadline.instant()?;
+        let left = at.saturating_duration_since(Instant::now());
+        (self.ended().is_none() && !left.is_zero()).then_some(left)
+    }
+
+    /// A key of a moving session cannot be moved: its keys are split between two leases, so
+    /// the session ends (its holds fire first, then both leases are revoked).
+    fn not_moved(&self, error: &str) {
+        tracing::warn!(
+            error,
+            "a key of a stalled session could not be moved to its fresh lease"
+        );
+        self.end(EndReason::NotMoved);
     }
 }
 
