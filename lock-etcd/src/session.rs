@@ -276,9 +276,10 @@ impl SessionCore {
                 drop(leases);
                 return keeper.revoke_later(fresh);
             }
-            leases.next = Some(fresh); // from now on, puts bind their keys to it
-                                       // Kept alive from now on (by the deadline of its own grant, until it is adopted):
-                                       // keys move onto it before the session relies on it.
+            // From now on, puts bind their keys to it, and the keeper keeps it alive (by the
+            // deadline of its own grant until it is adopted): keys move onto it before the
+            // session relies on it.
+            leases.next = Some(fresh);
             let own = Deadline::new(granted_at + self.ttl - crate::keeper::margin(self.ttl));
             let weak = Arc::downgrade(&self);
             keeper.add(fresh, self.ttl, granted_at, Arc::new(own), weak);
