@@ -369,8 +369,7 @@ fn main() {
     // `cargo bench` passes `--bench`; a bare word runs only that case: uncontended |
     // contended | seed | distinct; `contended-ours` (`-map`, `-lockable`) runs one side of the
     // contended case 50 times, `uncontended-ours` (…) 20 times, `seed-ours` (…) one side of the
-    // seed example 2000 times, for a
-    // profiler.
+    // seed example 2000 times, for a profiler.
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let rt = runtime();
