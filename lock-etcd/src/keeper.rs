@@ -134,6 +134,11 @@ impl Keeper {
         }
     }
 
+    /// The smoothed round trip of the keep-alives (zero before the first answer).
+    pub(crate) fn rtt(&self) -> Duration {
+        self.state().rtt.unwrap_or_default()
+    }
+
     /// Stops keeping `lease` alive.
     pub(crate) fn remove(&self, lease: i64) {
         self.state().leases.remove(&lease);
@@ -357,6 +362,18 @@ struct Stream {
     on: usize,
 }
 
+/// A stream being opened (with a first keep-alive of `lease`), on endpoint `endpoint`.
+struct Opening {
+    id: StreamId,
+    endpoint: usize,
+    lease: i64,
+    /// How long the try may take.
+    limit: Duration,
+    open: Pin<Box<dyn std::future::Future<Output = OpenResult> + Send>>,
+}
+
+type OpenResult = Result<(LeaseKeeper, LeaseKeepAliveStream), OpenError>;
+
 /// The keeper task.
 ///
 /// Leases are renewed on the *current* stream. One whose keep-alives stall there (see
@@ -373,12 +390,15 @@ pub(crate) async fn run(
     let mut current: Option<Stream> = None;
     let mut stalled: Vec<Stream> = Vec::new();
     let mut next_id: StreamId = 0;
-    // The endpoint to avoid when reopening, and whether we are fleeing a stream that stalled
-    // (then each try to open is short).
-    let (mut avoid, mut fleeing) = (None, false);
+    // The endpoint to avoid when reopening, and, when fleeing a stream that stalled, how long
+    // the next try to open may take (short at first, then twice as long each try).
+    let (mut avoid, mut fleeing): (Option<usize>, Option<Duration>) = (None, None);
     let mut retry_at = Instant::now();
     let mut backoff = Duration::from_millis(50);
     let mut next_tick = Instant::now();
+    // A stream being opened, beside the loop: the stalled streams' keep-alives and answers
+    // must not wait for it.
+    let mut opening: Option<Opening> = None;
     loop {
         let now = Instant::now();
         if now >= next_tick {
@@ -410,62 +430,12 @@ pub(crate) async fn run(
                 for (session, lease) in moves {
                     tokio::spawn(session.move_to_fresh_lease(lease));
                 }
-                (avoid, fleeing) = (Some(old.on), true);
+                let first_try = ttl.map_or(limit, |ttl| ttl / 6).min(limit);
+                (avoid, fleeing) = (Some(old.on), Some(first_try));
                 retry_at = now;
                 stalled.push(old);
             }
             stalled.retain(|s| keeper.renews_on(s.id));
-            let open: Vec<StreamId> = current.iter().chain(&stalled).map(|s| s.id).collect();
-            let opener = keeper.lease_for_new_stream(&open);
-            if let Some(lease) = opener.filter(|_| current.is_none() && now >= retry_at) {
-                // Fleeing a stalled stream, each try is short and the next follows at once: a
-                // member elsewhere may have forwarded our keep-alive to the old, silent leader
-                // and hold it there (etcd waits up to its own request timeout), while a fresh
-                // one reaches the new leader as soon as there is one.
-                let open_limit = match (fleeing, ttl) {
-                    (true, Some(ttl)) => limit.min(ttl / 6),
-                    _ => limit,
-                };
-                // On the endpoint that answered the health probes most recently.
-                let (endpoint, via) = probes.pick(avoid);
-                next_id += 1;
-                match open_stream(&via, next_id, lease, open_limit, &keeper).await {
-                    Ok((sender, answers)) => {
-                        tracing::debug!("keep-alive stream open");
-                        (avoid, fleeing) = (None, false);
-                        current = Some(Stream {
-                            id: next_id,
-                            sender,
-                            answers,
-                            on: endpoint,
-                        });
-                        backoff = Duration::from_millis(50);
-                        let open: Vec<StreamId> =
-                            current.iter().chain(&stalled).map(|s| s.id).collect();
-                        keeper.refresh_homeless_now(Instant::now(), &open);
-                        next_tick = Instant::now(); // send what is due on the new stream
-                        continue;
-                    }
-                    Err(OpenError::Gone) => {
-                        if let Some(session) = keeper.forget(lease) {
-                            session.end(EndReason::LeaseGone);
-                        }
-                        continue;
-                    }
-                    Err(OpenError::Failed) if fleeing => {
-                        crate::metrics::keepalive_failure("open_failed");
-                        avoid = Some(endpoint);
-                        retry_at = Instant::now();
-                    }
-                    Err(OpenError::Failed) => {
-                        avoid = Some(endpoint);
-                        tracing::warn!(retry_in = ?backoff, "cannot open the keep-alive stream");
-                        crate::metrics::keepalive_failure("open_failed");
-                        retry_at = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                    }
-                }
-            }
             for (on, lease) in &due.send {
                 let Some(stream) = current.iter().chain(&stalled).find(|s| s.id == *on) else {
                     continue;
@@ -482,6 +452,29 @@ pub(crate) async fn run(
                     }
                 }
             }
+            let open: Vec<StreamId> = current.iter().chain(&stalled).map(|s| s.id).collect();
+            let opener = keeper.lease_for_new_stream(&open);
+            let may_open = current.is_none() && opening.is_none() && now >= retry_at;
+            if let Some(lease) = opener.filter(|_| may_open) {
+                // Fleeing a stalled stream, tries are short and the next follows at once: a
+                // member elsewhere may have forwarded our keep-alive to the old, silent leader
+                // and hold it there (etcd waits up to its own request timeout), while a fresh
+                // one reaches the new leader as soon as there is one. Each is twice as long as
+                // the one before, and three round trips at least, so that a link that is merely
+                // slow gets its answer too.
+                let open_limit = fleeing.map_or(limit, |f| f.max(keeper.rtt() * 3).min(limit));
+                // On the endpoint that answered the health probes most recently.
+                let (endpoint, via) = probes.pick(avoid);
+                next_id += 1;
+                let open = open_stream(via, next_id, lease, open_limit, keeper.clone());
+                opening = Some(Opening {
+                    id: next_id,
+                    endpoint,
+                    lease,
+                    limit: open_limit,
+                    open: Box::pin(open),
+                });
+            }
         }
         let message = std::future::poll_fn(|cx| {
             for stream in current.iter_mut().chain(&mut stalled) {
@@ -491,7 +484,52 @@ pub(crate) async fn run(
             }
             Poll::Pending
         });
+        let opened = async {
+            match opening.as_mut() {
+                Some(o) => o.open.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            result = opened => {
+                let Some(o) = opening.take() else { continue };
+                match result {
+                    Ok((sender, answers)) => {
+                        tracing::debug!("keep-alive stream open");
+                        (avoid, fleeing) = (None, None);
+                        current = Some(Stream {
+                            id: o.id,
+                            sender,
+                            answers,
+                            on: o.endpoint,
+                        });
+                        backoff = Duration::from_millis(50);
+                        let open: Vec<StreamId> =
+                            current.iter().chain(&stalled).map(|s| s.id).collect();
+                        keeper.refresh_homeless_now(Instant::now(), &open);
+                        next_tick = Instant::now(); // send what is due on the new stream
+                    }
+                    Err(OpenError::Gone) => {
+                        if let Some(session) = keeper.forget(o.lease) {
+                            session.end(EndReason::LeaseGone);
+                        }
+                        next_tick = Instant::now();
+                    }
+                    Err(OpenError::Failed) if fleeing.is_some() => {
+                        crate::metrics::keepalive_failure("open_failed");
+                        avoid = Some(o.endpoint);
+                        fleeing = Some((o.limit * 2).min(limit));
+                        (retry_at, next_tick) = (Instant::now(), Instant::now());
+                    }
+                    Err(OpenError::Failed) => {
+                        avoid = Some(o.endpoint);
+                        tracing::warn!(retry_in = ?backoff, "cannot open the keep-alive stream");
+                        crate::metrics::keepalive_failure("open_failed");
+                        retry_at = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
             (on, message) = message => match message {
                 Some(Ok(resp)) => {
                     let lease = resp.id();
@@ -569,11 +607,11 @@ enum OpenError {
 /// Opens a keep-alive stream (id `id`) with a first keep-alive of `lease`, waiting at most
 /// `limit` for its answer.
 async fn open_stream(
-    client: &etcd_client::Client,
+    client: etcd_client::Client,
     id: StreamId,
     lease: i64,
     limit: Duration,
-    keeper: &Keeper,
+    keeper: Arc<Keeper>,
 ) -> Result<(LeaseKeeper, LeaseKeepAliveStream), OpenError> {
     let sent_at = Instant::now();
     let mut leases = client.lease_client();
@@ -586,7 +624,7 @@ async fn open_stream(
         }
         // The client library's word for a first answer with TTL ≤ 0: confirm it first.
         Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => {
-            match lease_alive(client, lease, limit).await {
+            match lease_alive(&client, lease, limit).await {
                 Some(false) => Err(OpenError::Gone),
                 Some(true) | None => Err(OpenError::Failed),
             }

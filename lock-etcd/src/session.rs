@@ -206,11 +206,12 @@ impl SessionCore {
     }
 }
 
-/// How long one try of a move's request may take: a try stuck on a member that stopped must
-/// leave time for others before the session's deadline (a TTL minus a tenth after the last
-/// acknowledged keep-alive).
-pub(crate) fn move_try(ttl: Duration) -> Duration {
-    (ttl / 6).max(Duration::from_millis(250))
+/// How long the first try of a move's request may take: short, so that a try stuck on a member
+/// that stopped leaves time for others before the session's deadline (a TTL minus a tenth
+/// after the last acknowledged keep-alive), but three round trips of the keep-alives at least,
+/// so that a link that is merely slow gets its answers.
+fn first_move_try(ttl: Duration, rtt: Duration) -> Duration {
+    (ttl / 6).max(rtt * 3).max(Duration::from_millis(250))
 }
 
 /// The leases of a session: the one its keys are bound to, and a fresh one being moved to.
@@ -242,7 +243,7 @@ impl SessionCore {
     pub(crate) async fn move_to_fresh_lease(self: Arc<Self>, from: i64) {
         let keeper = &self.service.keeper;
         let limit = self.service.config.request_timeout;
-        let mut per_try = move_try(self.ttl);
+        let mut per_try = first_move_try(self.ttl, keeper.rtt()).min(limit);
         let secs = self.ttl.as_secs() as i64;
         let lease_client = self.service.client.lease_client();
         let (fresh, granted_at) = loop {

@@ -154,3 +154,104 @@ async fn lock_returns_within_its_timeout_when_the_client_is_partitioned_while_wa
     holder.unlock().await.unwrap();
     direct.close().await.unwrap();
 }
+
+/// A session whose keep-alives stall (here: its only link turns slow, an answer taking 1.2 s
+/// where it took a millisecond) moves its keys to a fresh lease, same create revisions, and
+/// outlives its first lease: revoking that one, as a leader that stopped and came back can make
+/// the cluster do, takes neither its hold nor its waiter's place in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_session_moves_its_keys_and_outlives_its_first_lease() {
+    // `RUST_LOG=lock_etcd=debug` shows the move.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let Some(endpoints) = common::shared("stalled_session") else {
+        return;
+    };
+    let prefix = common::unique_prefix("stalled");
+    let proxy = proxy(&endpoints).await;
+    // The default request timeout (5 s): a try may take 2.5 s, twice a slow round trip.
+    let uri = format!("etcd:{}?prefix={prefix}", proxy.url());
+    let slowed = EtcdService::connect(EtcdConfig::from_uri(&uri).unwrap())
+        .await
+        .unwrap();
+    let etcd = std::sync::Arc::new(slowed.open_session(SessionConfig::new(TTL)).await.unwrap());
+    let first = etcd.lease_id();
+    let session = lock_core::Session::from_backend(etcd.clone());
+    let held = session.new_locker("x").lock().await.unwrap();
+    let token = held.fencing_token();
+    // A waiter of the same session, queued behind the hold.
+    let waiter = session.new_locker("x");
+    let waiting = tokio::spawn(async move { waiter.lock().await });
+    let mut raw = common::raw(&endpoints).await;
+    let keys = || etcd_client::GetOptions::new().with_prefix();
+    for _ in 0..100 {
+        if raw
+            .get(prefix.as_str(), Some(keys()))
+            .await
+            .unwrap()
+            .count()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // its view of the queue loaded
+    assert!(!waiting.is_finished());
+
+    proxy.set(Fault::Latency(Duration::from_millis(600)));
+    let slowed_at = Instant::now();
+    while etcd.lease_id() == first {
+        assert!(
+            slowed_at.elapsed() < Duration::from_secs(30),
+            "the session did not move to a fresh lease"
+        );
+        assert!(!held.is_lost(), "lost while moving: {:?}", held.loss());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let moved_after = slowed_at.elapsed();
+    proxy.set(Fault::None);
+    let fresh = etcd.lease_id();
+
+    // Both keys are on the fresh lease, created where they were.
+    let found = raw.get(prefix.as_str(), Some(keys())).await.unwrap();
+    let mut on: Vec<(i64, i64)> = found
+        .kvs()
+        .iter()
+        .map(|kv| (kv.create_revision(), kv.lease()))
+        .collect();
+    on.sort_unstable();
+    assert_eq!(on.len(), 2, "the hold's and the waiter's keys: {on:?}");
+    assert_eq!(
+        on[0],
+        (token as i64, fresh),
+        "the held key keeps its revision"
+    );
+    assert_eq!(on[1].1, fresh, "the waiting key moved too");
+
+    // The first lease goes (the move revoked it, or we do now): nothing of the session goes
+    // with it.
+    match raw.lease_revoke(first).await {
+        Ok(_) => {}
+        Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {}
+        Err(e) => panic!("revoking the first lease: {e}"),
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !held.is_lost(),
+        "revoking the first lease took the hold: {:?}",
+        held.loss()
+    );
+    held.unlock().await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiter is granted once the hold is released")
+        .unwrap()
+        .expect("the waiter kept its place");
+    assert!(next.fencing_token() > token);
+    eprintln!("moved to a fresh lease {moved_after:?} after the link turned slow");
+    next.unlock().await.unwrap();
+    session.close().await.unwrap();
+}
