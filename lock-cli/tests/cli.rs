@@ -190,18 +190,16 @@ fn exit_statuses_are_as_documented() {
         code(run(&service, &["exec", "s", "--", "sh", "-c", "exit 3"])),
         Some(3)
     );
-    assert_eq!(
-        code(run(
-            &service,
-            &["exec", "s", "--", "sh", "-c", "kill -TERM $$"]
-        )),
-        Some(128 + 15)
-    );
-    assert_eq!(
-        code(run(&service, &["exec", "s", "--", "no-such-command-xyz"])),
-        Some(127)
-    );
-    assert_eq!(code(run(&service, &["exec", "s", "--", "/"])), Some(126));
+    // Each of these exits on an error while holding the lock; the next one waits at most
+    // 1 s for it (`--timeout 1s`, else it exits 124): a failed client frees its lock at once.
+    let within_1s = |command: &[&str]| {
+        let args = [&["exec", "--timeout", "1s", "s", "--"], command].concat();
+        code(run(&service, &args))
+    };
+    assert_eq!(within_1s(&["sh", "-c", "kill -TERM $$"]), Some(128 + 15));
+    assert_eq!(within_1s(&["no-such-command-xyz"]), Some(127));
+    assert_eq!(within_1s(&["/"]), Some(126));
+    assert_eq!(within_1s(&["true"]), Some(0));
 
     let holder = lock(&service, &["exec", "s", "--", "sleep", "3"])
         .spawn()
