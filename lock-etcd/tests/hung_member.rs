@@ -158,10 +158,7 @@ async fn hang(cluster: &mut Cluster, member: usize, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_follower_or_leader_goes_unnoticed_by_new_and_existing_clients() {
     // `RUST_LOG=lock_etcd=info` shows what the clients did.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    common::log();
     let Some(mut cluster) = common::own_cluster("hung_member", ClusterSpec::default()) else {
         return;
     };

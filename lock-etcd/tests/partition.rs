@@ -162,10 +162,7 @@ async fn lock_returns_within_its_timeout_when_the_client_is_partitioned_while_wa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_session_moves_its_keys_and_outlives_its_first_lease() {
     // `RUST_LOG=lock_etcd=debug` shows the move.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    common::log();
     let Some(endpoints) = common::shared("stalled_session") else {
         return;
     };

@@ -34,10 +34,7 @@ async fn keys(raw: &mut etcd_client::Client, prefix: &str) -> Vec<(String, i64)>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_whose_view_lags_is_not_granted_a_key_etcd_deleted() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    common::log();
     let Some(endpoints) = common::shared("waiter_whose_view_lags") else {
         return;
     };

@@ -5,6 +5,15 @@ use std::time::Duration;
 
 use lock_testkit::etcd::{binaries, Cluster, ClusterSpec};
 
+/// Logs what the backend does, as `RUST_LOG` says (`RUST_LOG=lock_etcd=debug`), into the
+/// test's output.
+pub fn log() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// The shared cluster's endpoints (skip or fail as `lock_testkit::etcd` says).
 pub fn shared(test: &str) -> Option<String> {
     lock_testkit::etcd::shared_endpoints(test)
