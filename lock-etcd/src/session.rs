@@ -57,6 +57,7 @@ pub(crate) struct SessionCore {
     /// The lease the session was opened with; its lockers' key names carry it. Its keys may
     /// have moved to another lease since (see [`SessionCore::move_to_fresh_lease`]).
     pub(crate) lease: i64,
+    /// The lease its keys are bound to now, and the one a move is taking them to.
     leases: Mutex<Leases>,
     pub(crate) ttl: Duration,
     pub(crate) timeout: Option<Duration>,
@@ -186,9 +187,10 @@ impl SessionCore {
             return Err(Error::AlreadyClosed("the session was already closed"));
         }
         let leases = self.service.client.lease_client();
-        let lease = self.current_lease(); // fixed from now: no move adopts after the end
-                                          // From here the lease is ours to revoke, whatever happens to this future: dropped
-                                          // before etcd confirmed it, the revoke goes on in the background.
+        // Fixed from now (no move adopts after the end). From here the lease is ours to revoke,
+        // whatever happens to this future: dropped before etcd confirmed it, the revoke goes on
+        // in the background.
+        let lease = self.current_lease();
         let mut revoke = RevokeGuard {
             session: self,
             done: false,
@@ -236,8 +238,8 @@ impl SessionCore {
     ///
     /// Requests go in rounds of two short tries (a try stuck on the stopped member must leave
     /// time for others), twice as long each round (a link that is merely slow still gets its
-    /// answers), until the session's deadline passes. Once the fresh lease is granted the move ends in one of
-    /// two ways: adopted, or the session ended (by its deadline, or at once,
+    /// answers), until the session's deadline passes. Once the fresh lease is granted, the move
+    /// ends in one of two ways: adopted, or the session ended (by its deadline, or at once,
     /// [`EndReason::NotMoved`], when a key cannot be moved for a reason that trying again does
     /// not cure).
     pub(crate) async fn move_to_fresh_lease(self: Arc<Self>, from: i64) {
