@@ -581,3 +581,59 @@ fn help_completions_odd_ids_and_non_utf8_arguments() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(out.stdout, b"-odd\xff");
 }
+
+/// etcd before 3.5.3 could answer the first keep-alive of a lease granted moments ago with TTL
+/// 0 while the lease was alive (etcd issue 13675): about 1 in 300 `lock exec` runs on a healthy
+/// cluster exited 69 ("the session's lease was revoked or expired") and left its key behind, so
+/// the next `lock exec` of the id waited the whole TTL. A fault proxy gives that answer to the
+/// first keep-alive of every lease, deterministically: the answer is checked with the cluster,
+/// the command runs, and the next client gets the lock at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_keep_alive_answered_with_ttl_0_is_no_loss_and_leaves_nothing_behind() {
+    let Some(direct) = service("ttl_zero") else {
+        return;
+    };
+    let endpoints = lock_testkit::etcd::shared_endpoints("ttl_zero").unwrap();
+    let first: std::net::SocketAddr = endpoints
+        .split(',')
+        .next()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = lock_testkit::proxy::FaultProxy::start(first).await.unwrap();
+    proxy.set(lock_testkit::proxy::Fault::FirstKeepAliveTtlZero);
+    let prefix = direct.split("prefix=").nth(1).unwrap();
+    let through_proxy = format!("etcd:{}?prefix={prefix}", proxy.url());
+    let mut failures = Vec::new();
+    for n in 0..3 {
+        // The keeper opens its keep-alive stream right after the grant: its first answer is
+        // TTL 0. The command outlives a few keep-alives (TTL 3 s: one every 0.5 s).
+        let out = tokio::task::spawn_blocking({
+            let service = through_proxy.clone();
+            move || run(&service, &["exec", "--ttl", "3s", "z", "--", "sleep", "1"])
+        })
+        .await
+        .unwrap();
+        if out.status.code() != Some(0) {
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            failures.push(format!("run {n}: {:?}: {stderr}", out.status.code()));
+        }
+        // The next client, direct, waits at most 1 s.
+        let started = Instant::now();
+        let next = tokio::task::spawn_blocking({
+            let service = direct.clone();
+            move || run(&service, &["exec", "--timeout", "1s", "z", "--", "true"])
+        })
+        .await
+        .unwrap();
+        if next.status.code() != Some(0) {
+            failures.push(format!(
+                "run {n}: the next client did not get the lock within 1 s ({:?} after {:?})",
+                next.status.code(),
+                started.elapsed()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -25,6 +25,7 @@ pub mod conformance;
 pub mod contend;
 pub mod etcd;
 mod failure;
+mod h2;
 mod harness;
 pub mod history;
 pub mod proxy;

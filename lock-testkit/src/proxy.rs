@@ -33,6 +33,11 @@ pub enum Fault {
     /// reaches the server *after* requests the client sends on a new connection. Used after
     /// [`Fault::Latency`], it makes a stale request land late, deterministically.
     CutLate,
+    /// Forward everything, except that the first keep-alive answer for each lease says TTL 0,
+    /// as etcd before 3.5.3 could answer for a lease granted moments ago while the lease was
+    /// alive (etcd issue 13675). Applies to connections made while it is set (it reads their
+    /// HTTP/2 frames from the start); on the others it is [`Fault::None`].
+    FirstKeepAliveTtlZero,
 }
 
 /// A fault-injecting TCP proxy on 127.0.0.1. Dropping it stops it and closes its connections.
@@ -128,11 +133,13 @@ async fn accept(
         let (sr, sw) = server.into_split();
         // The new connection reacts only to changes made from now on.
         let mut current = fault.clone();
-        current.borrow_and_update();
+        let frames = (*current.borrow_and_update() == Fault::FirstKeepAliveTtlZero)
+            .then(|| Arc::new(Mutex::new(crate::h2::Connection::default())));
         let mut list = tasks.lock().unwrap_or_else(|e| e.into_inner());
         list.retain(|t| !t.is_finished());
-        list.push(tokio::spawn(pipe(cr, sw, current.clone(), Upstream::Yes)));
-        list.push(tokio::spawn(pipe(sr, cw, current, Upstream::No)));
+        let up = pipe(cr, sw, current.clone(), Upstream::Yes, frames.clone());
+        list.push(tokio::spawn(up));
+        list.push(tokio::spawn(pipe(sr, cw, current, Upstream::No, frames)));
     }
 }
 
@@ -150,6 +157,7 @@ async fn pipe(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut fault: watch::Receiver<Fault>,
     upstream: Upstream,
+    frames: Option<Arc<Mutex<crate::h2::Connection>>>,
 ) {
     let (line, mut due) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
     let writer = tokio::spawn(async move {
@@ -185,12 +193,19 @@ async fn pipe(
         };
         let now = tokio::time::Instant::now();
         let at = match *fault.borrow() {
-            Fault::None | Fault::Cut | Fault::CutLate => now,
+            Fault::None | Fault::Cut | Fault::CutLate | Fault::FirstKeepAliveTtlZero => now,
             Fault::Latency(d) => now + d,
             Fault::Blackhole => continue,
             Fault::Refuse => break,
         };
-        if line.send((at, buf[..n].to_vec())).is_err() {
+        let bytes = match &frames {
+            Some(frames) => frames
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pass(upstream == Upstream::Yes, &buf[..n]),
+            None => buf[..n].to_vec(),
+        };
+        if line.send((at, bytes)).is_err() {
             break;
         }
     }
