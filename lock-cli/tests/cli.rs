@@ -594,14 +594,9 @@ async fn a_first_keep_alive_answered_with_ttl_0_is_no_loss_and_leaves_nothing_be
         return;
     };
     let endpoints = lock_testkit::etcd::shared_endpoints("ttl_zero").unwrap();
-    let first: std::net::SocketAddr = endpoints
-        .split(',')
-        .next()
-        .unwrap()
-        .trim_start_matches("http://")
-        .parse()
+    let proxy = lock_testkit::proxy::FaultProxy::in_front_of_first(&endpoints)
+        .await
         .unwrap();
-    let proxy = lock_testkit::proxy::FaultProxy::start(first).await.unwrap();
     proxy.set(lock_testkit::proxy::Fault::FirstKeepAliveTtlZero);
     let prefix = direct.split("prefix=").nth(1).unwrap();
     let through_proxy = format!("etcd:{}?prefix={prefix}", proxy.url());

@@ -362,6 +362,11 @@ struct Stream {
     on: usize,
 }
 
+/// The ids of the open streams: the current one and the stalled ones.
+fn open_ids(current: &Option<Stream>, stalled: &[Stream]) -> Vec<StreamId> {
+    current.iter().chain(stalled).map(|s| s.id).collect()
+}
+
 /// A stream being opened (with a first keep-alive of `lease`), on endpoint `endpoint`.
 struct Opening {
     id: StreamId,
@@ -402,7 +407,7 @@ pub(crate) async fn run(
     loop {
         let now = Instant::now();
         if now >= next_tick {
-            let open: Vec<StreamId> = current.iter().chain(&stalled).map(|s| s.id).collect();
+            let open = open_ids(&current, &stalled);
             let due = keeper.due(now + TICK, current.as_ref().map(|s| s.id), &open);
             for session in due.expired {
                 session.end(EndReason::Expired);
@@ -452,7 +457,7 @@ pub(crate) async fn run(
                     }
                 }
             }
-            let open: Vec<StreamId> = current.iter().chain(&stalled).map(|s| s.id).collect();
+            let open = open_ids(&current, &stalled);
             let opener = keeper.lease_for_new_stream(&open);
             let may_open = current.is_none() && opening.is_none() && now >= retry_at;
             if let Some(lease) = opener.filter(|_| may_open) {
@@ -504,8 +509,7 @@ pub(crate) async fn run(
                             on: o.endpoint,
                         });
                         backoff = Duration::from_millis(50);
-                        let open: Vec<StreamId> =
-                            current.iter().chain(&stalled).map(|s| s.id).collect();
+                        let open = open_ids(&current, &stalled);
                         keeper.refresh_homeless_now(Instant::now(), &open);
                         next_tick = Instant::now(); // send what is due on the new stream
                     }

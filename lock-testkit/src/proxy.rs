@@ -70,6 +70,23 @@ impl FaultProxy {
         })
     }
 
+    /// Starts a proxy in front of the first member of `endpoints` (`http://host:port,…`, as
+    /// `lock_testkit::etcd::shared_endpoints` gives them).
+    ///
+    /// # Errors
+    ///
+    /// When the first endpoint is not `http://<ip>:<port>`, or no loopback port can be bound.
+    pub async fn in_front_of_first(endpoints: &str) -> std::io::Result<FaultProxy> {
+        let first = endpoints.split(',').next().unwrap_or_default();
+        let target = first.trim_start_matches("http://").parse().map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("endpoint {first:?}: {e}"),
+            )
+        })?;
+        FaultProxy::start(target).await
+    }
+
     /// The proxy's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -35,14 +35,9 @@ pub async fn raw(endpoints: &str) -> etcd_client::Client {
 
 /// A fault proxy in front of the first member of `endpoints`.
 pub async fn first_member_proxy(endpoints: &str) -> lock_testkit::proxy::FaultProxy {
-    let first: std::net::SocketAddr = endpoints
-        .split(',')
-        .next()
+    lock_testkit::proxy::FaultProxy::in_front_of_first(endpoints)
+        .await
         .unwrap()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    lock_testkit::proxy::FaultProxy::start(first).await.unwrap()
 }
 
 /// A prefix no other test run uses.
