@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -12,31 +12,28 @@ use atomic_waker::AtomicWaker;
 use lock_core::backend::{self, HasSignal, Hold, OpFuture, PendingOp, Signal};
 use lock_core::{Error, LossCause, Result};
 
-use crate::id::IdBuf;
 use crate::session::SessionShared;
-use crate::table::{Attempt, IfTaken, Wake, CANCELED, GRANTED, HELD, IDLE, WAITING};
+use crate::table::{Attempt, End, IfTaken, Slot, Wake, CANCELED, GRANTED, IDLE, WAITING};
 
-/// The state of one locker, shared with the table's queues.
+/// The state of one locker, shared with its slot's queue.
 #[derive(Debug)]
 pub(crate) struct LockerShared {
-    pub(crate) id: IdBuf,
-    /// The id's hash in the table, computed once.
-    pub(crate) hash: u64,
+    /// The slot of the locker's id, found once, when the locker was made.
+    pub(crate) slot: Arc<Slot>,
     /// Why the id is unusable, if it is.
     invalid_id: Option<String>,
     pub(crate) session: Arc<SessionShared>,
     /// Fired on every release; one epoch per hold.
     pub(crate) signal: Signal,
-    /// IDLE, WAITING, GRANTED, HELD or CANCELED (see the table module).
+    /// IDLE, WAITING, GRANTED or CANCELED (see the table module). Whether the locker holds
+    /// its id is the slot's to say.
     pub(crate) state: AtomicU8,
     /// The waker of a pending `lock()`. Registered by the waiter, woken by whoever granted or
     /// canceled it (after setting `state`), so a grant is never missed.
     waker: AtomicWaker,
-    /// Token and signal epoch of the current hold; written under the table mutex.
+    /// Token and signal epoch of the current hold; written by whoever granted it.
     pub(crate) token: AtomicU64,
     pub(crate) epoch: AtomicU64,
-    /// The thread whose `lock()` returned the current hold (see [`this_thread`]).
-    pub(crate) holder_thread: AtomicUsize,
     /// This locker held the lock before: its `lock()` queues behind a running holder at once
     /// instead of watching it (see [`LocalLocker::retry_then_queue`]).
     held_before: AtomicBool,
@@ -55,6 +52,11 @@ impl HasSignal for LockerShared {
 }
 
 impl LockerShared {
+    /// The locker's identity in its slot's word.
+    pub(crate) fn addr(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
     /// What wakes the pending `lock()`, if it has registered; take it after changing `state`.
     pub(crate) fn wake_later(&self) -> Wake {
         Wake::new(self.waker.take())
@@ -67,6 +69,12 @@ impl LockerShared {
             None,
             self.token.load(Relaxed),
         )
+    }
+
+    /// Under the slot's mutex: ends what the locker does (`cause`); wakes after the mutex.
+    pub(crate) fn evict(&self, cause: (LossCause, &str)) {
+        let wake = self.slot.evict(&mut self.slot.queue(), self, cause);
+        wake.wake();
     }
 }
 
@@ -85,43 +93,79 @@ pub struct LocalLocker {
 
 impl LocalLocker {
     pub(crate) fn new(id: &str, session: Arc<SessionShared>, handle: lock_core::Session) -> Self {
-        LocalLocker {
-            _session: handle,
-            shared: Arc::new(LockerShared {
-                hash: session.service.hash(id),
-                id: IdBuf::new(id),
-                invalid_id: backend::validate_id(id).err().map(|e| match e {
-                    Error::InvalidId(reason) => reason,
-                    other => other.to_string(),
-                }),
+        let invalid_id = backend::validate_id(id).err().map(|e| match e {
+            Error::InvalidId(reason) => reason,
+            other => other.to_string(),
+        });
+        let hash = session.service.hash(id);
+        let service = session.service.clone();
+        let shared = service.table().join(id, hash, |slot| {
+            Arc::new(LockerShared {
+                slot,
+                invalid_id,
                 session,
                 signal: Signal::new(),
                 state: AtomicU8::new(IDLE),
                 waker: AtomicWaker::new(),
                 token: AtomicU64::new(0),
                 epoch: AtomicU64::new(0),
-                holder_thread: AtomicUsize::new(0),
                 held_before: AtomicBool::new(false),
-            }),
+            })
+        });
+        LocalLocker {
+            _session: handle,
+            shared,
         }
+    }
+
+    /// The hold of a `lock()` or `try_lock()` that took the id, unless the session or service
+    /// closed meanwhile (checked after taking it: a close either sees the hold in the slot, or
+    /// is seen here). A queued `lock()` collects its hold in [`LocalLocker::outcome`] instead.
+    fn granted(&self) -> Result<Hold> {
+        let l = &self.shared;
+        if let Err(e) = l.session.check_open() {
+            let mut queue = l.slot.queue();
+            let wake = l.slot.release(&mut queue, l, End::Unlocked);
+            drop(queue);
+            if let Some(wake) = wake {
+                wake.wake();
+            }
+            return Err(e);
+        }
+        l.held_before.store(true, Relaxed);
+        Ok(l.held())
     }
 
     /// Releases the current hold, or only the one with fencing token `token`.
     fn release_hold(&self, token: Option<u64>) -> Result<()> {
         let l = &self.shared;
-        let mut table = l.session.service.table();
-        l.session.check_open(&table)?;
-        if l.state.load(Relaxed) != HELD || token.is_some_and(|t| t != l.token.load(Relaxed)) {
+        l.session.check_open()?;
+        if !l.slot.is_held_by(l)
+            || l.state.load(Acquire) == GRANTED
+            || token.is_some_and(|t| t != l.token.load(Relaxed))
+        {
             return Err(Error::NotHeld);
         }
-        let wake = table.release(l);
-        drop(table);
-        wake.wake();
-        Ok(())
+        // The loss first: nobody is granted the id before `lost()` fires.
+        l.signal.fire();
+        if l.slot.give_back(l) {
+            return Ok(());
+        }
+        // Somebody queues (or an eviction is under way): hand over under the mutex.
+        let mut queue = l.slot.queue();
+        let released = l.slot.release(&mut queue, l, End::Fired);
+        drop(queue);
+        match released {
+            Some(wake) => {
+                wake.wake();
+                Ok(())
+            }
+            None => Err(Error::NotHeld),
+        }
     }
 
     /// A holder that is running with the lock (and nobody queued) usually releases it within
-    /// a microsecond: watch it for a moment (its state, without the table mutex) and retry
+    /// a microsecond: watch it for a moment (the slot's word, without its mutex) and retry
     /// before queueing, so that a short hold does not start a convoy of handoffs through the
     /// scheduler.
     ///
@@ -131,13 +175,17 @@ impl LocalLocker {
     /// (watching, two such tasks passed the lock between each other and the other tasks of
     /// their workers waited: in 1000-task runs, up to half of the tasks got no turn).
     #[cold]
-    fn retry_then_queue(&self, mut holder: Arc<LockerShared>) -> Result<Attempt> {
+    fn retry_then_queue(&self) -> Result<Attempt> {
+        let slot = &self.shared.slot;
         for round in 1..=SPIN_ROUNDS {
             for _ in 0..SPINS {
-                if holder.state.load(Relaxed) != HELD {
+                if slot.is_free() {
                     break;
                 }
                 std::hint::spin_loop();
+            }
+            if slot.take(&self.shared) {
+                return Ok(Attempt::Granted);
             }
             let last = round == SPIN_ROUNDS;
             match self.attempt(if last {
@@ -145,21 +193,18 @@ impl LocalLocker {
             } else {
                 IfTaken::QueueUnlessRunning
             })? {
-                Attempt::Running(next) => holder = next,
+                Attempt::Running => {}
                 other => return Ok(other),
             }
         }
         unreachable!("the last attempt queues")
     }
 
-    /// Claims the locker, then takes the table mutex to acquire.
+    /// Claims the locker, then takes the slot's mutex to acquire.
     fn attempt(&self, if_taken: IfTaken) -> Result<Attempt> {
         let l = &self.shared;
-        if let Some(reason) = &l.invalid_id {
-            return Err(Error::InvalidId(reason.clone()));
-        }
         // One attempt at a time per locker. Claiming before checking the session: a `close`
-        // that runs now either sees the claim (and evicts under the table mutex, so after
+        // that runs now either sees the claim (and evicts under the slot's mutex, so after
         // us) or is seen by the check.
         if l.state
             .compare_exchange(IDLE, WAITING, SeqCst, Relaxed)
@@ -167,23 +212,45 @@ impl LocalLocker {
         {
             return Err(Error::AlreadyLocked);
         }
-        let mut table = l.session.service.table();
-        // Under the mutex, which the service holds while it closes the table.
-        if let Err(e) = l.session.check_open(&table) {
+        let mut queue = l.slot.queue();
+        if let Err(e) = l.session.check_open() {
             l.state.store(IDLE, Relaxed);
             return Err(e);
         }
-        Ok(table.acquire(l, if_taken))
+        match l.slot.acquire(&mut queue, l, if_taken) {
+            Attempt::Mine => Err(Error::AlreadyLocked),
+            other => Ok(other),
+        }
+    }
+
+    fn invalid_id(&self) -> Option<Error> {
+        let reason = self.shared.invalid_id.as_ref()?;
+        Some(Error::InvalidId(reason.clone()))
     }
 }
 
 /// Spends one unit of the running tokio task's cooperative budget, as tokio's own `Mutex`
 /// does; `false` when the budget is used up and the task should yield first.
 ///
-/// A free lock is taken on the spot, without a yield: without this, a task looping on
+/// A free lock is taken on the spot, without a yield: without the budget, a task looping on
 /// lock/unlock never gives its worker up, and the tasks that would queue behind it never run
 /// (one task took almost every turn among 1000). Outside a tokio task there is no budget.
-fn spend_budget() -> bool {
+///
+/// Fairness among lockers is what the budget is for, so a lock that no other live locker
+/// could take (`shared` is false) spends it on every eighth call of the thread only: a task
+/// that loops over ids nobody else uses still yields to its worker's other tasks, without
+/// paying a trip through the scheduler every 128 locks.
+fn spend_budget(shared: bool) -> bool {
+    thread_local!(static LONE_LOCKS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) });
+    if !shared {
+        let due = LONE_LOCKS.with(|n| {
+            n.set(n.get().wrapping_add(1));
+            n.get() % 8 == 0
+        });
+        if !due {
+            return true;
+        }
+    }
     match tokio::task::coop::poll_proceed(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(progress) => {
             progress.made_progress();
@@ -195,40 +262,56 @@ fn spend_budget() -> bool {
 
 impl backend::Locker for LocalLocker {
     fn lock(&self) -> OpFuture<'_, Result<Hold>> {
-        if !spend_budget() {
+        if !spend_budget(self.shared.slot.is_shared()) {
             return OpFuture::boxed(async move {
                 tokio::task::yield_now().await;
                 self.lock().await
             });
         }
-        let if_taken = match self.shared.held_before.load(Relaxed) {
+        let l = &self.shared;
+        if let Some(e) = self.invalid_id() {
+            return OpFuture::ready(Err(e));
+        }
+        // Free, and nobody queued: one atomic operation.
+        if l.slot.take(l) {
+            return OpFuture::ready(self.granted());
+        }
+        let attempt = match self.attempt(match l.held_before.load(Relaxed) {
             true => IfTaken::Queue,
             false => IfTaken::QueueUnlessRunning,
-        };
-        let attempt = match self.attempt(if_taken) {
-            Ok(Attempt::Running(holder)) => self.retry_then_queue(holder),
+        }) {
+            Ok(Attempt::Running) => self.retry_then_queue(),
             other => other,
         };
         match attempt {
-            Ok(Attempt::Granted) => {
-                self.shared.held_before.store(true, Relaxed);
-                OpFuture::ready(Ok(self.shared.held()))
-            }
+            Ok(Attempt::Granted) => OpFuture::ready(self.granted()),
             Err(e) => OpFuture::ready(Err(e)),
             // Queued behind the holder: the returned future waits (and withdraws if dropped).
-            Ok(Attempt::Queued) => match self.shared.session.timeout {
+            Ok(Attempt::Queued) => match l.session.timeout {
                 None => OpFuture::pending(self),
                 Some(limit) => OpFuture::boxed(self.wait_at_most(limit)),
             },
-            Ok(Attempt::Busy | Attempt::Running(_)) => unreachable!("the last attempt queues"),
+            Ok(Attempt::Busy | Attempt::Running | Attempt::Mine) => {
+                unreachable!("the last attempt queues")
+            }
         }
     }
 
     fn try_lock(&self) -> OpFuture<'_, Result<Option<Hold>>> {
-        OpFuture::ready(match self.attempt(IfTaken::Fail) {
-            Ok(Attempt::Granted) => Ok(Some(self.shared.held())),
+        if let Some(e) = self.invalid_id() {
+            return OpFuture::ready(Err(e));
+        }
+        let taken = if self.shared.slot.take(&self.shared) {
+            Ok(Attempt::Granted)
+        } else {
+            self.attempt(IfTaken::Fail)
+        };
+        OpFuture::ready(match taken {
+            Ok(Attempt::Granted) => self.granted().map(Some),
             Ok(Attempt::Busy) => Ok(None),
-            Ok(Attempt::Queued | Attempt::Running(_)) => unreachable!("no queueing was requested"),
+            Ok(Attempt::Queued | Attempt::Running | Attempt::Mine) => {
+                unreachable!("no queueing was requested")
+            }
             Err(e) => Err(e),
         })
     }
@@ -247,30 +330,30 @@ impl backend::Locker for LocalLocker {
     }
 
     fn id(&self) -> &str {
-        self.shared.id.as_str()
+        self.shared.slot.id.as_str()
     }
 }
 
 impl Drop for LocalLocker {
     fn drop(&mut self) {
         let l = &self.shared;
-        // No `lock()` can be pending (it borrows the locker), so an idle locker stays idle.
-        if l.state.load(Acquire) != IDLE {
-            let wake = l
-                .session
-                .service
-                .table()
-                .evict(l, (LossCause::Unlocked, "the locker was dropped"));
-            wake.wake();
+        // No `lock()` can be pending (it borrows the locker), so only a hold is left to end.
+        if l.state.load(Acquire) != IDLE || l.slot.is_held_by(l) {
+            l.evict((LossCause::Unlocked, "the locker was dropped"));
         }
+        l.session.service.table().forget(&l.slot);
     }
 }
 
 impl fmt::Debug for LocalLocker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.shared;
         f.debug_struct("LocalLocker")
-            .field("id", &self.shared.id)
-            .field("held", &(self.shared.state.load(Relaxed) == HELD))
+            .field("id", &l.slot.id)
+            .field(
+                "held",
+                &(l.slot.is_held_by(l) && l.state.load(Relaxed) != GRANTED),
+            )
             .finish()
     }
 }
@@ -297,15 +380,19 @@ impl PendingOp<Result<Hold>> for LocalLocker {
 
     fn cancel_op(&self) {
         let l = &self.shared;
-        let mut table = l.session.service.table();
+        let mut queue = l.slot.queue();
+        let mut wake = None;
         match l.state.load(Acquire) {
-            GRANTED | HELD => {
-                let wake = table.release(l);
-                drop(table);
-                wake.wake();
+            GRANTED => {
+                l.state.store(IDLE, Relaxed);
+                wake = l.slot.release(&mut queue, l, End::Unlocked);
             }
             CANCELED => l.state.store(IDLE, Relaxed),
-            _ => table.withdraw(l),
+            _ => l.slot.withdraw(&mut queue, l),
+        }
+        drop(queue);
+        if let Some(wake) = wake {
+            wake.wake();
         }
         drop(l.waker.take());
     }
@@ -317,9 +404,9 @@ impl LocalLocker {
         let l = &self.shared;
         match l.state.load(Acquire) {
             // An eviction may cancel the grant at the same moment: whoever moves it first wins.
-            GRANTED => match l.state.compare_exchange(GRANTED, HELD, Acquire, Acquire) {
+            GRANTED => match l.state.compare_exchange(GRANTED, IDLE, Acquire, Acquire) {
                 Ok(_) => {
-                    l.holder_thread.store(this_thread(), Relaxed);
+                    l.slot.collected();
                     l.held_before.store(true, Relaxed);
                     Some(Ok(l.held()))
                 }
@@ -341,20 +428,19 @@ impl LocalLocker {
             Ok(outcome) => outcome,
             Err(_) => {
                 std::mem::forget(wait); // resolved here instead of by its drop
-                let mut table = self.shared.session.service.table();
+                let l = &self.shared;
+                let mut queue = l.slot.queue();
                 if let Some(outcome) = self.outcome() {
                     return outcome;
                 }
-                table.withdraw(&self.shared);
-                drop(table);
-                drop(self.shared.waker.take());
+                l.slot.withdraw(&mut queue, l);
+                drop(queue);
+                drop(l.waker.take());
                 Err(Error::Timeout(limit))
             }
         }
     }
-}
 
-impl LocalLocker {
     pub(crate) fn weak(&self) -> std::sync::Weak<LockerShared> {
         Arc::downgrade(&self.shared)
     }

@@ -10,7 +10,7 @@ use lock_core::{Done, Error, LossCause, Result};
 
 use crate::locker::{LocalLocker, LockerShared};
 use crate::service::ServiceShared;
-use crate::table::{Table, Wake, IDLE};
+use crate::table::IDLE;
 use crate::weak_list::WeakList;
 
 #[derive(Debug)]
@@ -44,15 +44,15 @@ impl SessionShared {
         }
     }
 
-    /// Call with the table mutex held (`table`), after the locker claimed its attempt in its
-    /// state: `close` sets `closed` before it reads the lockers' states, and the service closes
-    /// the table under that mutex, so a locker that passes this check is evicted by a `close`
-    /// that comes.
-    pub(crate) fn check_open(&self, table: &Table) -> Result<()> {
+    /// Call after the locker took its slot's word or claimed its attempt in its state: a
+    /// `close` (of the session or of the service) sets its flag before it reads the slots'
+    /// words and the lockers' states, so a locker that passes this check is evicted by a
+    /// `close` that comes.
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.closed.load(SeqCst) {
             return Err(Error::AlreadyClosed("the session was closed"));
         }
-        if table.is_closed() {
+        if self.service.is_closed() {
             return Err(Error::AlreadyClosed("the service was closed"));
         }
         Ok(())
@@ -68,24 +68,13 @@ impl SessionShared {
             return Err(Error::AlreadyClosed("the session was already closed"));
         }
         let lockers = std::mem::take(&mut *self.lockers_list());
-        let mut wakes = Vec::new(); // allocates only if a locker was waiting or holding
-        {
-            // Only lockers that hold, wait or are attempting need the table; an idle one that
-            // starts an attempt now will see `closed` (see `check_open`).
-            let mut table = None;
-            for locker in lockers.into_live() {
-                if locker.state.load(SeqCst) == IDLE {
-                    continue;
-                }
-                let wake = table
-                    .get_or_insert_with(|| self.service.table())
-                    .evict(&locker, (LossCause::SessionEnded, "the session ended"));
-                if wake.is_needed() {
-                    wakes.push(wake);
-                }
+        // Only lockers that hold, wait or are attempting need their slot's mutex; an idle one
+        // that starts an attempt now will see `closed` (see `check_open`).
+        for locker in lockers.into_live() {
+            if locker.state.load(SeqCst) != IDLE || locker.slot.is_held_by(&locker) {
+                locker.evict((LossCause::SessionEnded, "the session ended"));
             }
         }
-        wakes.into_iter().for_each(Wake::wake);
         self.done.fire();
         if self.service.is_closed() {
             return Err(Error::AlreadyClosed(
