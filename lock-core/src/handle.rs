@@ -161,11 +161,13 @@ impl Locker {
     }
 
     /// The backend's locker, for a wrapper that adds to it.
+    #[inline]
     pub fn backend(&self) -> &Arc<dyn backend::Locker> {
         &self.backend
     }
 
     /// The lock id this locker was made for.
+    #[inline]
     pub fn id(&self) -> &str {
         self.backend.id()
     }
@@ -182,6 +184,7 @@ impl Locker {
     /// [`Error::AlreadyLocked`] if this locker holds or is already acquiring the lock;
     /// [`Error::Timeout`]; [`Error::Canceled`] if the session ends while waiting;
     /// [`Error::AlreadyClosed`] if it had ended before; [`Error::InvalidId`].
+    #[inline]
     pub fn lock(&self) -> Lock<'_> {
         Lock {
             locking: self.backend.lock(),
@@ -222,6 +225,7 @@ impl Locker {
     /// # Errors
     ///
     /// As [`lock`](Locker::lock), except that a held lock gives `Ok(None)`.
+    #[inline]
     pub fn try_lock(&self) -> TryLock<'_> {
         TryLock {
             trying: self.backend.try_lock(),
@@ -292,6 +296,7 @@ pub struct Lock<'a> {
 
 impl Future for Lock<'_> {
     type Output = Result<Held>;
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Held>> {
         let this = &mut *self;
         let hold = std::task::ready!(Pin::new(&mut this.locking).poll(cx))?;
@@ -309,6 +314,7 @@ pub struct TryLock<'a> {
 
 impl Future for TryLock<'_> {
     type Output = Result<Option<Held>>;
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Option<Held>>> {
         let this = &mut *self;
         let hold = std::task::ready!(Pin::new(&mut this.trying).poll(cx))?;

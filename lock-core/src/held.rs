@@ -26,6 +26,7 @@ impl Hold {
     ///
     /// The hold is lost once the signal leaves `epoch` (see
     /// [`Signal::fire`](crate::backend::Signal::fire)) or, when given, once `deadline` passes.
+    #[inline]
     pub fn new<S: HasSignal>(
         signal: Arc<S>,
         epoch: u64,
@@ -39,11 +40,13 @@ impl Hold {
     }
 
     /// The fencing token.
+    #[inline]
     pub fn fencing_token(&self) -> u64 {
         self.token
     }
 
     /// Whether the hold is already known to be lost (reads the clock).
+    #[inline]
     pub fn is_lost(&self) -> bool {
         self.watch.is_fired()
     }
@@ -102,6 +105,7 @@ pub struct Held {
 }
 
 impl Held {
+    #[inline]
     pub(crate) fn new(hold: Hold, locker: Locker) -> Self {
         Held {
             hold,
@@ -113,12 +117,14 @@ impl Held {
     /// The fencing token: strictly greater than the token of every earlier holder of this id
     /// and never handed out again. Send it with every write to the protected resource, and have
     /// the resource reject tokens lower than the highest it has seen.
+    #[inline]
     pub fn fencing_token(&self) -> u64 {
         self.hold.token
     }
 
     /// Whether the lock is already known to be lost. This reads the clock, so it is accurate
     /// even right after the process resumes from a pause, before any task has run.
+    #[inline]
     pub fn is_lost(&self) -> bool {
         self.hold.is_lost()
     }
@@ -162,21 +168,30 @@ impl Held {
     /// [`Error::Lost`] if the lock had already been lost (it was not held to the end: see
     /// [`loss`](Held::loss)); otherwise what the backend reports (for a remote backend the
     /// lock is then released at the latest when the session's TTL runs out).
+    #[inline]
     pub fn unlock(mut self) -> Unlock {
         let outcome = if self.hold.is_lost() {
             Err(Error::NotHeld)
-        } else if let Some(outcome) = self.locker.backend().unlock_now(self.hold.token) {
-            outcome
         } else {
-            let (backend, token) = (Arc::clone(self.locker.backend()), self.hold.token);
-            let releasing = OpFuture::boxed(async move { backend.unlock(Some(token)).await });
-            return Unlock(UnlockState::Releasing(Box::new((releasing, self))));
+            match self.locker.backend().unlock_now(self.hold.token) {
+                Some(outcome) => outcome,
+                None => return self.unlock_later(),
+            }
         };
         self.armed = false;
         Unlock(UnlockState::Done(Some(self.outcome(outcome))))
     }
 
+    /// The release of a backend that cannot answer at once: a future that keeps the guard.
+    #[cold]
+    fn unlock_later(self) -> Unlock {
+        let (backend, token) = (Arc::clone(self.locker.backend()), self.hold.token);
+        let releasing = OpFuture::boxed(async move { backend.unlock(Some(token)).await });
+        Unlock(UnlockState::Releasing(Box::new((releasing, self))))
+    }
+
     /// The outcome of a release: "not held" means the hold was lost before or meanwhile.
+    #[inline]
     fn outcome(&self, outcome: Result<()>) -> Result<()> {
         match outcome {
             Err(Error::NotHeld) => Err(self.lost_error("released by someone else")),
@@ -196,6 +211,7 @@ impl Held {
 }
 
 impl Drop for Held {
+    #[inline]
     fn drop(&mut self) {
         if self.armed && !self.hold.is_lost() {
             self.locker.backend().release(self.hold.token);
@@ -228,20 +244,30 @@ enum UnlockState {
 
 impl Future for Unlock {
     type Output = Result<()>;
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         match &mut self.0 {
             UnlockState::Done(outcome) => {
                 Poll::Ready(outcome.take().expect("Unlock polled after completion"))
             }
-            UnlockState::Releasing(releasing) => {
-                let (future, held) = &mut **releasing;
-                let outcome = std::task::ready!(Pin::new(future).poll(cx));
-                held.armed = false;
-                let outcome = held.outcome(outcome);
-                self.0 = UnlockState::Done(None);
-                Poll::Ready(outcome)
-            }
+            UnlockState::Releasing(_) => self.poll_release(cx),
         }
+    }
+}
+
+impl Unlock {
+    /// Polls the backend's release in progress.
+    #[cold]
+    fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let UnlockState::Releasing(releasing) = &mut self.0 else {
+            unreachable!("only a release in progress is polled here");
+        };
+        let (future, held) = &mut **releasing;
+        let outcome = std::task::ready!(Pin::new(future).poll(cx));
+        held.armed = false;
+        let outcome = held.outcome(outcome);
+        self.0 = UnlockState::Done(None);
+        Poll::Ready(outcome)
     }
 }
 

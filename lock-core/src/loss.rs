@@ -64,7 +64,12 @@ impl fmt::Display for LossCause {
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Loss {
+pub struct Loss(Box<Record>);
+
+/// What a [`Loss`] says, boxed: an [`Error`](crate::Error) that carries a loss stays small, so
+/// every `Result` of the crate moves little.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
     cause: LossCause,
     at: Option<Instant>,
     detail: String,
@@ -74,45 +79,45 @@ impl Loss {
     /// A loss with `cause` at `at` (`None` if the backend did not note the time). For
     /// backends.
     pub fn new(cause: LossCause, at: Option<Instant>, detail: impl Into<String>) -> Self {
-        Loss {
+        Loss(Box::new(Record {
             cause,
             at,
             detail: detail.into(),
-        }
+        }))
     }
 
     /// What ended the hold.
     pub fn cause(&self) -> LossCause {
-        self.cause
+        self.0.cause
     }
 
     /// The moment the holder's view changed: from then on [`Held::is_lost`](crate::Held::is_lost)
     /// was `true`. For a passed deadline that is the deadline itself, even if the backend's
     /// task noticed later.
     pub fn at(&self) -> Option<Instant> {
-        self.at
+        self.0.at
     }
 
     /// What the backend knows beyond the cause (revisions, leases, how late it noticed).
     pub fn detail(&self) -> &str {
-        &self.detail
+        &self.0.detail
     }
 
     /// Adds a sentence to the detail.
     pub fn explain(&mut self, more: &str) {
-        if !self.detail.is_empty() {
-            self.detail.push_str("; ");
+        let detail = &mut self.0.detail;
+        if !detail.is_empty() {
+            detail.push_str("; ");
         }
-        self.detail.push_str(more);
+        detail.push_str(more);
     }
 }
 
 impl fmt::Display for Loss {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.detail.is_empty() {
-            write!(f, "{}", self.cause)
-        } else {
-            write!(f, "{}: {}", self.cause, self.detail)
+        match self.detail() {
+            "" => write!(f, "{}", self.cause()),
+            detail => write!(f, "{}: {detail}", self.cause()),
         }
     }
 }

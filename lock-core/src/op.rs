@@ -60,6 +60,7 @@ pub trait PendingOp<T>: Send + Sync {
 
 impl<'a, T> OpFuture<'a, T> {
     /// A future that is already complete.
+    #[inline]
     pub fn ready(value: T) -> Self {
         OpFuture(Inner::Ready(Some(value)))
     }
@@ -71,12 +72,14 @@ impl<'a, T> OpFuture<'a, T> {
 
     /// A future that must wait, polling `op` until it completes and calling
     /// [`PendingOp::cancel_op`] if dropped before.
+    #[inline]
     pub fn pending(op: &'a dyn PendingOp<T>) -> Self {
         OpFuture(Inner::Pending(Some(op)))
     }
 }
 
 impl<T> Drop for OpFuture<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         if let Inner::Pending(Some(op)) = self.0 {
             op.cancel_op();
@@ -90,6 +93,7 @@ impl<T> Unpin for OpFuture<'_, T> {}
 impl<T> Future for OpFuture<'_, T> {
     type Output = T;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         match &mut self.get_mut().0 {
             Inner::Ready(value) => {

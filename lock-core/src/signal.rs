@@ -80,11 +80,13 @@ impl Signal {
     }
 
     /// The current epoch.
+    #[inline]
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
     }
 
     /// Ends the current epoch and wakes every task waiting on it.
+    #[inline]
     pub fn fire(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         // Pairs with `wait`: a waiter registers in `listeners` before it reads `epoch`, so
@@ -244,6 +246,7 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
+    #[inline]
     pub(crate) fn new(
         source: Arc<dyn HasSignal>,
         epoch: u64,
@@ -256,6 +259,7 @@ impl Watch {
         }
     }
 
+    #[inline]
     pub(crate) fn is_fired(&self) -> bool {
         self.source.signal().epoch() != self.epoch
             || self.deadline.as_deref().is_some_and(Deadline::has_passed)
