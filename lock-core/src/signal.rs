@@ -89,6 +89,41 @@ impl Signal {
     #[inline]
     pub fn fire(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.wake_listeners();
+    }
+
+    /// Ends epoch `epoch` like [`fire`](Signal::fire), if the signal is still in it; `false`
+    /// (and nothing done) if it has moved on.
+    ///
+    /// For a backend whose holds share one signal (one per lock id, each hold an epoch): a
+    /// holder that releases ends its own epoch only, never the next holder's, even if
+    /// something else ended its hold and granted the id on meanwhile.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lock_core::backend::Signal;
+    ///
+    /// let signal = Signal::new();
+    /// let mine = signal.epoch();
+    /// signal.fire(); // something else ended it, and the next hold began
+    /// assert!(!signal.fire_if(mine)); // a late release of the first leaves the next alone
+    /// assert!(signal.fire_if(mine + 1));
+    /// ```
+    #[inline]
+    pub fn fire_if(&self, epoch: u64) -> bool {
+        let moved = self
+            .epoch
+            .compare_exchange(epoch, epoch + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if moved {
+            self.wake_listeners();
+        }
+        moved
+    }
+
+    #[inline]
+    fn wake_listeners(&self) {
         // Pairs with `wait`: a waiter registers in `listeners` before it reads `epoch`, so
         // either it sees the new epoch or we see it and wake it.
         if self.listeners.load(Ordering::SeqCst) > 0 {

@@ -3,28 +3,29 @@
 use std::fmt;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 
-use lock_core::backend::{self, HasSignal, Hold, OpFuture, PendingOp, Signal};
+use lock_core::backend::{self, Hold, OpFuture, PendingOp};
 use lock_core::{Error, LossCause, Result};
 
-use crate::session::SessionShared;
+use crate::session::LocalSession;
 use crate::table::{Attempt, End, IfTaken, Slot, Wake, CANCELED, GRANTED, IDLE, WAITING};
 
-/// The state of one locker, shared with its slot's queue.
-#[derive(Debug)]
-pub(crate) struct LockerShared {
+/// A locker of the `local:` backend; see [`lock_core::backend::Locker`]. One allocation: the
+/// application's handles share it, and its slot's queue while it waits.
+pub struct LocalLocker {
     /// The slot of the locker's id, found once, when the locker was made.
     pub(crate) slot: Arc<Slot>,
+    /// This locker, for its slot's queue and its session's list.
+    me: Weak<LocalLocker>,
     /// Why the id is unusable, if it is.
     invalid_id: Option<String>,
-    pub(crate) session: Arc<SessionShared>,
-    /// Fired on every release; one epoch per hold.
-    pub(crate) signal: Signal,
+    /// The locker's session, kept open while the locker lives.
+    pub(crate) session: Arc<LocalSession>,
     /// IDLE, WAITING, GRANTED or CANCELED (see the table module). Whether the locker holds
     /// its id is the slot's to say.
     pub(crate) state: AtomicU8,
@@ -45,16 +46,33 @@ pub(crate) fn this_thread() -> usize {
     MARK.with(|mark| std::ptr::from_ref(mark) as usize)
 }
 
-impl HasSignal for LockerShared {
-    fn signal(&self) -> &Signal {
-        &self.signal
+impl LocalLocker {
+    pub(crate) fn new(id: &str, session: Arc<LocalSession>) -> Arc<Self> {
+        let invalid_id = backend::validate_id(id).err().map(|e| match e {
+            Error::InvalidId(reason) => reason,
+            other => other.to_string(),
+        });
+        let slot = session.service.table().join(id, session.service.hash(id));
+        Arc::new_cyclic(|me| LocalLocker {
+            slot,
+            me: me.clone(),
+            invalid_id,
+            session,
+            state: AtomicU8::new(IDLE),
+            waker: AtomicWaker::new(),
+            token: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            held_before: AtomicBool::new(false),
+        })
     }
-}
 
-impl LockerShared {
     /// The locker's identity in its slot's word.
     pub(crate) fn addr(&self) -> usize {
         std::ptr::from_ref(self) as usize
+    }
+
+    pub(crate) fn weak(&self) -> Weak<LocalLocker> {
+        self.me.clone()
     }
 
     /// What wakes the pending `lock()`, if it has registered; take it after changing `state`.
@@ -62,9 +80,9 @@ impl LockerShared {
         Wake::new(self.waker.take())
     }
 
-    pub(crate) fn held(self: &Arc<Self>) -> Hold {
+    fn held(&self) -> Hold {
         Hold::new(
-            self.clone(),
+            self.slot.clone(),
             self.epoch.load(Relaxed),
             None,
             self.token.load(Relaxed),
@@ -76,6 +94,15 @@ impl LockerShared {
         let wake = self.slot.evict(&mut self.slot.queue(), self, cause);
         wake.wake();
     }
+
+    /// Hands what this locker holds on, under the slot's mutex (`end` says how its hold
+    /// ended); whether it held the id.
+    fn release_locked(&self, end: End<'_>) -> bool {
+        let mut queue = self.slot.queue();
+        let released = self.slot.release(&mut queue, self.addr(), end);
+        drop(queue);
+        released.map(Wake::wake).is_some()
+    }
 }
 
 /// Retries of a `lock()` that finds the holder running (the last one queues whatever it finds),
@@ -83,84 +110,34 @@ impl LockerShared {
 const SPIN_ROUNDS: u32 = 3;
 const SPINS: u32 = 256;
 
-/// A locker of the `local:` backend; see [`lock_core::backend::Locker`].
-pub struct LocalLocker {
-    shared: Arc<LockerShared>,
-    /// The application's handle of the session, kept while the locker lives; dropped after
-    /// the locker's `Drop` released what it held.
-    _session: lock_core::Session,
-}
-
 impl LocalLocker {
-    pub(crate) fn new(id: &str, session: Arc<SessionShared>, handle: lock_core::Session) -> Self {
-        let invalid_id = backend::validate_id(id).err().map(|e| match e {
-            Error::InvalidId(reason) => reason,
-            other => other.to_string(),
-        });
-        let hash = session.service.hash(id);
-        let service = session.service.clone();
-        let shared = service.table().join(id, hash, |slot| {
-            Arc::new(LockerShared {
-                slot,
-                invalid_id,
-                session,
-                signal: Signal::new(),
-                state: AtomicU8::new(IDLE),
-                waker: AtomicWaker::new(),
-                token: AtomicU64::new(0),
-                epoch: AtomicU64::new(0),
-                held_before: AtomicBool::new(false),
-            })
-        });
-        LocalLocker {
-            _session: handle,
-            shared,
-        }
-    }
-
     /// The hold of a `lock()` or `try_lock()` that took the id, unless the session or service
     /// closed meanwhile (checked after taking it: a close either sees the hold in the slot, or
     /// is seen here). A queued `lock()` collects its hold in [`LocalLocker::outcome`] instead.
     fn granted(&self) -> Result<Hold> {
-        let l = &self.shared;
-        if let Err(e) = l.session.check_open() {
-            let mut queue = l.slot.queue();
-            let wake = l.slot.release(&mut queue, l, End::Unlocked);
-            drop(queue);
-            if let Some(wake) = wake {
-                wake.wake();
-            }
+        if let Err(e) = self.session.check_open() {
+            self.release_locked(End::Unlocked);
             return Err(e);
         }
-        l.held_before.store(true, Relaxed);
-        Ok(l.held())
+        self.held_before.store(true, Relaxed);
+        Ok(self.held())
     }
 
     /// Releases the current hold, or only the one with fencing token `token`.
     fn release_hold(&self, token: Option<u64>) -> Result<()> {
-        let l = &self.shared;
-        l.session.check_open()?;
-        if !l.slot.is_held_by(l)
-            || l.state.load(Acquire) == GRANTED
-            || token.is_some_and(|t| t != l.token.load(Relaxed))
+        self.session.check_open()?;
+        if !self.slot.is_held_by(self)
+            || self.state.load(Acquire) == GRANTED
+            || token.is_some_and(|t| t != self.token.load(Relaxed))
         {
             return Err(Error::NotHeld);
         }
-        // The loss first: nobody is granted the id before `lost()` fires.
-        l.signal.fire();
-        if l.slot.give_back(l) {
-            return Ok(());
-        }
-        // Somebody queues (or an eviction is under way): hand over under the mutex.
-        let mut queue = l.slot.queue();
-        let released = l.slot.release(&mut queue, l, End::Fired);
-        drop(queue);
-        match released {
-            Some(wake) => {
-                wake.wake();
-                Ok(())
-            }
-            None => Err(Error::NotHeld),
+        match self.slot.give_back(self, self.epoch.load(Relaxed)) {
+            Ok(()) => Ok(()),
+            // Somebody queues: hand over under the mutex (unless an eviction got there first).
+            Err(true) if self.release_locked(End::Fired) => Ok(()),
+            // An eviction ended the hold.
+            Err(_) => Err(Error::NotHeld),
         }
     }
 
@@ -176,7 +153,7 @@ impl LocalLocker {
     /// their workers waited: in 1000-task runs, up to half of the tasks got no turn).
     #[cold]
     fn retry_then_queue(&self) -> Result<Attempt> {
-        let slot = &self.shared.slot;
+        let slot = &self.slot;
         for round in 1..=SPIN_ROUNDS {
             for _ in 0..SPINS {
                 if slot.is_free() {
@@ -184,7 +161,7 @@ impl LocalLocker {
                 }
                 std::hint::spin_loop();
             }
-            if slot.take(&self.shared) {
+            if slot.take(self) {
                 return Ok(Attempt::Granted);
             }
             let last = round == SPIN_ROUNDS;
@@ -202,29 +179,32 @@ impl LocalLocker {
 
     /// Claims the locker, then takes the slot's mutex to acquire.
     fn attempt(&self, if_taken: IfTaken) -> Result<Attempt> {
-        let l = &self.shared;
+        let Some(me) = self.me.upgrade() else {
+            unreachable!("a locker in use has a handle");
+        };
         // One attempt at a time per locker. Claiming before checking the session: a `close`
         // that runs now either sees the claim (and evicts under the slot's mutex, so after
         // us) or is seen by the check.
-        if l.state
+        if self
+            .state
             .compare_exchange(IDLE, WAITING, SeqCst, Relaxed)
             .is_err()
         {
             return Err(Error::AlreadyLocked);
         }
-        let mut queue = l.slot.queue();
-        if let Err(e) = l.session.check_open() {
-            l.state.store(IDLE, Relaxed);
+        let mut queue = self.slot.queue();
+        if let Err(e) = self.session.check_open() {
+            self.state.store(IDLE, Relaxed);
             return Err(e);
         }
-        match l.slot.acquire(&mut queue, l, if_taken) {
+        match self.slot.acquire(&mut queue, &me, if_taken) {
             Attempt::Mine => Err(Error::AlreadyLocked),
             other => Ok(other),
         }
     }
 
     fn invalid_id(&self) -> Option<Error> {
-        let reason = self.shared.invalid_id.as_ref()?;
+        let reason = self.invalid_id.as_ref()?;
         Some(Error::InvalidId(reason.clone()))
     }
 }
@@ -262,13 +242,13 @@ fn spend_budget(shared: bool) -> bool {
 
 impl backend::Locker for LocalLocker {
     fn lock(&self) -> OpFuture<'_, Result<Hold>> {
-        if !spend_budget(self.shared.slot.is_shared()) {
+        if !spend_budget(self.slot.is_shared()) {
             return OpFuture::boxed(async move {
                 tokio::task::yield_now().await;
                 self.lock().await
             });
         }
-        let l = &self.shared;
+        let l = self;
         if let Some(e) = self.invalid_id() {
             return OpFuture::ready(Err(e));
         }
@@ -301,7 +281,7 @@ impl backend::Locker for LocalLocker {
         if let Some(e) = self.invalid_id() {
             return OpFuture::ready(Err(e));
         }
-        let taken = if self.shared.slot.take(&self.shared) {
+        let taken = if self.slot.take(self) {
             Ok(Attempt::Granted)
         } else {
             self.attempt(IfTaken::Fail)
@@ -330,13 +310,13 @@ impl backend::Locker for LocalLocker {
     }
 
     fn id(&self) -> &str {
-        self.shared.slot.id.as_str()
+        self.slot.id.as_str()
     }
 }
 
 impl Drop for LocalLocker {
     fn drop(&mut self) {
-        let l = &self.shared;
+        let l = self;
         // No `lock()` can be pending (it borrows the locker), so only a hold is left to end.
         if l.state.load(Acquire) != IDLE || l.slot.is_held_by(l) {
             l.evict((LossCause::Unlocked, "the locker was dropped"));
@@ -347,7 +327,7 @@ impl Drop for LocalLocker {
 
 impl fmt::Debug for LocalLocker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let l = &self.shared;
+        let l = self;
         f.debug_struct("LocalLocker")
             .field("id", &l.slot.id)
             .field(
@@ -370,7 +350,7 @@ impl PendingOp<Result<Hold>> for LocalLocker {
         if let Some(outcome) = self.outcome() {
             return Poll::Ready(outcome);
         }
-        self.shared.waker.register(cx.waker());
+        self.waker.register(cx.waker());
         // A grant that woke before we registered set the state first.
         match self.outcome() {
             Some(outcome) => Poll::Ready(outcome),
@@ -379,13 +359,13 @@ impl PendingOp<Result<Hold>> for LocalLocker {
     }
 
     fn cancel_op(&self) {
-        let l = &self.shared;
+        let l = self;
         let mut queue = l.slot.queue();
         let mut wake = None;
         match l.state.load(Acquire) {
             GRANTED => {
                 l.state.store(IDLE, Relaxed);
-                wake = l.slot.release(&mut queue, l, End::Unlocked);
+                wake = l.slot.release(&mut queue, l.addr(), End::Unlocked);
             }
             CANCELED => l.state.store(IDLE, Relaxed),
             _ => l.slot.withdraw(&mut queue, l),
@@ -401,7 +381,7 @@ impl PendingOp<Result<Hold>> for LocalLocker {
 impl LocalLocker {
     /// The outcome of a queued `lock()` once the state left WAITING; `None` while it waits.
     fn outcome(&self) -> Option<Result<Hold>> {
-        let l = &self.shared;
+        let l = self;
         match l.state.load(Acquire) {
             // An eviction may cancel the grant at the same moment: whoever moves it first wins.
             GRANTED => match l.state.compare_exchange(GRANTED, IDLE, Acquire, Acquire) {
@@ -428,7 +408,7 @@ impl LocalLocker {
             Ok(outcome) => outcome,
             Err(_) => {
                 std::mem::forget(wait); // resolved here instead of by its drop
-                let l = &self.shared;
+                let l = self;
                 let mut queue = l.slot.queue();
                 if let Some(outcome) = self.outcome() {
                     return outcome;
@@ -439,9 +419,5 @@ impl LocalLocker {
                 Err(Error::Timeout(limit))
             }
         }
-    }
-
-    pub(crate) fn weak(&self) -> std::sync::Weak<LockerShared> {
-        Arc::downgrade(&self.shared)
     }
 }

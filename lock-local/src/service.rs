@@ -9,8 +9,8 @@ use hashbrown::DefaultHashBuilder;
 use lock_core::backend::{self, OpFuture};
 use lock_core::{Error, Result, SessionConfig};
 
-use crate::session::{LocalSession, SessionShared};
-use crate::table::{Table, Wake};
+use crate::session::LocalSession;
+use crate::table::{CacheLine, Table, Wake};
 use crate::weak_list::WeakList;
 
 #[derive(Debug, Default)]
@@ -20,12 +20,12 @@ pub(crate) struct ServiceShared {
     /// core (measured: the seed example's ratio to its baseline dropped ~6 % on two workers).
     table: CacheLine<Mutex<Table>>,
     /// Set once, by `close`, before it ends the holds and waits in the table; every attempt
-    /// reads it after it took its id or claimed its locker (see `SessionShared::check_open`).
+    /// reads it after it took its id or claimed its locker (see `LocalSession::check_open`).
     closed: AtomicBool,
     /// Open sessions whose `done()` was asked for, to fire when the service closes; `None`
     /// once it closed. Other sessions learn of the close from `closed`, and their holds and
     /// waits are in the table.
-    watchers: Mutex<Option<WeakList<SessionShared>>>,
+    watchers: Mutex<Option<WeakList<LocalSession>>>,
     hasher: DefaultHashBuilder,
 }
 
@@ -41,7 +41,7 @@ impl ServiceShared {
         self.table.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn watchers(&self) -> MutexGuard<'_, Option<WeakList<SessionShared>>> {
+    fn watchers(&self) -> MutexGuard<'_, Option<WeakList<LocalSession>>> {
         self.watchers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -50,7 +50,7 @@ impl ServiceShared {
     }
 
     /// Fire `session`'s `done()` when the service closes (at once if it has).
-    pub(crate) fn watch(&self, session: &Arc<SessionShared>) {
+    pub(crate) fn watch(&self, session: &Arc<LocalSession>) {
         match self.watchers().as_mut() {
             Some(watchers) => watchers.push(Arc::downgrade(session)),
             None => session.end(),
@@ -152,8 +152,7 @@ impl LocalService {
         if self.shared.is_closed() {
             return Err(Error::AlreadyClosed("the service was closed"));
         }
-        let session = SessionShared::new(self.shared.clone(), config.timeout);
-        Ok(Arc::new(LocalSession::new(Arc::new(session))))
+        Ok(LocalSession::new(self.shared.clone(), config.timeout))
     }
 
     /// Ends every hold and wait, then every watched session's `done()`. Sessions see the
@@ -162,8 +161,11 @@ impl LocalService {
         if self.shared.closed.swap(true, SeqCst) {
             return Err(Error::AlreadyClosed("the service was already closed"));
         }
-        let wakes = self.shared.table().close();
+        // Lockers taken out of queues are dropped after the table mutex: dropping the last
+        // handle of a locker takes it.
+        let (wakes, lockers) = self.shared.table().close();
         wakes.into_iter().for_each(Wake::wake);
+        drop(lockers);
         let watchers = self.shared.watchers().take().unwrap_or_default();
         watchers.into_live().for_each(|session| session.end());
         Ok(())
@@ -177,9 +179,3 @@ impl fmt::Debug for LocalService {
             .finish()
     }
 }
-
-/// Aligns (and so pads) a value to 128 bytes: two 64-byte cache lines, since x86 prefetches
-/// lines in pairs.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct CacheLine<T>(T);

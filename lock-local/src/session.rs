@@ -1,47 +1,47 @@
 //! A session of the local backend.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{fence, AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use lock_core::backend::{self, HasSignal, OpFuture, Signal};
+use lock_core::backend::{self, OpFuture, Signal};
 use lock_core::{Done, Error, LossCause, Result};
 
-use crate::locker::{LocalLocker, LockerShared};
+use crate::locker::LocalLocker;
 use crate::service::ServiceShared;
 use crate::table::IDLE;
 use crate::weak_list::WeakList;
 
-#[derive(Debug)]
-pub(crate) struct SessionShared {
+/// A session of the `local:` backend; see [`lock_core::backend::Session`]. The TTL is not used:
+/// the process is the whole world, so a session lives until it is closed, its service is
+/// closed, or its last handle (its lockers included: each keeps it) is dropped.
+pub struct LocalSession {
     pub(crate) service: Arc<ServiceShared>,
     pub(crate) timeout: Option<Duration>,
+    /// This session, for the lockers it makes (each keeps it open).
+    me: Weak<LocalSession>,
     closed: AtomicBool,
-    /// Fired once, when the session ends.
-    done: Signal,
-    /// Whether `done()` was asked for, so the service must fire it when it closes.
+    /// Fired once, when the session ends; made by the first `done()` (a `Done` holds it, not
+    /// the session, so that waiting for the end does not keep the session open).
+    done: OnceLock<Arc<Signal>>,
+    /// Whether the service must fire `done` when it closes.
     watched: AtomicBool,
     /// Every locker made by the session.
-    lockers: Mutex<WeakList<LockerShared>>,
+    lockers: Mutex<WeakList<LocalLocker>>,
 }
 
-impl HasSignal for SessionShared {
-    fn signal(&self) -> &Signal {
-        &self.done
-    }
-}
-
-impl SessionShared {
-    pub(crate) fn new(service: Arc<ServiceShared>, timeout: Option<Duration>) -> Self {
-        SessionShared {
+impl LocalSession {
+    pub(crate) fn new(service: Arc<ServiceShared>, timeout: Option<Duration>) -> Arc<Self> {
+        Arc::new_cyclic(|me| LocalSession {
             service,
             timeout,
+            me: me.clone(),
             closed: AtomicBool::new(false),
-            done: Signal::new(),
+            done: OnceLock::new(),
             watched: AtomicBool::new(false),
             lockers: Mutex::new(WeakList::default()),
-        }
+        })
     }
 
     /// Call after the locker took its slot's word or claimed its attempt in its state: a
@@ -58,12 +58,12 @@ impl SessionShared {
         Ok(())
     }
 
-    fn lockers_list(&self) -> std::sync::MutexGuard<'_, WeakList<LockerShared>> {
+    fn lockers_list(&self) -> std::sync::MutexGuard<'_, WeakList<LocalLocker>> {
         self.lockers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Ends the session: releases its locks, cancels its waits, resolves `done()`.
-    pub(crate) fn close(&self) -> Result<()> {
+    fn close_now(&self) -> Result<()> {
         if self.closed.swap(true, SeqCst) {
             return Err(Error::AlreadyClosed("the session was already closed"));
         }
@@ -75,7 +75,7 @@ impl SessionShared {
                 locker.evict((LossCause::SessionEnded, "the session ended"));
             }
         }
-        self.done.fire();
+        self.end();
         if self.service.is_closed() {
             return Err(Error::AlreadyClosed(
                 "the service was closed, which closed its sessions",
@@ -84,52 +84,58 @@ impl SessionShared {
         Ok(())
     }
 
-    /// The signal `done()` waits on; from now on the service fires it too when it closes.
-    fn watch(self: &Arc<Self>) {
-        if !self.watched.swap(true, Relaxed) {
-            self.service.watch(self);
+    /// The session is over (closed, or its service closed): `done()` resolves.
+    pub(crate) fn end(&self) {
+        // Pairs with the fence in `done`: either that call sees the end, or this sees its
+        // signal.
+        fence(SeqCst);
+        if let Some(done) = self.done.get() {
+            done.fire();
         }
     }
 
-    /// The service closed: the session is over.
-    pub(crate) fn end(&self) {
-        self.done.fire();
-    }
-}
-
-/// A session of the `local:` backend; see [`lock_core::backend::Session`]. The TTL is not used: the
-/// process is the whole world, so a session lives until it is closed or dropped.
-pub struct LocalSession {
-    shared: Arc<SessionShared>,
-}
-
-impl LocalSession {
-    pub(crate) fn new(shared: Arc<SessionShared>) -> Self {
-        LocalSession { shared }
+    fn is_over(&self) -> bool {
+        self.closed.load(SeqCst) || self.service.is_closed()
     }
 }
 
 impl backend::Session for LocalSession {
-    fn new_locker(&self, id: &str, session: lock_core::Session) -> Arc<dyn backend::Locker> {
-        let locker = LocalLocker::new(id, self.shared.clone(), session);
-        self.shared.lockers_list().push(locker.weak());
-        Arc::new(locker)
+    fn new_locker(&self, id: &str, _handle: lock_core::Session) -> Arc<dyn backend::Locker> {
+        // The locker keeps this session open, as the handle would: the session ends when its
+        // last `Arc` goes.
+        let Some(session) = self.me.upgrade() else {
+            unreachable!("a session in use has a handle");
+        };
+        let locker = LocalLocker::new(id, session);
+        self.lockers_list().push(locker.weak());
+        locker
     }
 
     fn done(&self) -> Done {
-        self.shared.watch();
-        Done::new(self.shared.clone(), 0, None)
+        let done = self.done.get_or_init(|| Arc::new(Signal::new())).clone();
+        if !self.watched.swap(true, Relaxed) {
+            if let Some(me) = self.me.upgrade() {
+                self.service.watch(&me);
+            }
+        }
+        // Pairs with the fence in `end`: a session that ended before its signal existed
+        // fires it here.
+        fence(SeqCst);
+        if self.is_over() {
+            done.fire();
+        }
+        Done::new(done, 0, None)
     }
 
     fn close(&self) -> OpFuture<'_, Result<()>> {
-        OpFuture::ready(self.shared.close())
+        OpFuture::ready(self.close_now())
     }
 }
 
 impl Drop for LocalSession {
     fn drop(&mut self) {
-        if !self.shared.closed.load(SeqCst) {
-            let _ = self.shared.close();
+        if !self.closed.load(SeqCst) {
+            let _ = self.close_now();
         }
     }
 }
@@ -137,8 +143,8 @@ impl Drop for LocalSession {
 impl fmt::Debug for LocalSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalSession")
-            .field("closed", &self.shared.closed.load(SeqCst))
-            .field("timeout", &self.shared.timeout)
+            .field("closed", &self.closed.load(SeqCst))
+            .field("timeout", &self.timeout)
             .finish()
     }
 }

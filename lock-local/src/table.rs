@@ -1,4 +1,5 @@
-//! The id table, and each id's slot: who holds the id and who waits for it.
+//! The id table, and each id's slot: who holds the id, who waits for it, and the signal its
+//! holds are lost by.
 //!
 //! A locker finds its id's [`Slot`] once, when it is made, and keeps it. A slot's *word* says
 //! who holds the id: 0 when it is free, else the holder's address, with [`QUEUED`] set while
@@ -7,21 +8,25 @@
 //! a holder happen under the slot's own mutex, and always with [`QUEUED`] set first, so that
 //! the mutex-free paths (which need it clear) cannot move the word meanwhile.
 //!
+//! Each hold of the id is one epoch of the slot's signal: it is lost once the epoch moves on.
+//! Only the release of the hold moves it (the holder's own, with `Signal::fire_if` on its
+//! epoch, or an eviction that pinned the word), so a hold never ends another.
+//!
 //! The table itself (one mutex for the service) is used only when a locker is made or dropped,
 //! and when the service closes.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 
 use hashbrown::hash_table::{Entry as TableEntry, HashTable};
+use lock_core::backend::{HasSignal, Signal};
 use lock_core::LossCause;
 
 use crate::id::IdBuf;
-use crate::locker::{this_thread, LockerShared};
-use crate::weak_list::WeakList;
+use crate::locker::{this_thread, LocalLocker};
 
 // Locker states. A locker holds its id when the slot's word names it (whatever its state);
 // the state tracks its attempts: an attempt that must take the slot's mutex claims the locker
@@ -44,109 +49,147 @@ const QUEUED: usize = 1;
 /// Every id some live locker was made for. An id no locker uses has no entry.
 #[derive(Default)]
 pub(crate) struct Table {
-    ids: HashTable<Entry>,
+    slots: HashTable<Arc<Slot>>,
     /// The highest fencing token of any slot removed: a new slot starts above it, so the
     /// tokens of an id keep growing when its slot is removed and made again.
     high_water: u64,
+    /// Slots removed lately, to be made again for new ids without an allocation once nothing
+    /// else refers to them (a program that locks many ids once each makes and removes a slot
+    /// for every one of them).
+    spare: Vec<Arc<Slot>>,
+}
+
+/// How many removed slots the table keeps for reuse.
+const SPARE: usize = 8;
+
+/// `fresh` in the allocation of a spare slot that nothing refers to any more (no locker, hold
+/// or `Lost`), or in a new one.
+fn reuse(spare: &mut Vec<Arc<Slot>>, fresh: Slot) -> Arc<Slot> {
+    for at in (0..spare.len()).rev() {
+        if let Some(slot) = Arc::get_mut(&mut spare[at]) {
+            *slot = fresh;
+            return spare.swap_remove(at);
+        }
+    }
+    Arc::new(fresh)
 }
 
 impl std::fmt::Debug for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Table")
-            .field("ids", &self.ids.len())
+            .field("ids", &self.slots.len())
             .finish()
     }
 }
 
-struct Entry {
-    slot: Arc<Slot>,
-    /// The lockers made for the id (for the service's close, which must find the holder).
-    lockers: WeakList<LockerShared>,
-    /// How many of them are alive: the entry goes with the last.
-    live: usize,
-}
-
 impl Table {
-    /// A new locker of `id` (hashed to `hash`): `make` builds it around the id's slot (made if
-    /// the id has none), and the table keeps track of it until [`Table::forget`].
-    pub(crate) fn join(
-        &mut self,
-        id: &str,
-        hash: u64,
-        make: impl FnOnce(Arc<Slot>) -> Arc<LockerShared>,
-    ) -> Arc<LockerShared> {
-        let entry = match self.ids.entry(
-            hash,
-            |e| e.slot.id.as_bytes() == id.as_bytes(),
-            |e| e.slot.hash,
-        ) {
+    /// The slot of `id` (hashed to `hash`), made if the id has none, for one more locker of it
+    /// (until [`Table::forget`]).
+    pub(crate) fn join(&mut self, id: &str, hash: u64) -> Arc<Slot> {
+        let slot = match self
+            .slots
+            .entry(hash, |s| s.id.as_bytes() == id.as_bytes(), |s| s.hash)
+        {
             TableEntry::Occupied(o) => o.into_mut(),
-            TableEntry::Vacant(v) => v
-                .insert(Entry {
-                    slot: Arc::new(Slot::new(id, hash, self.high_water)),
-                    lockers: WeakList::default(),
-                    live: 0,
-                })
-                .into_mut(),
+            TableEntry::Vacant(v) => {
+                let fresh = Slot::new(id, hash, self.high_water);
+                v.insert(reuse(&mut self.spare, fresh)).into_mut()
+            }
         };
-        let locker = make(entry.slot.clone());
-        entry.lockers.push(Arc::downgrade(&locker));
-        entry.live += 1;
-        entry.slot.lockers.store(entry.live, Relaxed);
-        locker
+        // Changed under the table mutex only.
+        slot.lockers.store(slot.lockers.load(Relaxed) + 1, Relaxed);
+        slot.clone()
     }
 
     /// A locker of `slot` is gone; the slot goes with its last locker.
     pub(crate) fn forget(&mut self, slot: &Arc<Slot>) {
-        let Ok(mut entry) = self
-            .ids
-            .find_entry(slot.hash, |e| Arc::ptr_eq(&e.slot, slot))
-        else {
-            unreachable!("a live locker's slot is in the table");
-        };
-        entry.get_mut().live -= 1;
-        slot.lockers.store(entry.get().live, Relaxed);
-        if entry.get().live == 0 {
+        let left = slot.lockers.load(Relaxed) - 1;
+        slot.lockers.store(left, Relaxed);
+        if left == 0 {
             self.high_water = self.high_water.max(slot.last_token.load(Relaxed));
-            entry.remove();
+            if let Ok(entry) = self.slots.find_entry(slot.hash, |s| Arc::ptr_eq(s, slot)) {
+                let (removed, _) = entry.remove();
+                if self.spare.len() == SPARE {
+                    self.spare.remove(0);
+                }
+                self.spare.push(removed);
+            }
         }
     }
 
     /// Ends every hold and every wait: the service closed (and refuses new attempts). Returns
-    /// who must be woken once the table mutex is released.
-    pub(crate) fn close(&mut self) -> Vec<Wake> {
-        let mut wakes = Vec::new();
-        for entry in self.ids.iter() {
-            entry.slot.close(entry.lockers.live(), &mut wakes);
+    /// who must be woken, and the lockers taken out of queues (to drop), once the table mutex
+    /// is released.
+    pub(crate) fn close(&mut self) -> (Vec<Wake>, Vec<Arc<LocalLocker>>) {
+        let (mut wakes, mut lockers) = (Vec::new(), Vec::new());
+        for slot in self.slots.iter() {
+            slot.close(&mut wakes, &mut lockers);
         }
-        wakes
+        (wakes, lockers)
     }
 
     /// How many ids are held or waited for.
     pub(crate) fn active(&self) -> usize {
-        self.ids.iter().filter(|e| e.slot.is_taken()).count()
+        self.slots.iter().filter(|s| s.is_taken()).count()
     }
 
     /// How many ids the table keeps (those some live locker was made for).
     pub(crate) fn len(&self) -> usize {
-        self.ids.len()
+        self.slots.len()
     }
 }
 
-/// One id: its holder, its queue and its fencing tokens.
+/// One id: its holder, its queue, its fencing tokens and the signal of its holds.
 pub(crate) struct Slot {
+    /// What a lock and an unlock touch, on cache lines of their own: making and dropping
+    /// lockers of the id (on other cores) updates the `Arc`'s counts and `lockers`, which
+    /// must not take these lines away from the holder.
+    hot: CacheLine<Hot>,
+    /// How many live lockers were made for the id (changed under the table mutex).
+    lockers: AtomicUsize,
+    pub(crate) id: IdBuf,
+    hash: u64,
+    queue: Mutex<Queue>,
+}
+
+pub(crate) struct Hot {
     /// 0, or the holder's address with [`QUEUED`].
     word: AtomicUsize,
+    /// One epoch per hold; fired when the hold ends.
+    signal: Signal,
     /// The fencing token of the latest grant.
     last_token: AtomicU64,
     /// The thread whose `lock()` returned the current hold; 0 while a handed-over hold waits
     /// to be collected.
     holder_thread: AtomicUsize,
-    /// How many live lockers were made for the id (a copy of the table's count).
-    lockers: AtomicUsize,
-    pub(crate) id: IdBuf,
-    hash: u64,
-    queue: Mutex<VecDeque<Arc<LockerShared>>>,
+}
+
+impl std::ops::Deref for Slot {
+    type Target = Hot;
+    fn deref(&self) -> &Hot {
+        &self.hot.0
+    }
+}
+
+/// Aligns (and so pads) a value to 128 bytes: two 64-byte cache lines, since x86 prefetches
+/// lines in pairs.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct CacheLine<T>(pub(crate) T);
+
+/// Who waits for a slot's id, under its mutex.
+#[derive(Default)]
+pub(crate) struct Queue {
+    waiters: VecDeque<Arc<LocalLocker>>,
+    /// The waiter the id was last handed to, whose `lock()` may not have collected it yet
+    /// (for the service's close, which cancels such a grant).
+    granted: Weak<LocalLocker>,
+}
+
+impl HasSignal for Slot {
+    fn signal(&self) -> &Signal {
+        &self.signal
+    }
 }
 
 impl std::fmt::Debug for Slot {
@@ -159,7 +202,7 @@ impl std::fmt::Debug for Slot {
 }
 
 /// The queue of a slot, borrowed under its mutex: what the operations that need it take.
-pub(crate) type Queue<'a> = MutexGuard<'a, VecDeque<Arc<LockerShared>>>;
+pub(crate) type QueueGuard<'a> = MutexGuard<'a, Queue>;
 
 /// The outcome of an attempt under the slot's mutex.
 pub(crate) enum Attempt {
@@ -187,7 +230,7 @@ pub(crate) enum IfTaken {
 /// How a hold ends, for [`Slot::release`].
 #[derive(Clone, Copy)]
 pub(crate) enum End<'a> {
-    /// The holder fired its signal already.
+    /// The holder fired the signal already.
     Fired,
     /// Unlocked: fire the signal without recording why (the unlock path).
     Unlocked,
@@ -198,18 +241,21 @@ pub(crate) enum End<'a> {
 impl Slot {
     fn new(id: &str, hash: u64, last_token: u64) -> Self {
         Slot {
-            word: AtomicUsize::new(0),
-            last_token: AtomicU64::new(last_token),
-            holder_thread: AtomicUsize::new(0),
+            hot: CacheLine(Hot {
+                word: AtomicUsize::new(0),
+                signal: Signal::new(),
+                last_token: AtomicU64::new(last_token),
+                holder_thread: AtomicUsize::new(0),
+            }),
             lockers: AtomicUsize::new(0),
             id: IdBuf::new(id),
             hash,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::default(),
         }
     }
 
     /// The queue, under the slot's mutex.
-    pub(crate) fn queue(&self) -> Queue<'_> {
+    pub(crate) fn queue(&self) -> QueueGuard<'_> {
         // Every section leaves the queue and the word consistent (nothing in them panics
         // mid-update), so a poisoned mutex is safe to keep using.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
@@ -221,30 +267,8 @@ impl Slot {
     }
 
     /// Whether the word names `locker` as the holder.
-    pub(crate) fn is_held_by(&self, locker: &LockerShared) -> bool {
+    pub(crate) fn is_held_by(&self, locker: &LocalLocker) -> bool {
         self.word.load(SeqCst) & !QUEUED == locker.addr()
-    }
-
-    /// Takes the id for `locker` without the mutex, if nobody holds it or queues for it, and
-    /// records the grant. One atomic operation.
-    pub(crate) fn take(&self, locker: &LockerShared) -> bool {
-        if self
-            .word
-            .compare_exchange(0, locker.addr(), SeqCst, Relaxed)
-            .is_err()
-        {
-            return false;
-        }
-        self.record_grant(locker, true);
-        true
-    }
-
-    /// Gives the id `locker` holds back without the mutex, if nobody queues: one atomic
-    /// operation. The caller fired the holder's signal first.
-    pub(crate) fn give_back(&self, locker: &LockerShared) -> bool {
-        self.word
-            .compare_exchange(locker.addr(), 0, SeqCst, Relaxed)
-            .is_ok()
     }
 
     /// Whether another live locker was made for the id (a hint: read without ordering).
@@ -257,21 +281,54 @@ impl Slot {
         self.word.load(Relaxed) == 0
     }
 
+    /// Takes the id for `locker` without the mutex, if nobody holds it or queues for it, and
+    /// records the grant. One atomic operation for the word, one for the token.
+    pub(crate) fn take(&self, locker: &LocalLocker) -> bool {
+        if self
+            .word
+            .compare_exchange(0, locker.addr(), SeqCst, Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        self.record_grant(locker, true);
+        true
+    }
+
+    /// Ends the hold of `locker` (granted in `epoch`) and gives the id back without the mutex,
+    /// if nobody queues: one atomic operation to fire the signal, one for the word. `Err` with
+    /// whether the hold ended here, if the mutex is needed: somebody queues, or an eviction
+    /// (which ends the hold itself) is under way.
+    pub(crate) fn give_back(&self, locker: &LocalLocker, epoch: u64) -> Result<(), bool> {
+        // The loss first: nobody is granted the id before `lost()` fires. A hold that was
+        // already ended (evicted) leaves the signal alone: its epoch moved on.
+        if !self.signal.fire_if(epoch) {
+            return Err(false);
+        }
+        match self
+            .word
+            .compare_exchange(locker.addr(), 0, SeqCst, Relaxed)
+        {
+            Ok(_) => Ok(()),
+            Err(_) => Err(true),
+        }
+    }
+
     fn holder_runs_elsewhere(&self) -> bool {
         let thread = self.holder_thread.load(Relaxed);
         thread != 0 && thread != this_thread()
     }
 
-    /// Records a grant to `locker`, which the word names now: the next fencing token, the epoch
-    /// of its signal, and whether its `lock()` returns it now, on this thread (`running`), or a
-    /// queued `lock()` collects it later.
-    fn record_grant(&self, locker: &LockerShared, running: bool) {
+    /// Records a grant to `locker`, which the word names now: the next fencing token, the
+    /// epoch of the hold, and whether its `lock()` returns it now, on this thread (`running`),
+    /// or a queued `lock()` collects it later.
+    fn record_grant(&self, locker: &LocalLocker, running: bool) {
         // One atomic step, though whoever grants owns the word: a close may evict a holder
         // that took the word a moment ago and grant the id on while that holder still records
         // its grant, and a load-then-store there could hand a token out twice.
         let token = self.last_token.fetch_add(1, Relaxed) + 1;
         locker.token.store(token, Relaxed);
-        locker.epoch.store(locker.signal.epoch(), Relaxed);
+        locker.epoch.store(self.signal.epoch(), Relaxed);
         self.holder_thread
             .store(if running { this_thread() } else { 0 }, Relaxed);
     }
@@ -286,8 +343,8 @@ impl Slot {
     /// IDLE again unless it queued.
     pub(crate) fn acquire(
         &self,
-        queue: &mut Queue<'_>,
-        locker: &Arc<LockerShared>,
+        queue: &mut QueueGuard<'_>,
+        locker: &Arc<LocalLocker>,
         if_taken: IfTaken,
     ) -> Attempt {
         let me = locker.addr();
@@ -324,27 +381,26 @@ impl Slot {
                     continue;
                 }
             }
-            queue.push_back(locker.clone());
+            queue.waiters.push_back(locker.clone());
             return Attempt::Queued;
         };
         locker.state.store(IDLE, Relaxed);
         attempt
     }
 
-    /// Under the mutex: ends the hold of `locker` (`end` says how) and hands the id to the
-    /// first waiter, or frees it. `None` if `locker` does not hold the id (any more); else who
-    /// must be woken once the mutex is released.
+    /// Under the mutex: ends the hold of the locker at `holder` (`end` says how) and hands the
+    /// id to the first waiter, or frees it. `None` if that locker does not hold the id (any
+    /// more); else who must be woken once the mutex is released.
     pub(crate) fn release(
         &self,
-        queue: &mut Queue<'_>,
-        locker: &LockerShared,
+        queue: &mut QueueGuard<'_>,
+        holder: usize,
         end: End<'_>,
     ) -> Option<Wake> {
         // Pin the word first: with QUEUED set, the holder's `give_back` fails and comes here.
-        let me = locker.addr();
         let mut word = self.word.load(SeqCst);
         while word & QUEUED == 0 {
-            if word != me {
+            if word != holder || holder == 0 {
                 return None;
             }
             match self
@@ -355,22 +411,23 @@ impl Slot {
                 Err(now) => word = now,
             }
         }
-        if word & !QUEUED != me {
+        if word & !QUEUED != holder {
             return None;
         }
         // The loss first: nobody is granted the id before the holder's `lost()` fires.
         match end {
             End::Fired => {}
-            End::Unlocked => locker.signal.fire(),
-            End::Because(cause, detail) => drop(locker.signal.fire_because(cause, detail)),
+            End::Unlocked => self.signal.fire(),
+            End::Because(cause, detail) => drop(self.signal.fire_because(cause, detail)),
         }
-        Some(match queue.pop_front() {
+        Some(match queue.waiters.pop_front() {
             Some(next) => {
                 self.record_grant(&next, false);
                 next.state.store(GRANTED, Release);
                 let wake = next.wake_later();
-                let more = if queue.is_empty() { 0 } else { QUEUED };
+                let more = if queue.waiters.is_empty() { 0 } else { QUEUED };
                 self.word.store(next.addr() | more, SeqCst);
+                queue.granted = next.weak();
                 wake
             }
             None => {
@@ -381,10 +438,10 @@ impl Slot {
     }
 
     /// Under the mutex: takes a waiting `locker` out of the queue (it stopped waiting).
-    pub(crate) fn withdraw(&self, queue: &mut Queue<'_>, locker: &LockerShared) {
+    pub(crate) fn withdraw(&self, queue: &mut QueueGuard<'_>, locker: &LocalLocker) {
         locker.state.store(IDLE, Relaxed);
-        queue.retain(|w| !std::ptr::eq(&**w, locker));
-        if queue.is_empty() {
+        queue.waiters.retain(|w| !std::ptr::eq(&**w, locker));
+        if queue.waiters.is_empty() {
             // The holder may give the id back without the mutex again.
             self.word.fetch_and(!QUEUED, SeqCst);
         }
@@ -395,8 +452,8 @@ impl Slot {
     #[must_use = "the returned locker must be woken"]
     pub(crate) fn evict(
         &self,
-        queue: &mut Queue<'_>,
-        locker: &LockerShared,
+        queue: &mut QueueGuard<'_>,
+        locker: &LocalLocker,
         cause: (LossCause, &str),
     ) -> Wake {
         if locker.state.load(Acquire) == WAITING {
@@ -405,26 +462,27 @@ impl Slot {
             return locker.wake_later();
         }
         end_hold(locker);
-        self.release(queue, locker, End::Because(cause.0, cause.1))
+        self.release(queue, locker.addr(), End::Because(cause.0, cause.1))
             .unwrap_or(Wake::NONE)
     }
 
-    /// The service closed: cancels every wait, then ends the hold. `lockers` are the id's
-    /// lockers (one of them is the holder).
-    fn close(&self, lockers: impl Iterator<Item = Arc<LockerShared>>, wakes: &mut Vec<Wake>) {
+    /// The service closed: cancels every wait (and a grant not yet collected), then ends the
+    /// hold. The lockers taken out of the queue go to `lockers`, to be dropped after the table
+    /// mutex (dropping the last handle of a locker takes it).
+    fn close(&self, wakes: &mut Vec<Wake>, lockers: &mut Vec<Arc<LocalLocker>>) {
         let mut queue = self.queue();
-        for waiter in queue.drain(..) {
+        for waiter in std::mem::take(&mut queue.waiters) {
             waiter.state.store(CANCELED, Release);
             wakes.push(waiter.wake_later());
+            lockers.push(waiter);
         }
-        for locker in lockers {
-            if self.is_held_by(&locker) {
-                end_hold(&locker);
-                let ended = End::Because(LossCause::ServiceClosed, "the service was closed");
-                wakes.extend(self.release(&mut queue, &locker, ended));
-                break;
-            }
+        if let Some(granted) = queue.granted.upgrade() {
+            end_hold(&granted);
+            lockers.push(granted);
         }
+        let holder = self.word.load(SeqCst) & !QUEUED;
+        let ended = End::Because(LossCause::ServiceClosed, "the service was closed");
+        wakes.extend(self.release(&mut queue, holder, ended));
     }
 }
 
@@ -450,7 +508,7 @@ impl Wake {
 /// A hold is evicted (its session or service ended): a grant its queued `lock()` has not
 /// collected is canceled, so that call fails instead of waiting for a grant that is gone; if
 /// the call collects it first, it returns a hold already lost.
-fn end_hold(holder: &LockerShared) {
+fn end_hold(holder: &LocalLocker) {
     let _ = holder
         .state
         .compare_exchange(GRANTED, CANCELED, AcqRel, Acquire);

@@ -32,13 +32,6 @@ impl<T> WeakList<T> {
     }
 
     /// The items still alive.
-    pub(crate) fn live(&self) -> impl Iterator<Item = Arc<T>> + '_ {
-        std::iter::once(&self.first)
-            .chain(&self.rest)
-            .filter_map(Weak::upgrade)
-    }
-
-    /// The items still alive, taking the list.
     pub(crate) fn into_live(self) -> impl Iterator<Item = Arc<T>> {
         std::iter::once(self.first)
             .chain(self.rest)
