@@ -513,3 +513,50 @@ fn end_hold(holder: &LocalLocker) {
         .state
         .compare_exchange(GRANTED, CANCELED, AcqRel, Acquire);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::sync::Arc;
+
+    use lock_core::LossCause;
+
+    use super::{Attempt, IfTaken, GRANTED, WAITING};
+    use crate::locker::LocalLocker;
+    use crate::service::ServiceShared;
+    use crate::session::LocalSession;
+
+    fn locker(session: &Arc<LocalSession>, id: &str) -> Arc<LocalLocker> {
+        LocalLocker::new(id, session.clone())
+    }
+
+    /// A holder evicted (its session closed) while its unlock was on the way: the id went to
+    /// the waiter, and the late unlock must neither end the waiter's hold nor free the id.
+    #[test]
+    fn a_late_unlock_of_an_evicted_hold_leaves_the_next_hold_alone() {
+        let service = Arc::new(ServiceShared::default());
+        let session = LocalSession::new(service, None);
+        let (first, next) = (locker(&session, "x"), locker(&session, "x"));
+        let slot = first.slot.clone();
+        assert!(slot.take(&first));
+        let first_epoch = first.epoch.load(SeqCst);
+        next.state.store(WAITING, SeqCst);
+        assert!(matches!(
+            slot.acquire(&mut slot.queue(), &next, IfTaken::Queue),
+            Attempt::Queued
+        ));
+
+        first.evict((LossCause::SessionEnded, "the session ended"));
+        assert_eq!(next.state.load(SeqCst), GRANTED);
+        let next_epoch = next.epoch.load(SeqCst);
+        assert_eq!(slot.signal.epoch(), next_epoch);
+
+        // The first holder's unlock arrives now, with the epoch it was granted in.
+        assert_eq!(slot.give_back(&first, first_epoch), Err(false));
+        assert_eq!(slot.signal.epoch(), next_epoch, "the next hold was ended");
+        assert!(
+            slot.is_held_by(&next),
+            "the id was taken from the next holder"
+        );
+    }
+}
