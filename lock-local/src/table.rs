@@ -16,8 +16,8 @@
 //! and when the service closes.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 
@@ -106,7 +106,7 @@ impl Table {
         let left = slot.lockers.load(Relaxed) - 1;
         slot.lockers.store(left, Relaxed);
         if left == 0 {
-            self.high_water = self.high_water.max(slot.last_token.load(Relaxed));
+            self.high_water = self.high_water.max(slot.last_token());
             if let Ok(entry) = self.slots.find_entry(slot.hash, |s| Arc::ptr_eq(s, slot)) {
                 let (removed, _) = entry.remove();
                 if self.spare.len() == SPARE {
@@ -157,8 +157,8 @@ pub(crate) struct Hot {
     word: AtomicUsize,
     /// One epoch per hold; fired when the hold ends.
     signal: Signal,
-    /// The fencing token of the latest grant.
-    last_token: AtomicU64,
+    /// What the fencing tokens of the id start above: a hold's token is `base + 1 + epoch`.
+    base: u64,
     /// The thread whose `lock()` returned the current hold; 0 while a handed-over hold waits
     /// to be collected.
     holder_thread: AtomicUsize,
@@ -239,12 +239,12 @@ pub(crate) enum End<'a> {
 }
 
 impl Slot {
-    fn new(id: &str, hash: u64, last_token: u64) -> Self {
+    fn new(id: &str, hash: u64, base: u64) -> Self {
         Slot {
             hot: CacheLine(Hot {
                 word: AtomicUsize::new(0),
                 signal: Signal::new(),
-                last_token: AtomicU64::new(last_token),
+                base,
                 holder_thread: AtomicUsize::new(0),
             }),
             lockers: AtomicUsize::new(0),
@@ -319,18 +319,26 @@ impl Slot {
         thread != 0 && thread != this_thread()
     }
 
-    /// Records a grant to `locker`, which the word names now: the next fencing token, the
-    /// epoch of the hold, and whether its `lock()` returns it now, on this thread (`running`),
-    /// or a queued `lock()` collects it later.
+    /// Records a grant to `locker`, which the word names now: the epoch of the hold and its
+    /// fencing token, and whether its `lock()` returns it now, on this thread (`running`), or a
+    /// queued `lock()` collects it later.
+    ///
+    /// Every hold ends (fires the signal) before the id is free again, so each grant reads an
+    /// epoch above every earlier grant's: the epoch is the token, without a counter of its own.
+    /// (A close that evicts a holder that has just taken the word may grant the id on before
+    /// that holder reads the epoch, and so give both one token; but the evicted holder sees the
+    /// close and returns no hold.)
     fn record_grant(&self, locker: &LocalLocker, running: bool) {
-        // One atomic step, though whoever grants owns the word: a close may evict a holder
-        // that took the word a moment ago and grant the id on while that holder still records
-        // its grant, and a load-then-store there could hand a token out twice.
-        let token = self.last_token.fetch_add(1, Relaxed) + 1;
-        locker.token.store(token, Relaxed);
-        locker.epoch.store(self.signal.epoch(), Relaxed);
+        let epoch = self.signal.epoch();
+        locker.epoch.store(epoch, Relaxed);
+        locker.token.store(self.base + 1 + epoch, Relaxed);
         self.holder_thread
             .store(if running { this_thread() } else { 0 }, Relaxed);
+    }
+
+    /// The highest fencing token the slot handed out (or less), for when it is removed.
+    fn last_token(&self) -> u64 {
+        self.base + self.signal.epoch()
     }
 
     /// The collected hold of a queued `lock()` runs on this thread now.
