@@ -179,7 +179,10 @@ impl Held {
             }
         };
         self.armed = false;
-        Unlock(UnlockState::Done(Some(self.outcome(outcome))))
+        Unlock(match self.outcome(outcome) {
+            Ok(()) => UnlockState::Released,
+            Err(e) => UnlockState::Failed(Box::new(e)),
+        })
     }
 
     /// The release of a backend that cannot answer at once: a future that keeps the guard.
@@ -236,21 +239,29 @@ impl fmt::Debug for Held {
 pub struct Unlock(UnlockState);
 
 enum UnlockState {
-    /// Released at once (or found lost); the outcome until polled.
-    Done(Option<Result<()>>),
+    /// Released at once; `Ok(())` until polled.
+    Released,
+    /// Found lost, or the release failed: the error until polled (boxed, so that the future
+    /// of a release that succeeded, the usual case, moves little).
+    Failed(Box<Error>),
     /// The backend's release in progress, and the guard it releases.
     Releasing(Box<(OpFuture<'static, Result<()>>, Held)>),
+    /// Polled to completion.
+    Done,
 }
 
 impl Future for Unlock {
     type Output = Result<()>;
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        match &mut self.0 {
-            UnlockState::Done(outcome) => {
-                Poll::Ready(outcome.take().expect("Unlock polled after completion"))
+        match std::mem::replace(&mut self.0, UnlockState::Done) {
+            UnlockState::Released => Poll::Ready(Ok(())),
+            UnlockState::Failed(e) => Poll::Ready(Err(*e)),
+            releasing @ UnlockState::Releasing(_) => {
+                self.0 = releasing;
+                self.poll_release(cx)
             }
-            UnlockState::Releasing(_) => self.poll_release(cx),
+            UnlockState::Done => panic!("Unlock polled after completion"),
         }
     }
 }
@@ -266,7 +277,7 @@ impl Unlock {
         let outcome = std::task::ready!(Pin::new(future).poll(cx));
         held.armed = false;
         let outcome = held.outcome(outcome);
-        self.0 = UnlockState::Done(None);
+        self.0 = UnlockState::Done;
         Poll::Ready(outcome)
     }
 }
@@ -274,8 +285,10 @@ impl Unlock {
 impl fmt::Debug for Unlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self.0 {
-            UnlockState::Done(_) => "Unlock::Done",
+            UnlockState::Released => "Unlock::Released",
+            UnlockState::Failed(_) => "Unlock::Failed",
             UnlockState::Releasing(_) => "Unlock::Releasing",
+            UnlockState::Done => "Unlock::Done",
         })
     }
 }
