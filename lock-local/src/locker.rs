@@ -155,8 +155,10 @@ impl LocalLocker {
     fn retry_then_queue(&self) -> Result<Attempt> {
         let slot = &self.slot;
         for round in 1..=SPIN_ROUNDS {
+            let mut freed = false;
             for _ in 0..SPINS {
                 if slot.is_free() {
+                    freed = true;
                     break;
                 }
                 std::hint::spin_loop();
@@ -164,7 +166,10 @@ impl LocalLocker {
             if slot.take(self) {
                 return Ok(Attempt::Granted);
             }
-            let last = round == SPIN_ROUNDS;
+            // Seen free, yet taken again at once: the holder loops on the lock (or another
+            // newcomer won it), and watching longer would only keep this worker from the
+            // tasks that would queue. Queue now.
+            let last = round == SPIN_ROUNDS || freed;
             match self.attempt(if last {
                 IfTaken::Queue
             } else {
@@ -321,7 +326,10 @@ impl Drop for LocalLocker {
         if l.state.load(Acquire) != IDLE || l.slot.is_held_by(l) {
             l.evict((LossCause::Unlocked, "the locker was dropped"));
         }
-        l.session.service.table().forget(&l.slot);
+        // The table only for the id's last locker: the slot goes with it.
+        if l.slot.leave() {
+            l.session.service.table().remove_if_unused(&l.slot);
+        }
     }
 }
 

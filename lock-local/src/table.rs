@@ -96,24 +96,24 @@ impl Table {
                 v.insert(reuse(&mut self.spare, fresh)).into_mut()
             }
         };
-        // Changed under the table mutex only.
-        slot.lockers.store(slot.lockers.load(Relaxed) + 1, Relaxed);
+        // Under the table mutex, so a removal (which checks the count under it) sees it.
+        slot.lockers.fetch_add(1, SeqCst);
         slot.clone()
     }
 
-    /// A locker of `slot` is gone; the slot goes with its last locker.
-    pub(crate) fn forget(&mut self, slot: &Arc<Slot>) {
-        let left = slot.lockers.load(Relaxed) - 1;
-        slot.lockers.store(left, Relaxed);
-        if left == 0 {
+    /// Removes `slot`, unless a locker joined it since its count fell to 0 (see
+    /// [`Slot::leave`]).
+    pub(crate) fn remove_if_unused(&mut self, slot: &Arc<Slot>) {
+        if slot.lockers.load(SeqCst) != 0 {
+            return;
+        }
+        if let Ok(entry) = self.slots.find_entry(slot.hash, |s| Arc::ptr_eq(s, slot)) {
             self.high_water = self.high_water.max(slot.last_token());
-            if let Ok(entry) = self.slots.find_entry(slot.hash, |s| Arc::ptr_eq(s, slot)) {
-                let (removed, _) = entry.remove();
-                if self.spare.len() == SPARE {
-                    self.spare.remove(0);
-                }
-                self.spare.push(removed);
+            let (removed, _) = entry.remove();
+            if self.spare.len() == SPARE {
+                self.spare.remove(0);
             }
+            self.spare.push(removed);
         }
     }
 
@@ -145,7 +145,8 @@ pub(crate) struct Slot {
     /// lockers of the id (on other cores) updates the `Arc`'s counts and `lockers`, which
     /// must not take these lines away from the holder.
     hot: CacheLine<Hot>,
-    /// How many live lockers were made for the id (changed under the table mutex).
+    /// How many live lockers were made for the id: raised under the table mutex, lowered
+    /// without it (the table is needed only when it reaches 0).
     lockers: AtomicUsize,
     pub(crate) id: IdBuf,
     hash: u64,
@@ -269,6 +270,12 @@ impl Slot {
     /// Whether the word names `locker` as the holder.
     pub(crate) fn is_held_by(&self, locker: &LocalLocker) -> bool {
         self.word.load(SeqCst) & !QUEUED == locker.addr()
+    }
+
+    /// A locker of the slot is gone: `true` if it was the last, and the slot should go
+    /// ([`Table::remove_if_unused`], which checks again under the table mutex).
+    pub(crate) fn leave(&self) -> bool {
+        self.lockers.fetch_sub(1, SeqCst) == 1
     }
 
     /// Whether another live locker was made for the id (a hint: read without ordering).
