@@ -115,7 +115,7 @@ impl Session {
     /// The locker keeps this session open while it (or a [`Held`] of it) lives.
     pub fn new_locker(&self, id: &str) -> Locker {
         Locker {
-            backend: self.backend.new_locker(id, self.clone()),
+            backend: self.backend.new_locker(id, self),
         }
     }
 

@@ -44,11 +44,13 @@ pub trait Session: Send + Sync + Debug + 'static {
     /// to the same session or to different ones. An invalid id is reported by the locker's
     /// first `lock`/`try_lock` call as [`Error::InvalidId`](crate::Error::InvalidId).
     ///
-    /// `session` is the application's handle of this session: the locker keeps it, and drops
-    /// it only after its own clean-up (declare it as the locker's last field), so that a session
-    /// lives as long as its lockers and their holds (`session.new_locker(id).lock()` through a
-    /// temporary session holds the lock).
-    fn new_locker(&self, id: &str, session: crate::Session) -> Arc<dyn Locker>;
+    /// `session` is the application's handle of this session. The locker must keep the session
+    /// open while it lives: keep a clone of the handle and drop it only after the locker's own
+    /// clean-up (declare it as the locker's last field), or keep the backend's own session
+    /// object alive if that is what ends the session. A session then lives as long as its
+    /// lockers and their holds (`session.new_locker(id).lock()` through a temporary session
+    /// holds the lock).
+    fn new_locker(&self, id: &str, session: &crate::Session) -> Arc<dyn Locker>;
 
     /// A future that resolves once the session has ended: closed, dropped, its service closed,
     /// or (for remote backends) its lease lost.

@@ -398,9 +398,9 @@ impl EtcdSession {
 }
 
 impl backend::Session for EtcdSession {
-    fn new_locker(&self, id: &str, session: lock_core::Session) -> Arc<dyn backend::Locker> {
+    fn new_locker(&self, id: &str, session: &lock_core::Session) -> Arc<dyn backend::Locker> {
         let key = self.core.service.next_key();
-        let locker = EtcdLocker::new(key, id, self.core.clone(), session);
+        let locker = EtcdLocker::new(key, id, self.core.clone(), session.clone());
         self.core.lockers().insert(key, locker.weak());
         if let Some(reason) = self.core.ended() {
             locker.core().session_ended(reason);

@@ -100,9 +100,9 @@ impl LocalSession {
 }
 
 impl backend::Session for LocalSession {
-    fn new_locker(&self, id: &str, _handle: lock_core::Session) -> Arc<dyn backend::Locker> {
-        // The locker keeps this session open, as the handle would: the session ends when its
-        // last `Arc` goes.
+    fn new_locker(&self, id: &str, _handle: &lock_core::Session) -> Arc<dyn backend::Locker> {
+        // The locker keeps this session open by its `Arc`, not the handle's: the session ends
+        // (`Drop`) when its last `Arc` goes.
         let Some(session) = self.me.upgrade() else {
             unreachable!("a session in use has a handle");
         };

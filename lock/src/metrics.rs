@@ -129,7 +129,7 @@ impl fmt::Debug for MeteredSession {
 }
 
 impl backend::Session for MeteredSession {
-    fn new_locker(&self, id: &str, session: lock_core::Session) -> Arc<dyn backend::Locker> {
+    fn new_locker(&self, id: &str, session: &lock_core::Session) -> Arc<dyn backend::Locker> {
         let mut labels = vec![Label::new("backend", self.backend.to_string())];
         if LABEL_IDS.load(Relaxed) {
             labels.push(Label::new("id", id.to_owned()));

@@ -288,7 +288,11 @@ impl fmt::Debug for MemSession {
 }
 
 impl backend::Session for MemSession {
-    fn new_locker(&self, id: &str, session_handle: lock_core::Session) -> Arc<dyn backend::Locker> {
+    fn new_locker(
+        &self,
+        id: &str,
+        session_handle: &lock_core::Session,
+    ) -> Arc<dyn backend::Locker> {
         let key = {
             let mut st = self.shared.state();
             st.next_key += 1;
@@ -303,7 +307,7 @@ impl backend::Session for MemSession {
             timeout,
             id: id.to_owned(),
             signal: Arc::new(Signal::new()),
-            _session: session_handle,
+            _session: session_handle.clone(),
         })
     }
 
