@@ -21,6 +21,18 @@ impl IdBuf {
         }
     }
 
+    /// Makes this the buffer of `id`, in place when it fits inline (a reused slot).
+    pub(crate) fn set(&mut self, id: &str) {
+        match self {
+            IdBuf::Inline { len, bytes } if id.len() <= INLINE => {
+                bytes[..id.len()].copy_from_slice(id.as_bytes());
+                // At most INLINE (38) bytes: fits.
+                *len = id.len() as u8;
+            }
+            _ => *self = IdBuf::new(id),
+        }
+    }
+
     /// The id's bytes: what the table compares.
     pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
@@ -63,6 +75,12 @@ mod tests {
             assert_eq!(buf.as_str(), id);
             assert_eq!(buf.as_bytes(), id.as_bytes());
             assert_eq!(matches!(buf, IdBuf::Inline { .. }), id.len() <= 38, "{id}");
+            // Reused for every other id, in place or not.
+            for other in ["b", &"w".repeat(38), &"v".repeat(39), ""] {
+                let mut reused = IdBuf::new(other);
+                reused.set(id);
+                assert_eq!(reused.as_str(), id, "{other} then {id}");
+            }
         }
     }
 }

@@ -62,16 +62,16 @@ pub(crate) struct Table {
 /// How many removed slots the table keeps for reuse.
 const SPARE: usize = 8;
 
-/// `fresh` in the allocation of a spare slot that nothing refers to any more (no locker, hold
-/// or `Lost`), or in a new one.
-fn reuse(spare: &mut Vec<Arc<Slot>>, fresh: Slot) -> Arc<Slot> {
+/// A slot for `id`: a spare one that nothing refers to any more (no locker, hold or `Lost`),
+/// reset, or a new one.
+fn reuse(spare: &mut Vec<Arc<Slot>>, id: &str, hash: u64, base: u64) -> Arc<Slot> {
     for at in (0..spare.len()).rev() {
         if let Some(slot) = Arc::get_mut(&mut spare[at]) {
-            *slot = fresh;
+            slot.reset(id, hash, base);
             return spare.swap_remove(at);
         }
     }
-    Arc::new(fresh)
+    Arc::new(Slot::new(id, hash, base))
 }
 
 impl std::fmt::Debug for Table {
@@ -91,10 +91,9 @@ impl Table {
             .entry(hash, |s| s.id.as_bytes() == id.as_bytes(), |s| s.hash)
         {
             TableEntry::Occupied(o) => o.into_mut(),
-            TableEntry::Vacant(v) => {
-                let fresh = Slot::new(id, hash, self.high_water);
-                v.insert(reuse(&mut self.spare, fresh)).into_mut()
-            }
+            TableEntry::Vacant(v) => v
+                .insert(reuse(&mut self.spare, id, hash, self.high_water))
+                .into_mut(),
         };
         // Under the table mutex, so a removal (which checks the count under it) sees it.
         slot.lockers.fetch_add(1, SeqCst);
@@ -253,6 +252,22 @@ impl Slot {
             hash,
             queue: Mutex::default(),
         }
+    }
+
+    /// Makes a spare slot (free, nobody queued, no other reference) the slot of `id`. The
+    /// signal keeps its epoch: tokens (`base + 1 + epoch`) only grow with it, and the records of
+    /// the epochs that ended are never asked for again.
+    fn reset(&mut self, id: &str, hash: u64, base: u64) {
+        debug_assert_eq!(*self.hot.0.word.get_mut(), 0);
+        self.hot.0.holder_thread = AtomicUsize::new(0);
+        self.lockers = AtomicUsize::new(0);
+        self.id.set(id);
+        self.hash = hash;
+        self.hot.0.base = base;
+        self.queue
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .granted = Weak::new();
     }
 
     /// The queue, under the slot's mutex.
