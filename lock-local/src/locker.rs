@@ -253,15 +253,14 @@ impl backend::Locker for LocalLocker {
                 self.lock().await
             });
         }
-        let l = self;
         if let Some(e) = self.invalid_id() {
             return OpFuture::ready(Err(e));
         }
         // Free, and nobody queued: one atomic operation.
-        if l.slot.take(l) {
+        if self.slot.take(self) {
             return OpFuture::ready(self.granted());
         }
-        let attempt = match self.attempt(match l.held_before.load(Relaxed) {
+        let attempt = match self.attempt(match self.held_before.load(Relaxed) {
             true => IfTaken::Queue,
             false => IfTaken::QueueUnlessRunning,
         }) {
@@ -272,7 +271,7 @@ impl backend::Locker for LocalLocker {
             Ok(Attempt::Granted) => OpFuture::ready(self.granted()),
             Err(e) => OpFuture::ready(Err(e)),
             // Queued behind the holder: the returned future waits (and withdraws if dropped).
-            Ok(Attempt::Queued) => match l.session.timeout {
+            Ok(Attempt::Queued) => match self.session.timeout {
                 None => OpFuture::pending(self),
                 Some(limit) => OpFuture::boxed(self.wait_at_most(limit)),
             },
@@ -321,26 +320,24 @@ impl backend::Locker for LocalLocker {
 
 impl Drop for LocalLocker {
     fn drop(&mut self) {
-        let l = self;
         // No `lock()` can be pending (it borrows the locker), so only a hold is left to end.
-        if l.state.load(Acquire) != IDLE || l.slot.is_held_by(l) {
-            l.evict((LossCause::Unlocked, "the locker was dropped"));
+        if self.state.load(Acquire) != IDLE || self.slot.is_held_by(self) {
+            self.evict((LossCause::Unlocked, "the locker was dropped"));
         }
         // The table only for the id's last locker: the slot goes with it.
-        if l.slot.leave() {
-            l.session.service.table().remove_if_unused(&l.slot);
+        if self.slot.leave() {
+            self.session.service.table().remove_if_unused(&self.slot);
         }
     }
 }
 
 impl fmt::Debug for LocalLocker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let l = self;
         f.debug_struct("LocalLocker")
-            .field("id", &l.slot.id)
+            .field("id", &self.slot.id)
             .field(
                 "held",
-                &(l.slot.is_held_by(l) && l.state.load(Relaxed) != GRANTED),
+                &(self.slot.is_held_by(self) && self.state.load(Relaxed) != GRANTED),
             )
             .finish()
     }
@@ -367,41 +364,39 @@ impl PendingOp<Result<Hold>> for LocalLocker {
     }
 
     fn cancel_op(&self) {
-        let l = self;
-        let mut queue = l.slot.queue();
+        let mut queue = self.slot.queue();
         let mut wake = None;
-        match l.state.load(Acquire) {
+        match self.state.load(Acquire) {
             GRANTED => {
-                l.state.store(IDLE, Relaxed);
-                wake = l.slot.release(&mut queue, l.addr(), End::Unlocked);
+                self.state.store(IDLE, Relaxed);
+                wake = self.slot.release(&mut queue, self.addr(), End::Unlocked);
             }
-            CANCELED => l.state.store(IDLE, Relaxed),
-            _ => l.slot.withdraw(&mut queue, l),
+            CANCELED => self.state.store(IDLE, Relaxed),
+            _ => self.slot.withdraw(&mut queue, self),
         }
         drop(queue);
         if let Some(wake) = wake {
             wake.wake();
         }
-        drop(l.waker.take());
+        drop(self.waker.take());
     }
 }
 
 impl LocalLocker {
     /// The outcome of a queued `lock()` once the state left WAITING; `None` while it waits.
     fn outcome(&self) -> Option<Result<Hold>> {
-        let l = self;
-        match l.state.load(Acquire) {
+        match self.state.load(Acquire) {
             // An eviction may cancel the grant at the same moment: whoever moves it first wins.
-            GRANTED => match l.state.compare_exchange(GRANTED, IDLE, Acquire, Acquire) {
+            GRANTED => match self.state.compare_exchange(GRANTED, IDLE, Acquire, Acquire) {
                 Ok(_) => {
-                    l.slot.collected();
-                    l.held_before.store(true, Relaxed);
-                    Some(Ok(l.held()))
+                    self.slot.collected();
+                    self.held_before.store(true, Relaxed);
+                    Some(Ok(self.held()))
                 }
                 Err(_) => self.outcome(),
             },
             CANCELED => {
-                l.state.store(IDLE, Relaxed);
+                self.state.store(IDLE, Relaxed);
                 Some(Err(canceled()))
             }
             _ => None,
@@ -416,14 +411,13 @@ impl LocalLocker {
             Ok(outcome) => outcome,
             Err(_) => {
                 std::mem::forget(wait); // resolved here instead of by its drop
-                let l = self;
-                let mut queue = l.slot.queue();
+                let mut queue = self.slot.queue();
                 if let Some(outcome) = self.outcome() {
                     return outcome;
                 }
-                l.slot.withdraw(&mut queue, l);
+                self.slot.withdraw(&mut queue, self);
                 drop(queue);
-                drop(l.waker.take());
+                drop(self.waker.take());
                 Err(Error::Timeout(limit))
             }
         }
