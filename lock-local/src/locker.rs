@@ -32,8 +32,8 @@ pub struct LocalLocker {
     /// The waker of a pending `lock()`. Registered by the waiter, woken by whoever granted or
     /// canceled it (after setting `state`), so a grant is never missed.
     waker: AtomicWaker,
-    /// Token and signal epoch of the current hold; written by whoever granted it.
-    pub(crate) token: AtomicU64,
+    /// The slot's signal epoch of the current hold (its fencing token follows from it);
+    /// written by whoever granted it.
     pub(crate) epoch: AtomicU64,
     /// This locker held the lock before: its `lock()` queues behind a running holder at once
     /// instead of watching it (see [`LocalLocker::retry_then_queue`]).
@@ -60,7 +60,6 @@ impl LocalLocker {
             session,
             state: AtomicU8::new(IDLE),
             waker: AtomicWaker::new(),
-            token: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             held_before: AtomicBool::new(false),
         })
@@ -81,12 +80,8 @@ impl LocalLocker {
     }
 
     fn held(&self) -> Hold {
-        Hold::new(
-            self.slot.clone(),
-            self.epoch.load(Relaxed),
-            None,
-            self.token.load(Relaxed),
-        )
+        let epoch = self.epoch.load(Relaxed);
+        Hold::new(self.slot.clone(), epoch, None, self.slot.token(epoch))
     }
 
     /// Under the slot's mutex: ends what the locker does (`cause`); wakes after the mutex.
@@ -128,7 +123,7 @@ impl LocalLocker {
         self.session.check_open()?;
         if !self.slot.is_held_by(self)
             || self.state.load(Acquire) == GRANTED
-            || token.is_some_and(|t| t != self.token.load(Relaxed))
+            || token.is_some_and(|t| t != self.slot.token(self.epoch.load(Relaxed)))
         {
             return Err(Error::NotHeld);
         }

@@ -341,9 +341,9 @@ impl Slot {
         thread != 0 && thread != this_thread()
     }
 
-    /// Records a grant to `locker`, which the word names now: the epoch of the hold and its
-    /// fencing token, and whether its `lock()` returns it now, on this thread (`running`), or a
-    /// queued `lock()` collects it later.
+    /// Records a grant to `locker`, which the word names now: the epoch of the hold (its
+    /// fencing token is [`Slot::token`] of it), and whether its `lock()` returns it now, on this
+    /// thread (`running`), or a queued `lock()` collects it later.
     ///
     /// Every hold ends (fires the signal) before the id is free again, so each grant reads an
     /// epoch above every earlier grant's: the epoch is the token, without a counter of its own.
@@ -351,11 +351,14 @@ impl Slot {
     /// that holder reads the epoch, and so give both one token; but the evicted holder sees the
     /// close and returns no hold.)
     fn record_grant(&self, locker: &LocalLocker, running: bool) {
-        let epoch = self.signal.epoch();
-        locker.epoch.store(epoch, Relaxed);
-        locker.token.store(self.base + 1 + epoch, Relaxed);
+        locker.epoch.store(self.signal.epoch(), Relaxed);
         self.holder_thread
             .store(if running { this_thread() } else { 0 }, Relaxed);
+    }
+
+    /// The fencing token of the hold granted in `epoch`.
+    pub(crate) fn token(&self, epoch: u64) -> u64 {
+        self.base + 1 + epoch
     }
 
     /// The highest fencing token the slot handed out (or less), for when it is removed.
