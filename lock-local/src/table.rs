@@ -84,7 +84,7 @@ impl std::fmt::Debug for Table {
 
 impl Table {
     /// The slot of `id` (hashed to `hash`), made if the id has none, for one more locker of it
-    /// (until [`Table::forget`]).
+    /// (until [`Slot::leave`]).
     pub(crate) fn join(&mut self, id: &str, hash: u64) -> Arc<Slot> {
         let slot = match self
             .slots
