@@ -456,12 +456,13 @@ impl Slot {
         Some(match queue.waiters.pop_front() {
             Some(next) => {
                 self.record_grant(&next, false);
-                next.state.store(GRANTED, Release);
-                let wake = next.wake_later();
+                // The word first: a waiter that sees its grant (its `lock()` may be polled on
+                // another thread right now) is the holder, and may unlock at once.
                 let more = if queue.waiters.is_empty() { 0 } else { QUEUED };
                 self.word.store(next.addr() | more, SeqCst);
+                next.state.store(GRANTED, Release);
                 queue.granted = next.weak();
-                wake
+                next.wake_later()
             }
             None => {
                 self.word.store(0, SeqCst);
@@ -549,12 +550,14 @@ fn end_hold(holder: &LocalLocker) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering::SeqCst;
+    use std::hint::spin_loop;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering::{Acquire, SeqCst};
     use std::sync::Arc;
 
     use lock_core::LossCause;
 
-    use super::{Attempt, IfTaken, GRANTED, WAITING};
+    use super::{Attempt, End, IfTaken, GRANTED, IDLE, WAITING};
     use crate::locker::LocalLocker;
     use crate::service::ServiceShared;
     use crate::session::LocalSession;
@@ -590,6 +593,72 @@ mod tests {
         assert!(
             slot.is_held_by(&next),
             "the id was taken from the next holder"
+        );
+    }
+
+    /// A waiter that sees its grant is the holder already: the word names it. A handover
+    /// that set the grant first and the word after let the waiter collect its hold in
+    /// between and unlock it, and the unlock found the id not held by it ("released by
+    /// someone else"), after which the word named it: the id stayed taken.
+    #[test]
+    fn a_waiter_that_sees_its_grant_is_named_by_the_word() {
+        const ROUNDS: usize = 5_000;
+        let service = Arc::new(ServiceShared::default());
+        let session = LocalSession::new(service, None);
+        let (first, next) = (locker(&session, "x"), locker(&session, "x"));
+        let slot = first.slot.clone();
+        // Round r: this thread sets the round up (`go` = r); the waiter's thread watches
+        // (`watching` = r) and reports whether the word named it when it saw its grant
+        // (`seen` = 2r + 1 if it did, else 2r).
+        let (go, watching, seen) = (
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        );
+        let wait_for = |what: &AtomicUsize, until: &dyn Fn(usize) -> bool| loop {
+            let now = what.load(SeqCst);
+            if until(now) {
+                return now;
+            }
+            std::thread::yield_now();
+        };
+        let mut early = 0;
+        std::thread::scope(|scope| {
+            // The waiter's `lock()`, polled on another thread as the grant happens.
+            scope.spawn(|| {
+                for round in 1..=ROUNDS {
+                    wait_for(&go, &|r| r == round);
+                    watching.store(round, SeqCst);
+                    while next.state.load(Acquire) != GRANTED {
+                        spin_loop();
+                    }
+                    seen.store(2 * round + usize::from(slot.is_held_by(&next)), SeqCst);
+                }
+            });
+            for round in 1..=ROUNDS {
+                assert!(slot.take(&first));
+                next.state.store(WAITING, SeqCst);
+                assert!(matches!(
+                    slot.acquire(&mut slot.queue(), &next, IfTaken::Queue),
+                    Attempt::Queued
+                ));
+                go.store(round, SeqCst);
+                wait_for(&watching, &|r| r == round);
+                // The holder's unlock: it ends its hold, then hands the id over.
+                assert_eq!(slot.give_back(&first, first.epoch.load(SeqCst)), Err(true));
+                let handed = slot.release(&mut slot.queue(), first.addr(), End::Fired);
+                handed.expect("the holder held the id").wake();
+                if wait_for(&seen, &|s| s / 2 == round) % 2 == 0 {
+                    early += 1;
+                }
+                // The waiter collects its hold and unlocks.
+                next.state.store(IDLE, SeqCst);
+                assert_eq!(slot.give_back(&next, next.epoch.load(SeqCst)), Ok(()));
+            }
+        });
+        assert_eq!(
+            early, 0,
+            "of {ROUNDS} grants, this many were seen before the word named the waiter"
         );
     }
 }
