@@ -293,11 +293,6 @@ impl Slot {
         self.lockers.fetch_sub(1, SeqCst) == 1
     }
 
-    /// Whether another live locker was made for the id (a hint: read without ordering).
-    pub(crate) fn is_shared(&self) -> bool {
-        self.lockers.load(Relaxed) > 1
-    }
-
     /// Whether the id is free (a hint: read without ordering).
     pub(crate) fn is_free(&self) -> bool {
         self.word.load(Relaxed) == 0
