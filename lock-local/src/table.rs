@@ -287,6 +287,16 @@ impl Slot {
         self.word.load(SeqCst) & !QUEUED == locker.addr()
     }
 
+    /// Whether another live locker was made for the id (a hint: read without ordering).
+    pub(crate) fn is_shared(&self) -> bool {
+        self.lockers.load(Relaxed) > 1
+    }
+
+    /// The hash of the id.
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
+    }
+
     /// A locker of the slot is gone: `true` if it was the last, and the slot should go
     /// ([`Table::remove_if_unused`], which checks again under the table mutex).
     pub(crate) fn leave(&self) -> bool {
