@@ -404,9 +404,10 @@ fn row(name: &str, figures: [String; 3], ratio: String, target: &str, held: bool
     println!("| {name} | {ours} | {map} | {lockable} | {ratio} | {target} | {verdict} |");
 }
 
-/// The contended case's rows: 80 runs per side, in 4 alternating blocks.
+/// The contended case's rows: 80 runs per side, in 16 alternating blocks of 5 (the host's speed drifts
+/// by up to 2× within a minute).
 fn contended_rows(rt: &tokio::runtime::Runtime, start_as: Start, name: &str) {
-    let [ours, map, pool] = alternating(rt, 4, 20, |side| contended(side, start_as));
+    let [ours, map, pool] = alternating(rt, 16, 5, |side| contended(side, start_as));
     let rate = |v: &[Contended]| median(v.iter().map(|c| c.rate).collect());
     // The busiest task's turns in the median run (what "typically" means), and in the worst.
     let busiest = |v: &[Contended]| median(v.iter().map(|c| c.busiest as f64).collect());
