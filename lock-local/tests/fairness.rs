@@ -1,8 +1,10 @@
 //! A task looping on lock/unlock gives its worker up within tokio's cooperative budget, so
 //! that the tasks that would queue for the lock get to run.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
+use std::task::Poll;
 
 use lock_core::{Service, SessionConfig};
 use lock_local::LocalService;
@@ -104,4 +106,40 @@ fn tasks_looping_on_one_thread_all_get_their_share() {
         busiest <= 10 * fair,
         "one task took {busiest} turns, over 10× its fair share of {fair}"
     );
+}
+
+/// A `lock()` that took the id when its task's budget was used up yields holding it; dropped
+/// during that yield, it releases the id: nothing is left held.
+#[test]
+fn a_lock_dropped_while_it_yields_holding_the_id_releases_it() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let service = Service::from_backend(LocalService::new());
+        let session = service.new_session(SessionConfig::default()).await.unwrap();
+        let (locker, other) = (
+            session.new_locker("fair/dropped"),
+            session.new_locker("fair/dropped"),
+        );
+        let mut dropped = 0;
+        for _ in 0..3 * BUDGET {
+            // Poll the `lock()` once; if it is not done, drop it (at the end of the block).
+            let polled = {
+                let mut locking = std::pin::pin!(locker.lock());
+                std::future::poll_fn(|cx| Poll::Ready(locking.as_mut().poll(cx))).await
+            };
+            match polled {
+                Poll::Ready(held) => held.unwrap().unlock().await.unwrap(),
+                Poll::Pending => {
+                    dropped += 1;
+                    let taken = other.try_lock().await.unwrap();
+                    let held = taken.expect("a lock dropped while it yielded kept the id");
+                    held.unlock().await.unwrap();
+                }
+            }
+        }
+        assert!(dropped > 0, "no lock() yielded holding the id");
+    });
 }
