@@ -559,6 +559,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use std::sync::atomic::Ordering::{Acquire, SeqCst};
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     use lock_core::LossCause;
 
@@ -620,11 +621,15 @@ mod tests {
             AtomicUsize::new(0),
             AtomicUsize::new(0),
         );
+        // Every wait gives up after a while, so that a failure on one thread cannot leave the
+        // other waiting for ever.
+        let deadline = Instant::now() + Duration::from_secs(60);
         let wait_for = |what: &AtomicUsize, until: &dyn Fn(usize) -> bool| loop {
             let now = what.load(SeqCst);
             if until(now) {
                 return now;
             }
+            assert!(Instant::now() < deadline, "the other thread stopped");
             std::thread::yield_now();
         };
         let mut early = 0;
@@ -634,8 +639,13 @@ mod tests {
                 for round in 1..=ROUNDS {
                     wait_for(&go, &|r| r == round);
                     watching.store(round, SeqCst);
+                    let mut spins = 0u32;
                     while next.state.load(Acquire) != GRANTED {
                         spin_loop();
+                        spins = spins.wrapping_add(1);
+                        if spins % 4096 == 0 {
+                            assert!(Instant::now() < deadline, "the grant never came");
+                        }
                     }
                     seen.store(2 * round + usize::from(slot.is_held_by(&next)), SeqCst);
                 }
