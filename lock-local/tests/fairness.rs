@@ -6,11 +6,26 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::task::Poll;
 
-use lock_core::{Service, SessionConfig};
+use lock_core::{Service, Session, SessionConfig};
 use lock_local::LocalService;
 
 /// Turns a looping task takes before it must have yielded: tokio's budget per poll is 128.
 const BUDGET: u64 = 128;
+
+/// Runs `test` on a one-thread runtime with a session of a new `local:` service.
+fn on_one_thread<F: Future>(test: impl FnOnce(Session) -> F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let service = Service::from_backend(LocalService::new());
+        let session = service.new_session(SessionConfig::default()).await.unwrap();
+        let outcome = test(session).await;
+        service.close().await.unwrap();
+        outcome
+    })
+}
 
 /// On one thread, a task that loops on an id it has to itself (no other locker was made for
 /// it yet) still yields within the budget: the next task runs, makes its locker, and gets its
@@ -19,13 +34,7 @@ const BUDGET: u64 = 128;
 /// only, the first task took 1031 turns first.)
 #[test]
 fn a_task_alone_on_its_id_lets_the_next_task_take_a_turn_within_the_budget() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let service = Service::from_backend(LocalService::new());
-        let session = service.new_session(SessionConfig::default()).await.unwrap();
+    on_one_thread(|session| async move {
         let first_turns = Arc::new(AtomicU64::new(0));
         let looping = tokio::spawn({
             let (session, turns) = (session.clone(), first_turns.clone());
@@ -64,13 +73,7 @@ fn a_task_alone_on_its_id_lets_the_next_task_take_a_turn_within_the_budget() {
 fn tasks_looping_on_one_thread_all_get_their_share() {
     const TASKS: usize = 200;
     const TURNS: u64 = 20_000;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let turns = rt.block_on(async {
-        let service = Service::from_backend(LocalService::new());
-        let session = service.new_session(SessionConfig::default()).await.unwrap();
+    let turns = on_one_thread(|session| async move {
         let counter = Arc::new(AtomicU64::new(0));
         let tasks: Vec<_> = (0..TASKS)
             .map(|_| {
@@ -112,13 +115,7 @@ fn tasks_looping_on_one_thread_all_get_their_share() {
 /// during that yield, it releases the id: nothing is left held.
 #[test]
 fn a_lock_dropped_while_it_yields_holding_the_id_releases_it() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let service = Service::from_backend(LocalService::new());
-        let session = service.new_session(SessionConfig::default()).await.unwrap();
+    on_one_thread(|session| async move {
         let (locker, other) = (
             session.new_locker("fair/dropped"),
             session.new_locker("fair/dropped"),
