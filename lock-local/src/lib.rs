@@ -3,6 +3,12 @@
 //! safety) and no I/O. Normally used through the `lock` crate: `lock::new("local:")`.
 //!
 //! The TTL of a session is not used: the process is the whole world, so nothing expires.
+//!
+//! Waiters are served first come, first served, and a release hands the lock to the first of
+//! them directly. A free lock is taken at once; like tokio's `Mutex`, a `lock()` of an id that
+//! other lockers share, or that its thread locked last, spends a unit of the tokio task's
+//! cooperative budget, and a task whose budget is used up yields holding the lock it just
+//! took, so that tasks looping on one id take turns instead of one of them keeping its worker.
 
 mod id;
 mod locker;
