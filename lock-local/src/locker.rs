@@ -141,8 +141,7 @@ impl LocalLocker {
         struct Release<'a>(&'a LocalLocker, u64);
         impl Drop for Release<'_> {
             fn drop(&mut self) {
-                // Not held any more (the session closed meanwhile) is fine.
-                let _ = self.0.release_hold(Some(self.1));
+                backend::Locker::release(self.0, self.1);
             }
         }
         let release = Release(self, self.slot.token(self.epoch.load(Relaxed)));
