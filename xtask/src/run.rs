@@ -116,13 +116,40 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     torture_run(&tools, 40, SHORT_TORTURE_SEED, false)
 }
 
-/// Removes what an earlier `cargo publish --dry-run` unpacked of this workspace's own crates.
-/// Cargo unpacks the packages it verifies from a temporary local registry (under
-/// `target/package/`) into `$CARGO_HOME/registry/src/-<hash>/`, named by crate and version only,
-/// and reuses an unpacked copy of the same version as if it could not change: a second dry run
-/// from the same checkout would build the first run's sources. Local registries are the
-/// directories whose name starts with `-`; crates.io's copies are never touched.
+/// Removes what an earlier `cargo publish --dry-run` unpacked and built of this workspace's
+/// own crates. Cargo unpacks the packages it verifies from a temporary local registry (under
+/// `target/package/`) into `$CARGO_HOME/registry/src/-<hash>/`, named by crate and version
+/// only, and reuses an unpacked copy of the same version as if it could not change: a second
+/// dry run from the same checkout would build the first run's sources. It also keeps what it
+/// built of a registry crate under that crate's version alone, so the verification of a crate
+/// would link the first run's build of its workspace dependencies (seen: `lock-etcd` failed to
+/// build against an older `lock-core`). Local registries are the directories whose name starts
+/// with `-`; crates.io's copies are never touched. Forgetting the fingerprints of our crates
+/// makes cargo build them again, from the current sources.
 fn forget_packaged_workspace_crates() {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if let Some(home) = home {
+        for kind in ["src", "cache"] {
+            let Ok(registries) = std::fs::read_dir(home.join("registry").join(kind)) else {
+                continue;
+            };
+            for registry in registries.flatten() {
+                if registry.file_name().to_string_lossy().starts_with('-') {
+                    remove_our_crates_in(&registry.path());
+                }
+            }
+        }
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    remove_our_crates_in(&target.join("debug").join(".fingerprint"));
+}
+
+/// Removes the entries of `dir` named after one of this workspace's crates (`<crate>-…`).
+fn remove_our_crates_in(dir: &std::path::Path) {
     const OURS: [&str; 6] = [
         "lock-core-",
         "lock-local-",
@@ -131,31 +158,17 @@ fn forget_packaged_workspace_crates() {
         "lock-rs-",
         "lock-cli-",
     ];
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    let Some(home) = home else { return };
-    for kind in ["src", "cache"] {
-        let Ok(registries) = std::fs::read_dir(home.join("registry").join(kind)) else {
-            continue;
-        };
-        for registry in registries.flatten() {
-            if !registry.file_name().to_string_lossy().starts_with('-') {
-                continue;
-            }
-            let Ok(entries) = std::fs::read_dir(registry.path()) else {
-                continue;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if OURS.iter().any(|ours| name.starts_with(ours)) {
+            let path = entry.path();
+            let _ = match path.is_dir() {
+                true => std::fs::remove_dir_all(&path),
+                false => std::fs::remove_file(&path),
             };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if OURS.iter().any(|ours| name.starts_with(ours)) {
-                    let path = entry.path();
-                    let _ = match path.is_dir() {
-                        true => std::fs::remove_dir_all(&path),
-                        false => std::fs::remove_file(&path),
-                    };
-                }
-            }
         }
     }
 }
