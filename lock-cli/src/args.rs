@@ -216,18 +216,27 @@ fn duration(value: &str) -> Result<Duration, String> {
     }
 }
 
-/// `what` as UTF-8, or a usage error naming it.
+/// `what` as UTF-8, or a usage error naming it and showing it.
 pub(crate) fn utf8(what: &str, value: OsString) -> Result<String, String> {
     value
         .into_string()
         .map_err(|raw| format!("{what} {raw:?} is not valid UTF-8 (it must be)"))
 }
 
+/// A connection string as UTF-8, or a usage error naming `what` and showing the string with
+/// its credentials and secret options redacted.
+pub(crate) fn utf8_uri(what: &str, value: OsString) -> Result<String, String> {
+    value.into_string().map_err(|raw| {
+        let shown = lock::backend::redact_uri(&raw.to_string_lossy());
+        format!("{what} is not valid UTF-8 (it must be): {shown:?}")
+    })
+}
+
 impl CommonArgs {
     fn into_common(self, verbose: u8) -> Result<Common, Exit> {
         let service = self
             .service
-            .map(|s| utf8("--service", s))
+            .map(|s| utf8_uri("--service", s))
             .transpose()
             .map_err(Exit::usage)?;
         Ok(Common {

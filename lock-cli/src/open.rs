@@ -1,9 +1,11 @@
 //! Opening the lock service from `--service`/`LOCK_SERVICE`, with the password from a file or
 //! the environment.
 
-use lock::backend::ConnectionString;
+use std::os::unix::ffi::OsStringExt;
+
+use lock::backend::{ConnectionString, Secret};
 use lock::etcd::{EtcdConfig, EtcdService};
-use lock::Service;
+use lock::{Service, SessionConfig};
 
 use crate::args::Common;
 use crate::{exit, Failure};
@@ -14,35 +16,44 @@ pub(crate) struct Opened {
     pub(crate) etcd: Option<EtcdService>,
 }
 
-fn password(common: &Common) -> Result<Option<String>, Failure> {
+/// The password from `--password-file`, `LOCK_PASSWORD_FILE` or `LOCK_PASSWORD`, if any. A
+/// password that cannot be used (empty, not UTF-8) is a usage error that names where it came
+/// from and never shows it.
+fn password(common: &Common) -> Result<Option<Secret>, Failure> {
     let file = common
         .password_file
         .clone()
         .or_else(|| std::env::var_os("LOCK_PASSWORD_FILE").map(Into::into));
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            Failure::new(
-                exit::USAGE,
-                format!("cannot read the password file {}: {e}", path.display()),
-            )
-        })?;
-        return Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()));
+    let (what, mut bytes) = match file {
+        Some(path) => {
+            let bytes = std::fs::read(&path).map_err(|e| {
+                Failure::new(
+                    exit::USAGE,
+                    format!("cannot read the password file {}: {e}", path.display()),
+                )
+            })?;
+            (format!("the password file {}", path.display()), bytes)
+        }
+        None => match std::env::var_os("LOCK_PASSWORD") {
+            Some(value) => ("LOCK_PASSWORD".to_owned(), value.into_vec()),
+            None => return Ok(None),
+        },
+    };
+    while bytes.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+        bytes.pop();
     }
-    env("LOCK_PASSWORD")
-}
-
-/// An environment variable, if set; one that is not UTF-8 is a usage error (not "unset").
-fn env(name: &str) -> Result<Option<String>, Failure> {
-    std::env::var_os(name)
-        .map(|value| crate::args::utf8(name, value))
-        .transpose()
-        .map_err(|message| Failure::new(exit::USAGE, message))
+    Secret::from_bytes(&what, bytes)
+        .map(Some)
+        .map_err(|e| Failure::new(exit::USAGE, e.to_string()))
 }
 
 pub(crate) async fn open(common: &Common) -> Result<Opened, Failure> {
     let uri = match &common.service {
         Some(uri) => Some(uri.clone()),
-        None => env("LOCK_SERVICE")?,
+        None => std::env::var_os("LOCK_SERVICE")
+            .map(|value| crate::args::utf8_uri("LOCK_SERVICE", value))
+            .transpose()
+            .map_err(|message| Failure::new(exit::USAGE, message))?,
     };
     let uri = uri.ok_or_else(|| {
         Failure::new(
@@ -62,8 +73,10 @@ pub(crate) async fn open(common: &Common) -> Result<Opened, Failure> {
             etcd: None,
         });
     }
-    let mut config =
-        EtcdConfig::parse(&cs).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
+    let usage = |e: lock::Error| Failure::new(exit::USAGE, e.to_string());
+    let mut config = EtcdConfig::parse(&cs).map_err(usage)?;
+    // Before connecting: a TTL etcd cannot grant is the user's to fix, not the service's.
+    EtcdService::check_session_config(&SessionConfig::new(common.ttl)).map_err(usage)?;
     if let Some(password) = password(common)? {
         if config.username.is_none() {
             return Err(Failure::new(

@@ -43,6 +43,7 @@ pub use crate::held::Hold;
 pub use crate::id::validate_id;
 pub use crate::op::{OpFuture, PendingOp};
 pub use crate::registry::{OpenFuture, Registry, ServiceFactory};
+pub use crate::secret::{is_secret_option, redact_endpoint, InvalidSecret, Secret, REDACTED};
 pub use crate::signal::{Deadline, HasSignal, Signal};
 pub use crate::traits::{Locker, Service, Session};
-pub use crate::uri::{is_secret_option, ConnectionString, Options};
+pub use crate::uri::{redact_uri, ConnectionString, Options};

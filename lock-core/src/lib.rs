@@ -65,6 +65,7 @@ mod id;
 mod loss;
 mod op;
 mod registry;
+mod secret;
 mod signal;
 mod traits;
 mod uri;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lock_core::backend::{ConnectionString, Options};
+use lock_core::backend::{redact_endpoint, ConnectionString, Options, Secret};
 use lock_core::{Error, Result};
 
 /// How long opening a service waits for the cluster to answer, as in etcd's Go client.
@@ -77,7 +77,7 @@ pub struct EtcdConfig {
     pub dial_keep_alive_timeout: Option<Duration>,
     /// User to authenticate as (`username`).
     pub username: Option<String>,
-    password: Option<String>,
+    password: Option<Secret>,
     /// Refuse clusters older than [`OLDEST_SUPPORTED_VERSION`] (`reject-old-cluster`).
     pub reject_old_cluster: bool,
     /// TLS files; set for `https://` endpoints.
@@ -126,7 +126,7 @@ impl EtcdConfig {
             dial_keep_alive_time: positive(&mut o, "dial-keep-alive-time")?,
             dial_keep_alive_timeout: positive(&mut o, "dial-keep-alive-timeout")?,
             username: o.string("username"),
-            password: o.string("password"),
+            password: o.secret("password")?,
             reject_old_cluster: o.bool("reject-old-cluster")?.unwrap_or(false),
             request_timeout: positive(&mut o, "request-timeout")?
                 .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
@@ -138,12 +138,13 @@ impl EtcdConfig {
     }
 
     /// The password, if one was given.
-    pub fn password(&self) -> Option<&str> {
-        self.password.as_deref()
+    pub fn password(&self) -> Option<&Secret> {
+        self.password.as_ref()
     }
 
-    /// Sets the password (for callers that read it from a file or the environment).
-    pub fn set_password(&mut self, password: Option<String>) {
+    /// Sets the password (for callers that read it from a file or the environment, with
+    /// [`Secret::from_bytes`]).
+    pub fn set_password(&mut self, password: Option<Secret>) {
         self.password = password;
     }
 
@@ -191,7 +192,7 @@ impl fmt::Debug for EtcdConfig {
             .field("dial_keep_alive_time", &self.dial_keep_alive_time)
             .field("dial_keep_alive_timeout", &self.dial_keep_alive_timeout)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password", &self.password)
             .field("reject_old_cluster", &self.reject_old_cluster)
             .field("tls", &self.tls)
             .field("request_timeout", &self.request_timeout)
@@ -221,6 +222,13 @@ fn parse_endpoint(endpoint: &str, tls: bool) -> Result<String> {
     if endpoint.is_empty() {
         return Err(invalid("an endpoint in the list is empty"));
     }
+    if endpoint.contains('@') {
+        return Err(invalid(format!(
+            "endpoint `{}` has credentials in it; give them as the options `username` and \
+             `password` instead (the password percent-encoded)",
+            redact_endpoint(endpoint)
+        )));
+    }
     let (scheme, rest) = match endpoint.split_once("://") {
         Some((s, rest)) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {
             (s.to_ascii_lowercase(), rest)
@@ -233,7 +241,7 @@ fn parse_endpoint(endpoint: &str, tls: bool) -> Result<String> {
         None => ((if tls { "https" } else { "http" }).to_owned(), endpoint),
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.contains(['/', '@', '?', '#', ' ']) {
+    if authority.contains(['/', '?', '#', ' ']) {
         return Err(invalid(format!(
             "endpoint `{endpoint}` must be scheme://host:port, with nothing after it"
         )));

@@ -43,10 +43,8 @@ fn options(config: &EtcdConfig) -> Result<ConnectOptions> {
         .with_keep_alive(time, timeout)
         .with_keep_alive_while_idle(true);
     if let Some(user) = &config.username {
-        options = options.with_user(
-            user.clone(),
-            config.password().unwrap_or_default().to_owned(),
-        );
+        let password = config.password().map_or("", |p| p.expose());
+        options = options.with_user(user.clone(), password.to_owned());
     }
     if let Some(files) = &config.tls {
         let mut tls = TlsOptions::new();

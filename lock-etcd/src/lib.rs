@@ -35,7 +35,7 @@ pub use config::{
 /// The etcd client this backend uses, for talking to the same cluster (e.g. fenced writes).
 pub use etcd_client;
 pub use locker::EtcdLocker;
-pub use service::{EtcdService, KeyInfo, ServiceStats};
+pub use service::{EtcdService, KeyInfo, ServiceStats, MAX_TTL};
 pub use session::EtcdSession;
 
 use lock_core::backend::{ConnectionString, OpenFuture, Registry, ServiceFactory};

@@ -17,6 +17,9 @@ use crate::hub::Hub;
 use crate::keeper::{self, Keeper};
 use crate::session::{EndReason, EtcdSession, SessionCore};
 
+/// The longest session TTL: etcd's largest lease TTL (its `MaxLeaseTTL`, 9,000,000,000 s).
+pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
+
 /// How many writes (lease grants and revokes, lock puts and deletes) one service keeps in
 /// flight at most.
 const MAX_WRITES_IN_FLIGHT: usize = 64;
@@ -181,17 +184,11 @@ impl EtcdService {
     ///
     /// As [`lock_core::Service::new_session`].
     pub async fn open_session(&self, config: SessionConfig) -> Result<EtcdSession> {
-        config.validate()?;
+        Self::check_session_config(&config)?;
         if self.core.sessions().is_none() {
             return Err(Error::AlreadyClosed("the service was closed"));
         }
         let secs = config.ttl.as_secs();
-        if secs == 0 {
-            return Err(Error::InvalidConfig(format!(
-                "ttl {:?} is below one second; etcd leases have whole-second TTLs",
-                config.ttl
-            )));
-        }
         let ttl = Duration::from_secs(secs);
         let limit = self.core.config.request_timeout;
         let mut leases = self.core.client.lease_client();
@@ -246,6 +243,45 @@ impl EtcdService {
             "session started"
         );
         Ok(EtcdSession::new(session))
+    }
+
+    /// Checks, without contacting etcd, that sessions of `config` can be opened: a TTL of at
+    /// least one second (etcd leases have whole-second TTLs) and at most [`MAX_TTL`].
+    /// [`open_session`](Self::open_session) checks this first; a program can check its
+    /// configuration before it connects.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the limit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lock_core::SessionConfig;
+    /// use lock_etcd::EtcdService;
+    ///
+    /// assert!(EtcdService::check_session_config(&SessionConfig::new(Duration::from_secs(10))).is_ok());
+    /// let too_long = SessionConfig::new(Duration::from_secs(100_000_000 * 3600));
+    /// let err = EtcdService::check_session_config(&too_long).unwrap_err();
+    /// assert!(err.to_string().contains("9000000000"));
+    /// ```
+    pub fn check_session_config(config: &SessionConfig) -> Result<()> {
+        config.validate()?;
+        if config.ttl.as_secs() == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "ttl {:?} is below one second; etcd leases have whole-second TTLs",
+                config.ttl
+            )));
+        }
+        if config.ttl > MAX_TTL {
+            return Err(Error::InvalidConfig(format!(
+                "ttl {} s is longer than etcd's largest lease TTL, {} s (about 285 years)",
+                config.ttl.as_secs(),
+                MAX_TTL.as_secs()
+            )));
+        }
+        Ok(())
     }
 
     /// Who holds lock `id` and who waits for it, in queue order (the holder first).

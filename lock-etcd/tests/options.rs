@@ -28,7 +28,7 @@ fn every_option_is_parsed() {
     assert_eq!(c.dial_keep_alive_time, Some(Duration::from_secs(30)));
     assert_eq!(c.dial_keep_alive_timeout, Some(Duration::from_secs(5)));
     assert_eq!(
-        (c.username.as_deref(), c.password()),
+        (c.username.as_deref(), c.password().map(|p| p.expose())),
         (Some("u"), Some("p"))
     );
     assert!(c.reject_old_cluster);
@@ -94,7 +94,14 @@ fn invalid_forms_are_rejected_with_the_reason() {
         ("etcd:http://a:x", "not a port"),
         ("etcd:ftp://a:1", "not http or https"),
         ("etcd:http://a:1/path", "nothing after"),
-        ("etcd:http://user@a:1", "nothing after"),
+        ("etcd:http://user@a:1", "has credentials in it"),
+        ("etcd:http://user:pw@a:1", "`http://<redacted>@a:1`"),
+        ("etcd:ftp://user:pw@a:1", "<redacted>@a:1"),
+        (
+            "etcd:http://a:1?username=u&password=",
+            "option `password` is empty",
+        ),
+        ("etcd:http://a:1?username=u&password=%FF", "not valid UTF-8"),
         ("etcd:http://:1", "no valid host"),
         ("etcd:http://a:1,https://b:2", "mix"),
         ("etcd:http://a:1?ca-file=/x", "https"),
