@@ -46,7 +46,9 @@ async fn revoke_from_outside(service: &str) {
         .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
         .await
         .unwrap();
-    raw.lease_revoke(keys.kvs()[0].lease()).await.unwrap();
+    // The lock key, bound to the session's lease (its lock-delay record beside it is not).
+    let lease = keys.kvs().iter().map(|kv| kv.lease()).find(|&l| l != 0);
+    raw.lease_revoke(lease.unwrap()).await.unwrap();
 }
 
 /// `lock exec --ttl TTL --kill-after 1s ID -- sh -c SCRIPT`.

@@ -7,6 +7,8 @@ use std::time::Duration;
 use lock_core::backend::{redact_endpoint, ConnectionString, Options, Secret};
 use lock_core::{Error, Result};
 
+use crate::delay::LockDelay;
+
 /// How long opening a service waits for the cluster to answer, as in etcd's Go client.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one request may take before it fails.
@@ -41,14 +43,16 @@ pub struct TlsFiles {
 /// assert_eq!(c.endpoints, ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
 /// assert_eq!(c.dial_timeout, Duration::from_secs(2));
 /// assert_eq!(c.prefix, "lock/");
+/// assert_eq!(c.lock_delay, lock_etcd::LockDelay::Auto);
 ///
 /// // Every option of etcd's Go client, plus a key prefix, TLS files and a request timeout:
 /// let c = EtcdConfig::from_uri(
 ///     "etcd:https://etcd.internal:2379?auto-sync-interval=1m&dial-keep-alive-time=30s\
 ///      &dial-keep-alive-timeout=10s&username=app&password=s%26cret&reject-old-cluster=true\
 ///      &prefix=jobs/locks/&ca-file=/etc/etcd/ca.pem&cert-file=/etc/etcd/me.pem\
-///      &key-file=/etc/etcd/me-key.pem&request-timeout=2s",
+///      &key-file=/etc/etcd/me-key.pem&request-timeout=2s&lock-delay=5s",
 /// ).unwrap();
+/// assert_eq!(c.lock_delay, lock_etcd::LockDelay::Fixed(Duration::from_secs(5)));
 /// assert_eq!(c.username.as_deref(), Some("app"));
 /// assert!(!format!("{c:?}").contains("s&cret"));
 ///
@@ -84,6 +88,10 @@ pub struct EtcdConfig {
     pub tls: Option<TlsFiles>,
     /// How long one request may take (`request-timeout`).
     pub request_timeout: Duration,
+    /// How long a hold of this service that ends without a clean release (its lease revoked
+    /// or expired on the server, its key deleted by someone else) keeps the lock from others
+    /// (`lock-delay`: `auto`, the default, the session's TTL; a duration; or `0`).
+    pub lock_delay: LockDelay,
 }
 
 impl EtcdConfig {
@@ -130,6 +138,11 @@ impl EtcdConfig {
             reject_old_cluster: o.bool("reject-old-cluster")?.unwrap_or(false),
             request_timeout: positive(&mut o, "request-timeout")?
                 .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+            lock_delay: o
+                .string("lock-delay")
+                .map(|v| LockDelay::parse(&v))
+                .transpose()?
+                .unwrap_or_default(),
             tls,
         };
         o.finish()?;
@@ -196,6 +209,7 @@ impl fmt::Debug for EtcdConfig {
             .field("reject_old_cluster", &self.reject_old_cluster)
             .field("tls", &self.tls)
             .field("request_timeout", &self.request_timeout)
+            .field("lock_delay", &self.lock_delay)
             .finish()
     }
 }

@@ -1,9 +1,23 @@
-//! The key layout: `<prefix><encoded id>/<lease>-<locker>`.
+//! The key layout.
 //!
-//! Ids are percent-encoded so they contain no `/`: the keys of id `a` (`<prefix>a/…`) and of
-//! id `a/b` (`<prefix>a%2Fb/…`) never share a prefix, and every id maps to exactly one range.
+//! - **Queue keys** `<prefix><encoded id>/<lease>-<locker>`: one per locker that holds or waits,
+//!   bound to its session's lease, ordered by create revision. This is the layout of etcd's Go
+//!   `concurrency.Mutex` (and `etcdctl lock`, and the server's Lock RPC), whose prefix for id
+//!   `ID` is `<prefix><encoded ID>/`.
+//! - **Lock-delay records** `<prefix><encoded id>.\xff<lease>-<locker>`: one beside each queue
+//!   key of a locker whose service has a lock-delay (see `crate::delay`), put and deleted in the
+//!   same transactions as the key, bound to no lease. A record whose key is gone marks a hold
+//!   that ended without a clean release.
+//!
+//! Ids are percent-encoded so they contain no `/` (and `%` and control characters are
+//! escaped): the keys of id `a` (`<prefix>a/…`) and of id `a/b` (`<prefix>a%2Fb/…`) never share
+//! a prefix, and every id maps to exactly one range. The records of id `e` sort right below its
+//! queue (`.` is the byte before `/`, and `\xff` is never part of UTF-8, so no other id's key
+//! falls in between): one watch on `[<prefix>e.\xff, <prefix>e0)` sees both, in revision
+//! order, and nothing else. No etcd recipe reads them (they lie outside `<prefix>e/`).
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 /// The key range of one id: `<prefix><encoded id>/`.
 pub(crate) fn id_prefix(prefix: &str, id: &str) -> String {
@@ -27,9 +41,62 @@ pub(crate) fn id_prefix(prefix: &str, id: &str) -> String {
     out
 }
 
-/// The key of one locker within an id's range.
-pub(crate) fn locker_key(id_prefix: &str, lease: i64, locker: u64) -> String {
-    format!("{id_prefix}{lease:016x}-{locker:x}")
+/// What follows an id's range (or its records' prefix) in one locker's key (or record).
+pub(crate) fn locker_suffix(lease: i64, locker: u64) -> String {
+    format!("{lease:016x}-{locker:x}")
+}
+
+/// The keys of one id: its queue range, the prefix of its lock-delay records, and the end of
+/// the range that holds both.
+#[derive(Debug, Clone)]
+pub(crate) struct IdKeys {
+    /// `<prefix><encoded id>/`: the queue.
+    pub(crate) range: Arc<str>,
+    /// `<prefix><encoded id>.\xff`: the lock-delay records, right below the queue.
+    pub(crate) records: Arc<[u8]>,
+    /// `<prefix><encoded id>0`: the end (exclusive) of the queue, and of both together.
+    pub(crate) end: Arc<[u8]>,
+}
+
+impl IdKeys {
+    pub(crate) fn new(prefix: &str, id: &str) -> Self {
+        let range = id_prefix(prefix, id);
+        let stem = &range.as_bytes()[..range.len() - 1];
+        let records = [stem, b".\xff"].concat();
+        let end = [stem, b"0"].concat();
+        IdKeys {
+            range: range.into(),
+            records: records.into(),
+            end: end.into(),
+        }
+    }
+
+    /// A locker's queue key.
+    pub(crate) fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.range)
+    }
+
+    /// A locker's lock-delay record.
+    pub(crate) fn record(&self, suffix: &str) -> Vec<u8> {
+        [&self.records[..], suffix.as_bytes()].concat()
+    }
+
+    /// What `key` (from the watch on this id) is: a queue key or a record, and its suffix.
+    pub(crate) fn classify<'k>(&self, key: &'k [u8]) -> Option<(Kind, &'k str)> {
+        let (kind, rest) = if let Some(rest) = key.strip_prefix(self.range.as_bytes()) {
+            (Kind::Queue, rest)
+        } else {
+            (Kind::Record, key.strip_prefix(&self.records[..])?)
+        };
+        Some((kind, std::str::from_utf8(rest).ok()?))
+    }
+}
+
+/// Which of an id's keys a key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Queue,
+    Record,
 }
 
 #[cfg(test)]
@@ -64,6 +131,43 @@ mod tests {
                         ids[j],
                         ids[i]
                     );
+                }
+            }
+        }
+    }
+
+    /// The watch range of an id, `[records, end)`, holds its records and its queue and no key
+    /// of any other id, whatever the ids.
+    #[test]
+    fn an_ids_watch_range_holds_its_keys_and_no_other_ids() {
+        let ids = [
+            "a", "a.", "a.b", "a0", "a/", "a b", "a.\u{ff}", "aé", "a\u{7f}", "a%", "b",
+        ];
+        let all: Vec<IdKeys> = ids.iter().map(|id| IdKeys::new("p/", id)).collect();
+        for (i, keys) in all.iter().enumerate() {
+            let inside = |k: &[u8]| k >= &keys.records[..] && k < &keys.end[..];
+            for (j, other) in all.iter().enumerate() {
+                let (queue, record) = (other.key("00ab-1"), other.record("00ab-1"));
+                assert_eq!(
+                    inside(queue.as_bytes()),
+                    i == j,
+                    "{:?} in {:?}",
+                    ids[j],
+                    ids[i]
+                );
+                assert_eq!(
+                    inside(&record),
+                    i == j,
+                    "{:?} record in {:?}",
+                    ids[j],
+                    ids[i]
+                );
+                if i == j {
+                    assert_eq!(
+                        keys.classify(queue.as_bytes()),
+                        Some((Kind::Queue, "00ab-1"))
+                    );
+                    assert_eq!(keys.classify(&record), Some((Kind::Record, "00ab-1")));
                 }
             }
         }

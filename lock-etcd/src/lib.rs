@@ -11,12 +11,17 @@
 //! - Each locker owns one key `<prefix><id>/<lease>-<n>`; waiters queue by create revision, and
 //!   the service's watch wakes only the waiter whose key becomes first. The fencing token is the
 //!   key's create revision.
+//! - **Lock-delay**: a hold whose key vanished without a clean release (its lease expired or
+//!   revoked on the server, the key deleted by someone else) is granted to nobody else until
+//!   its holder must know it lost it — by default its session's TTL after the key went, or at
+//!   once when the holder says it knows. Clean releases hand over at once. See [`LockDelay`].
 //!
 //! Building needs `protoc` (etcd-client compiles etcd's protobuf definitions): install
 //! `protobuf-compiler` or set `PROTOC`. `cargo xtask test` provides one itself.
 
 mod config;
 mod connect;
+mod delay;
 mod error;
 mod health;
 mod hub;
@@ -31,6 +36,7 @@ pub use config::{
     EtcdConfig, TlsFiles, DEFAULT_DIAL_TIMEOUT, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT,
     OLDEST_SUPPORTED_VERSION,
 };
+pub use delay::LockDelay;
 
 /// The etcd client this backend uses, for talking to the same cluster (e.g. fenced writes).
 pub use etcd_client;
@@ -39,6 +45,19 @@ pub use service::{EtcdService, KeyInfo, ServiceStats, MAX_TTL};
 pub use session::EtcdSession;
 
 use lock_core::backend::{ConnectionString, OpenFuture, Registry, ServiceFactory};
+
+/// The key prefix of lock `id`'s queue: `<prefix><encoded id>/`, the id percent-encoded (`%`,
+/// `/` and control characters) so that no id's range holds another's. Each locker's key under
+/// it is `<lease hex>-<locker>`, bound to its session's lease; the oldest key (by create
+/// revision) holds the lock, and its create revision is the fencing token — the layout of
+/// etcd's Go `concurrency.Mutex` (and `etcdctl lock`) on the same prefix.
+///
+/// ```
+/// assert_eq!(lock_etcd::queue_prefix("lock/", "jobs/nightly"), "lock/jobs%2Fnightly/");
+/// ```
+pub fn queue_prefix(prefix: &str, id: &str) -> String {
+    keys::id_prefix(prefix, id)
+}
 
 /// The scheme of this backend: `etcd`.
 pub const SERVICE_ETCD: &str = "etcd";

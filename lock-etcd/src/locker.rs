@@ -7,23 +7,31 @@
 //! - **acquire**: one txn puts our key and counts the id's keys: if ours is the only one, the
 //!   lock is ours, in one round trip. Where this service already sees contention for the id
 //!   (another local locker taking or waiting for it), a plain put joins the queue instead.
-//! - **wait**: the service's watch keeps a copy of the id's queue (one read when its first
-//!   local waiter arrives, then the watches' puts and deletes). When our key becomes the first,
-//!   we are woken, and only we are: the copy is etcd's state at that revision, so no read
-//!   confirms it.
-//! - **unlock**: `lost()` fires first, then one txn deletes our key *if its create revision is
-//!   still the one we held*. Every delete is guarded so: the key name is reused by every
-//!   attempt, and a delete given up on can land after the key was put again.
-//! - **cleanup**: the locker owns its key. A dropped or failed `unlock()`, `lock()` or
-//!   `try_lock()` hands the key's incarnation to a background removal (retried until etcd
-//!   confirms it or the lease is gone), and the next attempt waits for those removals first.
+//! - **lock-delay**: beside its key the locker puts a record (`crate::delay`), in the same
+//!   txn; the count above covers the records too, so a newcomer is not granted at once while a
+//!   hold that vanished without a clean release is being waited out.
+//! - **wait**: the service's watch keeps a copy of the id's queue and records (one read when
+//!   its first local waiter arrives, then the id's watch). When our key becomes the first with
+//!   no lock-delay before it, we are woken, and only we are. The copy can lag behind the
+//!   cluster: our own key may already be gone (its lease revoked on the server) while we are
+//!   granted on it. Our record is what protects the next holder then: it waits until we must
+//!   know. Without a record (`lock-delay=0`), one linearizable read of our own key confirms
+//!   it still exists before we take the lock.
+//! - **unlock**: `lost()` fires first, then one txn deletes our key and our record *if the
+//!   key's create revision is still the one we held* (or our record alone, if the key is
+//!   gone). Every delete is guarded so: the key name is reused by every attempt, and a delete
+//!   given up on can land after the key was put again.
+//! - **cleanup**: the locker owns its key and record. A dropped or failed `unlock()`, `lock()`
+//!   or `try_lock()`, a loss, and the end of the session each hand the incarnation to a
+//!   background removal (retried until etcd confirms it; after the session ended, for a
+//!   minute at most), and the next attempt waits for those removals first.
 //! - **loss**: our key deleted by anyone else, the session's lease lost, or the session's
 //!   deadline passed, all fire `lost()`.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{
     Compare, CompareOp, GetOptions, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
@@ -34,7 +42,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::hub::Interest;
-use crate::keys;
+use crate::keys::{self, IdKeys};
 use crate::session::{EndReason, SessionCore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -134,9 +142,13 @@ pub(crate) struct LockerCore {
     serial: u64,
     id: String,
     invalid_id: Option<String>,
-    /// The id's key range, shared with the hub's queue while this locker uses it.
-    range: Arc<str>,
+    /// The id's keys, shared with the hub's queue while this locker uses it.
+    keys: IdKeys,
+    /// What follows the id's range in our key (and the records' prefix in our record).
+    suffix: String,
     key: String,
+    /// Our lock-delay record and its value; `None` with `lock-delay=0`.
+    record: Option<(Vec<u8>, String)>,
     session: Arc<SessionCore>,
     signal: Arc<Signal>,
     state: Mutex<State>,
@@ -177,17 +189,23 @@ impl LockerCore {
         }
     }
 
-    /// The session ended: a hold is lost; a waiter wakes up to notice.
-    pub(crate) fn session_ended(&self, reason: EndReason) {
+    /// The session ended: a hold is lost, and its key and record go (a waiter wakes up to
+    /// notice, and its attempt removes its own). Returns the removal of the hold's, to wait
+    /// for.
+    pub(crate) fn session_ended(&self, reason: EndReason) -> Option<Removal> {
         let mut st = self.state();
+        let mut removal = None;
         if st.phase == Phase::Held {
             let lease = self.session.current_lease();
             st.go_idle(&self.signal, reason.cause(), || {
                 format!("{} (lease {lease:016x})", reason.describe())
             });
+            let rev = st.rev;
+            removal = Some(self.remove_later_locked(&mut st, rev));
         }
         drop(st);
         self.wake.notify_one();
+        removal
     }
 
     /// Our key was deleted at `revision` (by us, by someone else, or by lease expiry).
@@ -207,6 +225,8 @@ impl LockerCore {
             if let Some(epoch) = ended {
                 self.ask_about_lease(epoch);
             }
+            // We know now: our record goes, and with it the lock-delay of those behind us.
+            self.remove_later_locked(&mut st, token);
         }
         drop(st);
         self.wake.notify_one();
@@ -410,56 +430,57 @@ impl LockerCore {
             .map(drop)
     }
 
-    /// One txn puts our key and counts the id's keys (etcd counts from its index, reading no
-    /// values). Only ours: the lock is ours (`true`). Returns our key's create revision (an
-    /// earlier send's, if that put arrived but its answer did not).
-    async fn put_if_free(&self, lease: i64) -> Result<(i64, bool)> {
+    /// The ops that put our key (bound to `lease`, reporting what it replaced) and our record.
+    fn puts(&self, lease: i64) -> Vec<TxnOp> {
         let (owner, options) = self.put_own_key(lease);
-        let txn = Txn::new().and_then([
-            TxnOp::put(self.key.as_str(), owner, Some(options.with_prev_key())),
-            TxnOp::get(
-                &*self.range,
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            ),
-        ]);
-        let resp = self.txn("taking the lock", txn).await?;
-        let (mut created, mut alone) = (header_revision(&resp), false);
-        for op in resp.op_responses() {
-            match op {
-                TxnOpResponse::Put(put) => {
-                    if let Some(kv) = put.prev_key() {
-                        created = kv.create_revision();
-                    }
-                }
-                TxnOpResponse::Get(get) => alone = get.count() == 1,
-                _ => {}
-            }
+        let mut ops = vec![TxnOp::put(
+            self.key.as_str(),
+            owner,
+            Some(options.with_prev_key()),
+        )];
+        if let Some((record, value)) = &self.record {
+            ops.push(TxnOp::put(record.clone(), value.as_str(), None));
         }
-        Ok((created, alone))
+        ops
     }
 
-    /// One put: queues our key behind the id's others. Returns its create revision (an
-    /// earlier attempt's, if that put arrived but its answer did not).
-    async fn enqueue(&self, lease: i64) -> Result<i64> {
-        let (owner, options) = self.put_own_key(lease);
-        let options = options.with_prev_key();
-        let kv = self.kv();
+    /// One txn puts our key and our record and counts what the id's range holds, records
+    /// included (etcd counts from its index, reading no values). Only ours: the lock is ours
+    /// (`true`) — no other key, and no hold that ended behind its holder's back. Returns our
+    /// key's create revision (an earlier send's, if that put arrived but its answer did not).
+    async fn put_if_free(&self, lease: i64) -> Result<(i64, bool)> {
+        let mut ops = self.puts(lease);
+        ops.push(TxnOp::get(
+            self.keys.records.to_vec(),
+            Some(
+                GetOptions::new()
+                    .with_range(self.keys.end.to_vec())
+                    .with_count_only(),
+            ),
+        ));
         let resp = self
-            .session
-            .service
-            .write("taking the lock", || {
-                let (mut kv, owner, options) = (kv.clone(), owner.clone(), options.clone());
-                async move { kv.put(self.key.as_str(), owner, Some(options)).await }
-            })
+            .txn("taking the lock", Txn::new().and_then(ops))
             .await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        Ok(resp.prev_key().map_or(revision, |kv| kv.create_revision()))
+        let ours = 1 + i64::from(self.record.is_some());
+        let alone = resp.op_responses().into_iter().any(|op| match op {
+            TxnOpResponse::Get(get) => get.count() == ours,
+            _ => false,
+        });
+        Ok((key_created(&resp), alone))
+    }
+
+    /// One txn puts our key and our record: queues behind the id's others. Returns the key's
+    /// create revision (an earlier attempt's, if that put arrived but its answer did not).
+    async fn enqueue(&self, lease: i64) -> Result<i64> {
+        let txn = Txn::new().and_then(self.puts(lease));
+        let resp = self.txn("taking the lock", txn).await?;
+        Ok(key_created(&resp))
     }
 
     async fn acquire(self: &Arc<Self>) -> Result<Hold> {
         // Where this service already sees contention for the id, a plain put joins the queue;
         // otherwise one txn takes a free lock outright.
-        let (mut queue, busy) = self.session.service.hub.join(&self.range);
+        let (mut queue, busy) = self.session.service.hub.join(&self.keys);
         let core = self.clone();
         let rev = if busy {
             self.detached(
@@ -479,7 +500,7 @@ impl LockerCore {
         self.set_rev(rev)?;
         let weak: Weak<LockerCore> = Arc::downgrade(self);
         queue.wait(
-            &self.key,
+            &self.suffix,
             rev,
             Arc::new(move || {
                 if let Some(core) = weak.upgrade() {
@@ -494,8 +515,10 @@ impl LockerCore {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let first = queue.is_first(&self.key, rev)?;
-            if first && self.confirm_first(rev).await? {
+            let first = queue.is_first(&self.suffix, rev)?;
+            // With a record, the mirror's word is enough (see the module docs); without one,
+            // etcd confirms that our key still exists.
+            if first && (self.record.is_some() || self.confirm_first(rev).await?) {
                 return self.grant();
             }
             if self.session.ended().is_some() || self.state().deleted_at > rev {
@@ -573,14 +596,18 @@ impl LockerCore {
         let core = self.clone();
         let resp = self
             .detached(created_by_try, |lease| async move {
-                let (owner, options) = core.put_own_key(lease);
+                // Free: nothing in the id's range, neither keys nor records (a hold that ended
+                // behind its holder's back keeps the lock from others until its lock-delay
+                // has passed).
+                let keys = &core.keys;
+                let free = Compare::create_revision(keys.records.to_vec(), CompareOp::Equal, 0)
+                    .with_range(keys.end.to_vec());
                 let key = core.key.as_str();
-                let txn = Txn::new()
-                    .when([
-                        Compare::create_revision(&*core.range, CompareOp::Equal, 0).with_prefix()
-                    ])
-                    .and_then([TxnOp::put(key, owner, Some(options))])
-                    .or_else([TxnOp::get(key, Some(GetOptions::new().with_keys_only()))]);
+                let queue = GetOptions::new().with_prefix().with_count_only();
+                let txn = Txn::new().when([free]).and_then(core.puts(lease)).or_else([
+                    TxnOp::get(key, Some(GetOptions::new().with_keys_only())),
+                    TxnOp::get(&*keys.range, Some(queue)),
+                ]);
                 core.txn("trying the lock", txn).await
             })
             .await?;
@@ -593,6 +620,15 @@ impl LockerCore {
                 return Ok(None);
             }
             self.state().stop_attempt(&self.signal);
+            if queue_is_empty(&resp) {
+                // Only records are in the way: someone must end their lock-delays, and no
+                // waiter may be there to do it.
+                let (hub, keys) = (self.session.service.hub.clone(), self.keys.clone());
+                self.session
+                    .service
+                    .runtime
+                    .spawn(async move { hub.look_for_stale(&keys).await });
+            }
             return Ok(None);
         }
         self.set_rev(header_revision(&resp))?;
@@ -613,20 +649,28 @@ impl LockerCore {
     }
 
     /// Removes the incarnation of our key created at `rev` (`0`: whichever exists now, if
-    /// any) in the background, retrying until etcd confirms it or the session's lease is gone
-    /// (the key goes with it). The next attempt waits for it before it puts the key again.
+    /// any) and our record, in the background (see [`Self::remove_later_locked`]).
     fn remove_later(&self, rev: i64) {
         let mut st = self.state();
         self.remove_later_locked(&mut st, rev);
     }
 
-    fn remove_later_locked(&self, st: &mut State, rev: i64) {
-        if self.session.ended().is_some() {
-            return; // the lease is revoked or expiring: the key goes with it
+    /// Removes the incarnation of our key created at `rev` (`0`: whichever exists now, if any)
+    /// and our record, in the background, retrying until etcd confirms it: while the session
+    /// lives, and for [`REMOVE_AFTER_END`] once it ended (its lease takes the key with it, but
+    /// not the record, which keeps others waiting out a lock-delay until it goes). The next
+    /// attempt waits for it before it puts the key again.
+    fn remove_later_locked(&self, st: &mut State, rev: i64) -> Removal {
+        let done = Arc::new(AtomicBool::new(false));
+        let removal = Removal(done.clone(), self.cleaned.clone());
+        if self.session.ended().is_some() && self.record.is_none() {
+            done.store(true, SeqCst);
+            return removal; // the lease is revoked or expiring: the key goes with it
         }
-        let (kv, key, session, put) = (
+        let (kv, key, record, session, put) = (
             self.kv(),
             self.key.clone(),
+            self.record.as_ref().map(|(record, _)| record.clone()),
             self.session.clone(),
             st.put.take().filter(|_| rev == 0),
         );
@@ -635,7 +679,6 @@ impl LockerCore {
         // that times out doubles the next one's time, up to `request-timeout`: a slow network
         // that works still gets its answer.
         let (limit, mut per_try) = (self.limit(), self.limit().min(REMOVAL_TRY));
-        let done = Arc::new(AtomicBool::new(false));
         let finished = Finished(done.clone(), self.cleaned.clone());
         self.session.service.runtime.spawn(async move {
             let _finished = finished; // however the task ends
@@ -645,11 +688,19 @@ impl LockerCore {
                 rev = put.created().await.unwrap_or(0);
             }
             let mut pause = Duration::from_millis(50);
-            while session.ended().is_none() {
-                match tokio::time::timeout(per_try, remove(kv.clone(), &key, &mut rev)).await {
+            let mut ended_at = None;
+            loop {
+                let attempt = remove(kv.clone(), &key, record.as_deref(), &mut rev);
+                match tokio::time::timeout(per_try, attempt).await {
                     Ok(Ok(_)) => return,
                     Ok(Err(_)) => {}
                     Err(_) => per_try = (per_try * 2).min(limit),
+                }
+                if session.ended().is_some() {
+                    let since: &mut Instant = ended_at.get_or_insert_with(Instant::now);
+                    if record.is_none() || since.elapsed() >= REMOVE_AFTER_END {
+                        return; // the lease takes the key; others end the record's delay
+                    }
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
@@ -657,21 +708,25 @@ impl LockerCore {
         });
         st.cleanups.retain(|done| !done.load(SeqCst));
         st.cleanups.push(done);
+        removal
     }
 
-    /// Deletes the incarnation of our key created at `rev`, and only that one: a delete sent
-    /// earlier and given up on can still land after the key was put again, so an unguarded
-    /// one could remove a newer hold's key. `Ok(false)`: that incarnation was gone already.
+    /// Deletes the incarnation of our key created at `rev`, and only that one, with our
+    /// record: a delete sent earlier and given up on can still land after the key was put
+    /// again, so an unguarded one could remove a newer hold's key. `Ok(false)`: that
+    /// incarnation was gone already (its record, if left, goes now).
     async fn delete_own(&self, context: &'static str, rev: i64) -> Result<bool> {
-        let resp = self
-            .txn(context, delete_if_created_at(&self.key, rev))
-            .await?;
+        let record = self.record.as_ref().map(|(record, _)| record.as_slice());
+        let resp = self.txn(context, release(&self.key, record, rev)).await?;
         Ok(resp.succeeded())
     }
 }
 
 /// How long the first try of a background removal may take before it is sent again.
 const REMOVAL_TRY: Duration = Duration::from_millis(500);
+
+/// How long a removal goes on trying after its session ended.
+const REMOVE_AFTER_END: Duration = Duration::from_secs(60);
 
 /// Marks a removal finished and wakes whoever waits for it, when the removal task ends.
 struct Finished(Arc<AtomicBool>, Arc<Notify>);
@@ -683,26 +738,68 @@ impl Drop for Finished {
     }
 }
 
-/// A txn that deletes `key` only if its create revision is `rev`.
-fn delete_if_created_at(key: &str, rev: i64) -> Txn {
-    Txn::new()
-        .when([Compare::create_revision(key, CompareOp::Equal, rev)])
-        .and_then([TxnOp::delete(key, None)])
+/// A background removal of a locker's key and record, to wait for.
+pub(crate) struct Removal(Arc<AtomicBool>, Arc<Notify>);
+
+impl Removal {
+    /// Returns once the removal has finished (etcd confirmed it, or it gave up).
+    pub(crate) async fn finished(&self) {
+        loop {
+            let notified = self.1.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.0.load(SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
-/// One try at removing the incarnation of `key` created at `*rev`; with `*rev == 0` it first
-/// reads which incarnation exists (and remembers it, so a retry targets the same one).
-async fn remove(mut kv: KvClient, key: &str, rev: &mut i64) -> Result<(), etcd_client::Error> {
+/// A txn that deletes `key` and `record` if the key's create revision is `rev` (the
+/// incarnation meant, and no later one), or else `record` alone if it is the one put with that
+/// incarnation (the key went behind the holder's back, and the holder knows now).
+fn release(key: &str, record: Option<&[u8]>, rev: i64) -> Txn {
+    let mut then = vec![TxnOp::delete(key, None)];
+    let mut otherwise = Vec::new();
+    if let Some(record) = record {
+        then.push(TxnOp::delete(record, None));
+        otherwise.push(TxnOp::txn(
+            Txn::new()
+                .when([Compare::create_revision(record, CompareOp::Equal, rev)])
+                .and_then([TxnOp::delete(record, None)]),
+        ));
+    }
+    Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, rev)])
+        .and_then(then)
+        .or_else(otherwise)
+}
+
+/// One try at removing the incarnation of `key` created at `*rev`, with `record`; with
+/// `*rev == 0` it first reads which incarnation exists (of the key, else of the record left
+/// behind) and remembers it, so a retry targets the same one.
+async fn remove(
+    mut kv: KvClient,
+    key: &str,
+    record: Option<&[u8]>,
+    rev: &mut i64,
+) -> Result<(), etcd_client::Error> {
     if *rev == 0 {
-        let resp = kv
-            .get(key, Some(GetOptions::new().with_keys_only()))
-            .await?;
-        match resp.kvs().first() {
-            Some(found) => *rev = found.create_revision(),
+        let options = || Some(GetOptions::new().with_keys_only());
+        let mut reads = vec![TxnOp::get(key, options())];
+        reads.extend(record.map(|record| TxnOp::get(record, options())));
+        let resp = kv.txn(Txn::new().and_then(reads)).await?;
+        let found = resp.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.create_revision()),
+            _ => None,
+        });
+        match found {
+            Some(created) => *rev = created,
             None => return Ok(()),
         }
     }
-    kv.txn(delete_if_created_at(key, *rev)).await.map(drop)
+    kv.txn(release(key, record, *rev)).await.map(drop)
 }
 
 /// A locker of the `etcd:` backend; see [`lock_core::backend::Locker`].
@@ -720,9 +817,12 @@ impl EtcdLocker {
         session: Arc<SessionCore>,
         handle: lock_core::Session,
     ) -> Self {
-        let prefix = &session.service.config.prefix;
-        let range = keys::id_prefix(prefix, id);
-        let key = keys::locker_key(&range, session.lease, serial);
+        let keys = IdKeys::new(&session.service.config.prefix, id);
+        let suffix = keys::locker_suffix(session.lease, serial);
+        let key = keys.key(&suffix);
+        let record = session
+            .lock_delay()
+            .map(|delay| (keys.record(&suffix), crate::delay::record_value(delay)));
         EtcdLocker {
             _session: handle,
             core: Arc::new(LockerCore {
@@ -732,8 +832,10 @@ impl EtcdLocker {
                     Error::InvalidId(reason) => reason,
                     other => other.to_string(),
                 }),
-                range: range.into(),
+                keys,
+                suffix,
                 key,
+                record,
                 session,
                 signal: Arc::new(Signal::new()),
                 state: Mutex::new(State::default()),
@@ -900,10 +1002,29 @@ fn header_revision(resp: &TxnResponse) -> i64 {
     resp.header().map_or(0, |h| h.revision())
 }
 
+/// The create revision of our key after a txn whose first op put it: the revision of the txn,
+/// or, if the key was there already (an earlier send of the same txn landed), its own.
+fn key_created(resp: &TxnResponse) -> i64 {
+    match resp.op_responses().into_iter().next() {
+        Some(TxnOpResponse::Put(put)) => put
+            .prev_key()
+            .map_or(header_revision(resp), |kv| kv.create_revision()),
+        _ => header_revision(resp),
+    }
+}
+
 /// The create revision of our key, if the else branch of a try txn found it.
 fn own_key_created(resp: &TxnResponse) -> Option<i64> {
     match resp.op_responses().into_iter().next() {
         Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.create_revision()),
         _ => None,
+    }
+}
+
+/// Whether the else branch of a try txn found no key in the id's queue (only records).
+fn queue_is_empty(resp: &TxnResponse) -> bool {
+    match resp.op_responses().into_iter().nth(1) {
+        Some(TxnOpResponse::Get(get)) => get.count() == 0,
+        _ => false,
     }
 }

@@ -1,5 +1,5 @@
-//! The etcd service: one client, one keep-alive stream, one delete-watch (plus a put-watch per
-//! id it has waiters for).
+//! The etcd service: one client, one keep-alive stream, one delete-watch (plus a watch per id
+//! it has waiters for).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use lock_core::backend::{self, Deadline, OpFuture, Signal};
 use lock_core::{Done, Error, LossCause, Result};
 
-use crate::locker::{EtcdLocker, LockerCore};
+use crate::locker::{EtcdLocker, LockerCore, Removal};
 use crate::service::ServiceCore;
 
 /// Why a session ended.
@@ -121,6 +121,11 @@ impl SessionCore {
         ended.or_else(|| self.deadline.has_passed().then_some(EndReason::Expired))
     }
 
+    /// The lock-delay the holds of this session ask for (`None`: none, `lock-delay=0`).
+    pub(crate) fn lock_delay(&self) -> Option<Duration> {
+        self.service.config.lock_delay.for_ttl(self.ttl)
+    }
+
     pub(crate) fn check_open(&self) -> Result<()> {
         match self.ended() {
             None => Ok(()),
@@ -132,14 +137,21 @@ impl SessionCore {
         self.lockers().remove(&key);
     }
 
-    /// Ends the session: every hold fires `lost()`, waiters stop, `done()` resolves, and the
-    /// lease is given to the keeper to revoke (unless the caller revokes it, or it is gone).
-    /// Returns false if it had ended already.
+    /// Ends the session: every hold fires `lost()`, waiters stop, `done()` resolves, the
+    /// holds' keys and records are handed to their removals, and the lease is given to the
+    /// keeper to revoke (unless the caller revokes it, or it is gone). Returns false if it had
+    /// ended already.
     pub(crate) fn end(&self, reason: EndReason) -> bool {
+        self.end_removing(reason).is_some()
+    }
+
+    /// [`end`](Self::end), returning the removals of the holds' keys and records to wait for;
+    /// `None` if the session had ended already.
+    fn end_removing(&self, reason: EndReason) -> Option<Vec<Removal>> {
         {
             let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
             if ended.is_some() {
-                return false;
+                return None;
             }
             *ended = Some(reason);
         }
@@ -158,9 +170,10 @@ impl SessionCore {
             .drain()
             .filter_map(|(_, l)| l.upgrade())
             .collect();
-        for locker in lockers {
-            locker.session_ended(reason);
-        }
+        let removals: Vec<Removal> = lockers
+            .iter()
+            .filter_map(|locker| locker.session_ended(reason))
+            .collect();
         // After the holds recorded why they ended (a deadline that passed earlier keeps its
         // moment: `expire` never moves it later).
         self.deadline.expire();
@@ -178,32 +191,38 @@ impl SessionCore {
         if let Some(next) = leases.next {
             keeper.revoke_later(next); // a move in progress: its keys go with it
         }
-        true
+        Some(removals)
     }
 
-    /// Ends the session and revokes its lease, waiting for the server.
+    /// Ends the session and revokes its lease, waiting for the server, and for the removal of
+    /// its holds' keys and records (a clean release: nobody waits out a lock-delay after a
+    /// closed session; the two go out together, so the handover costs one round trip).
     pub(crate) async fn close(&self, reason: EndReason) -> Result<()> {
-        if !self.end(reason) {
+        let Some(removals) = self.end_removing(reason) else {
             return Err(Error::AlreadyClosed("the session was already closed"));
-        }
+        };
+        let removed = async {
+            for removal in &removals {
+                removal.finished().await;
+            }
+        };
         let leases = self.service.client.lease_client();
         // Fixed from now (no move adopts after the end). From here the lease is ours to revoke,
         // whatever happens to this future: dropped before etcd confirmed it, the revoke goes on
         // in the background.
         let lease = self.current_lease();
-        let mut revoke = RevokeGuard {
+        let mut guard = RevokeGuard {
             session: self,
             done: false,
         };
-        let revoked = self
-            .service
-            .write("revoking the session's lease", || {
-                crate::keeper::revoke_once(leases.clone(), lease)
-            })
-            .await;
+        let revoke = self.service.write("revoking the session's lease", || {
+            crate::keeper::revoke_once(leases.clone(), lease)
+        });
+        let limit = self.service.config.request_timeout;
+        let (revoked, _) = tokio::join!(revoke, tokio::time::timeout(limit, removed));
         // On an error, the guard tries again in the background (else the lease would run out
         // on its own within the TTL).
-        revoke.done = revoked.is_ok();
+        guard.done = revoked.is_ok();
         revoked
     }
 }

@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod common;
+
 use lock_etcd as _; // links the backend, so `etcd:` is registered
 use lock_testkit::Harness;
 
@@ -21,13 +23,17 @@ fn etcd() -> Option<Harness> {
         .collect();
     // A 5 s TTL: the whole suite runs at once next to a 3-member cluster on two cores, and a
     // keep-alive answered later than TTL − margin rightly ends the session.
+    let ttl = Duration::from_secs(5);
+    let direct = endpoints.clone();
     let harness = Harness::from_uri(format!("etcd:{endpoints}"))
-        .with_ttl(Duration::from_secs(5))
+        .with_ttl(ttl)
+        .with_lock_delay(ttl) // `lock-delay=auto`: the holder's TTL
         .with_settle(Duration::from_millis(300))
         .with_faults(members, |proxies| {
             let uri = format!("etcd:{}", proxies.join(","));
             Box::pin(async move { lock_core::new(&uri).await })
-        });
+        })
+        .with_lease_ending(move |id| Box::pin(common::revoke_holders_lease(direct.clone(), id)));
     Some(harness)
 }
 

@@ -30,15 +30,13 @@ async fn revoking_the_lease_from_outside_fires_lost_and_done() {
     let (held_a, held_b) = (a.lock().await.unwrap(), b.lock().await.unwrap());
 
     let mut raw = common::raw(&endpoints).await;
-    let keys = raw
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
-    let lease = keys.kvs()[0].lease();
+    let (keys, records) = common::lock_keys(&mut raw, &prefix).await;
+    let lease = keys[0].lease();
     assert!(
-        keys.kvs().iter().all(|kv| kv.lease() == lease),
+        keys.len() == 2 && keys.iter().all(|kv| kv.lease() == lease),
         "all keys of a session share its lease"
     );
+    assert_eq!(records.len(), 2, "a lock-delay record beside each key");
     raw.lease_revoke(lease).await.unwrap();
 
     for held in [&held_a, &held_b] {
@@ -51,6 +49,11 @@ async fn revoking_the_lease_from_outside_fires_lost_and_done() {
         .await
         .expect("done() after the lease was revoked");
     assert!(matches!(a.unlock().await, Err(Error::AlreadyClosed(_))));
+    // The holder knows now: its records go, and with them the lock-delay of others.
+    assert!(
+        keys_become(&mut raw, &prefix, 0, Duration::from_secs(2)).await,
+        "the records of the lost holds stayed"
+    );
     service.close().await.unwrap();
 }
 
@@ -121,24 +124,20 @@ async fn unlock_and_close_leave_no_keys_or_leases() {
         .unwrap();
     let waiter = other.new_locker("x");
     assert!(matches!(waiter.lock().await, Err(Error::Timeout(_))));
-    // The timed-out attempt hands its key to a background removal (the call does not wait
-    // for it): gone within a second.
+    // The timed-out attempt hands its key and record to a background removal (the call does
+    // not wait for it): gone within a second; the holder's key and record stay.
     assert!(
-        keys_become(&mut raw, &prefix, 1, Duration::from_secs(1)).await,
+        keys_become(&mut raw, &prefix, 2, Duration::from_secs(1)).await,
         "the timed-out waiter's key was not removed within 1 s"
     );
     holder.unlock().await.unwrap();
     assert_eq!(
         keys_under(&mut raw, &prefix).await,
         0,
-        "unlock left the key behind"
+        "unlock left the key or its record behind"
     );
     let guard = holder.lock().await.unwrap();
-    let held = raw
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
-    let lease = held.kvs()[0].lease();
+    let lease = common::lock_keys(&mut raw, &prefix).await.0[0].lease();
     // The last handles of the session (an unlocked `Held` is one too): revoked in the background.
     drop((first, guard, holder, session));
     assert!(
@@ -150,7 +149,8 @@ async fn unlock_and_close_leave_no_keys_or_leases() {
     service.close().await.unwrap();
 }
 
-/// Whether etcd holds `count` keys under `prefix` within `limit` (polled every 20 ms).
+/// Whether etcd holds `count` keys under `prefix` (lock keys and records) within `limit`
+/// (polled every 20 ms).
 async fn keys_become(
     raw: &mut etcd_client::Client,
     prefix: &str,

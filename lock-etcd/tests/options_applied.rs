@@ -5,7 +5,6 @@ mod common;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use etcd_client::GetOptions;
 use lock_core::{Error, SessionConfig};
 use lock_etcd::{EtcdConfig, EtcdService};
 use lock_testkit::etcd::ClusterSpec;
@@ -47,15 +46,18 @@ async fn prefix_namespaces_the_keys() {
     let locker = session.new_locker("a/b c");
     let held = locker.lock().await.unwrap();
     let mut raw = common::raw(&endpoints).await;
-    let keys = raw
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
-    assert_eq!(keys.kvs().len(), 1);
-    let key = keys.kvs()[0].key_str().unwrap();
+    let (keys, records) = common::lock_keys(&mut raw, &prefix).await;
+    assert_eq!((keys.len(), records.len()), (1, 1));
+    let key = keys[0].key_str().unwrap();
     assert!(key.starts_with(&format!("{prefix}a%2Fb c/")), "{key}");
+    let record = [prefix.as_bytes(), b"a%2Fb c.\xff"].concat();
+    assert!(
+        records[0].key().starts_with(&record),
+        "the record sits right below the id's range: {:?}",
+        String::from_utf8_lossy(records[0].key())
+    );
     assert_eq!(
-        keys.kvs()[0].create_revision() as u64,
+        keys[0].create_revision() as u64,
         held.fencing_token(),
         "the token is the create revision"
     );

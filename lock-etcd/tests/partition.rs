@@ -182,15 +182,8 @@ async fn a_stalled_session_moves_its_keys_and_outlives_its_first_lease() {
     let waiter = session.new_locker("x");
     let waiting = tokio::spawn(async move { waiter.lock().await });
     let mut raw = common::raw(&endpoints).await;
-    let keys = || etcd_client::GetOptions::new().with_prefix();
     for _ in 0..100 {
-        if raw
-            .get(prefix.as_str(), Some(keys()))
-            .await
-            .unwrap()
-            .count()
-            == 2
-        {
+        if common::lock_keys(&mut raw, &prefix).await.0.len() == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -213,9 +206,8 @@ async fn a_stalled_session_moves_its_keys_and_outlives_its_first_lease() {
     let fresh = etcd.lease_id();
 
     // Both keys are on the fresh lease, created where they were.
-    let found = raw.get(prefix.as_str(), Some(keys())).await.unwrap();
+    let (found, _) = common::lock_keys(&mut raw, &prefix).await;
     let mut on: Vec<(i64, i64)> = found
-        .kvs()
         .iter()
         .map(|kv| (kv.create_revision(), kv.lease()))
         .collect();

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,10 @@ use crate::Failure;
 
 type Opener = Arc<dyn Fn() -> OpenFuture + Send + Sync>;
 type FaultyOpener = Arc<dyn Fn(Vec<String>) -> OpenFuture + Send + Sync>;
+
+/// What ending a holder's lease from outside returns: done, or why not.
+pub type EndLeaseFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+type LeaseEnder = Arc<dyn Fn(String) -> EndLeaseFuture + Send + Sync>;
 
 /// Which lockers see each other's locks: what a backend declares, and the suite checks both
 /// ways (what is declared shared must exclude; what is declared separate must not).
@@ -64,7 +69,9 @@ pub struct Harness {
     sharing: Sharing,
     fifo: bool,
     leases: bool,
+    lock_delay: Duration,
     faults: Option<Faults>,
+    end_lease: Option<LeaseEnder>,
     child: Option<String>,
 }
 
@@ -95,7 +102,9 @@ impl Harness {
             sharing: Sharing::Processes,
             fifo: true,
             leases: true,
+            lock_delay: Duration::ZERO,
             faults: None,
+            end_lease: None,
             child: None,
         }
     }
@@ -122,6 +131,33 @@ impl Harness {
     #[must_use]
     pub fn with_leases(mut self, leases: bool) -> Self {
         self.leases = leases;
+        self
+    }
+
+    /// Declares the backend's lock-delay (default none): how long after a hold ends without a
+    /// clean release (its holder killed or cut off, its lease expired or revoked on the
+    /// server) the lock stays unavailable to others, so that a holder that has not heard yet
+    /// knows by then. A killed process's lock is then free within the TTL, the delay and half
+    /// a TTL.
+    #[must_use]
+    pub fn with_lock_delay(mut self, delay: Duration) -> Self {
+        self.lock_delay = delay;
+        self
+    }
+
+    /// Lets the suite end a holder's lease from outside its session, as the backend's server
+    /// does when the lease expires, or when it revokes it early: `end(id)` ends the session
+    /// lease of whoever holds `id` (for etcd: a client of its own revokes the lease of the
+    /// id's first key). With it and [`with_faults`](Self::with_faults), the suite checks that
+    /// a lease that vanished behind a holder cut off from the backend is not granted to
+    /// anyone else before the holder's `is_lost()` is true; without it, that check is skipped,
+    /// visibly.
+    #[must_use]
+    pub fn with_lease_ending<F>(mut self, end: F) -> Self
+    where
+        F: Fn(String) -> EndLeaseFuture + Send + Sync + 'static,
+    {
+        self.end_lease = Some(Arc::new(end));
         self
     }
 
@@ -164,6 +200,17 @@ impl Harness {
     /// What the backend declared: leases enforced or not.
     pub fn leases(&self) -> bool {
         self.leases
+    }
+
+    /// What the backend declared: its lock-delay.
+    pub fn lock_delay(&self) -> Duration {
+        self.lock_delay
+    }
+
+    /// Ends the session lease of whoever holds `id`, from outside; `None` when the harness
+    /// cannot (see [`with_lease_ending`](Self::with_lease_ending)).
+    pub(crate) fn lease_ender(&self) -> Option<&LeaseEnder> {
+        self.end_lease.as_ref()
     }
 
     /// Reports that `check` was skipped for this backend, and why (see [`crate::skip`]).
@@ -262,7 +309,9 @@ impl fmt::Debug for Harness {
             .field("sharing", &self.sharing)
             .field("fifo", &self.fifo)
             .field("leases", &self.leases)
+            .field("lock_delay", &self.lock_delay)
             .field("faults", &self.faults.as_ref().map(|f| &f.targets))
+            .field("ends_leases", &self.end_lease.is_some())
             .field("child", &self.child)
             .finish()
     }

@@ -31,7 +31,7 @@ pub mod history;
 pub mod proxy;
 
 pub use failure::{Failure, Outcome};
-pub use harness::{Harness, Sharing};
+pub use harness::{EndLeaseFuture, Harness, Sharing};
 
 /// The environment variable naming a file to which every skipped check appends one line, so
 /// that a test runner can count and show them (`cargo xtask test` does).
@@ -187,6 +187,7 @@ macro_rules! conformance_tests {
             lock_returns_within_its_timeout_under_a_blackhole,
             a_partitioned_holder_loses_before_another_is_granted,
             cancelled_unlock_during_a_blackhole_frees_the_id_once_healed,
+            a_lost_lease_is_not_granted_before_its_holder_knows,
         }
     };
 }

@@ -40,6 +40,19 @@ pub async fn first_member_proxy(endpoints: &str) -> lock_testkit::proxy::FaultPr
         .unwrap()
 }
 
+/// The keys under `prefix`: the lock keys (bound to a session's lease) and the lock-delay
+/// records beside them (bound to no lease), each in key order.
+pub async fn lock_keys(
+    raw: &mut etcd_client::Client,
+    prefix: &str,
+) -> (Vec<etcd_client::KeyValue>, Vec<etcd_client::KeyValue>) {
+    let all = raw
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .expect("reading the keys");
+    all.kvs().iter().cloned().partition(|kv| kv.lease() != 0)
+}
+
 /// A prefix no other test run uses.
 pub fn unique_prefix(name: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -59,4 +72,31 @@ pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f()
+}
+
+/// Revokes, with a client of its own, the lease of the oldest key of `id`'s queue under the
+/// default prefix: the holder's session lease, ended as etcd ends it when it expires or
+/// revokes it early.
+pub async fn revoke_holders_lease(endpoints: String, id: String) -> Result<(), String> {
+    let endpoints: Vec<&str> = endpoints.split(',').collect();
+    let mut raw = etcd_client::Client::connect(endpoints, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let queue = lock_etcd::queue_prefix(lock_etcd::DEFAULT_PREFIX, &id);
+    let first = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_sort(
+            etcd_client::SortTarget::Create,
+            etcd_client::SortOrder::Ascend,
+        )
+        .with_limit(1);
+    let keys = raw
+        .get(queue, Some(first))
+        .await
+        .map_err(|e| e.to_string())?;
+    let holder = keys.kvs().first().ok_or("nobody holds the lock")?;
+    raw.lease_revoke(holder.lease())
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }

@@ -178,6 +178,80 @@ pub async fn a_partitioned_holder_loses_before_another_is_granted(h: &Harness) -
     Ok(())
 }
 
+/// A lease that ends behind its holder's back — its server expires or revokes it early while
+/// the holder, cut off, cannot hear of it — is not granted to anyone else before the holder's
+/// `is_lost()` is true (the holder's own deadline): the lock-delay every backend with leases
+/// owes, since a server can end a lease early (etcd does, when a leader that was stopped past
+/// the TTL comes back). The grant still comes within the TTL, the declared lock-delay and a
+/// settle time.
+pub async fn a_lost_lease_is_not_granted_before_its_holder_knows(h: &Harness) -> Outcome {
+    const CHECK: &str = "a_lost_lease_is_not_granted_before_its_holder_knows";
+    if !h.leases() {
+        h.skip(CHECK, "the harness declares no leases");
+        return Ok(());
+    }
+    let Some(end_lease) = h.lease_ender().cloned() else {
+        h.skip(
+            CHECK,
+            "the harness cannot end a lease from outside (see `Harness::with_lease_ending`)",
+        );
+        return Ok(());
+    };
+    let Some(faulty) = Faulty::open(h, CHECK).await? else {
+        return Ok(());
+    };
+    let healthy = h.service().await?;
+    let id = h.id("lease-ended");
+    let session = faulty.service.new_session(h.config()).await?;
+    let held = session.new_locker(&id).lock().await?;
+    let waiting = healthy.new_session(h.config()).await?;
+    let waiter = waiter_after(waiting, id.clone(), held.lost());
+    tokio::time::sleep(h.settle()).await;
+    faulty.set(Fault::Blackhole);
+    end_lease(id)
+        .await
+        .map_err(|e| Failure::new(format!("ending the holder's lease from outside: {e}")))?;
+    let ended = Instant::now();
+    let bound = h.ttl() + h.lock_delay() + h.settle() + Duration::from_secs(1);
+    let (granted, b, _waiting) = joined(
+        h,
+        bound + PATIENCE,
+        "the other service's waiter after the holder's lease was ended",
+        waiter,
+    )
+    .await?;
+    let took = ended.elapsed();
+    let (lost_first, next) = granted?;
+    ensure!(
+        lost_first,
+        "another service was granted the lock {took:?} after the cut-off holder's lease was \
+         ended from outside, while the holder's is_lost() was still false (no lock-delay)"
+    );
+    ensure!(
+        took <= bound,
+        "after the holder's lease was ended, the next grant took {took:?} (bound {bound:?}: the \
+         TTL, the declared lock-delay {:?} and a second)",
+        h.lock_delay()
+    );
+    follows(
+        "after a holder whose lease was ended",
+        next.fencing_token(),
+        held.fencing_token(),
+    )?;
+    b.unlock().await?;
+    faulty.set(Fault::None);
+    drop(session);
+    let _ = h
+        .within(
+            PATIENCE,
+            "closing the healed service",
+            faulty.service.close(),
+        )
+        .await?;
+    healthy.close().await?;
+    Ok(())
+}
+
 /// `unlock()` cancelled while the backend does not answer: its hold is lost at once, and once
 /// the network heals the id is free for another party within [`FREED_WITHIN`] (well before a
 /// lease would run out), and the locker can lock again with a fresh token.

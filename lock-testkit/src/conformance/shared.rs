@@ -320,7 +320,7 @@ pub async fn a_killed_process_frees_its_lock(h: &Harness) -> Outcome {
     child.kill().await?;
     let killed = Instant::now();
     let bound = if h.leases() {
-        h.ttl() + h.ttl() / 2 + h.settle()
+        h.ttl() + h.ttl() / 2 + h.lock_delay() + h.settle()
     } else {
         h.settle() + Duration::from_secs(1)
     };
@@ -338,7 +338,7 @@ pub async fn a_killed_process_frees_its_lock(h: &Harness) -> Outcome {
         took <= bound,
         "the lock of a killed process was freed only after {took:?} (bound {bound:?}: {})",
         if h.leases() {
-            "the TTL and a half"
+            "the TTL and a half, and the declared lock-delay"
         } else {
             "the harness declares no leases, so the backend must see the death at once"
         }
