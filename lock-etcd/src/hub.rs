@@ -3,11 +3,11 @@
 //! - **key deletions**: a holder registers its key (deleted behind its back means the lock is
 //!   lost) and a waiter its own key (deleted means its attempt is over);
 //! - **queues**: while a local locker waits for an id, the hub mirrors that id's keys and its
-//!   lock-delay records (see `crate::delay`), from one snapshot read and then a watch on that
-//!   id alone (opened before the read, closed with the mirror), which covers both: one stream,
-//!   in revision order. A service receives no events of ids it does not wait for. When the
-//!   first key changes, the waiter that owns the new first key is woken, and nobody else: a
-//!   release costs one delete on the wire and one wake-up here.
+//!   lock-delay records (see `crate::delay`): one snapshot read, the prefix watch's deletes,
+//!   and the puts of a watch on that id alone (opened before the read, closed with the
+//!   mirror), so a service receives no put events for ids it does not wait for. When the first
+//!   key changes, the waiter that owns the new first key is woken, and nobody else: a release
+//!   costs one delete on the wire, one event and one wake-up here.
 //!
 //! **Stale records.** A record whose key is gone marks a hold that ended without a clean
 //! release (a clean one deletes both in one transaction). If that key was the first (it may
@@ -16,11 +16,20 @@
 //! never held: its record goes at once). The holder deletes it sooner when it learns of its
 //! loss.
 //!
+//! The two streams are not ordered with respect to each other, so the mirror orders changes
+//! per key by revision (a delete that overtakes its key's put leaves a tombstone, pruned once
+//! the put stream has passed it), and a waiter counts as first only once its own put is in the
+//! mirror: the put stream is ordered, so by then every earlier put of the id has arrived too; a
+//! late delete only delays a wake-up. A key and its record are put in one transaction (so they
+//! arrive in one response of the put stream) and a clean release deletes both in one (one
+//! response of the prefix watch: etcd never splits a revision's events), so a record is never
+//! seen without its key unless the key went alone.
+//!
 //! Watches start at "now", so etcd keeps them in its synced group (no 100 ms catch-up
 //! batches). Whoever registers interest in a key must check the key afterwards: a deletion
 //! before registration is seen by that check, one after it by the watch. When the prefix watch
-//! is re-created after a connection loss, every registered key is checked again; when an id's
-//! watch breaks, its queue is read again.
+//! is re-created after a connection loss, every registered key is checked again and every
+//! queue is read again, so nothing slips through the gap.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -102,6 +111,12 @@ struct Queue {
     woken: i64,
     /// The stale record a waiter was last said to wait for (logged once).
     announced: i64,
+    /// The revision of the last change applied per key, deleted keys included (tombstones).
+    last: HashMap<Vec<u8>, i64>,
+    /// The highest revision the put stream has delivered.
+    puts_through: i64,
+    /// Tombstones are pruned when `last` grows past this.
+    prune_at: usize,
     /// The task that reads the snapshot and then pumps the id's events, and its generation.
     task: Option<AbortHandle>,
     generation: u64,
@@ -119,7 +134,7 @@ enum Load {
     Failed(String, bool),
 }
 
-/// One event of an id's watch.
+/// One event of an id's put watch or of the prefix watch (a delete).
 #[derive(Clone)]
 struct Change {
     key: Vec<u8>,
@@ -163,21 +178,37 @@ impl Queue {
             waiters: HashMap::new(),
             woken: 0,
             announced: 0,
+            last: HashMap::new(),
+            puts_through: 0,
+            prune_at: 1024,
             task: None,
             generation: 0,
         }
     }
 
     /// Applies a batch of changes (one watch response, or the snapshot and what was buffered
-    /// while it was read) in order, then finds the records whose key went in it: the
-    /// stale records to hand to [`Delays`].
+    /// while it was read), then finds the records left without their key by it: the stale
+    /// records to hand to [`Delays`].
     fn apply(&mut self, changes: impl IntoIterator<Item = Change>) -> Vec<Resolve> {
+        // Keys deleted in this batch (and whether each was the first), and records put in it.
         let mut deleted: Vec<(String, bool)> = Vec::new();
+        let mut put: Vec<String> = Vec::new();
         for change in changes {
             let Some((kind, suffix)) = self.keys.classify(&change.key) else {
                 continue;
             };
+            if self
+                .last
+                .get(&change.key)
+                .is_some_and(|&seen| seen >= change.revision)
+            {
+                continue; // older than what we know of this key: the other stream was faster
+            }
+            self.last.insert(change.key.clone(), change.revision);
             let suffix = suffix.to_owned();
+            if change.put.is_some() {
+                self.puts_through = self.puts_through.max(change.revision);
+            }
             match (kind, change.put) {
                 (Kind::Queue, Some((created, _))) => {
                     if let Some(old) = self.by_suffix.insert(suffix.clone(), created) {
@@ -194,29 +225,65 @@ impl Queue {
                         self.by_rev.remove(&created);
                         deleted.push((suffix, was_first));
                     }
+                    self.prune();
                 }
                 (Kind::Record, Some((created, value))) => {
                     let delay = parse_record(&value);
-                    self.records.insert(suffix, Record { created, delay });
+                    self.records
+                        .insert(suffix.clone(), Record { created, delay });
+                    put.push(suffix);
                 }
                 (Kind::Record, None) => {
                     if let Some(record) = self.records.remove(&suffix) {
                         self.stale.remove(&record.created);
                     }
+                    self.prune();
                 }
             }
         }
         let now = Instant::now();
         let mut resolve = Vec::new();
         for (suffix, blocks) in deleted {
-            if self.by_suffix.contains_key(&suffix) {
-                continue; // put again within the batch
-            }
             if let Some(record) = self.records.get(&suffix).copied() {
                 resolve.push(self.mark_stale(suffix, record, blocks, now));
             }
         }
+        for suffix in put {
+            // A record whose key's delete overtook their put: the key went alone (a clean
+            // release would have deleted the record with it). It held if no older key was
+            // there throughout.
+            match self.records.get(&suffix).copied() {
+                Some(record)
+                    if !self.by_suffix.contains_key(&suffix)
+                        && !self.stale.contains_key(&record.created) =>
+                {
+                    let blocks = self.by_rev.range(..record.created).next().is_none();
+                    resolve.push(self.mark_stale(suffix, record, blocks, now));
+                }
+                _ => {}
+            }
+        }
         resolve
+    }
+
+    /// Prunes tombstones once there are many: one no later than the put stream's position can
+    /// go, since no put it must stop is still to come. (Doubling the threshold keeps this O(1)
+    /// per change on average.)
+    fn prune(&mut self) {
+        if self.last.len() <= self.prune_at {
+            return;
+        }
+        let through = self.puts_through;
+        let (keys, by_suffix, records) = (&self.keys, &self.by_suffix, &self.records);
+        self.last.retain(|key, &mut seen| {
+            seen > through
+                || match keys.classify(key) {
+                    Some((Kind::Queue, suffix)) => by_suffix.contains_key(suffix),
+                    Some((Kind::Record, suffix)) => records.contains_key(suffix),
+                    None => false,
+                }
+        });
+        self.prune_at = (2 * self.last.len()).max(1024);
     }
 
     /// Records `suffix`'s record as stale: it is deleted `delay` from now if it blocks, at once
@@ -256,23 +323,11 @@ impl Queue {
 
     /// Installs the snapshot read at `since` (each key as a put), then what the watch
     /// delivered meanwhile.
+    ///
+    /// A record without its key in the snapshot is a hold that ended behind its holder's back
+    /// at some time before now: stale, for its whole delay from now.
     fn install(&mut self, since: i64, snapshot: Vec<Change>, buffer: Vec<Change>) -> Vec<Resolve> {
-        self.apply(snapshot);
-        // Records without their key in the snapshot: holds that ended behind their holder's
-        // back at some time before now (a key older than the record's was there throughout,
-        // so the record's key never held).
-        let now = Instant::now();
-        let orphans: Vec<(String, Record)> = self
-            .records
-            .iter()
-            .filter(|(suffix, _)| !self.by_suffix.contains_key(*suffix))
-            .map(|(suffix, record)| (suffix.clone(), *record))
-            .collect();
-        let mut resolve = Vec::new();
-        for (suffix, record) in orphans {
-            let blocks = self.by_rev.range(..record.created).next().is_none();
-            resolve.push(self.mark_stale(suffix, record, blocks, now));
-        }
+        let mut resolve = self.apply(snapshot);
         self.load = Load::Ready { since };
         let later = buffer.into_iter().filter(|c| c.revision > since);
         resolve.extend(self.apply(later));
@@ -344,6 +399,9 @@ impl Queue {
         self.by_suffix.clear();
         self.records.clear();
         self.stale.clear();
+        self.last.clear();
+        self.puts_through = 0;
+        self.prune_at = 1024;
         self.woken = 0;
         if let Some(task) = self.task.take() {
             task.abort();
@@ -588,25 +646,50 @@ impl Hub {
         }
     }
 
-    /// Delivers one response of the prefix watch (deletes): to the interests in those keys.
+    /// Delivers one response of the prefix watch (deletes) to the interests in those keys and
+    /// to the mirrors of their ids, each mirror the response's deletes at once.
     fn deliver_deletes(&self, events: &[Event]) {
         let mut deleted: Vec<(Callback, i64)> = Vec::new();
-        let st = self.state();
+        let mut by_range: Vec<(Arc<str>, Vec<Change>)> = Vec::new();
+        let mut st = self.state();
         for event in events {
-            let Some(kv) = event.kv() else { continue };
-            let Ok(key) = kv.key_str() else { continue };
-            if let Some(list) = st.interests.get(key) {
-                deleted.extend(list.iter().map(|(_, c)| (c.clone(), kv.mod_revision())));
+            let Some(change) = Change::from_event(event) else {
+                continue;
+            };
+            if let Some(list) = std::str::from_utf8(&change.key)
+                .ok()
+                .and_then(|key| st.interests.get(key))
+            {
+                deleted.extend(list.iter().map(|(_, c)| (c.clone(), change.revision)));
+            }
+            let Some(range) = crate::keys::range_of(&change.key) else {
+                continue;
+            };
+            if let Some((range, _)) = st.queues.get_key_value(&*range) {
+                match by_range.iter_mut().find(|(r, _)| r == range) {
+                    Some((_, changes)) => changes.push(change),
+                    None => by_range.push((range.clone(), vec![change])),
+                }
+            }
+        }
+        let mut wakes = Vec::new();
+        let mut resolve = Vec::new();
+        for (range, changes) in by_range {
+            if let Some(queue) = st.queues.get_mut(&range) {
+                resolve.extend(queue.observe(changes));
+                wakes.extend(queue.head_waiter());
             }
         }
         drop(st);
         for (callback, revision) in deleted {
             callback(revision);
         }
+        self.resolve(resolve);
+        self.wake(wakes);
     }
 
-    /// Delivers one response of the watch on the queue of `range` (for `generation`).
-    fn deliver_queue(&self, range: &str, generation: u64, events: &[Event]) {
+    /// Delivers one response of the put watch on the queue of `range` (for `generation`).
+    fn deliver_puts(&self, range: &str, generation: u64, events: &[Event]) {
         let changes: Vec<Change> = events.iter().filter_map(Change::from_event).collect();
         let mut st = self.state();
         let Some(queue) = st.queues.get_mut(range) else {
@@ -624,6 +707,29 @@ impl Hub {
 
     fn keys(&self) -> Vec<String> {
         self.state().interests.keys().cloned().collect()
+    }
+
+    /// The prefix watch broke: every mirror may miss deletes until it is read again.
+    fn invalidate(&self) {
+        let mut st = self.state();
+        st.generation += 1;
+        let generation = st.generation;
+        for queue in st.queues.values_mut() {
+            if !matches!(queue.load, Load::Idle) {
+                queue.reload(generation);
+            }
+        }
+    }
+
+    /// Reads every queue again (after the prefix watch was re-created).
+    fn reload_all(self: &Arc<Self>) {
+        let mut st = self.state();
+        for queue in st.queues.values_mut() {
+            if matches!(queue.load, Load::Loading { .. }) && queue.task.is_none() {
+                let generation = queue.generation;
+                queue.spawn(self, generation);
+            }
+        }
     }
 
     /// Whether the mirror of `range` is still the one of `generation`.
@@ -690,9 +796,9 @@ async fn read_range(
     .await
 }
 
-/// Mirrors the queue of `keys` for `generation`: opens the id's watch (its keys and records),
-/// reads the snapshot, installs it, then delivers the events until the watch breaks (then
-/// starts over) or the task is aborted (the mirror was dropped or superseded).
+/// Mirrors the queue of `keys` for `generation`: opens the id's put watch (its keys and
+/// records), reads the snapshot, installs it, then delivers the puts until the watch breaks
+/// (then starts over) or the task is aborted (the mirror was dropped or superseded).
 async fn mirror(hub: Weak<Hub>, keys: IdKeys, generation: u64) {
     let Some((client, limit)) = hub.upgrade().and_then(|h| {
         h.loads.fetch_add(1, Relaxed);
@@ -700,7 +806,9 @@ async fn mirror(hub: Weak<Hub>, keys: IdKeys, generation: u64) {
     }) else {
         return;
     };
-    let options = WatchOptions::new().with_range(keys.end.to_vec());
+    let options = WatchOptions::new()
+        .with_range(keys.end.to_vec())
+        .with_filters([WatchFilterType::NoDelete]);
     let range = &*keys.range;
     let mut stream = match open(&client, &keys.records, options, limit).await {
         Ok(stream) => stream,
@@ -725,7 +833,7 @@ async fn mirror(hub: Weak<Hub>, keys: IdKeys, generation: u64) {
         if resp.canceled() || !hub.is_current(range, generation) {
             break;
         }
-        hub.deliver_queue(range, generation, resp.events());
+        hub.deliver_puts(range, generation, resp.events());
     }
     if let Some(hub) = hub.upgrade() {
         tracing::debug!(range = %range, "watch on a lock's queue lost; reading the queue again");
@@ -782,8 +890,12 @@ async fn run(
                 _ => break,
             }
         }
-        // Re-create the watch, then check every registered key again.
+        // Re-create the watch, then check every registered key and read every queue again.
         tracing::warn!("watch on the lock prefix lost; re-creating it");
+        match hub.upgrade() {
+            Some(h) => h.invalidate(),
+            None => return,
+        }
         loop {
             if hub.strong_count() == 0 {
                 return;
@@ -795,6 +907,8 @@ async fn run(
             };
             stream = s;
             let Some(h) = hub.upgrade() else { return };
+            h.invalidate();
+            h.reload_all();
             if recheck(&h, &client, limit).await.is_ok() {
                 break;
             }
@@ -918,6 +1032,64 @@ mod tests {
         queue.observe(vec![delete("a", 9)]);
         wake_head(&mut queue);
         assert_eq!(*woken.lock().unwrap(), ["a", "c"]);
+    }
+
+    #[test]
+    fn a_delete_that_overtakes_its_put_leaves_no_key() {
+        let mut queue = ready();
+        queue.observe(vec![delete("a", 7)]); // from the prefix watch, before…
+        queue.observe(vec![put("a", 5, 5)]); // …the put from the id's watch
+        assert_eq!(first(&queue), None);
+        // A new incarnation of the same key is not stopped by the tombstone.
+        queue.observe(vec![put("a", 9, 9)]);
+        assert_eq!(first(&queue), Some((9, "a")));
+    }
+
+    #[test]
+    fn a_late_value_update_does_not_revive_a_deleted_key() {
+        let mut queue = ready();
+        queue.observe(vec![put("a", 5, 5)]);
+        queue.observe(vec![delete("a", 8)]);
+        queue.observe(vec![put("a", 5, 6)]); // a re-sent put of the same incarnation, late
+        assert_eq!(first(&queue), None);
+    }
+
+    #[test]
+    fn tombstones_are_pruned_once_the_put_stream_has_passed_them() {
+        let mut queue = ready();
+        for n in 0..5000 {
+            queue.observe(vec![put(&format!("k{n}"), n + 1, n + 1)]);
+        }
+        for n in 0..5000 {
+            queue.observe(vec![delete(&format!("k{n}"), 10_000 + n)]);
+        }
+        // More keys come and go; the put stream moves past the early tombstones.
+        for n in 0..10_000 {
+            queue.observe(vec![put(&format!("m{n}"), 20_000 + 2 * n, 20_000 + 2 * n)]);
+            queue.observe(vec![delete(&format!("m{n}"), 20_001 + 2 * n)]);
+        }
+        assert!(queue.by_rev.is_empty());
+        assert!(
+            queue.last.len() <= 1025,
+            "{} tombstones kept",
+            queue.last.len()
+        );
+    }
+
+    /// The prefix watch can bring a release before the put watch brings the key and record it
+    /// releases: a clean release (both deleted) leaves nothing; a key that went alone leaves
+    /// its record stale, blocking if no older key was there.
+    #[test]
+    fn deletes_that_overtake_their_puts_leave_a_stale_record_only_if_the_key_went_alone() {
+        let mut queue = ready();
+        queue.observe(vec![delete("a", 8), delete_record("a", 8)]);
+        let resolve = queue.observe(vec![put("a", 5, 5), put_record("a", 5, 3000)]);
+        assert!(resolve.is_empty() && queue.stale.is_empty() && first(&queue).is_none());
+
+        queue.observe(vec![delete("b", 12)]); // b went alone, at 12
+        let resolve = queue.observe(vec![put("b", 10, 10), put_record("b", 10, 3000)]);
+        assert_eq!(resolve.len(), 1);
+        assert!(queue.blocked_by(11).is_some(), "b may have held: it blocks");
     }
 
     #[test]

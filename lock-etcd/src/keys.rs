@@ -16,6 +16,7 @@
 //! falls in between): one watch on `[<prefix>e.\xff, <prefix>e0)` sees both, in revision
 //! order, and nothing else. No etcd recipe reads them (they lie outside `<prefix>e/`).
 
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -90,6 +91,18 @@ impl IdKeys {
         };
         Some((kind, std::str::from_utf8(rest).ok()?))
     }
+}
+
+/// The queue range (`<prefix><encoded id>/`) of the id a key under the prefix belongs to: a
+/// queue key's own, or a record's (`<prefix><encoded id>.\xff…` → `<prefix><encoded id>/`).
+pub(crate) fn range_of(key: &[u8]) -> Option<Cow<'_, str>> {
+    // A record's suffix holds no `\xff` and no `/`: its last `.\xff` ends the id.
+    if let Some(at) = key.windows(2).rposition(|w| w == b".\xff") {
+        let stem = std::str::from_utf8(&key[..at]).ok()?;
+        return Some(Cow::Owned(format!("{stem}/")));
+    }
+    let end = key.iter().rposition(|&b| b == b'/')?;
+    std::str::from_utf8(&key[..=end]).ok().map(Cow::Borrowed)
 }
 
 /// Which of an id's keys a key is.
