@@ -49,7 +49,8 @@ async fn progress(opened: &Opened, id: &str, lease: Option<i64>) {
         }
         let ahead = match (&opened.etcd, lease) {
             (Some(etcd), Some(lease)) => match etcd.status(id).await {
-                Ok(keys) => keys
+                Ok(status) => status
+                    .keys
                     .iter()
                     .position(|k| k.lease == lease)
                     .map(|n| format!(", {n} ahead")),

@@ -28,10 +28,24 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
             "lock status needs the etcd backend",
         ));
     };
-    let keys = etcd.status(&id).await.map_err(unavailable)?;
-    match keys.split_first() {
-        None => println!("lock {id}: free"),
-        Some((holder, waiters)) => {
+    let status = etcd.status(&id).await.map_err(unavailable)?;
+    let waiters = match (&status.delay, status.keys.split_first()) {
+        (Some(delay), _) => {
+            println!(
+                "lock {id}: free after a lock-delay: the hold with fencing token {} ended \
+                 without a clean release (its lease expired or was revoked, or its key was \
+                 deleted); nobody is granted the lock until {} at the latest (lock-delay {})",
+                delay.token,
+                humantime::format_rfc3339_seconds(delay.until),
+                humantime::format_duration(delay.delay),
+            );
+            &status.keys[..]
+        }
+        (None, None) => {
+            println!("lock {id}: free");
+            &[][..]
+        }
+        (None, Some((holder, waiters))) => {
             let owner: Vec<&str> = holder
                 .owner
                 .split_whitespace()
@@ -44,14 +58,17 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
                 since(&holder.owner).unwrap_or_else(|| "?".into()),
                 owner.join(" ")
             );
-            println!("  {} waiting", waiters.len());
-            for w in waiters {
-                println!(
-                    "    lease {:016x}, queued since {}",
-                    w.lease,
-                    since(&w.owner).unwrap_or_else(|| "?".into())
-                );
-            }
+            waiters
+        }
+    };
+    if !status.keys.is_empty() {
+        println!("  {} waiting", waiters.len());
+        for w in waiters {
+            println!(
+                "    lease {:016x}, queued since {}",
+                w.lease,
+                since(&w.owner).unwrap_or_else(|| "?".into())
+            );
         }
     }
     Ok(0)

@@ -361,7 +361,7 @@ async fn a_paused_holder_notices_the_loss_the_moment_it_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_holder_killed_with_sigkill_frees_the_lock_within_the_ttl() {
+async fn a_holder_killed_with_sigkill_frees_the_lock_within_its_ttl_and_lock_delay() {
     use lock::etcd::{EtcdConfig, EtcdService};
     use lock::{Service, SessionConfig};
     let Some(service) = service("killed") else {
@@ -369,9 +369,6 @@ async fn a_holder_killed_with_sigkill_frees_the_lock_within_the_ttl() {
     };
     let dir = temp("killed");
     let (mut holder, command_pid) = hold(&service, &dir, "2s", "k").await;
-    holder.kill().unwrap(); // SIGKILL: no unlock, no revoke
-    let killed = Instant::now();
-    let _ = holder.wait();
     let other = Service::from_backend(
         EtcdService::connect(EtcdConfig::from_uri(&service).unwrap())
             .await
@@ -381,19 +378,49 @@ async fn a_holder_killed_with_sigkill_frees_the_lock_within_the_ttl() {
         .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .unwrap();
-    let next = session.new_locker("k");
-    let _held = tokio::time::timeout(Duration::from_secs(10), next.lock())
+    let waiter = tokio::spawn(async move {
+        let next = session.new_locker("k");
+        let held = next.lock().await.unwrap();
+        (Instant::now(), held)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await; // queued
+    holder.kill().unwrap(); // SIGKILL: no unlock, no revoke
+    let killed = Instant::now();
+    let _ = holder.wait();
+    // Once etcd has expired the lease, `lock status` shows the pending lock-delay.
+    let status_service = service.clone();
+    let pending = tokio::task::spawn_blocking(move || loop {
+        let status = String::from_utf8(run(&status_service, &["status", "k"]).stdout).unwrap();
+        if status.contains("free after a lock-delay") || killed.elapsed() > Duration::from_secs(6) {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    })
+    .await
+    .unwrap();
+    eprintln!("{pending}");
+    assert!(
+        pending.contains("free after a lock-delay")
+            && pending.contains("at the latest")
+            && pending.contains("lock-delay 2s")
+            && pending.contains("1 waiting"),
+        "{pending}"
+    );
+    let (granted, held) = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .expect("granted")
         .unwrap();
-    let took = killed.elapsed();
+    let took = granted - killed;
+    eprintln!("the lock of a holder killed with SIGKILL was granted {took:?} later");
+    // etcd expires the lease within the TTL (2 s) of its last keep-alive; then the holder's
+    // lock-delay (its TTL, 2 s); then a second for the watch and the grant.
     assert!(
         took < Duration::from_secs(5),
         "the lock of a killed holder came free after {took:?}"
     );
     // A SIGKILLed `lock` cannot stop its command: only the fencing token protects from it.
     let _ = Command::new("kill").arg(&command_pid).status();
-    next.unlock().await.unwrap();
+    held.unlock().await.unwrap();
     other.close().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -116,4 +116,11 @@ pub trait Locker: Send + Sync + Debug + 'static {
 
     /// The lock id this locker was made for.
     fn id(&self) -> &str;
+
+    /// The backend's own locker, for its own extensions (the `etcd:` backend's guarded writes
+    /// find a hold's key through it): `Some(self)`. A wrapper (a metrics or retry layer)
+    /// forwards the call to the locker it wraps. The provided method offers no extension.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }

@@ -23,6 +23,7 @@ mod config;
 mod connect;
 mod delay;
 mod error;
+mod guard;
 mod health;
 mod hub;
 mod keeper;
@@ -37,11 +38,12 @@ pub use config::{
     OLDEST_SUPPORTED_VERSION,
 };
 pub use delay::LockDelay;
+pub use guard::guard;
 
 /// The etcd client this backend uses, for talking to the same cluster (e.g. fenced writes).
 pub use etcd_client;
 pub use locker::EtcdLocker;
-pub use service::{EtcdService, KeyInfo, ServiceStats, MAX_TTL};
+pub use service::{EtcdService, KeyInfo, LockStatus, PendingDelay, ServiceStats, MAX_TTL};
 pub use session::EtcdSession;
 
 use lock_core::backend::{ConnectionString, OpenFuture, Registry, ServiceFactory};

@@ -845,6 +845,13 @@ impl EtcdLocker {
         }
     }
 
+    /// The key this locker's holds are made of: `<prefix><encoded id>/<lease hex>-<n>`, bound
+    /// to its session's lease. A hold is this key with the create revision that is its fencing
+    /// token (see [`crate::guard`]).
+    pub fn key(&self) -> &str {
+        &self.core.key
+    }
+
     pub(crate) fn weak(&self) -> Weak<LockerCore> {
         Arc::downgrade(&self.core)
     }
@@ -855,11 +862,6 @@ impl EtcdLocker {
 
     fn span(&self, op: &'static str) -> tracing::Span {
         tracing::debug_span!("lock_etcd", op, id = %self.core.id, lease = format_args!("{:016x}", self.core.session.current_lease()))
-    }
-
-    /// The etcd key this locker creates when it locks.
-    pub fn key(&self) -> &str {
-        &self.core.key
     }
 }
 
@@ -967,6 +969,10 @@ impl backend::Locker for EtcdLocker {
 
     fn id(&self) -> &str {
         &self.core.id
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }
 

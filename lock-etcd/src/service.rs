@@ -284,38 +284,72 @@ impl EtcdService {
         Ok(())
     }
 
-    /// Who holds lock `id` and who waits for it, in queue order (the holder first).
+    /// Who holds lock `id` and who waits for it, in queue order (the holder first), and the
+    /// lock-delay of a hold that ended without a clean release, if one is pending: one read.
     ///
     /// # Errors
     ///
     /// [`Error::Backend`] when etcd cannot be read; [`Error::InvalidId`].
-    pub async fn status(&self, id: &str) -> Result<Vec<KeyInfo>> {
+    pub async fn status(&self, id: &str) -> Result<LockStatus> {
         backend::validate_id(id)?;
-        let range = crate::keys::id_prefix(&self.core.config.prefix, id);
+        let keys = crate::keys::IdKeys::new(&self.core.config.prefix, id);
         let kv = self.core.client.kv_client();
-        let options = etcd_client::GetOptions::new().with_prefix().with_sort(
-            etcd_client::SortTarget::Create,
-            etcd_client::SortOrder::Ascend,
-        );
+        let options = etcd_client::GetOptions::new()
+            .with_range(keys.end.to_vec())
+            .with_sort(
+                etcd_client::SortTarget::Create,
+                etcd_client::SortOrder::Ascend,
+            );
         let resp = request(
             "reading the lock's keys",
             self.core.config.request_timeout,
             || {
-                let (mut kv, range, options) = (kv.clone(), range.clone(), options.clone());
-                async move { kv.get(range, Some(options)).await }
+                let (mut kv, from, options) = (kv.clone(), keys.records.to_vec(), options.clone());
+                async move { kv.get(from, Some(options)).await }
             },
         )
         .await?;
-        Ok(resp
-            .kvs()
-            .iter()
-            .map(|kv| KeyInfo {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                lease: kv.lease(),
-                token: kv.create_revision() as u64,
-                owner: String::from_utf8_lossy(kv.value()).into_owned(),
+        let read_at = std::time::SystemTime::now();
+        let (mut queue, mut records) = (Vec::new(), Vec::new());
+        for kv in resp.kvs() {
+            match keys.classify(kv.key()) {
+                Some((crate::keys::Kind::Queue, suffix)) => queue.push((
+                    suffix,
+                    KeyInfo {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        lease: kv.lease(),
+                        token: kv.create_revision() as u64,
+                        owner: String::from_utf8_lossy(kv.value()).into_owned(),
+                    },
+                )),
+                Some((crate::keys::Kind::Record, suffix)) => {
+                    records.push((suffix, kv.create_revision() as u64, kv.value()));
+                }
+                None => {}
+            }
+        }
+        // A record whose key is gone, with no older key in the queue, may have been the
+        // holder's: nobody is granted the lock before its delay has passed (from when a
+        // service saw it go; at the latest from now).
+        let first = queue.first().map(|(_, k)| k.token);
+        let delay = records
+            .into_iter()
+            .filter(|(suffix, token, _)| {
+                !queue.iter().any(|(s, _)| s == suffix) && first.is_none_or(|f| f > *token)
             })
-            .collect())
+            .map(|(_, token, value)| {
+                let delay = crate::delay::parse_record(value);
+                PendingDelay {
+                    token,
+                    delay,
+                    until: read_at + delay,
+                }
+            })
+            .max_by_key(|d| d.delay);
+        Ok(LockStatus {
+            keys: queue.into_iter().map(|(_, k)| k).collect(),
+            delay,
+        })
     }
 
     /// The configuration this service was opened with.
@@ -415,6 +449,40 @@ pub struct ServiceStats {
     /// waiters remain, the watch keeps the copy current), and again after a watch breaks
     /// and is re-created.
     pub queue_reads: u64,
+}
+
+/// What [`EtcdService::status`] read of one lock.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockStatus {
+    /// The queue in order: the holder first (unless a lock-delay is pending: then every key
+    /// waits), then the waiters.
+    pub keys: Vec<KeyInfo>,
+    /// A pending lock-delay: a hold that ended without a clean release, waited out before
+    /// anyone is granted the lock.
+    pub delay: Option<PendingDelay>,
+}
+
+impl LockStatus {
+    /// The holder, unless the lock is free or a lock-delay is pending.
+    pub fn holder(&self) -> Option<&KeyInfo> {
+        match self.delay {
+            Some(_) => None,
+            None => self.keys.first(),
+        }
+    }
+}
+
+/// A lock-delay in progress (see [`crate::LockDelay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingDelay {
+    /// The fencing token of the hold that ended without a clean release.
+    pub token: u64,
+    /// The delay that hold asked for.
+    pub delay: Duration,
+    /// The latest time the lock can be granted again (wall clock): the delay from this read.
+    /// A service that saw the hold end earlier grants it sooner, and so does the holder's
+    /// saying it knows.
+    pub until: std::time::SystemTime,
 }
 
 /// One key of a lock: the holder (the first) or a waiter.

@@ -390,4 +390,8 @@ impl backend::Locker for MeteredLocker {
     fn id(&self) -> &str {
         self.inner.id()
     }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        self.inner.as_any()
+    }
 }
