@@ -44,6 +44,18 @@
 //! validates the TTL and otherwise ignores it: its sessions end only when closed, dropped, or
 //! their service closed.
 //!
+//! **The lock-delay rule** (backends with leases). A hold can end on the server without its
+//! holder's doing — its lease expired or revoked, its record removed by someone else — while
+//! the holder cannot hear of it yet (cut off, paused, or the server revoked the lease *early*,
+//! as etcd does under load). Such a hold must not be granted to anyone else before the
+//! holder's own `is_lost()` is true wherever it runs: the backend waits out the holder's
+//! deadline (its TTL measured from when the hold vanished, or less if the holder says it knows)
+//! before the next grant. A clean release — `unlock()`, a dropped `Held`, a closed session or
+//! service — hands over at once. The etcd backend calls this its lock-delay (option
+//! `lock-delay`); the conformance check `a_lost_lease_is_not_granted_before_its_holder_knows`
+//! holds every backend with leases to it, through the harness's capability to end a
+//! session's lease from outside the session.
+//!
 //! # Writing a backend
 //!
 //! The traits a backend implements and their helpers are in [`backend`]; applications never

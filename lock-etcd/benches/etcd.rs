@@ -28,8 +28,17 @@ fn unique(name: &str) -> String {
 }
 
 async fn ours(endpoints: &str) -> Service {
-    let config =
-        EtcdConfig::from_uri(&format!("etcd:{endpoints}?prefix={}/", unique("ours"))).unwrap();
+    ours_with(endpoints, "").await
+}
+
+/// The two settings of `lock-delay` compared side by side: the default, and the behaviour
+/// before lock-delays existed (`lock-delay=0`: no delay, and the waiter's confirming read).
+const SETTINGS: [(&str, &str); 2] = [("auto", ""), ("lock-delay=0", "&lock-delay=0")];
+
+/// Ours with extra connection-string options (`&lock-delay=0`).
+async fn ours_with(endpoints: &str, options: &str) -> Service {
+    let uri = format!("etcd:{endpoints}?prefix={}/{options}", unique("ours"));
+    let config = EtcdConfig::from_uri(&uri).unwrap();
     Service::from_backend(EtcdService::connect(config).await.unwrap())
 }
 
@@ -129,8 +138,8 @@ async fn floor_and_uncontended(endpoints: &str, rows: &mut Vec<Row>) -> f64 {
     1.0 / p_mean.as_secs_f64()
 }
 
-async fn contended(endpoints: &str, put_rate: f64, rows: &mut Vec<Row>) {
-    // R: the Lock RPC, 16 contenders each with its own lease.
+/// R: the Lock RPC, 16 contenders each with its own lease; handoffs per second.
+async fn contended_rpc(endpoints: &str) -> f64 {
     let client = raw(endpoints).await;
     let name = unique("rpc");
     let stop = Instant::now() + CONTENDED_FOR;
@@ -155,9 +164,12 @@ async fn contended(endpoints: &str, put_rate: f64, rows: &mut Vec<Row>) {
     for t in tasks {
         t.await.unwrap();
     }
-    let r_rate = count.load(Relaxed) as f64 / start.elapsed().as_secs_f64();
+    count.load(Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
 
-    let service = ours(endpoints).await;
+/// Ours: 16 tasks, each with its own session, on one id; handoffs per second.
+async fn contended_ours(endpoints: &str, options: &str) -> f64 {
+    let service = ours_with(endpoints, options).await;
     let stop = Instant::now() + CONTENDED_FOR;
     let count = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -181,15 +193,46 @@ async fn contended(endpoints: &str, put_rate: f64, rows: &mut Vec<Row>) {
     for t in tasks {
         t.await.unwrap();
     }
-    let o_rate = count.load(Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let rate = count.load(Relaxed) as f64 / start.elapsed().as_secs_f64();
     service.close().await.unwrap();
-    rows.push(Row {
-        name: format!("2. {CONTENDERS} tasks on one id, own sessions (handoffs/s)"),
-        ours: format!("{o_rate:.0}"),
-        baseline: format!("R {r_rate:.0}; puts/s {put_rate:.0}"),
-        ratio: format!("{:.2}× R; {:.2}× puts", o_rate / r_rate, o_rate / put_rate),
-        target: "≥ 3× R; ≥ 0.4× puts",
-    });
+    rate
+}
+
+/// Row 2 (and its 3-member twin): ours with each `lock-delay` setting beside R.
+async fn contended(endpoints: &str, put_rate: Option<f64>, label: &str, rows: &mut Vec<Row>) {
+    let r_rate = contended_rpc(endpoints).await;
+    for (setting, options) in SETTINGS {
+        let o_rate = contended_ours(endpoints, options).await;
+        let (baseline, ratio, target) = match put_rate {
+            Some(puts) => (
+                format!("R {r_rate:.0}; puts/s {puts:.0}"),
+                format!("{:.2}× R; {:.2}× puts", o_rate / r_rate, o_rate / puts),
+                if setting == "auto" {
+                    "≥ 1500/s; ≥ 3× R"
+                } else {
+                    "today's, for comparison"
+                },
+            ),
+            None => (
+                format!("R {r_rate:.0}"),
+                format!("{:.2}× R", o_rate / r_rate),
+                if setting == "auto" {
+                    "≥ 3× R"
+                } else {
+                    "today's, for comparison"
+                },
+            ),
+        };
+        rows.push(Row {
+            name: format!(
+                "{label}{CONTENDERS} tasks on one id, own sessions (handoffs/s), {setting}"
+            ),
+            ours: format!("{o_rate:.0}"),
+            baseline,
+            ratio,
+            target,
+        });
+    }
 }
 
 /// The seed example on `service`: the wall time, or the first error.
@@ -250,15 +293,28 @@ async fn seed_rpc(endpoints: &str, sessions: usize) -> Duration {
 }
 
 async fn seed(endpoints: &str, rows: &mut Vec<Row>) {
-    let r = seed_rpc(endpoints, 1000).await;
-    let service = ours(endpoints).await;
-    let o = seed_ours(&service, 1000).await;
     let secs = |d: &Result<Duration, String>| match d {
         Ok(d) => format!("{:.2}", d.as_secs_f64()),
         Err(e) => format!("failed: {e}"),
     };
+    let r = seed_rpc(endpoints, 1000).await;
+    let (_, zero) = SETTINGS[1];
+    let service = ours_with(endpoints, zero).await;
+    let o = seed_ours(&service, 1000).await;
+    let _ = service.close().await;
     rows.push(Row {
-        name: "3. seed example, 1000 sessions (s)".into(),
+        name: "3. seed example, 1000 sessions (s), lock-delay=0".into(),
+        ours: secs(&o),
+        baseline: format!("R {:.2}", r.as_secs_f64()),
+        ratio: o.as_ref().map_or("–".into(), |o| {
+            format!("{:.2}× R", o.as_secs_f64() / r.as_secs_f64())
+        }),
+        target: "today's, for comparison",
+    });
+    let service = ours(endpoints).await;
+    let o = seed_ours(&service, 1000).await;
+    rows.push(Row {
+        name: "3. seed example, 1000 sessions (s), auto".into(),
         ours: secs(&o),
         baseline: format!("R {:.2}", r.as_secs_f64()),
         ratio: o.as_ref().map_or("–".into(), |o| {
@@ -455,7 +511,116 @@ async fn idle(endpoints: &str, rows: &mut Vec<Row>) {
     });
 }
 
+/// The TTL of the sessions in the recovery row.
+const RECOVERY_TTL: Duration = Duration::from_secs(3);
+
+/// The child process of the recovery row: takes the lock `recovery` on the service in
+/// `BENCH_HOLD_URI`, says `held`, and holds it until it is killed.
+fn hold() {
+    let uri = std::env::var("BENCH_HOLD_URI").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let service = Service::from_backend(
+            EtcdService::connect(EtcdConfig::from_uri(&uri).unwrap())
+                .await
+                .unwrap(),
+        );
+        let session = service
+            .new_session(SessionConfig::new(RECOVERY_TTL))
+            .await
+            .unwrap();
+        let locker = session.new_locker("recovery");
+        let _held = locker.lock().await.unwrap();
+        println!("held");
+        std::future::pending::<()>().await;
+    });
+}
+
+/// Row 6: a holder (a child process) killed with SIGKILL, to the next grant, with each
+/// `lock-delay` setting. etcd ends the lease within the TTL of its last keep-alive; the
+/// default then waits out the holder's lock-delay (its TTL), since a lease that ran out cannot
+/// be told from one revoked early.
+async fn recovery(endpoints: &str, rows: &mut Vec<Row>) {
+    use std::io::BufRead;
+    const ROUNDS: usize = 3;
+    let mut zero = String::new();
+    for (setting, options) in SETTINGS.iter().rev() {
+        let mut times = Vec::new();
+        for _ in 0..ROUNDS {
+            let uri = format!("etcd:{endpoints}?prefix={}/{options}", unique("recovery"));
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .arg("hold")
+                .env("BENCH_HOLD_URI", &uri)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line.trim(), "held");
+            let service = Service::from_backend(
+                EtcdService::connect(EtcdConfig::from_uri(&uri).unwrap())
+                    .await
+                    .unwrap(),
+            );
+            let session = service
+                .new_session(SessionConfig::new(RECOVERY_TTL))
+                .await
+                .unwrap();
+            let waiter = tokio::spawn(async move {
+                let locker = session.new_locker("recovery");
+                let held = locker.lock().await.unwrap();
+                let at = Instant::now();
+                drop(held);
+                session.close().await.unwrap();
+                at
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await; // the waiter is queued
+            let killed = Instant::now();
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            let granted = waiter.await.unwrap();
+            times.push(granted - killed);
+            service.close().await.unwrap();
+        }
+        let (mean, min, max) = (
+            times.iter().sum::<Duration>() / ROUNDS as u32,
+            times.iter().min().unwrap(),
+            times.iter().max().unwrap(),
+        );
+        let figure = format!(
+            "{:.2} ({:.2}–{:.2})",
+            mean.as_secs_f64(),
+            min.as_secs_f64(),
+            max.as_secs_f64()
+        );
+        let ttl = RECOVERY_TTL.as_secs();
+        rows.push(Row {
+            name: format!(
+                "6. holder killed with SIGKILL → next grant, TTL {ttl} s (s, mean (min–max) of {ROUNDS}), {setting}"
+            ),
+            ours: figure.clone(),
+            baseline: if *setting == "auto" {
+                format!("lock-delay=0: {zero}")
+            } else {
+                "–".into()
+            },
+            ratio: format!("{:.2}× TTL", mean.as_secs_f64() / ttl as f64),
+            target: if *setting == "auto" {
+                "≤ TTL + lock-delay + 1 s"
+            } else {
+                "≤ TTL + 1 s"
+            },
+        });
+        zero = figure;
+    }
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("hold") {
+        return hold();
+    }
     let endpoints = std::env::var("LOCK_ETCD_ENDPOINTS")
         .expect("LOCK_ETCD_ENDPOINTS is not set: run `cargo xtask bench etcd`");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -464,7 +629,7 @@ fn main() {
         .build()
         .unwrap();
     // `cargo bench` passes `--bench`; bare words run only those parts (for profiling):
-    // uncontended | contended | seed | waiters | idle | cluster.
+    // uncontended | contended | seed | waiters | idle | recovery | cluster.
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -478,7 +643,7 @@ fn main() {
             0.0
         };
         if run("contended") {
-            contended(&endpoints, put_rate, &mut rows).await;
+            contended(&endpoints, Some(put_rate), "2. ", &mut rows).await;
         }
         if run("seed") {
             seed(&endpoints, &mut rows).await;
@@ -488,6 +653,9 @@ fn main() {
         }
         if run("idle") {
             idle(&endpoints, &mut rows).await;
+        }
+        if run("recovery") {
+            recovery(&endpoints, &mut rows).await;
         }
         if let Some(cluster) = std::env::var("LOCK_ETCD_CLUSTER_ENDPOINTS")
             .ok()
@@ -500,6 +668,7 @@ fn main() {
                 row.target = "informative";
                 rows.push(row);
             }
+            contended(&cluster, None, "3-member cluster: ", &mut rows).await;
         }
     });
     println!("| benchmark | etcd: | baseline | ratio | target |");
