@@ -15,6 +15,8 @@
 //!   revoked on the server, the key deleted by someone else) is granted to nobody else until
 //!   its holder must know it lost it — by default its session's TTL after the key went, or at
 //!   once when the holder says it knows. Clean releases hand over at once. See [`LockDelay`].
+//! - **Guarded writes**: [`guard`] turns a hold into a compare for your own transactions on the
+//!   cluster, true only while the hold exists on the server.
 //!
 //! Building needs `protoc` (etcd-client compiles etcd's protobuf definitions): install
 //! `protobuf-compiler` or set `PROTOC`. `cargo xtask test` provides one itself.
@@ -40,7 +42,7 @@ pub use config::{
 pub use delay::LockDelay;
 pub use guard::guard;
 
-/// The etcd client this backend uses, for talking to the same cluster (e.g. fenced writes).
+/// The etcd client this backend uses, for talking to the same cluster (e.g. guarded writes).
 pub use etcd_client;
 pub use locker::EtcdLocker;
 pub use service::{EtcdService, KeyInfo, LockStatus, PendingDelay, ServiceStats, MAX_TTL};
