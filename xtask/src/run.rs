@@ -106,22 +106,12 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     );
     report_skips(&skips);
     // The fencing example on etcd: guarded writes and the guide's `fenced_put` (the other
-    // examples run on `local:` above).
+    // examples run on `local:` above). `cargo test --workspace --all-features` built it.
     let result = result.and_then(|()| {
+        let example = target_dir().join("debug/examples/fenced_write");
         step(
-            "cargo run --example fenced_write --features etcd -- etcd:…",
-            cargo(&tools.protoc).args([
-                "run",
-                "--quiet",
-                "-p",
-                "lock-examples",
-                "--features",
-                "etcd",
-                "--example",
-                "fenced_write",
-                "--",
-                &format!("etcd:{}", cluster.endpoints()),
-            ]),
+            "examples/fenced_write etcd:… (guarded writes, fenced_put)",
+            Command::new(example).arg(format!("etcd:{}", cluster.endpoints())),
         )
     });
     drop(cluster);
@@ -297,6 +287,12 @@ fn every_example_runs() -> Result<(), String> {
     Ok(())
 }
 
+/// Cargo's target directory.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
 /// The seed of the torture run inside `cargo xtask test`.
 const SHORT_TORTURE_SEED: u64 = 7;
 
@@ -317,8 +313,7 @@ fn torture_run(
             "--examples",
         ]),
     )?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let target = target_dir();
     let runner = target.join("debug/examples/torture");
     let _load = if load {
         Some(crate::load::Load::start(&target.join("torture-load"))?)
