@@ -37,8 +37,16 @@ const SETTINGS: [(&str, &str); 2] = [("auto", ""), ("lock-delay=0", "&lock-delay
 
 /// Ours with extra connection-string options (`&lock-delay=0`).
 async fn ours_with(endpoints: &str, options: &str) -> Service {
-    let uri = format!("etcd:{endpoints}?prefix={}/{options}", unique("ours"));
-    let config = EtcdConfig::from_uri(&uri).unwrap();
+    open(&format!(
+        "etcd:{endpoints}?prefix={}/{options}",
+        unique("ours")
+    ))
+    .await
+}
+
+/// An `etcd:` service from its connection string.
+async fn open(uri: &str) -> Service {
+    let config = EtcdConfig::from_uri(uri).unwrap();
     Service::from_backend(EtcdService::connect(config).await.unwrap())
 }
 
@@ -520,11 +528,7 @@ fn hold() {
     let uri = std::env::var("BENCH_HOLD_URI").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let service = Service::from_backend(
-            EtcdService::connect(EtcdConfig::from_uri(&uri).unwrap())
-                .await
-                .unwrap(),
-        );
+        let service = open(&uri).await;
         let session = service
             .new_session(SessionConfig::new(RECOVERY_TTL))
             .await
@@ -559,11 +563,7 @@ async fn recovery(endpoints: &str, rows: &mut Vec<Row>) {
                 .read_line(&mut line)
                 .unwrap();
             assert_eq!(line.trim(), "held");
-            let service = Service::from_backend(
-                EtcdService::connect(EtcdConfig::from_uri(&uri).unwrap())
-                    .await
-                    .unwrap(),
-            );
+            let service = open(&uri).await;
             let session = service
                 .new_session(SessionConfig::new(RECOVERY_TTL))
                 .await

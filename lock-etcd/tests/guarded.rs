@@ -7,17 +7,9 @@ use std::time::Duration;
 
 use etcd_client::{Client, Txn, TxnOp};
 use lock_core::{Held, SessionConfig};
-use lock_etcd::{EtcdConfig, EtcdService};
 use lock_testkit::proxy::Fault;
 
 const TTL: Duration = Duration::from_secs(3);
-
-async fn service(endpoints: &str, prefix: &str) -> EtcdService {
-    let uri = format!("etcd:{endpoints}?prefix={prefix}&request-timeout=2s");
-    EtcdService::connect(EtcdConfig::from_uri(&uri).unwrap())
-        .await
-        .unwrap()
-}
 
 /// Writes `value` to `key` under `held`'s guard; whether etcd applied it.
 async fn guarded_put(raw: &mut Client, held: &Held, key: &str, value: &str) -> bool {
@@ -48,8 +40,8 @@ async fn a_stale_holders_guarded_txn_is_refused_once_another_holds_the_lock() {
     let prefix = common::unique_prefix("guarded");
     let data = format!("{prefix}data");
     let proxy = common::first_member_proxy(&endpoints).await;
-    let cut_off = service(&proxy.url(), &prefix).await;
-    let healthy = service(&endpoints, &prefix).await;
+    let cut_off = common::service(&proxy.url(), &prefix, "").await;
+    let healthy = common::service(&endpoints, &prefix, "").await;
     let mut raw = common::raw(&endpoints).await;
 
     let session = cut_off.new_session(SessionConfig::new(TTL)).await.unwrap();

@@ -8,17 +8,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use lock_core::{Lost, SessionConfig};
-use lock_etcd::{EtcdConfig, EtcdService};
+use lock_etcd::EtcdService;
 use lock_testkit::proxy::Fault;
 
 const TTL: Duration = Duration::from_secs(3);
-
-async fn service(endpoints: &str, prefix: &str, options: &str) -> EtcdService {
-    let uri = format!("etcd:{endpoints}?prefix={prefix}&request-timeout=2s{options}");
-    EtcdService::connect(EtcdConfig::from_uri(&uri).unwrap())
-        .await
-        .unwrap()
-}
 
 /// The lease of the oldest key under `prefix` (the holder's).
 async fn holder_lease(raw: &mut etcd_client::Client, prefix: &str) -> i64 {
@@ -62,8 +55,8 @@ async fn a_lease_revoked_behind_a_cut_off_holder_is_not_granted_before_the_holde
     };
     let prefix = common::unique_prefix("lock-delay");
     let proxy = common::first_member_proxy(&endpoints).await;
-    let cut_off = service(&proxy.url(), &prefix, "").await;
-    let healthy = service(&endpoints, &prefix, "").await;
+    let cut_off = common::service(&proxy.url(), &prefix, "").await;
+    let healthy = common::service(&endpoints, &prefix, "").await;
     let mut raw = common::raw(&endpoints).await;
 
     let session = cut_off.new_session(SessionConfig::new(TTL)).await.unwrap();
@@ -109,7 +102,7 @@ async fn a_clean_release_hands_over_at_once() {
     };
     let prefix = common::unique_prefix("clean-handover");
     let long = SessionConfig::new(Duration::from_secs(30));
-    let waiting = service(&endpoints, &prefix, "").await;
+    let waiting = common::service(&endpoints, &prefix, "").await;
     let mut raw = common::raw(&endpoints).await;
     for how in [
         "unlock",
@@ -118,7 +111,7 @@ async fn a_clean_release_hands_over_at_once() {
         "close the service",
         "drop the locker",
     ] {
-        let holding = service(&endpoints, &prefix, "").await;
+        let holding = common::service(&endpoints, &prefix, "").await;
         let session = holding.new_session(long).await.unwrap();
         let locker = session.new_locker("x");
         let held = locker.lock().await.unwrap();
@@ -174,8 +167,8 @@ async fn a_holder_that_hears_of_its_loss_ends_the_lock_delay() {
     let prefix = common::unique_prefix("heard");
     let long = SessionConfig::new(Duration::from_secs(30));
     let (a, b) = (
-        service(&endpoints, &prefix, "").await,
-        service(&endpoints, &prefix, "").await,
+        common::service(&endpoints, &prefix, "").await,
+        common::service(&endpoints, &prefix, "").await,
     );
     let mut raw = common::raw(&endpoints).await;
     let session = a.new_session(long).await.unwrap();
@@ -217,7 +210,7 @@ async fn newcomers_wait_out_a_lock_delay_too() {
     };
     let prefix = common::unique_prefix("newcomer");
     let proxy = common::first_member_proxy(&endpoints).await;
-    let cut_off = service(&proxy.url(), &prefix, "").await;
+    let cut_off = common::service(&proxy.url(), &prefix, "").await;
     let mut raw = common::raw(&endpoints).await;
     let session = cut_off.new_session(SessionConfig::new(TTL)).await.unwrap();
     let held = session.new_locker("x").lock().await.unwrap();
@@ -227,7 +220,7 @@ async fn newcomers_wait_out_a_lock_delay_too() {
     let revoked = Instant::now();
 
     // try_lock, from a fresh service, while the delay runs: taken.
-    let trying = service(&endpoints, &prefix, "").await;
+    let trying = common::service(&endpoints, &prefix, "").await;
     let try_session = trying.new_session(SessionConfig::new(TTL)).await.unwrap();
     let try_locker = try_session.new_locker("x");
     assert!(
@@ -235,7 +228,7 @@ async fn newcomers_wait_out_a_lock_delay_too() {
         "try_lock took a lock whose holder had not heard of its loss"
     );
     // lock(), from another fresh service: granted only once the holder knows.
-    let fresh = service(&endpoints, &prefix, "").await;
+    let fresh = common::service(&endpoints, &prefix, "").await;
     let (knew, _, next) = tokio::time::timeout(TTL * 4, waiter(fresh.clone(), "x", held.lost()))
         .await
         .expect("granted after the delay")
@@ -278,7 +271,7 @@ async fn try_lock_alone_gets_the_lock_after_a_lock_delay() {
     };
     let prefix = common::unique_prefix("try-alone");
     let proxy = common::first_member_proxy(&endpoints).await;
-    let cut_off = service(&proxy.url(), &prefix, "").await;
+    let cut_off = common::service(&proxy.url(), &prefix, "").await;
     let mut raw = common::raw(&endpoints).await;
     let session = cut_off.new_session(SessionConfig::new(TTL)).await.unwrap();
     let held = session.new_locker("x").lock().await.unwrap();
@@ -286,7 +279,7 @@ async fn try_lock_alone_gets_the_lock_after_a_lock_delay() {
     proxy.set(Fault::Blackhole);
     raw.delete(keys[0].key().to_vec(), None).await.unwrap();
     let deleted = Instant::now();
-    let trying = service(&endpoints, &prefix, "").await;
+    let trying = common::service(&endpoints, &prefix, "").await;
     let session_b = trying.new_session(SessionConfig::new(TTL)).await.unwrap();
     let locker = session_b.new_locker("x");
     let got = tokio::time::timeout(TTL * 3, async {

@@ -100,3 +100,12 @@ pub async fn revoke_holders_lease(endpoints: String, id: String) -> Result<(), S
         .map(drop)
         .map_err(|e| e.to_string())
 }
+
+/// An `etcd:` service on `endpoints` with its own key `prefix`, a 2 s request timeout and
+/// extra connection-string `options` (`&lock-delay=0`, or empty).
+pub async fn service(endpoints: &str, prefix: &str, options: &str) -> lock_etcd::EtcdService {
+    let uri = format!("etcd:{endpoints}?prefix={prefix}&request-timeout=2s{options}");
+    lock_etcd::EtcdService::connect(lock_etcd::EtcdConfig::from_uri(&uri).unwrap())
+        .await
+        .unwrap()
+}
