@@ -306,30 +306,32 @@ async fn seed(endpoints: &str, rows: &mut Vec<Row>) {
         Err(e) => format!("failed: {e}"),
     };
     let r = seed_rpc(endpoints, 1000).await;
-    let (_, zero) = SETTINGS[1];
-    let service = ours_with(endpoints, zero).await;
-    let o = seed_ours(&service, 1000).await;
-    let _ = service.close().await;
-    rows.push(Row {
-        name: "3. seed example, 1000 sessions (s), lock-delay=0".into(),
-        ours: secs(&o),
-        baseline: format!("R {:.2}", r.as_secs_f64()),
-        ratio: o.as_ref().map_or("–".into(), |o| {
-            format!("{:.2}× R", o.as_secs_f64() / r.as_secs_f64())
-        }),
-        target: "today's, for comparison",
-    });
-    let service = ours(endpoints).await;
-    let o = seed_ours(&service, 1000).await;
-    rows.push(Row {
-        name: "3. seed example, 1000 sessions (s), auto".into(),
-        ours: secs(&o),
-        baseline: format!("R {:.2}", r.as_secs_f64()),
-        ratio: o.as_ref().map_or("–".into(), |o| {
-            format!("{:.2}× R", o.as_secs_f64() / r.as_secs_f64())
-        }),
-        target: "≤ 0.5× R",
-    });
+    // `lock-delay=0` first, then the default, whose service also runs the 10,000.
+    let mut auto = None;
+    for (setting, options) in SETTINGS.iter().rev() {
+        let service = ours_with(endpoints, options).await;
+        let o = seed_ours(&service, 1000).await;
+        rows.push(Row {
+            name: format!("3. seed example, 1000 sessions (s), {setting}"),
+            ours: secs(&o),
+            baseline: format!("R {:.2}", r.as_secs_f64()),
+            ratio: o.as_ref().map_or("–".into(), |o| {
+                format!("{:.2}× R", o.as_secs_f64() / r.as_secs_f64())
+            }),
+            target: if *setting == "auto" {
+                "≤ 0.5× R"
+            } else {
+                "today's, for comparison"
+            },
+        });
+        match *setting {
+            "auto" => auto = Some((service, o)),
+            _ => {
+                let _ = service.close().await;
+            }
+        }
+    }
+    let (service, o) = auto.expect("SETTINGS has auto");
     let limit = Duration::from_secs(180);
     let o10 = tokio::time::timeout(limit, seed_ours(&service, 10_000))
         .await
