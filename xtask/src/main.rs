@@ -10,6 +10,7 @@
 mod load;
 mod provision;
 mod run;
+mod tests;
 
 use std::process::ExitCode;
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use lock_testkit::etcd::{Binaries, Cluster, ClusterSpec, BIN_VAR, ENDPOINTS_VAR, REQUIRE_VAR};
 
-use crate::provision;
+use crate::{provision, tests};
 
 pub(crate) fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -87,24 +87,44 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     }
     first_command_needs_no_protoc()?;
     every_example_runs()?;
-    // Build first, so the cluster does not idle through a long compile.
-    step(
-        "cargo test (build)",
-        cargo(&tools.protoc).args(["test", "--workspace", "--all-features", "--no-run"]),
-    )?;
+    // Build first, so the clusters do not idle through a long compile.
+    let mut build = cargo(&tools.protoc);
+    build.args(["test", "--workspace", "--all-features", "--no-run"]);
+    let mut test_binaries = tests::build(build)?;
+    tests::slowest_first(&mut test_binaries);
     let cluster = Cluster::start(&binaries(&tools), &ClusterSpec::default())?;
     eprintln!("xtask: etcd cluster up: {}", cluster.endpoints());
+    let (old_cluster, old_bin) = old_etcd_cluster()?;
     let skips = cluster.dir().join("skipped-checks.txt");
-    let result = step(
-        "cargo test",
-        cargo(&tools.protoc)
-            .args(["test", "--workspace", "--all-features"])
+    let on = |mut job: tests::Job, cluster: &Cluster, bin: &std::path::Path| {
+        job.command
             .env(ENDPOINTS_VAR, cluster.endpoints())
-            .env(BIN_VAR, bin_dir(&tools))
-            .env(REQUIRE_VAR, "1")
-            .env(lock_testkit::SKIP_LOG_VAR, &skips),
-    );
+            .env(BIN_VAR, bin)
+            .env(REQUIRE_VAR, "1");
+        job
+    };
+    let main = |job: tests::Job| {
+        let mut job = on(job, &cluster, &bin_dir(&tools));
+        job.command.env(lock_testkit::SKIP_LOG_VAR, &skips);
+        job
+    };
+    let mut jobs = Vec::new();
+    for binary in &test_binaries {
+        jobs.push(main(tests::Job::binary(binary)));
+        // The conformance suite again, on the older etcd series the README supports.
+        if (binary.package.as_str(), binary.target.as_str()) == ("lock-etcd", "conformance") {
+            let mut job = tests::Job::binary(binary);
+            job.name = format!("{} (etcd {})", job.name, provision::ETCD_OLD.series);
+            jobs.push(on(job, &old_cluster, &old_bin));
+        }
+    }
+    let mut doc = cargo(&tools.protoc);
+    doc.args(["test", "--workspace", "--all-features", "--doc"]);
+    // First: it compiles before it runs, and would otherwise be the last job left running.
+    jobs.insert(0, main(tests::Job::new("doc tests", doc)));
+    let result = tests::run(jobs, tests::WIDTH);
     report_skips(&skips);
+    drop(old_cluster);
     // The fencing example on etcd: guarded writes and the guide's `fenced_put` (the other
     // examples run on `local:` above). `cargo test --workspace --all-features` built it.
     let result = result.and_then(|()| {
@@ -115,14 +135,14 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
         )
     });
     drop(cluster);
-    eprintln!("xtask: etcd cluster stopped");
+    eprintln!("xtask: etcd clusters stopped");
     result?;
-    conformance_on_old_etcd(&tools)?;
     // A short torture run, loaded: a fixed seed, so the fault sequence is the same in every
     // run (the seed of the report in docs/RELIABILITY.md). The load is what makes etcd revoke
     // leases early (etcd issue 15247, docs/RELIABILITY.md); the lock-delay keeps that from
     // giving two holders.
-    torture_run(&tools, 40, SHORT_TORTURE_SEED, true)
+    // `cargo test` built the runner (an example of lock-etcd) with the tests.
+    torture_run(&tools, 40, SHORT_TORTURE_SEED, true, false)
 }
 
 /// Removes what an earlier `cargo publish --dry-run` unpacked and built of this workspace's
@@ -182,9 +202,9 @@ fn remove_our_crates_in(dir: &std::path::Path) {
     }
 }
 
-/// The conformance suite on the older etcd series the README supports ([`provision::ETCD_OLD`]),
-/// on a 3-node cluster of its own.
-fn conformance_on_old_etcd(tools: &provision::Tools) -> Result<(), String> {
+/// A 3-node cluster of the older etcd series the README supports ([`provision::ETCD_OLD`]),
+/// and the directory of its binaries.
+fn old_etcd_cluster() -> Result<(Cluster, PathBuf), String> {
     let old = provision::ETCD_OLD;
     let (etcd, etcdctl) = provision::release(old)?;
     let dir = etcd.parent().map(PathBuf::from).unwrap_or_default();
@@ -194,24 +214,7 @@ fn conformance_on_old_etcd(tools: &provision::Tools) -> Result<(), String> {
         old.series,
         cluster.endpoints()
     );
-    let result = step(
-        &format!("cargo test (etcd {}: the conformance suite)", old.series),
-        cargo(&tools.protoc)
-            .args([
-                "test",
-                "-p",
-                "lock-etcd",
-                "--all-features",
-                "--test",
-                "conformance",
-            ])
-            .env(ENDPOINTS_VAR, cluster.endpoints())
-            .env(BIN_VAR, dir)
-            .env(REQUIRE_VAR, "1"),
-    );
-    drop(cluster);
-    eprintln!("xtask: etcd {} cluster stopped", old.series);
-    result
+    Ok((cluster, dir))
 }
 
 /// Prints how many checks were skipped and why (each one a line in the skip log): none of them
@@ -301,18 +304,21 @@ fn torture_run(
     seconds: u64,
     seed: u64,
     load: bool,
+    build: bool,
 ) -> Result<(), String> {
-    // Built with the same workspace features as the tests, so nothing is compiled twice.
-    step(
-        "build the torture runner",
-        cargo(&tools.protoc).args([
-            "build",
-            "--quiet",
-            "--workspace",
-            "--all-features",
-            "--examples",
-        ]),
-    )?;
+    if build {
+        // Built with the same workspace features as the tests, so nothing is compiled twice.
+        step(
+            "build the torture runner",
+            cargo(&tools.protoc).args([
+                "build",
+                "--quiet",
+                "--workspace",
+                "--all-features",
+                "--examples",
+            ]),
+        )?;
+    }
     let target = target_dir();
     let runner = target.join("debug/examples/torture");
     let _load = if load {
@@ -362,7 +368,7 @@ pub(crate) fn torture(args: &[String]) -> Result<(), String> {
         }
     }
     let tools = provision::all()?;
-    torture_run(&tools, seconds, seed, load)
+    torture_run(&tools, seconds, seed, load, true)
 }
 
 /// `cargo xtask bench [local|etcd]`.
