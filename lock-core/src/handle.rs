@@ -1,5 +1,6 @@
 //! The handles applications hold: [`Service`], [`Session`] and [`Locker`]. Each is one `Arc`
-//! around a backend object, `Clone + Send + Sync + 'static`: clone it into tasks freely.
+//! around a backend object, `Send + Sync + 'static`; services and sessions are `Clone` (clone
+//! them into tasks freely), a locker is one party and is not.
 //!
 //! Lifetimes follow the handles, as with `Arc`: a locker keeps its session open, and a
 //! [`Held`] keeps its locker; a session ends when it is closed, its service is closed, or the
@@ -13,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::backend::{self, Hold, OpFuture};
-use crate::{Done, Error, Held, Result, SessionConfig};
+use crate::{Done, Error, Fence, Held, Result, SessionConfig};
 
 /// A locking service: a connection to a backend, from which sessions are opened. Open one with
 /// [`crate::new`] from a connection string (`local:`, `etcd:http://127.0.0.1:2379`, …).
@@ -142,12 +143,35 @@ impl fmt::Debug for Session {
     }
 }
 
-/// One party's handle on one lock id, made by [`Session::new_locker`].
+/// One party's handle on one lock id, made by [`Session::new_locker`]: one hold or attempt at
+/// a time (a second `lock()` while one is pending or held fails with
+/// [`Error::AlreadyLocked`]).
 ///
-/// Cheap to clone; clones are the same locker (one hold or attempt at a time: a second `lock()`
-/// fails with [`Error::AlreadyLocked`]). Dropping the last handle of a locker — its [`Held`]
-/// included — releases its lock.
-#[derive(Clone)]
+/// Not `Clone`: a clone would be the same party, so tasks sharing one would fail each other's
+/// `lock()` instead of taking turns. Give each task its own locker — lockers of one id exclude
+/// each other, also within one session:
+///
+/// ```compile_fail
+/// # async fn demo(session: lock_core::Session) {
+/// let locker = session.new_locker("jobs/nightly");
+/// let for_task = locker.clone(); // error: `Locker` is not `Clone`
+/// # }
+/// ```
+///
+/// ```no_run
+/// # async fn demo(session: lock_core::Session) -> lock_core::Result<()> {
+/// for _ in 0..4 {
+///     let locker = session.new_locker("jobs/nightly"); // one party per task
+///     tokio::spawn(async move {
+///         let held = locker.lock().await?;
+///         // … work under the lock …
+///         held.unlock().await
+///     });
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// Dropping the locker (its [`Held`], which keeps it, included) releases its lock.
 pub struct Locker {
     /// The backend's locker, which keeps its session's handle (see
     /// [`backend::Session::new_locker`]).
@@ -164,6 +188,14 @@ impl Locker {
     #[inline]
     pub fn backend(&self) -> &Arc<dyn backend::Locker> {
         &self.backend
+    }
+
+    /// Another handle of this same locker, for the [`Held`] it grants (which keeps it).
+    #[inline]
+    fn share(&self) -> Locker {
+        Locker {
+            backend: Arc::clone(&self.backend),
+        }
     }
 
     /// The lock id this locker was made for.
@@ -245,43 +277,51 @@ impl Locker {
         self.backend.unlock(None).await
     }
 
-    /// Takes the lock, runs `f` with the fencing token, and unlocks — also when `f` fails.
-    /// `f` is raced against the loss of the lock: if the lock is lost first, `f` is dropped
-    /// (cancelled at its next await) and the result is [`Error::Lost`].
+    /// Takes the lock, runs `f` with the hold's [`Fence`] (its fencing token, and `is_lost()`
+    /// to check before a side effect), and unlocks — also when `f` fails. `f` is raced against
+    /// the loss of the lock: if the lock is lost first, `f` is dropped (cancelled at its next
+    /// await) and the result is [`Error::Lost`].
     ///
-    /// Returns what `f` returned; `f`'s error type only needs `From<lock::Error>`.
+    /// Returns what `f` returned; `f`'s error type only needs `From<lock::Error>`. A closure
+    /// that finished while the lock was held keeps its result: a release that fails after it
+    /// (a remote backend unreachable) is not reported, since the lock then ends at the latest
+    /// when the session's TTL runs out, and a loss after the closure finished came too late to
+    /// matter to it.
     ///
     /// # Errors
     ///
-    /// What [`lock`](Locker::lock) returns; [`Error::Lost`] if the lock was lost while `f`
-    /// ran; `f`'s error; an unlock failure after `f` succeeded.
+    /// What [`lock`](Locker::lock) returns; [`Error::Lost`] if the lock was lost before `f`
+    /// finished; `f`'s error.
     ///
     /// # Examples
     ///
     /// ```no_run
     /// # async fn demo(locker: lock_core::Locker) -> lock_core::Result<()> {
     /// let written = locker
-    ///     .with_lock(|token| async move { write_report(token).await })
+    ///     .with_lock(|fence| async move { write_report(fence.fencing_token()).await })
     ///     .await?;
     /// # Ok(()) }
     /// # async fn write_report(_token: u64) -> lock_core::Result<usize> { Ok(1) }
     /// ```
     pub async fn with_lock<T, E, F, Fut>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(u64) -> Fut,
+        F: FnOnce(Fence) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: From<Error>,
     {
         let held = self.lock().await?;
+        let lost = |held: &Held| held.lost_error(crate::LossCause::Unknown, "");
         let out = tokio::select! {
             biased;
-            () = held.lost() => return Err(held.lost_error("").into()),
-            out = f(held.fencing_token()) => out,
+            () = held.lost() => return Err(lost(&held).into()),
+            out = f(held.fence()) => out,
         };
-        match (held.unlock().await, out) {
-            (Ok(()), out) | (Err(_), out @ Err(_)) => out,
-            (Err(e), Ok(_)) => Err(e.into()),
+        if out.is_ok() && held.is_lost() {
+            // Lost before the closure finished (it did not await after the loss).
+            return Err(lost(&held).into());
         }
+        let _ = held.unlock().await;
+        out
     }
 }
 
@@ -300,7 +340,7 @@ impl Future for Lock<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Held>> {
         let this = &mut *self;
         let hold = std::task::ready!(Pin::new(&mut this.locking).poll(cx))?;
-        Poll::Ready(Ok(Held::new(hold, this.locker.clone())))
+        Poll::Ready(Ok(Held::new(hold, this.locker.share())))
     }
 }
 
@@ -318,7 +358,7 @@ impl Future for TryLock<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Option<Held>>> {
         let this = &mut *self;
         let hold = std::task::ready!(Pin::new(&mut this.trying).poll(cx))?;
-        Poll::Ready(Ok(hold.map(|hold| Held::new(hold, this.locker.clone()))))
+        Poll::Ready(Ok(hold.map(|hold| Held::new(hold, this.locker.share()))))
     }
 }
 

@@ -159,56 +159,54 @@ impl Held {
         self.locker.id()
     }
 
-    /// Releases the lock; [`lost`](Held::lost) fires.
+    /// Releases the lock; [`lost`](Held::lost) fires. Nothing happens until the future is
+    /// awaited (polled), as with any future; dropping it unpolled drops the guard, which
+    /// releases the lock in the background as a dropped `Held` does.
     ///
     /// Cancel-safe: if this future is dropped, the release goes on in the background.
     ///
     /// # Errors
     ///
     /// [`Error::Lost`] if the lock had already been lost (it was not held to the end: see
-    /// [`loss`](Held::loss)); otherwise what the backend reports (for a remote backend the
-    /// lock is then released at the latest when the session's TTL runs out).
+    /// [`loss`](Held::loss)) — also when its session or service was closed meanwhile;
+    /// otherwise what the backend reports (for a remote backend the lock is then released at
+    /// the latest when the session's TTL runs out).
     #[inline]
-    pub fn unlock(mut self) -> Unlock {
-        let outcome = if self.hold.is_lost() {
-            Err(Error::NotHeld)
-        } else {
-            match self.locker.backend().unlock_now(self.hold.token) {
-                Some(outcome) => outcome,
-                None => return self.unlock_later(),
-            }
-        };
-        self.armed = false;
-        Unlock(match self.outcome(outcome) {
-            Ok(()) => UnlockState::Released,
-            Err(e) => UnlockState::Failed(Box::new(e)),
-        })
+    pub fn unlock(self) -> Unlock {
+        Unlock(UnlockState::Start(self))
     }
 
-    /// The release of a backend that cannot answer at once: a future that keeps the guard.
-    #[cold]
-    fn unlock_later(self) -> Unlock {
-        let (backend, token) = (Arc::clone(self.locker.backend()), self.hold.token);
-        let releasing = OpFuture::boxed(async move { backend.unlock(Some(token)).await });
-        Unlock(UnlockState::Releasing(Box::new((releasing, self))))
-    }
-
-    /// The outcome of a release: "not held" means the hold was lost before or meanwhile.
-    #[inline]
-    fn outcome(&self, outcome: Result<()>) -> Result<()> {
-        match outcome {
-            Err(Error::NotHeld) => Err(self.lost_error("released by someone else")),
-            other => other,
+    /// What `with_lock`'s closure gets of this hold: its token and its loss.
+    pub(crate) fn fence(&self) -> Fence {
+        Fence {
+            hold: self.hold.clone(),
         }
     }
 
-    /// [`Error::Lost`] with this hold's loss (`detail` if the backend recorded none).
+    /// The outcome of a release: "not held", or a closed session or service, means the hold
+    /// was lost before or meanwhile, whichever of the loss and the release came first.
+    #[inline]
+    fn outcome(&self, outcome: Result<()>) -> Result<()> {
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(Error::NotHeld) => {
+                Err(self.lost_error(crate::LossCause::Unknown, "released by someone else"))
+            }
+            Err(Error::AlreadyClosed(why)) => {
+                Err(self.lost_error(crate::LossCause::SessionEnded, why))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Error::Lost`] with this hold's loss (`cause` and `detail` if the backend recorded
+    /// none yet).
     #[cold]
-    pub(crate) fn lost_error(&self, detail: &str) -> Error {
+    pub(crate) fn lost_error(&self, cause: crate::LossCause, detail: &str) -> Error {
         Error::Lost(
             self.hold
                 .loss()
-                .unwrap_or_else(|| Loss::new(crate::LossCause::Unknown, None, detail)),
+                .unwrap_or_else(|| Loss::new(cause, None, detail)),
         )
     }
 }
@@ -232,19 +230,18 @@ impl fmt::Debug for Held {
     }
 }
 
-/// The future returned by [`Held::unlock`]. While the backend releases, it keeps the `Held`:
-/// dropped before the release started, the `Held` releases the lock in the background, as a
-/// dropped `Held` does.
-#[must_use = "futures do nothing unless awaited"]
+/// The future returned by [`Held::unlock`]: it keeps the `Held` until it is polled, and while
+/// the backend releases. Dropped before the release started, the `Held` releases the lock in
+/// the background, as a dropped `Held` does.
+#[must_use = "futures do nothing unless awaited: dropping this releases the lock in the \
+              background, without telling whether the release succeeded"]
 pub struct Unlock(UnlockState);
 
 enum UnlockState {
-    /// Released at once; `Ok(())` until polled.
-    Released,
-    /// Found lost, or the release failed: the error until polled (boxed, so that the future
-    /// of a release that succeeded, the usual case, moves little).
-    Failed(Box<Error>),
-    /// The backend's release in progress, and the guard it releases.
+    /// Not polled yet.
+    Start(Held),
+    /// The backend's release in progress, and the guard it releases (boxed: the usual release
+    /// completes at once and never gets here).
     Releasing(Box<(OpFuture<'static, Result<()>>, Held)>),
     /// Polled to completion.
     Done,
@@ -255,8 +252,26 @@ impl Future for Unlock {
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         match std::mem::replace(&mut self.0, UnlockState::Done) {
-            UnlockState::Released => Poll::Ready(Ok(())),
-            UnlockState::Failed(e) => Poll::Ready(Err(*e)),
+            UnlockState::Start(mut held) => {
+                if held.hold.is_lost() {
+                    held.armed = false;
+                    return Poll::Ready(held.outcome(Err(Error::NotHeld)));
+                }
+                let token = held.hold.token;
+                match held.locker.backend().unlock_now(token) {
+                    Some(outcome) => {
+                        held.armed = false;
+                        Poll::Ready(held.outcome(outcome))
+                    }
+                    None => {
+                        let backend = Arc::clone(held.locker.backend());
+                        let releasing =
+                            OpFuture::boxed(async move { backend.unlock(Some(token)).await });
+                        self.0 = UnlockState::Releasing(Box::new((releasing, held)));
+                        self.poll_release(cx)
+                    }
+                }
+            }
             releasing @ UnlockState::Releasing(_) => {
                 self.0 = releasing;
                 self.poll_release(cx)
@@ -285,20 +300,60 @@ impl Unlock {
 impl fmt::Debug for Unlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self.0 {
-            UnlockState::Released => "Unlock::Released",
-            UnlockState::Failed(_) => "Unlock::Failed",
+            UnlockState::Start(_) => "Unlock::Start",
             UnlockState::Releasing(_) => "Unlock::Releasing",
             UnlockState::Done => "Unlock::Done",
         })
     }
 }
 
-/// The future returned by [`Held::lost`]: resolves once the hold is lost. `Send`, `'static`,
+/// What [`Locker::with_lock`](crate::Locker::with_lock)'s closure gets of its hold: the
+/// fencing token to send with each write, and whether the lock is still held, to check before
+/// a side effect. It cannot release the lock (`with_lock` does). Cheap to clone, `'static`.
+#[derive(Clone)]
+pub struct Fence {
+    hold: Hold,
+}
+
+impl Fence {
+    /// The fencing token (see [`Held::fencing_token`]).
+    #[inline]
+    pub fn fencing_token(&self) -> u64 {
+        self.hold.token
+    }
+
+    /// Whether the lock is already known to be lost (see [`Held::is_lost`]).
+    #[inline]
+    pub fn is_lost(&self) -> bool {
+        self.hold.is_lost()
+    }
+
+    /// Why and when the hold ended; `None` while it is held (see [`Held::loss`]).
+    pub fn loss(&self) -> Option<Loss> {
+        self.hold.loss()
+    }
+
+    /// A future that resolves once the lock is no longer held (see [`Held::lost`]).
+    pub fn lost(&self) -> Lost {
+        self.hold.lost()
+    }
+}
+
+impl fmt::Debug for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fence")
+            .field("fencing_token", &self.hold.token)
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+/// The future returned by [`Held::lost`]: resolves once the hold is lost. `Send + Sync`, `'static`,
 /// cancel-safe, and it allocates only when first polled.
 #[must_use = "futures do nothing unless awaited"]
 pub struct Lost {
     watch: Watch,
-    fut: Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>>,
+    fut: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>>>,
 }
 
 impl Lost {

@@ -8,9 +8,44 @@
 //! - Every granted lock hands back a [`Held`] guard: [`Held::lost`] fires the moment the lock
 //!   is no longer held, [`Held::fencing_token`] increases strictly from holder to holder, and
 //!   dropping the guard releases the lock.
-//! - The three handles are cheap to clone, `Send + Sync + 'static`: clone them into tasks. A
-//!   locker keeps its session open and a `Held` keeps its locker, so
-//!   `session.new_locker(id).lock().await?` holds the lock for as long as the guard lives.
+//! - The handles are `Send + Sync + 'static`. Services and sessions are cheap to clone: clone
+//!   them into tasks. A locker is one party (one hold or attempt at a time) and is not
+//!   `Clone`: each task makes its own. A locker keeps its session open and a `Held` keeps its
+//!   locker, so `session.new_locker(id).lock().await?` holds the lock for as long as the
+//!   guard lives.
+//!
+//! # The shape that cannot go wrong
+//!
+//! Run the work inside [`Locker::with_lock`], or bind the guard to a name and release it with
+//! [`Held::unlock`]:
+//!
+//! ```no_run
+//! # async fn demo(session: lock_core::Session) -> lock_core::Result<()> {
+//! let locker = session.new_locker("reports/daily");
+//! let rows = locker
+//!     .with_lock(|fence| async move {
+//!         if fence.is_lost() {
+//!             return Err(lock_core::Error::NotHeld); // check before a side effect
+//!         }
+//!         Ok(write_report(fence.fencing_token()).await)
+//!     })
+//!     .await?;
+//!
+//! let held = locker.lock().await?; // named: held until `unlock()` or the end of its scope
+//! write_report(held.fencing_token()).await;
+//! held.unlock().await?;
+//! # let _ = rows; Ok(()) }
+//! # async fn write_report(_token: u64) -> usize { 1 }
+//! ```
+//!
+//! What the compiler cannot catch: a guard that is dropped at once releases the lock before
+//! the work runs. `let _ = locker.lock().await?;` binds nothing (`_` is not a name, unlike
+//! `_held`), and `if locker.try_lock().await?.is_some() { work() }` drops the guard at the end
+//! of the condition; `#[must_use]` on `Held` does not fire for either. Write
+//! `let _held = …` or `if let Some(held) = locker.try_lock().await? { … }` instead, and
+//! consider `#![warn(clippy::let_underscore_must_use)]` in your crate (a restriction lint,
+//! off by default), which flags the first. (`lock`'s `tests/traps.rs` runs these shapes and
+//! these traps on `local:`.)
 //!
 //! # Semantics every backend honours
 //!
@@ -85,7 +120,7 @@ mod uri;
 pub use config::SessionConfig;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use handle::{Lock, Locker, Service, Session, TryLock};
-pub use held::{Done, Held, Lost, Unlock};
+pub use held::{Done, Fence, Held, Lost, Unlock};
 pub use id::MAX_ID_LEN;
 pub use loss::{Loss, LossCause};
 pub use registry::{new, services};

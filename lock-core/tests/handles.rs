@@ -1,8 +1,8 @@
 //! What the application types promise at compile time: handles that are cheap to share and
-//! spawn, and a guard that can move into a task.
+//! spawn, a locker and a guard that move into a task.
 
 use lock_core::{
-    Done, Error, ErrorKind, Held, Lock, Locker, Lost, Service, Session, TryLock, Unlock,
+    Done, Error, ErrorKind, Fence, Held, Lock, Locker, Lost, Service, Session, TryLock, Unlock,
 };
 
 fn shareable<T: Clone + Send + Sync + 'static>() {}
@@ -15,8 +15,13 @@ fn sendable<T: Send>() {}
 fn handles_are_clone_send_sync_static() {
     shareable::<Service>();
     shareable::<Session>();
-    shareable::<Locker>();
+    // One party: not `Clone` (see its compile_fail doc test), but it moves into a task.
+    movable::<Locker>();
     movable::<Held>();
+    shareable::<Fence>();
+    // Observers share them (`Sync`) and spawn them.
+    movable::<Lost>();
+    movable::<Done>();
     spawnable::<Lost>();
     spawnable::<Done>();
     spawnable::<Unlock>();

@@ -274,6 +274,15 @@ impl EtcdService {
                 config.ttl
             )));
         }
+        if config.ttl.subsec_nanos() != 0 {
+            let secs = config.ttl.as_secs();
+            return Err(Error::InvalidConfig(format!(
+                "ttl {:?} is not a whole number of seconds; etcd leases have whole-second TTLs: \
+                 use {secs}s or {}s",
+                config.ttl,
+                secs + 1
+            )));
+        }
         if config.ttl > MAX_TTL {
             return Err(Error::InvalidConfig(format!(
                 "ttl {} s is longer than etcd's largest lease TTL, {} s (about 285 years)",

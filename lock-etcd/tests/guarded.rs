@@ -70,7 +70,8 @@ async fn a_stale_holders_guarded_txn_is_refused_once_another_holds_the_lock() {
     assert!(!guarded_put(&mut raw, &stale, &data, "too early").await);
 
     let next_session = healthy.new_session(SessionConfig::new(TTL)).await.unwrap();
-    let next = tokio::time::timeout(TTL * 4, next_session.new_locker("x").lock())
+    let locker = next_session.new_locker("x");
+    let next = tokio::time::timeout(TTL * 4, locker.lock())
         .await
         .expect("granted after the lock-delay")
         .unwrap();
@@ -80,7 +81,6 @@ async fn a_stale_holders_guarded_txn_is_refused_once_another_holds_the_lock() {
 
     // A released hold's guard refuses too, and so does a later hold's guard of the same
     // locker once that hold ended.
-    let locker = next.locker().clone();
     next.unlock().await.unwrap();
     let again = locker.lock().await.unwrap();
     assert!(guarded_put(&mut raw, &again, &data, "again").await);

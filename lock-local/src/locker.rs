@@ -161,10 +161,15 @@ impl LocalLocker {
         }
         match self.slot.give_back(self, self.epoch.load(Relaxed)) {
             Ok(()) => Ok(()),
-            // Somebody queues: hand over under the mutex (unless an eviction got there first).
-            Err(true) if self.release_locked(End::Fired) => Ok(()),
-            // An eviction ended the hold.
-            Err(_) => Err(Error::NotHeld),
+            // Our release ended the hold (its signal fired); somebody queues, or an eviction is
+            // under way: hand over under the mutex — or the eviction, if it got there first,
+            // hands over. Either way this release came first: `Ok`.
+            Err(true) => {
+                self.release_locked(End::Fired);
+                Ok(())
+            }
+            // An eviction ended the hold first.
+            Err(false) => Err(Error::NotHeld),
         }
     }
 

@@ -149,9 +149,12 @@ pub async fn with_lock_runs_and_unlocks(h: &Harness) -> Outcome {
     let locker = session.new_locker(&h.id("with-lock"));
     let probe = session.new_locker(&h.id("with-lock"));
     let (token, free_inside) = locker
-        .with_lock(|token| {
-            let probe = probe.clone();
-            async move { Ok::<_, Error>((token, probe.try_lock().await?.is_some())) }
+        .with_lock(|fence| {
+            let probe = &probe;
+            async move {
+                let free = probe.try_lock().await?.is_some();
+                Ok::<_, Error>((fence.fencing_token(), free || fence.is_lost()))
+            }
         })
         .await?;
     ensure!(

@@ -184,7 +184,8 @@ pub async fn try_lock_never_overtakes_a_queued_waiter(h: &Harness) -> Outcome {
         two.new_session(h.config()).await?,
     );
     let (holder, prober) = (s1.new_locker(&id), s3.new_locker(&id));
-    let waiter: lock_core::Locker = s2.new_locker(&id);
+    // One party across the rounds, lent to a task per round.
+    let waiter = std::sync::Arc::new(s2.new_locker(&id));
     for round in 0..20 {
         let _held = holder.lock().await?;
         let queued = {
