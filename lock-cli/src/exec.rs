@@ -92,7 +92,7 @@ const CLEANUP_LIMIT: Duration = Duration::from_secs(1);
 async fn release(locker: &Locker) {
     match tokio::time::timeout(CLEANUP_LIMIT, locker.unlock()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("unlock: {e} (closing the session releases it)"),
+        Ok(Err(e)) => tracing::warn!("unlock: {} (closing the session releases it)", e.report()),
         Err(_) => tracing::warn!("unlock took longer than {CLEANUP_LIMIT:?}"),
     }
 }
@@ -102,7 +102,12 @@ async fn release(locker: &Locker) {
 async fn close(session: &Session) {
     match tokio::time::timeout(CLEANUP_LIMIT, session.close()).await {
         Ok(Ok(()) | Err(Error::AlreadyClosed(_))) => {}
-        Ok(Err(e)) => tracing::warn!("closing the session: {e} (it expires with its TTL)"),
+        Ok(Err(e)) => {
+            tracing::warn!(
+                "closing the session: {} (it expires with its TTL)",
+                e.report()
+            )
+        }
         Err(_) => tracing::warn!(
             "closing the session took longer than {CLEANUP_LIMIT:?} (it expires with its TTL)"
         ),

@@ -73,7 +73,7 @@ pub(crate) async fn open(common: &Common) -> Result<Opened, Failure> {
             etcd: None,
         });
     }
-    let usage = |e: lock::Error| Failure::new(exit::USAGE, e.to_string());
+    let usage = |e: lock::Error| Failure::new(exit::USAGE, e.report().to_string());
     let mut config = EtcdConfig::parse(&cs).map_err(usage)?;
     // Before connecting: a TTL etcd cannot grant is the user's to fix, not the service's.
     EtcdService::check_session_config(&SessionConfig::new(common.ttl)).map_err(usage)?;
@@ -101,5 +101,5 @@ pub(crate) fn unavailable(e: lock::Error) -> Failure {
         | lock::Error::InvalidId(_) => exit::USAGE,
         _ => exit::UNAVAILABLE,
     };
-    Failure::new(status, e.to_string())
+    Failure::new(status, e.report().to_string())
 }

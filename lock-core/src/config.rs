@@ -17,7 +17,17 @@ use crate::{Error, Result};
 /// assert_eq!(config.ttl, Duration::from_secs(10));
 /// assert_eq!(config.timeout, Some(Duration::from_secs(30)));
 /// ```
+///
+/// Built with [`new`](SessionConfig::new) (or [`default`](SessionConfig::default)) and the
+/// `with_*` methods, never as a struct literal, so that a later option is not a breaking
+/// change:
+///
+/// ```compile_fail
+/// # use std::time::Duration;
+/// let config = lock_core::SessionConfig { ttl: Duration::from_secs(10), timeout: None };
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct SessionConfig {
     /// How long `lock()` waits before failing with [`Error::Timeout`]; `None` waits until the
     /// lock is granted or the session ends.

@@ -62,13 +62,22 @@ pub enum Error {
     #[error("the lock was lost before it was released ({0})")]
     Lost(Loss),
     /// The backend failed: transport, authentication, permissions or server errors.
-    #[error("{backend} backend: {source}")]
+    ///
+    /// Its message names the backend only; what went wrong is its [`source`] (and theirs), as
+    /// Rust errors do: print the chain (`{:#}` with `anyhow`, or walk
+    /// [`std::error::Error::source`]), and downcast a link to the backend's own error type.
+    ///
+    /// [`source`]: std::error::Error::source
+    #[error("{backend} backend failed")]
+    #[non_exhaustive]
     Backend {
         /// The backend's scheme, e.g. `etcd`.
         backend: &'static str,
         /// What went wrong underneath.
         #[source]
         source: BoxError,
+        /// Whether trying again later may succeed (see [`Error::is_transient`]).
+        transient: bool,
     },
 }
 
@@ -134,6 +143,7 @@ impl Error {
         Error::Backend {
             backend,
             source: source.into(),
+            transient: false,
         }
     }
 
@@ -143,7 +153,8 @@ impl Error {
     pub fn backend_transient(backend: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Backend {
             backend,
-            source: Box::new(Transient(source.into())),
+            source: source.into(),
+            transient: true,
         }
     }
 
@@ -153,35 +164,51 @@ impl Error {
     /// backend failures such as refused credentials, which retrying repeats.
     ///
     /// ```
+    /// use std::error::Error as _;
     /// use lock_core::Error;
     ///
     /// let unreachable = Error::backend_transient("etcd", "no answer within 5s");
     /// let refused = Error::backend("etcd", "authentication failed");
     /// assert!(unreachable.is_transient());
     /// assert!(!refused.is_transient());
-    /// assert_eq!(unreachable.to_string(), "etcd backend: no answer within 5s");
+    /// // The message names the backend; the source says what went wrong, once.
+    /// assert_eq!(unreachable.to_string(), "etcd backend failed");
+    /// assert_eq!(unreachable.source().unwrap().to_string(), "no answer within 5s");
     /// ```
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Timeout(_) => true,
-            Error::Backend { source, .. } => source.is::<Transient>(),
+            Error::Backend { transient, .. } => *transient,
             _ => false,
         }
     }
-}
 
-/// A backend error that trying again may fix; shows as the error it wraps.
-#[derive(Debug)]
-struct Transient(BoxError);
-
-impl std::fmt::Display for Transient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+    /// The message and every source under it, joined by `: ` (what `anyhow` prints for
+    /// `{:#}`), for a log line or a command-line tool's last words.
+    ///
+    /// ```
+    /// use lock_core::Error;
+    ///
+    /// let e = Error::backend("etcd", "authentication failed");
+    /// assert_eq!(e.report().to_string(), "etcd backend failed: authentication failed");
+    /// ```
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
     }
 }
 
-impl std::error::Error for Transient {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+/// An [`Error`] with its sources, as [`Error::report`] shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a>(&'a Error);
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(self.0);
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
     }
 }

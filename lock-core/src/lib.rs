@@ -118,7 +118,7 @@ mod traits;
 mod uri;
 
 pub use config::SessionConfig;
-pub use error::{BoxError, Error, ErrorKind, Result};
+pub use error::{BoxError, Error, ErrorKind, Report, Result};
 pub use handle::{Lock, Locker, Service, Session, TryLock};
 pub use held::{Done, Fence, Held, Lost, Unlock};
 pub use id::MAX_ID_LEN;

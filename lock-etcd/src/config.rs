@@ -63,7 +63,15 @@ pub struct TlsFiles {
 /// assert!(EtcdConfig::from_uri("etcd:http://a:2379?dial-timeout=soon").is_err());
 /// assert!(EtcdConfig::from_uri("etcd:?dial-timeout=2s").is_err());
 /// ```
+///
+/// Not built as a struct literal (a later option would break it): parse a connection string
+/// and change fields after.
+///
+/// ```compile_fail
+/// let config = lock_etcd::EtcdConfig { endpoints: vec![], ..lock_etcd::EtcdConfig::from_uri("etcd:http://a:2379").unwrap() };
+/// ```
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EtcdConfig {
     /// Client URLs, `http://host:port` or `https://host:port`.
     pub endpoints: Vec<String>,

@@ -6,41 +6,52 @@ use std::time::{Duration, Instant};
 
 use lock_core::Error;
 
-/// An etcd failure with what we were doing when it happened.
+/// An etcd failure with what we were doing when it happened, and what to check; its source is
+/// the `etcd_client::Error`, if the client reported one (for `downcast_ref`).
 #[derive(Debug)]
 pub(crate) struct EtcdError {
     context: &'static str,
-    message: String,
+    /// What to check, or what happened when the client reported nothing.
+    note: Option<String>,
+    source: Option<etcd_client::Error>,
 }
 
 impl fmt::Display for EtcdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.context, self.message)
+        match &self.note {
+            Some(note) => write!(f, "{} ({note})", self.context),
+            None => f.write_str(self.context),
+        }
     }
 }
 
-impl std::error::Error for EtcdError {}
+impl std::error::Error for EtcdError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
+}
 
 pub(crate) fn etcd_error(context: &'static str, e: etcd_client::Error) -> Error {
-    let text = e.to_string();
-    let lower = text.to_ascii_lowercase();
+    let lower = e.to_string().to_ascii_lowercase();
     let hint = if lower.contains("authentication failed") || lower.contains("invalid auth token") {
-        " (check the username and password)"
+        Some("check the username and password")
     } else if lower.contains("permission denied") {
-        " (the etcd user's role must allow read and write on the lock prefix)"
+        Some("the etcd user's role must allow read and write on the lock prefix")
     } else if lower.contains("user name is empty") || lower.contains("user name not found") {
-        " (the cluster has authentication enabled: pass username and password)"
+        Some("the cluster has authentication enabled: pass username and password")
     } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
     {
-        " (check ca-file, cert-file and key-file against the cluster's certificates)"
+        Some("check ca-file, cert-file and key-file against the cluster's certificates")
     } else {
-        ""
+        None
     };
+    let transient = is_unavailable(&e);
     let error = EtcdError {
         context,
-        message: format!("{text}{hint}"),
+        note: hint.map(str::to_owned),
+        source: Some(e),
     };
-    match is_unavailable(&e) {
+    match transient {
         true => Error::backend_transient(crate::SERVICE_ETCD, error),
         false => Error::backend(crate::SERVICE_ETCD, error),
     }
@@ -51,7 +62,10 @@ pub(crate) fn timeout_error(context: &'static str, after: Duration) -> Error {
         crate::SERVICE_ETCD,
         EtcdError {
             context,
-            message: format!("no answer from etcd within {after:?}; is the cluster reachable?"),
+            note: Some(format!(
+                "no answer from etcd within {after:?}; is the cluster reachable?"
+            )),
+            source: None,
         },
     )
 }

@@ -287,7 +287,7 @@ impl SessionCore {
                 Err(e) if e.is_transient() => per_try = (per_try * 2).min(limit),
                 Err(e) => {
                     // The stalled stream may still recover; otherwise the deadline decides.
-                    tracing::warn!(error = %e, "a stalled session was refused a fresh lease");
+                    tracing::warn!(error = %e.report(), "a stalled session was refused a fresh lease");
                     return;
                 }
             }

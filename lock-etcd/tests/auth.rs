@@ -64,7 +64,7 @@ async fn authentication_and_permissions() {
     let err = lock_core::new(&format!("{base}&username=app&password=wrong-pw-55"))
         .await
         .unwrap_err();
-    let text = err.to_string();
+    let text = err.report().to_string();
     assert!(matches!(err, Error::Backend { .. }), "{err:?}");
     assert!(
         !err.is_transient(),
@@ -83,7 +83,7 @@ async fn authentication_and_permissions() {
     let err = lock_core::new(&format!("{base}&username=nobody&password=nobody-secret-88"))
         .await
         .unwrap_err();
-    let text = err.to_string();
+    let text = err.report().to_string();
     assert!(
         text.contains("permission denied") && text.contains("lock prefix"),
         "{text}"

@@ -1,7 +1,8 @@
 //! The application API's traps that show on etcd: a `with_lock` closure that finished under
 //! the lock keeps its result when the release after it fails (the lock then ends with the
 //! session's TTL, or the background removal once etcd answers again); a TTL etcd cannot grant
-//! exactly is refused, not cut.
+//! exactly is refused, not cut; a backend error says what went wrong once, and its chain
+//! reaches the client library's own error.
 
 mod common;
 
@@ -55,4 +56,36 @@ async fn a_ttl_that_is_not_whole_seconds_is_refused() {
         .unwrap();
     whole.close().await.unwrap();
     service.close().await.unwrap();
+}
+
+/// `Error::Backend` printed its source in its own message and returned it from `source()`, so
+/// a chain printer (anyhow's `{:#}`) showed it twice; and a private wrapper hid the client
+/// library's error from `downcast_ref`.
+#[tokio::test]
+async fn a_backend_error_chain_says_it_once_and_reaches_the_client_error() {
+    let Some(endpoints) = common::shared("error_chain") else {
+        return;
+    };
+    // The shared cluster has no authentication: etcd refuses to authenticate anyone.
+    let uri = format!("etcd:{endpoints}?username=nobody&password=secret-pw");
+    let config = lock_etcd::EtcdConfig::from_uri(&uri).unwrap();
+    let err = lock_etcd::EtcdService::connect(config).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Backend, "{err:?}");
+    let mut chain = vec![err.to_string()];
+    let mut found = false;
+    let mut source = std::error::Error::source(&err);
+    while let Some(e) = source {
+        chain.push(e.to_string());
+        found |= e.downcast_ref::<etcd_client::Error>().is_some();
+        source = e.source();
+    }
+    for (i, link) in chain.iter().enumerate() {
+        for later in &chain[i + 1..] {
+            assert!(
+                !link.contains(later.as_str()),
+                "{link:?} repeats its source {later:?}: {chain:?}"
+            );
+        }
+    }
+    assert!(found, "no etcd_client::Error in the chain {chain:?}");
 }

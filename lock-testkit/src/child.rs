@@ -184,7 +184,7 @@ pub(crate) fn serve(harness: Option<Harness>) {
         };
         let session = match service.new_session(h.config()).await {
             Ok(s) => s,
-            Err(e) => return say(&format!("error opening a session: {e}")),
+            Err(e) => return say(&format!("error opening a session: {}", e.report())),
         };
         say("ready");
         // Commands arrive from a reading thread, so that the end of input (the parent is done,

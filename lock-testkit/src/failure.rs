@@ -28,7 +28,7 @@ impl std::error::Error for Failure {}
 
 impl From<lock_core::Error> for Failure {
     fn from(e: lock_core::Error) -> Self {
-        Failure(format!("unexpected error: {e}"))
+        Failure(format!("unexpected error: {}", e.report()))
     }
 }
 
