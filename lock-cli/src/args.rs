@@ -20,8 +20,9 @@ COMMAND's status.
 COMMAND gets the lock's fencing token in LOCK_FENCING_TOKEN (and the id in LOCK_ID): pass it
 along with every write to the resource the lock protects. If the lock is lost while COMMAND
 runs (lease expired, partition, key deleted), COMMAND's process group (COMMAND and what it
-started) gets SIGTERM, then SIGKILL after --kill-after, and lock exits with 125; so does
-Ctrl-C. If lock itself is killed with SIGKILL, or stopped (SIGSTOP, a frozen machine), COMMAND
+started) gets SIGTERM, then SIGKILL after --kill-after, and lock exits with 125. Ctrl-C
+(SIGINT) or SIGTERM to lock stops COMMAND the same way, releases the lock, and lock exits with
+130 or 143. If lock itself is killed with SIGKILL, or stopped (SIGSTOP, a frozen machine), COMMAND
 keeps running unguarded (the lock frees after the TTL): only the fencing token can stop its
 late writes.
 
@@ -47,6 +48,7 @@ EXIT STATUS (exec):
     75   --try: the lock is held by someone else
     124  --timeout: the lock was not granted in time
     125  the lock was lost while COMMAND ran; COMMAND was terminated
+    130  Ctrl-C (SIGINT): COMMAND was terminated, the lock released (143: SIGTERM)
     126  COMMAND cannot be executed
     127  COMMAND was not found
 
@@ -435,7 +437,14 @@ mod tests {
     #[test]
     fn help_keeps_what_it_always_said() {
         let help = definition().render_long_help().to_string();
-        for says in ["EXIT STATUS", "LOCK_SERVICE", "DURATIONS", "EXAMPLE", "125"] {
+        for says in [
+            "EXIT STATUS",
+            "LOCK_SERVICE",
+            "DURATIONS",
+            "EXAMPLE",
+            "125",
+            "130  Ctrl-C",
+        ] {
             assert!(help.contains(says), "lock --help lacks {says}: {help}");
         }
         let mut exec = definition();
@@ -450,6 +459,8 @@ mod tests {
             "--kill-after",
             "--id",
             "EXIT STATUS",
+            "exits with 125",
+            "130 or 143",
         ] {
             assert!(exec.contains(says), "lock help exec lacks {says}: {exec}");
         }

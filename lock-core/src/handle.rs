@@ -265,7 +265,7 @@ impl Locker {
         }
     }
 
-    /// Releases whatever this locker holds (the seed's `unlock`); the hold's
+    /// Releases whatever this locker holds (Go's `Locker.Unlock`); the hold's
     /// [`lost`](Held::lost) fires. [`Held::unlock`] does the same for one guard.
     ///
     /// # Errors

@@ -77,8 +77,8 @@ impl fmt::Debug for Hold {
 ///
 /// Release it with [`unlock`](Held::unlock) to learn whether the release succeeded. Dropping it
 /// without `unlock()` releases the lock too, in the background (like dropping a tokio
-/// `MutexGuard`), and [`lost`](Held::lost) fires at once. [`Locker::unlock`] (the seed's
-/// unlock) releases it as well; the guard is then simply lost.
+/// `MutexGuard`), and [`lost`](Held::lost) fires at once. [`Locker::unlock`] (like Go's
+/// `Unlock`) releases it as well; the guard is then simply lost.
 ///
 /// Observers in other tasks take a [`Lost`] (`'static`, with [`Lost::is_lost`]) instead of the
 /// guard, so one owner decides when the lock is released.

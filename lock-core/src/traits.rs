@@ -88,7 +88,7 @@ pub trait Locker: Send + Sync + Debug + 'static {
     /// As [`lock`](Locker::lock), except that a held lock gives `Ok(None)`.
     fn try_lock(&self) -> OpFuture<'_, Result<Option<Hold>>>;
 
-    /// Releases the current hold (`token: None`, the seed's `unlock`), or only the hold whose
+    /// Releases the current hold (`token: None`: whatever the locker holds), or only the hold whose
     /// fencing token is `token` (a [`crate::Held`] unlocking itself). Its lost signal fires.
     ///
     /// Cancel-safe once polled: a release that started completes in the background.

@@ -17,7 +17,7 @@ use crate::weak_list::WeakList;
 pub(crate) struct ServiceShared {
     /// On cache lines of its own: every session clones and drops the `Arc` around this struct,
     /// and those count updates must not take the mutex's line away from a locker on another
-    /// core (measured: the seed example's ratio to its baseline dropped ~6 % on two workers).
+    /// core (measured: the counter example's ratio to its baseline dropped ~6 % on two workers).
     table: CacheLine<Mutex<Table>>,
     /// Set once, by `close`, before it ends the holds and waits in the table; every attempt
     /// reads it after it took its id or claimed its locker (see `LocalSession::check_open`).

@@ -84,6 +84,7 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
             "cargo publish --dry-run",
             cargo(&tools.protoc).args(["publish", "--dry-run", "--workspace", "--allow-dirty"]),
         )?;
+        packages_carry_their_licenses(&tools)?;
     }
     first_command_needs_no_protoc()?;
     every_example_runs()?;
@@ -145,6 +146,36 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     torture_run(&tools, 40, SHORT_TORTURE_SEED, true, false)
 }
 
+/// The workspace's crates meant for crates.io (the others say `publish = false`).
+const PUBLISHED: [&str; 6] = [
+    "lock-core",
+    "lock-local",
+    "lock-etcd",
+    "lock-testkit",
+    "lock-rs",
+    "lock-cli",
+];
+
+/// The manifests say `MIT OR Apache-2.0`: every crate meant for crates.io packages both texts
+/// (symbolic links to the workspace's `LICENSE-MIT` and `LICENSE-APACHE`).
+fn packages_carry_their_licenses(tools: &provision::Tools) -> Result<(), String> {
+    for package in PUBLISHED {
+        let output = cargo(&tools.protoc)
+            .args(["package", "--list", "--allow-dirty", "-p", package])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cargo package --list -p {package}: {e}"))?;
+        let files = String::from_utf8_lossy(&output.stdout);
+        for license in ["LICENSE-MIT", "LICENSE-APACHE"] {
+            if !output.status.success() || !files.lines().any(|f| f == license) {
+                return Err(format!("the {package} package lacks {license}"));
+            }
+        }
+    }
+    eprintln!("xtask: every published package carries LICENSE-MIT and LICENSE-APACHE");
+    Ok(())
+}
+
 /// Removes what an earlier `cargo publish --dry-run` unpacked and built of this workspace's
 /// own crates. Cargo unpacks the packages it verifies from a temporary local registry (under
 /// `target/package/`) into `$CARGO_HOME/registry/src/-<hash>/`, named by crate and version
@@ -179,20 +210,16 @@ fn forget_packaged_workspace_crates() {
 
 /// Removes the entries of `dir` named after one of this workspace's crates (`<crate>-…`).
 fn remove_our_crates_in(dir: &std::path::Path) {
-    const OURS: [&str; 6] = [
-        "lock-core-",
-        "lock-local-",
-        "lock-etcd-",
-        "lock-testkit-",
-        "lock-rs-",
-        "lock-cli-",
-    ];
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if OURS.iter().any(|ours| name.starts_with(ours)) {
+        let ours = |package: &&str| {
+            name.strip_prefix(package)
+                .is_some_and(|rest| rest.starts_with('-'))
+        };
+        if PUBLISHED.iter().any(ours) {
             let path = entry.path();
             let _ = match path.is_dir() {
                 true => std::fs::remove_dir_all(&path),

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use crate::conformance::{follows, joined, takes, PATIENCE};
 use crate::{ensure, Failure, Harness, Outcome};
 
-/// The seed example: 1000 tasks, each with its own session, increment a shared counter under
-/// one lock; the counter ends at 1000 and no task sees its lock lost while holding it.
+/// The counter example (the README's first command): 1000 tasks, each with its own session,
+/// increment a shared counter under one lock; the counter ends at 1000 and no task sees its
+/// lock lost while holding it.
 pub async fn seed_example_counts_to_1000(h: &Harness) -> Outcome {
     contended_counter(h, "seed", 1000, 1, false).await
 }
@@ -233,7 +234,7 @@ pub async fn fencing_tokens_strictly_increase(h: &Harness) -> Outcome {
     for step in 0..3 {
         let held = a.lock().await?;
         tokens.push(held.fencing_token());
-        a.unlock().await?; // the seed's unlock
+        a.unlock().await?; // `Locker::unlock`: whatever it holds
         let held = b
             .try_lock()
             .await?
