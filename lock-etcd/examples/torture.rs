@@ -98,7 +98,7 @@ async fn main() {
     let prefix = format!("torture-{seed}-{}/", std::process::id());
     let history = Arc::new(History::new());
     let stop = Arc::new(AtomicBool::new(false));
-    let direct = lock_etcd::etcd_client::Client::connect(cluster.urls(), None)
+    let direct = etcd_client::Client::connect(cluster.urls(), None)
         .await
         .unwrap();
     let resource: Arc<dyn Fenced> = Arc::new(fenced::EtcdResource {

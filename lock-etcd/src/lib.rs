@@ -25,6 +25,7 @@ mod config;
 mod connect;
 mod delay;
 mod error;
+#[cfg(feature = "unstable-etcd-client")]
 mod guard;
 mod health;
 mod hub;
@@ -40,9 +41,15 @@ pub use config::{
     OLDEST_SUPPORTED_VERSION,
 };
 pub use delay::LockDelay;
+#[cfg(feature = "unstable-etcd-client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "unstable-etcd-client")))]
 pub use guard::guard;
 
-/// The etcd client this backend uses, for talking to the same cluster (e.g. guarded writes).
+/// The etcd client this backend uses, for talking to the same cluster (e.g. guarded writes),
+/// with feature `unstable-etcd-client`: its types follow etcd-client's 0.x versions, not this
+/// crate's semver.
+#[cfg(feature = "unstable-etcd-client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "unstable-etcd-client")))]
 pub use etcd_client;
 pub use locker::EtcdLocker;
 pub use service::{EtcdService, KeyInfo, LockStatus, PendingDelay, ServiceStats, MAX_TTL};

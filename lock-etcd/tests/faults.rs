@@ -26,10 +26,9 @@ async fn connect(endpoints: &str, prefix: &str) -> lock_core::Result<EtcdService
 }
 
 async fn resource(endpoints: &str, prefix: &str) -> EtcdResource {
-    let client =
-        lock_etcd::etcd_client::Client::connect(endpoints.split(',').collect::<Vec<_>>(), None)
-            .await
-            .unwrap();
+    let client = etcd_client::Client::connect(endpoints.split(',').collect::<Vec<_>>(), None)
+        .await
+        .unwrap();
     EtcdResource {
         client,
         prefix: prefix.to_owned(),

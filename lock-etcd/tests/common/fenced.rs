@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use lock_core::backend::OpFuture;
-use lock_etcd::etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use lock_testkit::contend::Fenced;
 
 /// Fenced writes to etcd keys under `prefix`.
