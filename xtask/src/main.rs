@@ -11,6 +11,7 @@ mod load;
 mod provision;
 mod run;
 mod tests;
+mod versions;
 
 use std::process::ExitCode;
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use lock_testkit::etcd::{Binaries, Cluster, ClusterSpec, BIN_VAR, ENDPOINTS_VAR, REQUIRE_VAR};
 
-use crate::{provision, tests};
+use crate::{provision, tests, versions};
 
 pub(crate) fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -86,6 +86,7 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
         )?;
         packages_carry_their_licenses(&tools)?;
     }
+    versions::check(&workspace_root())?;
     first_command_needs_no_protoc()?;
     every_example_runs()?;
     // Build first, so the clusters do not idle through a long compile.
