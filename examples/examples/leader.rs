@@ -17,7 +17,7 @@ async fn candidate(service: Service, name: String, terms: u32) -> lock::Result<(
     let session = service
         .new_session(SessionConfig::new(Duration::from_secs(5)))
         .await?;
-    let locker = session.new_locker("singleton-worker");
+    let mut locker = session.new_locker("singleton-worker");
     for _ in 0..terms {
         let held = locker.lock().await?;
         let token = held.fencing_token();

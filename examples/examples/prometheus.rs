@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use lock::metrics::Metrics;
 use lock::{Service, SessionConfig};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
@@ -26,7 +27,9 @@ async fn main() -> lock::Result<()> {
     let uri = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "local:".to_owned());
-    let service: Service = lock::new(&uri).await?;
+    // The application chooses what is measured: a layer around its service.
+    let scheme = uri.split(':').next().unwrap_or("unknown");
+    let service: Service = lock::new(&uri).await?.layer(Metrics::new(scheme));
     let mut tasks = Vec::new();
     for _ in 0..100 {
         let service = service.clone();
@@ -34,7 +37,7 @@ async fn main() -> lock::Result<()> {
             let session = service
                 .new_session(SessionConfig::new(Duration::from_secs(10)))
                 .await?;
-            let locker = session.new_locker("reports/nightly");
+            let mut locker = session.new_locker("reports/nightly");
             let _held = locker.lock().await?;
             tokio::time::sleep(Duration::from_millis(1)).await; // the critical section
             locker.unlock().await?;
@@ -45,7 +48,6 @@ async fn main() -> lock::Result<()> {
         task.await.expect("a task panicked")?;
     }
     service.close().await?;
-    tokio::time::sleep(Duration::from_millis(50)).await; // the last hold ends are counted
     print!("{}", metrics.render());
     Ok(())
 }

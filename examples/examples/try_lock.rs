@@ -11,7 +11,7 @@ use std::time::Duration;
 use lock::{ErrorKind, Locker, SessionConfig};
 
 /// Runs the nightly report if this instance gets the lock within `deadline`.
-async fn nightly_report(locker: &Locker, deadline: Duration) -> lock::Result<bool> {
+async fn nightly_report(locker: &mut Locker, deadline: Duration) -> lock::Result<bool> {
     let held = match locker.lock_timeout(deadline).await {
         Ok(held) => held,
         Err(e) if e.kind() == ErrorKind::Timeout => return Ok(false),
@@ -34,16 +34,16 @@ async fn main() -> lock::Result<()> {
         service.new_session(config).await?,
         service.new_session(config).await?,
     );
-    let locker = mine.new_locker("jobs/nightly-report");
+    let mut locker = mine.new_locker("jobs/nightly-report");
 
     // Free: the report runs.
     assert!(locker.try_lock().await?.is_some_and(|held| !held.is_lost()));
-    assert!(nightly_report(&locker, Duration::from_millis(200)).await?);
+    assert!(nightly_report(&mut locker, Duration::from_millis(200)).await?);
 
     // Another instance holds it: try_lock says so at once, and the deadline passes.
     let other = theirs.new_locker("jobs/nightly-report").lock().await?;
     assert!(locker.try_lock().await?.is_none());
-    let ran = nightly_report(&locker, Duration::from_millis(200)).await?;
+    let ran = nightly_report(&mut locker, Duration::from_millis(200)).await?;
     println!("report while another instance holds the lock: ran = {ran}");
     assert!(!ran);
 
@@ -52,7 +52,7 @@ async fn main() -> lock::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         other.unlock().await
     });
-    assert!(nightly_report(&locker, Duration::from_millis(200)).await?);
+    assert!(nightly_report(&mut locker, Duration::from_millis(200)).await?);
     release.await.expect("the release panicked")?;
     service.close().await
 }

@@ -89,7 +89,7 @@ async fn terminate(child: &mut Child, grace: Duration) {
 /// How long `lock` spends giving back its lock and session on its way out, whatever the exit.
 const CLEANUP_LIMIT: Duration = Duration::from_secs(1);
 
-async fn release(locker: &Locker) {
+async fn release(locker: &mut Locker) {
     match tokio::time::timeout(CLEANUP_LIMIT, locker.unlock()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("unlock: {} (closing the session releases it)", e.report()),
@@ -141,7 +141,10 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
         Some(etcd) => {
             let session = etcd.open_session(config).await.map_err(unavailable)?;
             let lease = session.lease_id();
-            (Session::from_backend(Arc::new(session)), Some(lease))
+            (
+                lock::backend::session(Arc::new(session), config),
+                Some(lease),
+            )
         }
         None => (
             opened
@@ -152,8 +155,17 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
             None,
         ),
     };
-    let locker = session.new_locker(&id);
-    let result = hold_and_run(&opened, &locker, &id, lease, try_only, kill_after, &command).await;
+    let mut locker = session.new_locker(&id);
+    let result = hold_and_run(
+        &opened,
+        &mut locker,
+        &id,
+        lease,
+        try_only,
+        kill_after,
+        &command,
+    )
+    .await;
     drop(locker);
     close(&session).await;
     result
@@ -163,7 +175,7 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
 /// caller's to close).
 async fn hold_and_run(
     opened: &Opened,
-    locker: &Locker,
+    locker: &mut Locker,
     id: &str,
     lease: Option<i64>,
     try_only: bool,

@@ -88,7 +88,7 @@ pub(crate) async fn open(common: &Common) -> Result<Opened, Failure> {
     }
     let etcd = EtcdService::connect(config).await.map_err(unavailable)?;
     Ok(Opened {
-        service: Service::from_backend(etcd.clone()),
+        service: lock::backend::service(etcd.clone()),
         etcd: Some(etcd),
     })
 }

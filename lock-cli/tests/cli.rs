@@ -291,7 +291,7 @@ fn passwords_come_from_a_file_and_are_never_printed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_holder_notices_the_loss_the_moment_it_resumes() {
     use lock::etcd::{EtcdConfig, EtcdService};
-    use lock::{Service, SessionConfig};
+    use lock::SessionConfig;
     let Some(service) = service("paused") else {
         return;
     };
@@ -308,7 +308,7 @@ async fn a_paused_holder_notices_the_loss_the_moment_it_resumes() {
 
     // Freeze the holder (not its command) for longer than its TTL: the lease expires.
     signal("-STOP", &holder_pid);
-    let other = Service::from_backend(
+    let other = lock::backend::service(
         EtcdService::connect(EtcdConfig::from_uri(&service).unwrap())
             .await
             .unwrap(),
@@ -317,7 +317,7 @@ async fn a_paused_holder_notices_the_loss_the_moment_it_resumes() {
         .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .unwrap();
-    let next = session.new_locker("p");
+    let mut next = session.new_locker("p");
     let granted = tokio::time::timeout(Duration::from_secs(15), next.lock())
         .await
         .expect("granted after the TTL");
@@ -363,13 +363,13 @@ async fn a_paused_holder_notices_the_loss_the_moment_it_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_killed_with_sigkill_frees_the_lock_within_its_ttl_and_lock_delay() {
     use lock::etcd::{EtcdConfig, EtcdService};
-    use lock::{Service, SessionConfig};
+    use lock::SessionConfig;
     let Some(service) = service("killed") else {
         return;
     };
     let dir = temp("killed");
     let (mut holder, command_pid) = hold(&service, &dir, "2s", "k").await;
-    let other = Service::from_backend(
+    let other = lock::backend::service(
         EtcdService::connect(EtcdConfig::from_uri(&service).unwrap())
             .await
             .unwrap(),
@@ -379,7 +379,7 @@ async fn a_holder_killed_with_sigkill_frees_the_lock_within_its_ttl_and_lock_del
         .await
         .unwrap();
     let waiter = tokio::spawn(async move {
-        let next = session.new_locker("k");
+        let mut next = session.new_locker("k");
         let held = next.lock().await.unwrap();
         (Instant::now(), held)
     });

@@ -1,20 +1,22 @@
-//! The handles applications hold: [`Service`], [`Session`] and [`Locker`]. Each is one `Arc`
-//! around a backend object, `Send + Sync + 'static`; services and sessions are `Clone` (clone
-//! them into tasks freely), a locker is one party and is not.
+//! The handles applications hold for a service and a session: [`Service`] and [`Session`].
+//! Each is one `Arc`, `Send + Sync + 'static` and `Clone` (clone them into tasks freely).
 //!
 //! Lifetimes follow the handles, as with `Arc`: a locker keeps its session open, and a
-//! [`Held`] keeps its locker; a session ends when it is closed, its service is closed, or the
-//! last handle of it (its lockers and holds included) is dropped.
+//! [`Held`](crate::Held) keeps its locker; a session ends when it is closed, its service is
+//! closed, or the last handle of it (its lockers and holds included) is dropped.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::backend::{self, Hold, OpFuture};
-use crate::{Done, Error, Fence, Held, Result, SessionConfig};
+use crate::config::SessionConfig;
+use crate::contract::{self, Layer, Party, ServiceState, SessionState};
+use crate::error::{Error, Result};
+use crate::hold::Done;
+use crate::id::validate_id;
+use crate::locker::{invalid_locker, Locker};
 
 /// A locking service: a connection to a backend, from which sessions are opened. Open one with
 /// [`crate::new`] from a connection string (`local:`, `etcd:http://127.0.0.1:2379`, …).
@@ -31,7 +33,7 @@ use crate::{Done, Error, Fence, Held, Result, SessionConfig};
 ///
 /// let service = lock_core::new("local:").await?;
 /// let session = service.new_session(SessionConfig::new(Duration::from_secs(10))).await?;
-/// let held = session.new_locker("jobs/nightly").lock().await?;
+/// let mut held = session.new_locker("jobs/nightly").lock().await?;
 /// println!("token {}", held.fencing_token());
 /// held.unlock().await?;
 /// service.close().await
@@ -39,20 +41,37 @@ use crate::{Done, Error, Fence, Held, Result, SessionConfig};
 /// ```
 #[derive(Clone)]
 pub struct Service {
-    backend: Arc<dyn backend::Service>,
+    state: Arc<ServiceState>,
 }
 
 impl Service {
-    /// Wraps a backend's service. For backends (in their `open` function) and tests.
-    pub fn from_backend(service: impl backend::Service) -> Self {
+    /// Wraps a backend's service (see [`backend::service`](crate::backend::service)).
+    pub(crate) fn new(backend: Arc<dyn contract::Service>) -> Self {
         Service {
-            backend: Arc::new(service),
+            state: Arc::new(ServiceState {
+                backend,
+                closed: Arc::new(AtomicBool::new(false)),
+                layers: Vec::new(),
+            }),
         }
     }
 
-    /// The backend's service, for a wrapper that adds to it (metrics, tracing).
-    pub fn backend(&self) -> &dyn backend::Service {
-        &*self.backend
+    /// This service with `layer` around it: sessions opened and lockers made through the
+    /// returned handle go through the layer (metrics, tracing, retries; see
+    /// [`backend::Layer`](crate::backend::Layer)). Layers applied later wrap earlier ones.
+    /// Both handles are the same service: closing either closes it.
+    #[must_use = "the layer applies to the returned handle only"]
+    pub fn layer(&self, layer: impl Layer) -> Service {
+        let layer: Arc<dyn Layer> = Arc::new(layer);
+        let mut layers = self.state.layers.clone();
+        layers.push(layer.clone());
+        Service {
+            state: Arc::new(ServiceState {
+                backend: layer.service(self.state.backend.clone()),
+                closed: self.state.closed.clone(),
+                layers,
+            }),
+        }
     }
 
     /// Opens a session: the TTL its locks live by without a keep-alive, and how long `lock()`
@@ -60,30 +79,38 @@ impl Service {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a configuration the backend cannot honour;
-    /// [`Error::AlreadyClosed`] after `close`; [`Error::Backend`] when the backend cannot be
-    /// reached.
-    pub fn new_session(
-        &self,
-        config: SessionConfig,
-    ) -> impl Future<Output = Result<Session>> + Send + '_ {
-        let opening = self.backend.new_session(config);
-        async move { Ok(Session::from_backend(opening.await?)) }
+    /// [`Error::InvalidConfig`] for a configuration the backend cannot honour (a zero TTL or
+    /// timeout for every backend); [`Error::AlreadyClosed`] after `close`; [`Error::Backend`]
+    /// when the backend cannot be reached.
+    pub async fn new_session(&self, config: SessionConfig) -> Result<Session> {
+        config.validate()?;
+        if self.state.closed.load(Acquire) {
+            return Err(Error::AlreadyClosed("service"));
+        }
+        let mut backend = self.state.backend.new_session(config).await?;
+        for layer in &self.state.layers {
+            backend = layer.session(backend);
+        }
+        Ok(Session::new(backend, config, Some(self.state.clone())))
     }
 
     /// Closes the service: every session ends and every lock is reported lost.
     ///
     /// # Errors
     ///
-    /// [`Error::AlreadyClosed`] on the second call.
+    /// [`Error::AlreadyClosed`] on the second call; what the backend could not do (the service
+    /// is closed regardless).
     pub async fn close(&self) -> Result<()> {
-        self.backend.close().await
+        if self.state.closed.swap(true, AcqRel) {
+            return Err(Error::AlreadyClosed("service"));
+        }
+        self.state.backend.close().await
     }
 }
 
 impl fmt::Debug for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.backend, f)
+        fmt::Debug::fmt(&*self.state.backend, f)
     }
 }
 
@@ -95,35 +122,59 @@ impl fmt::Debug for Service {
 /// lockers and their holds included — is dropped (then in the background).
 #[derive(Clone)]
 pub struct Session {
-    backend: Arc<dyn backend::Session>,
+    state: Arc<SessionState>,
 }
 
 impl Session {
-    /// Wraps a backend's session. For backends and wrappers.
-    pub fn from_backend(session: Arc<dyn backend::Session>) -> Self {
-        Session { backend: session }
-    }
-
-    /// The backend's session, for a wrapper that adds to it.
-    pub fn backend(&self) -> &Arc<dyn backend::Session> {
-        &self.backend
+    /// Wraps a backend's session (see [`backend::session`](crate::backend::session)).
+    pub(crate) fn new(
+        backend: Arc<dyn contract::Session>,
+        config: SessionConfig,
+        service: Option<Arc<ServiceState>>,
+    ) -> Self {
+        Session {
+            state: Arc::new(SessionState {
+                backend,
+                closed: AtomicBool::new(false),
+                timeout: config.timeout,
+                service,
+            }),
+        }
     }
 
     /// A locker for lock `id`. Lockers of the same id exclude each other, whether they belong
     /// to the same session or to different ones. An invalid id is reported by the locker's
     /// first `lock`/`try_lock` call as [`Error::InvalidId`].
     ///
-    /// The locker keeps this session open while it (or a [`Held`] of it) lives.
+    /// The locker keeps this session open while it (or a [`Held`](crate::Held) of it) lives.
     pub fn new_locker(&self, id: &str) -> Locker {
-        Locker {
-            backend: self.backend.new_locker(id, self),
+        let party = self.party();
+        if let Err(e) = validate_id(id) {
+            return Locker::new(invalid_locker(id, e, party));
         }
+        let mut backend = self.state.backend.new_locker(id, party);
+        if let Some(service) = &self.state.service {
+            for layer in &service.layers {
+                backend = layer.locker(backend);
+            }
+        }
+        Locker::new(backend)
     }
 
     /// A future that resolves once the session has ended: closed, its service closed, or (for
     /// remote backends) its lease lost. `'static`.
     pub fn done(&self) -> Done {
-        self.backend.done()
+        self.state.backend.done()
+    }
+
+    /// A new locker's party.
+    pub(crate) fn party(&self) -> Party {
+        Party::new(self.state.clone())
+    }
+
+    /// How long `lock()` waits at most ([`SessionConfig::timeout`]).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.state.timeout
     }
 
     /// Ends the session: its locks are released (and reported lost), its waiters fail with
@@ -131,239 +182,18 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// [`Error::AlreadyClosed`] on the second call.
+    /// [`Error::AlreadyClosed`] on the second call (or after its service was closed); what the
+    /// backend could not do (the session is closed regardless).
     pub async fn close(&self) -> Result<()> {
-        self.backend.close().await
+        if self.state.closed.swap(true, AcqRel) {
+            return Err(Error::AlreadyClosed("session"));
+        }
+        self.state.backend.close().await
     }
 }
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.backend, f)
-    }
-}
-
-/// One party's handle on one lock id, made by [`Session::new_locker`]: one hold or attempt at
-/// a time (a second `lock()` while one is pending or held fails with
-/// [`Error::AlreadyLocked`]).
-///
-/// Not `Clone`: a clone would be the same party, so tasks sharing one would fail each other's
-/// `lock()` instead of taking turns. Give each task its own locker — lockers of one id exclude
-/// each other, also within one session:
-///
-/// ```compile_fail
-/// # async fn demo(session: lock_core::Session) {
-/// let locker = session.new_locker("jobs/nightly");
-/// let for_task = locker.clone(); // error: `Locker` is not `Clone`
-/// # }
-/// ```
-///
-/// ```no_run
-/// # async fn demo(session: lock_core::Session) -> lock_core::Result<()> {
-/// for _ in 0..4 {
-///     let locker = session.new_locker("jobs/nightly"); // one party per task
-///     tokio::spawn(async move {
-///         let held = locker.lock().await?;
-///         // … work under the lock …
-///         held.unlock().await
-///     });
-/// }
-/// # Ok(()) }
-/// ```
-///
-/// Dropping the locker (its [`Held`], which keeps it, included) releases its lock.
-pub struct Locker {
-    /// The backend's locker, which keeps its session's handle (see
-    /// [`backend::Session::new_locker`]).
-    backend: Arc<dyn backend::Locker>,
-}
-
-impl Locker {
-    /// Wraps a backend's locker. For wrappers.
-    pub fn from_backend(locker: Arc<dyn backend::Locker>) -> Self {
-        Locker { backend: locker }
-    }
-
-    /// The backend's locker, for a wrapper that adds to it.
-    #[inline]
-    pub fn backend(&self) -> &Arc<dyn backend::Locker> {
-        &self.backend
-    }
-
-    /// Another handle of this same locker, for the [`Held`] it grants (which keeps it).
-    #[inline]
-    fn share(&self) -> Locker {
-        Locker {
-            backend: Arc::clone(&self.backend),
-        }
-    }
-
-    /// The lock id this locker was made for.
-    #[inline]
-    pub fn id(&self) -> &str {
-        self.backend.id()
-    }
-
-    /// Waits for the lock, in FIFO order with other waiters, up to the session's timeout, and
-    /// returns the guard of the hold.
-    ///
-    /// Cancel-safe: dropping the future withdraws from the queue and leaves nothing behind.
-    /// A session timeout needs a tokio runtime with timers (`#[tokio::main]`, or a runtime
-    /// built with `enable_time()`).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::AlreadyLocked`] if this locker holds or is already acquiring the lock;
-    /// [`Error::Timeout`]; [`Error::Canceled`] if the session ends while waiting;
-    /// [`Error::AlreadyClosed`] if it had ended before; [`Error::InvalidId`].
-    #[inline]
-    pub fn lock(&self) -> Lock<'_> {
-        Lock {
-            locking: self.backend.lock(),
-            locker: self,
-        }
-    }
-
-    /// [`lock`](Locker::lock), waiting at most `timeout` (or the session's timeout, if that is
-    /// shorter). Needs a tokio runtime with timers.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Timeout`] with `timeout` when it passed; otherwise as [`lock`](Locker::lock).
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # async fn demo(locker: lock_core::Locker) -> lock_core::Result<()> {
-    /// use std::time::Duration;
-    /// use lock_core::ErrorKind;
-    ///
-    /// match locker.lock_timeout(Duration::from_millis(200)).await {
-    ///     Ok(held) => held.unlock().await?,
-    ///     Err(e) if e.kind() == ErrorKind::Timeout => println!("busy; try later"),
-    ///     Err(e) => return Err(e),
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn lock_timeout(&self, timeout: Duration) -> Result<Held> {
-        match tokio::time::timeout(timeout, self.lock()).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Error::Timeout(timeout)),
-        }
-    }
-
-    /// Takes the lock if nobody holds it or waits for it; never waits for a holder.
-    ///
-    /// # Errors
-    ///
-    /// As [`lock`](Locker::lock), except that a held lock gives `Ok(None)`.
-    #[inline]
-    pub fn try_lock(&self) -> TryLock<'_> {
-        TryLock {
-            trying: self.backend.try_lock(),
-            locker: self,
-        }
-    }
-
-    /// Releases whatever this locker holds (Go's `Locker.Unlock`); the hold's
-    /// [`lost`](Held::lost) fires. [`Held::unlock`] does the same for one guard.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::NotHeld`] if this locker does not hold the lock; [`Error::AlreadyClosed`] after
-    /// the session ended. An error from a remote backend is informative: the lock is released
-    /// at the latest when the session's TTL runs out.
-    pub async fn unlock(&self) -> Result<()> {
-        self.backend.unlock(None).await
-    }
-
-    /// Takes the lock, runs `f` with the hold's [`Fence`] (its fencing token, and `is_lost()`
-    /// to check before a side effect), and unlocks — also when `f` fails. `f` is raced against
-    /// the loss of the lock: if the lock is lost first, `f` is dropped (cancelled at its next
-    /// await) and the result is [`Error::Lost`].
-    ///
-    /// Returns what `f` returned; `f`'s error type only needs `From<lock::Error>`. A closure
-    /// that finished while the lock was held keeps its result: a release that fails after it
-    /// (a remote backend unreachable) is not reported, since the lock then ends at the latest
-    /// when the session's TTL runs out, and a loss after the closure finished came too late to
-    /// matter to it.
-    ///
-    /// # Errors
-    ///
-    /// What [`lock`](Locker::lock) returns; [`Error::Lost`] if the lock was lost before `f`
-    /// finished; `f`'s error.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # async fn demo(locker: lock_core::Locker) -> lock_core::Result<()> {
-    /// let written = locker
-    ///     .with_lock(|fence| async move { write_report(fence.fencing_token()).await })
-    ///     .await?;
-    /// # Ok(()) }
-    /// # async fn write_report(_token: u64) -> lock_core::Result<usize> { Ok(1) }
-    /// ```
-    pub async fn with_lock<T, E, F, Fut>(&self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(Fence) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-        E: From<Error>,
-    {
-        let held = self.lock().await?;
-        let lost = |held: &Held| held.lost_error(crate::LossCause::Unknown, "");
-        let out = tokio::select! {
-            biased;
-            () = held.lost() => return Err(lost(&held).into()),
-            out = f(held.fence()) => out,
-        };
-        if out.is_ok() && held.is_lost() {
-            // Lost before the closure finished (it did not await after the loss).
-            return Err(lost(&held).into());
-        }
-        let _ = held.unlock().await;
-        out
-    }
-}
-
-/// The future of [`Locker::lock`]: the backend's, turned into a [`Held`] of the locker.
-/// Cancel-safe, as the backend's is.
-#[must_use = "futures do nothing unless awaited"]
-#[derive(Debug)]
-pub struct Lock<'a> {
-    locking: OpFuture<'a, Result<Hold>>,
-    locker: &'a Locker,
-}
-
-impl Future for Lock<'_> {
-    type Output = Result<Held>;
-    #[inline]
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Held>> {
-        let this = &mut *self;
-        let hold = std::task::ready!(Pin::new(&mut this.locking).poll(cx))?;
-        Poll::Ready(Ok(Held::new(hold, this.locker.share())))
-    }
-}
-
-/// The future of [`Locker::try_lock`].
-#[must_use = "futures do nothing unless awaited"]
-#[derive(Debug)]
-pub struct TryLock<'a> {
-    trying: OpFuture<'a, Result<Option<Hold>>>,
-    locker: &'a Locker,
-}
-
-impl Future for TryLock<'_> {
-    type Output = Result<Option<Held>>;
-    #[inline]
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Option<Held>>> {
-        let this = &mut *self;
-        let hold = std::task::ready!(Pin::new(&mut this.trying).poll(cx))?;
-        Poll::Ready(Ok(hold.map(|hold| Held::new(hold, this.locker.share()))))
-    }
-}
-
-impl fmt::Debug for Locker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.backend, f)
+        fmt::Debug::fmt(&*self.state.backend, f)
     }
 }

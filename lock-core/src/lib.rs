@@ -21,7 +21,7 @@
 //!
 //! ```no_run
 //! # async fn demo(session: lock_core::Session) -> lock_core::Result<()> {
-//! let locker = session.new_locker("reports/daily");
+//! let mut locker = session.new_locker("reports/daily");
 //! let rows = locker
 //!     .with_lock(|fence| async move {
 //!         if fence.is_lost() {
@@ -105,27 +105,30 @@
 
 pub mod backend;
 mod config;
+mod contract;
 mod error;
 mod handle;
-mod held;
+mod hold;
 mod id;
+mod locker;
 mod loss;
 mod op;
 mod registry;
 mod secret;
 mod signal;
-mod traits;
 mod uri;
 
 pub use config::SessionConfig;
 pub use error::{BoxError, Error, ErrorKind, Report, Result};
-pub use handle::{Lock, Locker, Service, Session, TryLock};
-pub use held::{Done, Fence, Held, Lost, Unlock};
+pub use handle::{Service, Session};
+pub use hold::{Done, Fence, Lost};
 pub use id::MAX_ID_LEN;
+pub use locker::{Held, Lock, Locker, TryLock, Unlock};
 pub use loss::{Loss, LossCause};
 pub use registry::{new, services};
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::registry::ServiceFactory;
     pub use inventory;
 }

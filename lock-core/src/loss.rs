@@ -55,7 +55,7 @@ impl fmt::Display for LossCause {
 /// # Examples
 ///
 /// ```
-/// # async fn demo(locker: lock_core::Locker) -> lock_core::Result<()> {
+/// # async fn demo(mut locker: lock_core::Locker) -> lock_core::Result<()> {
 /// let held = locker.lock().await?;
 /// held.lost().await;
 /// if let Some(loss) = held.loss() {
@@ -76,9 +76,9 @@ struct Record {
 }
 
 impl Loss {
-    /// A loss with `cause` at `at` (`None` if the backend did not note the time). For
-    /// backends.
-    pub fn new(cause: LossCause, at: Option<Instant>, detail: impl Into<String>) -> Self {
+    /// A loss with `cause` at `at` (`None` if the backend did not note the time). Backends
+    /// record theirs with [`Signal::fire_because`](crate::backend::Signal::fire_because).
+    pub(crate) fn new(cause: LossCause, at: Option<Instant>, detail: impl Into<String>) -> Self {
         Loss(Box::new(Record {
             cause,
             at,
@@ -104,7 +104,7 @@ impl Loss {
     }
 
     /// Adds a sentence to the detail.
-    pub fn explain(&mut self, more: &str) {
+    pub(crate) fn explain(&mut self, more: &str) {
         let detail = &mut self.0.detail;
         if !detail.is_empty() {
             detail.push_str("; ");

@@ -65,6 +65,17 @@ impl<'a, T> OpFuture<'a, T> {
         OpFuture(Inner::Ready(Some(value)))
     }
 
+    /// The value of a future that is already complete, without polling it; `Err(self)` when
+    /// it must be polled.
+    #[inline]
+    pub(crate) fn into_ready(mut self) -> Result<T, Self> {
+        match &mut self.0 {
+            // Taken out: the emptied future drops as a completed one.
+            Inner::Ready(value @ Some(_)) => Ok(value.take().expect("matched as Some")),
+            _ => Err(self),
+        }
+    }
+
     /// A future that must wait: boxed.
     pub fn boxed(fut: impl Future<Output = T> + Send + 'a) -> Self {
         OpFuture(Inner::Boxed(Box::pin(fut)))

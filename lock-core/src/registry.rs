@@ -10,7 +10,7 @@ use crate::uri::ConnectionString;
 use crate::{Error, Result, Service};
 
 /// The future a backend's constructor returns: the service, wrapped with
-/// [`Service::from_backend`].
+/// [`backend::service`](crate::backend::service).
 pub type OpenFuture = Pin<Box<dyn Future<Output = Result<Service>> + Send + 'static>>;
 
 /// How to open one backend: its scheme and its constructor. Built in `const` context, so it can
@@ -152,12 +152,12 @@ impl fmt::Debug for Registry {
 /// Registers a backend in every program that links the calling crate:
 /// `register_service!("scheme", open_fn)` where `open_fn: fn(ConnectionString) -> OpenFuture`.
 ///
-/// See the [`backend`](crate::backend) module.
+/// See the `backend` module.
 #[macro_export]
 macro_rules! register_service {
     ($scheme:expr, $open:expr $(,)?) => {
         $crate::__private::inventory::submit! {
-            $crate::backend::ServiceFactory::new($scheme, $open)
+            $crate::__private::ServiceFactory::new($scheme, $open)
         }
     };
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lock_core::backend::{Deadline, Hold as Held, Signal};
-use lock_core::{Done, LossCause};
+use lock_core::LossCause;
 
 #[tokio::test]
 async fn a_hold_is_lost_once_its_epoch_ends_and_stays_lost() {
@@ -54,14 +54,14 @@ async fn lost_resolves_at_the_deadline_and_follows_extensions() {
 #[tokio::test]
 async fn done_resolves_when_fired_or_expired() {
     let signal = Arc::new(Signal::new());
-    let done = Done::new(signal.clone(), 0, None);
+    let done = lock_core::backend::done(signal.clone(), 0, None);
     assert!(!done.is_done());
     signal.fire();
     tokio::time::timeout(Duration::from_secs(1), done)
         .await
         .unwrap();
     let deadline = Arc::new(Deadline::new(Instant::now() + Duration::from_secs(3600)));
-    let done = Done::new(Arc::new(Signal::new()), 0, Some(deadline.clone()));
+    let done = lock_core::backend::done(Arc::new(Signal::new()), 0, Some(deadline.clone()));
     deadline.expire();
     assert!(done.is_done());
 }

@@ -47,7 +47,7 @@ async fn ours_with(endpoints: &str, options: &str) -> Service {
 /// An `etcd:` service from its connection string.
 async fn open(uri: &str) -> Service {
     let config = EtcdConfig::from_uri(uri).unwrap();
-    Service::from_backend(EtcdService::connect(config).await.unwrap())
+    lock_core::backend::service(EtcdService::connect(config).await.unwrap())
 }
 
 async fn raw(endpoints: &str) -> Client {
@@ -108,7 +108,7 @@ async fn floor_and_uncontended(endpoints: &str, rows: &mut Vec<Row>) -> f64 {
         .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .unwrap();
-    let locker = session.new_locker("uncontended");
+    let mut locker = session.new_locker("uncontended");
     let (mut floor, mut mine) = (Vec::new(), Vec::new());
     for _ in 0..BLOCKS {
         for _ in 0..UNCONTENDED / BLOCKS {
@@ -188,7 +188,7 @@ async fn contended_ours(endpoints: &str, options: &str) -> f64 {
                 .new_session(SessionConfig::new(Duration::from_secs(10)))
                 .await
                 .unwrap();
-            let locker = session.new_locker("contended");
+            let mut locker = session.new_locker("contended");
             while Instant::now() < stop {
                 let _held = locker.lock().await.unwrap();
                 locker.unlock().await.unwrap();
@@ -253,7 +253,7 @@ async fn seed_ours(service: &Service, sessions: usize) -> Result<Duration, Strin
         tasks.push(tokio::spawn(async move {
             let config = SessionConfig::new(Duration::from_secs(30));
             let session = service.new_session(config).await?;
-            let locker = session.new_locker("seed");
+            let mut locker = session.new_locker("seed");
             let held = locker.lock().await?;
             assert!(!held.is_lost());
             counter.store(counter.load(Relaxed) + 1, Relaxed);
@@ -405,7 +405,7 @@ async fn waiters(endpoints: &str, rows: &mut Vec<Row>) {
     let service = EtcdService::connect(config).await.unwrap();
     let ttl = SessionConfig::new(Duration::from_secs(60));
     let holder = service.new_session(ttl).await.unwrap();
-    let first = holder.new_locker("queue");
+    let mut first = holder.new_locker("queue");
     let _held = first.lock().await.unwrap();
     let mut sessions = Vec::new();
     for _ in 0..SESSIONS {
@@ -416,7 +416,7 @@ async fn waiters(endpoints: &str, rows: &mut Vec<Row>) {
     for i in 0..WAITERS {
         let (session, order) = (sessions[i % SESSIONS].clone(), order.clone());
         tasks.push(tokio::spawn(async move {
-            let locker = session.new_locker("queue");
+            let mut locker = session.new_locker("queue");
             let held = locker.lock().await.unwrap();
             assert!(!held.is_lost());
             order.fetch_add(1, Relaxed);
@@ -535,7 +535,7 @@ fn hold() {
             .new_session(SessionConfig::new(RECOVERY_TTL))
             .await
             .unwrap();
-        let locker = session.new_locker("recovery");
+        let mut locker = session.new_locker("recovery");
         let _held = locker.lock().await.unwrap();
         println!("held");
         std::future::pending::<()>().await;
@@ -571,7 +571,7 @@ async fn recovery(endpoints: &str, rows: &mut Vec<Row>) {
                 .await
                 .unwrap();
             let waiter = tokio::spawn(async move {
-                let locker = session.new_locker("recovery");
+                let mut locker = session.new_locker("recovery");
                 let held = locker.lock().await.unwrap();
                 let at = Instant::now();
                 drop(held);

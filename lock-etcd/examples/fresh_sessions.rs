@@ -39,7 +39,7 @@ async fn one(uri: &str, n: u64, hold: Duration, counts: &Counts) -> Result<(), S
         .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .map_err(|e| format!("session: {e}"))?;
-    let locker = session.new_locker(&format!("fresh-{n}"));
+    let mut locker = session.new_locker(&format!("fresh-{n}"));
     let held = locker.lock().await.map_err(|e| format!("lock: {e}"))?;
     tokio::time::sleep(hold).await;
     if held.is_lost() || session.done().is_done() {

@@ -124,7 +124,7 @@ async fn main() {
             .unwrap();
         let contender = Contender {
             client: n,
-            service: lock_core::Service::from_backend(service),
+            service: lock_core::backend::service(service),
             id: IDS[n % IDS.len()].to_owned(),
             ttl: TTL,
             resource: resource.clone(),

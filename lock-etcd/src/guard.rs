@@ -38,11 +38,7 @@ use crate::EtcdLocker;
 /// # }
 /// ```
 pub fn guard(held: &Held) -> Option<Compare> {
-    let locker = held
-        .locker()
-        .backend()
-        .as_any()?
-        .downcast_ref::<EtcdLocker>()?;
+    let locker = lock_core::backend::as_any(held.locker())?.downcast_ref::<EtcdLocker>()?;
     let token = i64::try_from(held.fencing_token()).ok()?;
     Some(Compare::create_revision(
         locker.key(),

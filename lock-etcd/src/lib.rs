@@ -76,7 +76,7 @@ pub const SERVICE_ETCD: &str = "etcd";
 fn open(cs: ConnectionString) -> OpenFuture {
     Box::pin(async move {
         let config = EtcdConfig::parse(&cs)?;
-        Ok(lock_core::Service::from_backend(
+        Ok(lock_core::backend::service(
             EtcdService::connect(config).await?,
         ))
     })

@@ -141,7 +141,6 @@ impl State {
 pub(crate) struct LockerCore {
     serial: u64,
     id: String,
-    invalid_id: Option<String>,
     /// The id's keys, shared with the hub's queue while this locker uses it.
     keys: IdKeys,
     /// What follows the id's range in our key (and the records' prefix in our record).
@@ -263,9 +262,6 @@ impl LockerCore {
     }
 
     fn precheck(&self) -> Result<()> {
-        if let Some(reason) = &self.invalid_id {
-            return Err(Error::InvalidId(reason.clone()));
-        }
         self.session.check_open()
     }
 
@@ -567,29 +563,21 @@ impl LockerCore {
     /// key, watches our key, runs `op`, and abandons (handing our key to a background removal
     /// the next attempt waits for) if `op` fails or is dropped. Within `limit` in all, when
     /// given: the removal of this attempt's key is not waited for.
-    async fn attempt<T, F, Fut>(self: &Arc<Self>, limit: Option<Duration>, op: F) -> Result<T>
+    async fn attempt<T, F, Fut>(self: &Arc<Self>, op: F) -> Result<T>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
         self.precheck()?;
-        let run = async {
-            self.finish_cleanup().await;
-            self.begin()?;
-            let mut attempt = Attempt {
-                core: self,
-                finished: false,
-            };
-            let result = op().await;
-            attempt.finished = result.is_ok();
-            result
+        self.finish_cleanup().await;
+        self.begin()?;
+        let mut attempt = Attempt {
+            core: self,
+            finished: false,
         };
-        match limit {
-            None => run.await,
-            Some(limit) => tokio::time::timeout(limit, run)
-                .await
-                .unwrap_or(Err(Error::Timeout(limit))),
-        }
+        let result = op().await;
+        attempt.finished = result.is_ok();
+        result
     }
 
     async fn try_acquire(self: &Arc<Self>) -> Result<Option<Hold>> {
@@ -805,9 +793,9 @@ async fn remove(
 /// A locker of the `etcd:` backend; see [`lock_core::backend::Locker`].
 pub struct EtcdLocker {
     core: Arc<LockerCore>,
-    /// The application's handle of the session, kept while the locker lives; dropped after
-    /// the locker's `Drop` handed its key to the removal.
-    _session: lock_core::Session,
+    /// What the handles keep of this locker (its session's handle among it): dropped after the
+    /// locker's `Drop` handed its key to the removal.
+    party: backend::Party,
 }
 
 impl EtcdLocker {
@@ -815,7 +803,7 @@ impl EtcdLocker {
         serial: u64,
         id: &str,
         session: Arc<SessionCore>,
-        handle: lock_core::Session,
+        party: backend::Party,
     ) -> Self {
         let keys = IdKeys::new(&session.service.config.prefix, id);
         let suffix = keys::locker_suffix(session.lease, serial);
@@ -824,14 +812,10 @@ impl EtcdLocker {
             .lock_delay()
             .map(|delay| (keys.record(&suffix), crate::delay::record_value(delay)));
         EtcdLocker {
-            _session: handle,
+            party,
             core: Arc::new(LockerCore {
                 serial,
                 id: id.to_owned(),
-                invalid_id: backend::validate_id(id).err().map(|e| match e {
-                    Error::InvalidId(reason) => reason,
-                    other => other.to_string(),
-                }),
                 keys,
                 suffix,
                 key,
@@ -901,7 +885,7 @@ impl backend::Locker for EtcdLocker {
         OpFuture::boxed(Instrument::instrument(
             async move {
                 let core = &self.core;
-                core.attempt(core.session.timeout, || core.acquire()).await
+                core.attempt(|| core.acquire()).await
             },
             span,
         ))
@@ -912,14 +896,13 @@ impl backend::Locker for EtcdLocker {
         OpFuture::boxed(Instrument::instrument(
             async move {
                 let core = &self.core;
-                core.attempt(core.session.timeout, || core.try_acquire())
-                    .await
+                core.attempt(|| core.try_acquire()).await
             },
             span,
         ))
     }
 
-    fn unlock(&self, token: Option<u64>) -> OpFuture<'_, Result<()>> {
+    fn unlock(&self, token: u64) -> OpFuture<'_, Result<()>> {
         let span = self.span("unlock");
         OpFuture::boxed(Instrument::instrument(
             async move {
@@ -927,7 +910,7 @@ impl backend::Locker for EtcdLocker {
                 core.session.check_open()?;
                 let rev = {
                     let mut st = core.state();
-                    if st.phase != Phase::Held || token.is_some_and(|t| t != st.rev as u64) {
+                    if st.phase != Phase::Held || token != st.rev as u64 {
                         return Err(Error::NotHeld);
                     }
                     st.go_idle(&core.signal, LossCause::Unlocked, || "unlock()".to_owned());
@@ -969,6 +952,10 @@ impl backend::Locker for EtcdLocker {
 
     fn id(&self) -> &str {
         &self.core.id
+    }
+
+    fn party(&self) -> &backend::Party {
+        &self.party
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {

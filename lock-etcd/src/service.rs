@@ -166,7 +166,7 @@ impl EtcdService {
     /// As [`open_session`](Self::open_session).
     pub async fn new_session(&self, config: SessionConfig) -> Result<lock_core::Session> {
         let session = self.open_session(config).await?;
-        Ok(lock_core::Session::from_backend(Arc::new(session)))
+        Ok(backend::session(Arc::new(session), config))
     }
 
     /// Closes the service, as [`lock_core::Service::close`] does.

@@ -417,9 +417,9 @@ impl EtcdSession {
 }
 
 impl backend::Session for EtcdSession {
-    fn new_locker(&self, id: &str, session: &lock_core::Session) -> Arc<dyn backend::Locker> {
+    fn new_locker(&self, id: &str, party: backend::Party) -> Arc<dyn backend::Locker> {
         let key = self.core.service.next_key();
-        let locker = EtcdLocker::new(key, id, self.core.clone(), session.clone());
+        let locker = EtcdLocker::new(key, id, self.core.clone(), party);
         self.core.lockers().insert(key, locker.weak());
         if let Some(reason) = self.core.ended() {
             locker.core().session_ended(reason);
@@ -428,7 +428,7 @@ impl backend::Session for EtcdSession {
     }
 
     fn done(&self) -> Done {
-        Done::new(
+        backend::done(
             self.core.end_signal.clone(),
             0,
             Some(self.core.deadline.clone()),

@@ -54,7 +54,7 @@ async fn authentication_and_permissions() {
         .new_session(SessionConfig::new(Duration::from_secs(5)))
         .await
         .unwrap();
-    let locker = session.new_locker("job");
+    let mut locker = session.new_locker("job");
     let held = locker.lock().await.unwrap();
     assert!(!held.is_lost());
     locker.unlock().await.unwrap();

@@ -12,7 +12,7 @@ async fn one_cycle(service: &Service) -> lock_core::Result<()> {
     let session = service
         .new_session(SessionConfig::new(Duration::from_secs(5)))
         .await?;
-    let locker = session.new_locker("cycle");
+    let mut locker = session.new_locker("cycle");
     let _held = locker.lock().await?;
     locker.unlock().await?;
     session.close().await
@@ -47,7 +47,7 @@ async fn losing_a_member_breaks_no_session() {
         .new_session(SessionConfig::new(Duration::from_secs(5)))
         .await
         .unwrap();
-    let holder = session.new_locker("held");
+    let mut holder = session.new_locker("held");
     let held = holder.lock().await.unwrap();
 
     let leader = cluster.leader().expect("a leader");

@@ -50,7 +50,7 @@ async fn contend(cluster: &Cluster, clients: usize, id: &str) -> Run {
         let service = connect(&cluster.endpoints(), &prefix).await.unwrap();
         let contender = Contender {
             client: n,
-            service: lock_core::Service::from_backend(service),
+            service: lock_core::backend::service(service),
             id: id.to_owned(),
             ttl: TTL,
             resource: resource.clone(),
@@ -194,7 +194,7 @@ async fn rolling_restart_under_contention() {
         .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .unwrap();
-    let locker = session.new_locker("quiet");
+    let mut locker = session.new_locker("quiet");
     let held = locker.lock().await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     for i in 0..3 {
@@ -236,7 +236,7 @@ fn a_frozen_holder_sees_the_loss_at_once_and_its_stale_write_is_rejected() {
             rt.block_on(async {
                 let service = connect(&endpoints, &prefix).await.unwrap();
                 let session = service.new_session(SessionConfig::new(TTL)).await.unwrap();
-                let locker = session.new_locker("x");
+                let mut locker = session.new_locker("x");
                 let held = locker.lock().await.unwrap();
                 let token = held.fencing_token();
                 history.record(1, "x", Kind::Acquired(token));
@@ -290,7 +290,7 @@ fn a_frozen_holder_sees_the_loss_at_once_and_its_stale_write_is_rejected() {
         let stale = granted_rx.recv().unwrap();
         let service = connect(&endpoints, &prefix).await.unwrap();
         let session = service.new_session(SessionConfig::new(TTL)).await.unwrap();
-        let locker = session.new_locker("x");
+        let mut locker = session.new_locker("x");
         let held = tokio::time::timeout(TTL * 4, locker.lock())
             .await
             .expect("granted after the TTL")

@@ -70,7 +70,7 @@ async fn a_stale_holders_guarded_txn_is_refused_once_another_holds_the_lock() {
     assert!(!guarded_put(&mut raw, &stale, &data, "too early").await);
 
     let next_session = healthy.new_session(SessionConfig::new(TTL)).await.unwrap();
-    let locker = next_session.new_locker("x");
+    let mut locker = next_session.new_locker("x");
     let next = tokio::time::timeout(TTL * 4, locker.lock())
         .await
         .expect("granted after the lock-delay")
@@ -102,7 +102,7 @@ async fn a_stale_holders_guarded_txn_is_refused_once_another_holds_the_lock() {
 /// A hold that is not an etcd: hold has no guard.
 #[tokio::test]
 async fn a_hold_of_another_backend_has_no_guard() {
-    let service = lock_core::Service::from_backend(lock_local::LocalService::new());
+    let service = lock_core::backend::service(lock_local::LocalService::new());
     let session = service.new_session(SessionConfig::default()).await.unwrap();
     let held = session.new_locker("x").lock().await.unwrap();
     assert!(lock_etcd::guard(&held).is_none());

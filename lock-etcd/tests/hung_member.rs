@@ -25,7 +25,7 @@ async fn connect(cluster: &Cluster, prefix: &str) -> lock_core::Result<EtcdServi
 async fn one_fresh_client(cluster: &Cluster, prefix: &str) -> lock_core::Result<()> {
     let service = connect(cluster, prefix).await?;
     let session = service.new_session(SessionConfig::new(TTL)).await?;
-    let locker = session.new_locker("job");
+    let mut locker = session.new_locker("job");
     let _held = locker.lock().await?;
     locker.unlock().await?;
     service.close().await
@@ -64,8 +64,8 @@ async fn hang(cluster: &mut Cluster, member: usize, what: &str) {
             .unwrap(),
     );
     let first_lease = etcd_session.lease_id();
-    let session = lock_core::Session::from_backend(etcd_session.clone());
-    let locker = session.new_locker("quiet");
+    let session = lock_core::backend::session(etcd_session.clone(), SessionConfig::new(quiet_ttl));
+    let mut locker = session.new_locker("quiet");
     let held = locker.lock().await.unwrap();
 
     cluster.pause(member);
@@ -77,7 +77,7 @@ async fn hang(cluster: &mut Cluster, member: usize, what: &str) {
         .new_session(SessionConfig::new(quiet_ttl).with_timeout(Duration::from_secs(1)))
         .await
         .unwrap();
-    let waiter = waiting.new_locker("quiet");
+    let mut waiter = waiting.new_locker("quiet");
     let asked = Instant::now();
     let waited = waiter.lock().await;
     let waited_for = asked.elapsed();

@@ -26,7 +26,7 @@ async fn revoking_the_lease_from_outside_fires_lost_and_done() {
         .await
         .unwrap();
     let done = session.done();
-    let (a, b) = (session.new_locker("a"), session.new_locker("b"));
+    let (mut a, mut b) = (session.new_locker("a"), session.new_locker("b"));
     let (held_a, held_b) = (a.lock().await.unwrap(), b.lock().await.unwrap());
 
     let mut raw = common::raw(&endpoints).await;
@@ -70,7 +70,7 @@ async fn deleting_the_lock_key_from_outside_fires_lost_for_that_lock_only() {
         .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .unwrap();
-    let (a, b) = (
+    let (mut a, mut b) = (
         session.new_locker("victim"),
         session.new_locker("bystander"),
     );
@@ -114,7 +114,7 @@ async fn unlock_and_close_leave_no_keys_or_leases() {
         .new_session(SessionConfig::new(Duration::from_secs(10)))
         .await
         .unwrap();
-    let holder = session.new_locker("x");
+    let mut holder = session.new_locker("x");
     let first = holder.lock().await.unwrap();
     let other = service
         .new_session(
@@ -122,7 +122,7 @@ async fn unlock_and_close_leave_no_keys_or_leases() {
         )
         .await
         .unwrap();
-    let waiter = other.new_locker("x");
+    let mut waiter = other.new_locker("x");
     assert!(matches!(waiter.lock().await, Err(Error::Timeout(_))));
     // The timed-out attempt hands its key and record to a background removal (the call does
     // not wait for it): gone within a second; the holder's key and record stay.

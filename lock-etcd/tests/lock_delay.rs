@@ -113,12 +113,12 @@ async fn a_clean_release_hands_over_at_once() {
     ] {
         let holding = common::service(&endpoints, &prefix, "").await;
         let session = holding.new_session(long).await.unwrap();
-        let locker = session.new_locker("x");
+        let mut locker = session.new_locker("x");
         let held = locker.lock().await.unwrap();
         let (waiter_service, lost) = (waiting.clone(), held.lost());
         let waiter = tokio::spawn(async move {
             let session = waiter_service.new_session(long).await.unwrap();
-            let locker = session.new_locker("x");
+            let mut locker = session.new_locker("x");
             let next = locker.lock().await.unwrap();
             (Instant::now(), lost.is_lost(), next, locker, session)
         });
@@ -222,7 +222,7 @@ async fn newcomers_wait_out_a_lock_delay_too() {
     // try_lock, from a fresh service, while the delay runs: taken.
     let trying = common::service(&endpoints, &prefix, "").await;
     let try_session = trying.new_session(SessionConfig::new(TTL)).await.unwrap();
-    let try_locker = try_session.new_locker("x");
+    let mut try_locker = try_session.new_locker("x");
     assert!(
         try_locker.try_lock().await.unwrap().is_none(),
         "try_lock took a lock whose holder had not heard of its loss"
@@ -281,7 +281,7 @@ async fn try_lock_alone_gets_the_lock_after_a_lock_delay() {
     let deleted = Instant::now();
     let trying = common::service(&endpoints, &prefix, "").await;
     let session_b = trying.new_session(SessionConfig::new(TTL)).await.unwrap();
-    let locker = session_b.new_locker("x");
+    let mut locker = session_b.new_locker("x");
     let got = tokio::time::timeout(TTL * 3, async {
         loop {
             if let Some(next) = locker.try_lock().await.unwrap() {

@@ -43,7 +43,7 @@ async fn prefix_namespaces_the_keys() {
         .new_session(SessionConfig::new(Duration::from_secs(5)))
         .await
         .unwrap();
-    let locker = session.new_locker("a/b c");
+    let mut locker = session.new_locker("a/b c");
     let held = locker.lock().await.unwrap();
     let mut raw = common::raw(&endpoints).await;
     let (keys, records) = common::lock_keys(&mut raw, &prefix).await;
@@ -76,7 +76,7 @@ async fn reject_old_cluster_accepts_a_current_cluster_and_keep_alive_options_app
         .new_session(SessionConfig::new(Duration::from_secs(5)))
         .await
         .unwrap();
-    let locker = session.new_locker(&common::unique_prefix("old"));
+    let mut locker = session.new_locker(&common::unique_prefix("old"));
     let _held = locker.lock().await.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await; // idle across several pings
     locker.unlock().await.unwrap();
@@ -114,7 +114,7 @@ async fn auto_sync_picks_up_members_not_in_the_connection_string() {
             let session = service
                 .new_session(SessionConfig::new(Duration::from_secs(5)))
                 .await?;
-            let locker = session.new_locker("after-sync");
+            let mut locker = session.new_locker("after-sync");
             let _held = locker.lock().await?;
             locker.unlock().await?;
             session.close().await

@@ -35,11 +35,11 @@ async fn a_partitioned_holder_loses_the_lock_before_the_next_holder_gets_it() {
     let direct = service(&endpoints, &prefix).await;
 
     let session = cut_off.new_session(SessionConfig::new(TTL)).await.unwrap();
-    let locker = session.new_locker("x");
+    let mut locker = session.new_locker("x");
     let held = locker.lock().await.unwrap();
     let other = direct.new_session(SessionConfig::new(TTL)).await.unwrap();
     let waiter = tokio::spawn(async move {
-        let locker = other.new_locker("x");
+        let mut locker = other.new_locker("x");
         let granted = locker.lock().await;
         (Instant::now(), granted, locker, other)
     });
@@ -94,7 +94,7 @@ async fn slow_keep_alives_are_no_loss_until_they_come_too_late() {
     let proxy = proxy(&endpoints).await;
     let slow = service(&proxy.url(), &prefix).await;
     let session = slow.new_session(SessionConfig::new(TTL)).await.unwrap();
-    let locker = session.new_locker("x");
+    let mut locker = session.new_locker("x");
     let held = locker.lock().await.unwrap();
 
     // TTL/3 each way: every acknowledgement arrives 2 s after its keep-alive, still within
@@ -124,7 +124,7 @@ async fn lock_returns_within_its_timeout_when_the_client_is_partitioned_while_wa
     let cut_off = service(&proxy.url(), &prefix).await;
     let direct = service(&endpoints, &prefix).await;
     let holder_session = direct.new_session(SessionConfig::new(TTL)).await.unwrap();
-    let holder = holder_session.new_locker("x");
+    let mut holder = holder_session.new_locker("x");
     let _held = holder.lock().await.unwrap();
 
     let timeout = Duration::from_secs(1);
@@ -132,7 +132,7 @@ async fn lock_returns_within_its_timeout_when_the_client_is_partitioned_while_wa
         .new_session(SessionConfig::new(TTL).with_timeout(timeout))
         .await
         .unwrap();
-    let waiter = session.new_locker("x");
+    let mut waiter = session.new_locker("x");
     let started = Instant::now();
     let waiting = tokio::spawn(async move {
         let result = waiter.lock().await;
@@ -175,11 +175,11 @@ async fn a_stalled_session_moves_its_keys_and_outlives_its_first_lease() {
         .unwrap();
     let etcd = std::sync::Arc::new(slowed.open_session(SessionConfig::new(TTL)).await.unwrap());
     let first = etcd.lease_id();
-    let session = lock_core::Session::from_backend(etcd.clone());
+    let session = lock_core::backend::session(etcd.clone(), SessionConfig::new(TTL));
     let held = session.new_locker("x").lock().await.unwrap();
     let token = held.fencing_token();
     // A waiter of the same session, queued behind the hold.
-    let waiter = session.new_locker("x");
+    let mut waiter = session.new_locker("x");
     let waiting = tokio::spawn(async move { waiter.lock().await });
     let mut raw = common::raw(&endpoints).await;
     for _ in 0..100 {

@@ -48,7 +48,7 @@ async fn many_sessions_share_one_keep_alive_stream() {
             .new_session(SessionConfig::new(Duration::from_secs(2)))
             .await
             .unwrap();
-        let locker = session.new_locker(&format!("{prefix}{n}"));
+        let mut locker = session.new_locker(&format!("{prefix}{n}"));
         held.push((locker.lock().await.unwrap(), locker));
         sessions.push(session);
     }

@@ -52,7 +52,7 @@ async fn a_late_delete_of_an_earlier_attempt_never_removes_the_key_held_now() {
     };
     let (slow, proxy, direct) = behind_a_proxy(&endpoints, "late-delete", "1s").await;
     let session = slow.new_session(SessionConfig::new(TTL)).await.unwrap();
-    let locker = session.new_locker("x");
+    let mut locker = session.new_locker("x");
     let first_hold = locker.lock().await.unwrap();
 
     // The unlock's delete goes into the delay line; the client gives up on it after its
@@ -90,7 +90,7 @@ async fn a_late_delete_of_an_earlier_attempt_never_removes_the_key_held_now() {
     );
     let other = direct.new_session(SessionConfig::new(TTL)).await.unwrap();
     let waiter = tokio::spawn(async move {
-        let locker = other.new_locker("x");
+        let mut locker = other.new_locker("x");
         let granted = locker.lock().await;
         (granted, locker, other)
     });
@@ -121,7 +121,7 @@ async fn a_cancelled_unlock_still_frees_the_lock_and_never_reuses_a_token() {
     };
     let (client, proxy, direct) = behind_a_proxy(&endpoints, "cancelled-unlock", "2s").await;
     let session = client.new_session(SessionConfig::new(TTL)).await.unwrap();
-    let locker = session.new_locker("x");
+    let mut locker = session.new_locker("x");
     let first_hold = locker.lock().await.unwrap();
 
     // unlock() is dropped while its delete cannot get through.
@@ -134,7 +134,7 @@ async fn a_cancelled_unlock_still_frees_the_lock_and_never_reuses_a_token() {
 
     // Once the cluster answers, the id is free for another service within a second or so.
     let other = direct.new_session(SessionConfig::new(TTL)).await.unwrap();
-    let other_locker = other.new_locker("x");
+    let mut other_locker = other.new_locker("x");
     let started = std::time::Instant::now();
     let other_hold = tokio::time::timeout(Duration::from_secs(3), other_locker.lock())
         .await
@@ -169,7 +169,7 @@ async fn a_dropped_wait_for_an_earlier_removal_does_not_let_it_delete_a_later_ho
     // request-timeout 5 s: requests on the slow connection take 2 s but do not time out.
     let (slow, proxy, _direct) = behind_a_proxy(&endpoints, "dropped-wait", "5s").await;
     let session = slow.new_session(SessionConfig::new(TTL)).await.unwrap();
-    let locker = session.new_locker("x");
+    let mut locker = session.new_locker("x");
     proxy.set(Fault::Latency(Duration::from_secs(1)));
 
     // An attempt dropped before its put was answered: its removal must first read which

@@ -52,7 +52,7 @@ async fn a_waiter_whose_view_lags(options: &str) {
     let a = direct.new_session(config).await.unwrap();
     let held = a.new_locker("x").lock().await.unwrap();
     let b = lagging.new_session(config).await.unwrap();
-    let waiter = b.new_locker("x");
+    let mut waiter = b.new_locker("x");
     let b_hold: Arc<Mutex<Option<Lost>>> = Arc::default();
     let slot = b_hold.clone();
     let waiting = tokio::spawn(async move {

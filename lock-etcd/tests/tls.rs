@@ -81,7 +81,7 @@ async fn tls_with_client_certificates() {
         .new_session(SessionConfig::new(Duration::from_secs(5)))
         .await
         .unwrap();
-    let locker = session.new_locker("tls");
+    let mut locker = session.new_locker("tls");
     let _held = locker.lock().await.unwrap();
     locker.unlock().await.unwrap();
     service.close().await.unwrap();

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lock_core::{Service, SessionConfig};
+use lock_core::SessionConfig;
 use lock_local::LocalService;
 
 /// Worker threads of every benchmark's runtime.
@@ -125,9 +125,9 @@ async fn uncontended(side: Side) -> f64 {
         let start = Instant::now();
         match side {
             Side::Ours => {
-                let service = Service::from_backend(LocalService::new());
+                let service = lock_core::backend::service(LocalService::new());
                 let session = service.new_session(config()).await.unwrap();
-                let locker = session.new_locker(id);
+                let mut locker = session.new_locker(id);
                 let start = Instant::now();
                 for _ in 0..CYCLES {
                     let held = locker.lock().await.unwrap();
@@ -194,7 +194,7 @@ enum Start {
 async fn contended(side: Side, start_as: Start) -> Contended {
     let counter = Arc::new(AtomicU64::new(0));
     let (service, map, pool) = (
-        Service::from_backend(LocalService::new()),
+        lock_core::backend::service(LocalService::new()),
         Arc::new(Map::default()),
         Arc::new(Pool::new()),
     );
@@ -226,7 +226,7 @@ async fn contended(side: Side, start_as: Start) -> Contended {
             match side {
                 Side::Ours => {
                     let session = service.new_session(config()).await.unwrap();
-                    let locker = session.new_locker(id);
+                    let mut locker = session.new_locker(id);
                     gate.wait().await;
                     loop {
                         let held = locker.lock().await.unwrap();
@@ -287,7 +287,7 @@ async fn seed(side: Side) -> f64 {
     let mut tasks = Vec::with_capacity(1000);
     match side {
         Side::Ours => {
-            let service = Service::from_backend(LocalService::new());
+            let service = lock_core::backend::service(LocalService::new());
             for _ in 0..1000 {
                 let (counter, service) = (counter.clone(), service.clone());
                 tasks.push(tokio::spawn(async move {
@@ -360,7 +360,7 @@ async fn distinct(side: Side) -> Distinct {
         let left = match side {
             Side::Ours => {
                 let local = LocalService::new();
-                let service = Service::from_backend(local.clone());
+                let service = lock_core::backend::service(local.clone());
                 let session = service.new_session(config()).await.unwrap();
                 for n in 0..IDS {
                     let held = session.new_locker(&format!("job/{n}")).lock().await;

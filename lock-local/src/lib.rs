@@ -17,9 +17,9 @@ mod session;
 mod table;
 mod weak_list;
 
-pub use locker::LocalLocker;
 pub use service::LocalService;
 pub use session::LocalSession;
+pub use table::LocalLocker;
 
 use lock_core::backend::{ConnectionString, OpenFuture, Registry, ServiceFactory};
 
@@ -34,7 +34,7 @@ fn open(cs: ConnectionString) -> OpenFuture {
             ));
         }
         cs.options().finish()?;
-        Ok(lock_core::Service::from_backend(LocalService::new()))
+        Ok(lock_core::backend::service(LocalService::new()))
     })
 }
 

@@ -6,63 +6,28 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 
 use lock_core::backend::{self, Hold, OpFuture, PendingOp};
 use lock_core::{Error, LossCause, Result};
 
-use crate::session::LocalSession;
-use crate::table::{Attempt, End, IfTaken, Slot, Wake, CANCELED, GRANTED, IDLE, WAITING};
-
-/// A locker of the `local:` backend; see [`lock_core::backend::Locker`]. One allocation: the
-/// application's handles share it, and its slot's queue while it waits.
-pub struct LocalLocker {
-    /// The slot of the locker's id, found once, when the locker was made.
-    pub(crate) slot: Arc<Slot>,
-    /// This locker, for its slot's queue and its session's list.
-    me: Weak<LocalLocker>,
-    /// Why the id is unusable, if it is.
-    invalid_id: Option<String>,
-    /// The locker's session, kept open while the locker lives.
-    pub(crate) session: Arc<LocalSession>,
-    /// IDLE, WAITING, GRANTED or CANCELED (see the table module). Whether the locker holds
-    /// its id is the slot's to say.
-    pub(crate) state: AtomicU8,
-    /// The waker of a pending `lock()`. Registered by the waiter, woken by whoever granted or
-    /// canceled it (after setting `state`), so a grant is never missed.
-    waker: AtomicWaker,
-    /// The slot's signal epoch of the current hold (its fencing token follows from it);
-    /// written by whoever granted it.
-    pub(crate) epoch: AtomicU64,
-    /// This locker held the lock before: its `lock()` queues behind a running holder at once
-    /// instead of watching it (see [`LocalLocker::retry_then_queue`]).
-    held_before: AtomicBool,
-}
-
-/// A cheap identity of the calling thread: the address of a thread-local.
-pub(crate) fn this_thread() -> usize {
-    thread_local!(static MARK: u8 = const { 0 });
-    MARK.with(|mark| std::ptr::from_ref(mark) as usize)
-}
+use crate::table::{
+    Attempt, End, IfTaken, LocalLocker, SessionCore, Slot, Wake, CANCELED, GRANTED, IDLE, WAITING,
+};
 
 impl LocalLocker {
-    pub(crate) fn new(id: &str, session: Arc<LocalSession>) -> Arc<Self> {
-        let invalid_id = backend::validate_id(id).err().map(|e| match e {
-            Error::InvalidId(reason) => reason,
-            other => other.to_string(),
-        });
+    pub(crate) fn new(id: &str, session: Arc<SessionCore>, party: backend::Party) -> Arc<Self> {
         let slot = session.service.table().join(id, session.service.hash(id));
         Arc::new_cyclic(|me| LocalLocker {
             slot,
             me: me.clone(),
-            invalid_id,
             session,
             state: AtomicU8::new(IDLE),
             waker: AtomicWaker::new(),
             epoch: AtomicU64::new(0),
             held_before: AtomicBool::new(false),
+            party,
         })
     }
 
@@ -150,12 +115,12 @@ impl LocalLocker {
         self.granted()
     }
 
-    /// Releases the current hold, or only the one with fencing token `token`.
-    fn release_hold(&self, token: Option<u64>) -> Result<()> {
+    /// Releases the hold with fencing token `token`.
+    fn release_hold(&self, token: u64) -> Result<()> {
         self.session.check_open()?;
         if !self.slot.is_held_by(self)
             || self.state.load(Acquire) == GRANTED
-            || token.is_some_and(|t| t != self.slot.token(self.epoch.load(Relaxed)))
+            || token != self.slot.token(self.epoch.load(Relaxed))
         {
             return Err(Error::NotHeld);
         }
@@ -239,11 +204,6 @@ impl LocalLocker {
             other => Ok(other),
         }
     }
-
-    fn invalid_id(&self) -> Option<Error> {
-        let reason = self.invalid_id.as_ref()?;
-        Some(Error::InvalidId(reason.clone()))
-    }
 }
 
 /// Spends one unit of the running tokio task's cooperative budget for a lock just taken at
@@ -285,9 +245,6 @@ fn spend_budget(slot: &Slot) -> bool {
 
 impl backend::Locker for LocalLocker {
     fn lock(&self) -> OpFuture<'_, Result<Hold>> {
-        if let Some(e) = self.invalid_id() {
-            return OpFuture::ready(Err(e));
-        }
         // Free, and nobody queued: one atomic operation.
         if self.slot.take(self) {
             return self.taken();
@@ -302,11 +259,9 @@ impl backend::Locker for LocalLocker {
         match attempt {
             Ok(Attempt::Granted) => self.taken(),
             Err(e) => OpFuture::ready(Err(e)),
-            // Queued behind the holder: the returned future waits (and withdraws if dropped).
-            Ok(Attempt::Queued) => match self.session.timeout {
-                None => OpFuture::pending(self),
-                Some(limit) => OpFuture::boxed(self.wait_at_most(limit)),
-            },
+            // Queued behind the holder: the returned future waits (and withdraws if dropped,
+            // as when the session's timeout passes).
+            Ok(Attempt::Queued) => OpFuture::pending(self),
             Ok(Attempt::Busy | Attempt::Running | Attempt::Mine) => {
                 unreachable!("the last attempt queues")
             }
@@ -314,9 +269,6 @@ impl backend::Locker for LocalLocker {
     }
 
     fn try_lock(&self) -> OpFuture<'_, Result<Option<Hold>>> {
-        if let Some(e) = self.invalid_id() {
-            return OpFuture::ready(Err(e));
-        }
         let taken = if self.slot.take(self) {
             Ok(Attempt::Granted)
         } else {
@@ -332,21 +284,25 @@ impl backend::Locker for LocalLocker {
         })
     }
 
-    fn unlock(&self, token: Option<u64>) -> OpFuture<'_, Result<()>> {
+    fn unlock(&self, token: u64) -> OpFuture<'_, Result<()>> {
         OpFuture::ready(self.release_hold(token))
     }
 
     fn unlock_now(&self, token: u64) -> Option<Result<()>> {
-        Some(self.release_hold(Some(token)))
+        Some(self.release_hold(token))
     }
 
     fn release(&self, token: u64) {
-        // Not held any more (unlocked, evicted) is fine: there is nothing left to release.
-        let _ = self.release_hold(Some(token));
+        // Not held any more (evicted) is fine: there is nothing left to release.
+        let _ = self.release_hold(token);
     }
 
     fn id(&self) -> &str {
         self.slot.id.as_str()
+    }
+
+    fn party(&self) -> &backend::Party {
+        &self.party
     }
 }
 
@@ -379,7 +335,7 @@ fn canceled() -> Error {
     Error::Canceled("the session ended while waiting for the lock".into())
 }
 
-// A queued `lock()` without a timeout is an `OpFuture::pending` on the locker itself: the wait
+// A queued `lock()` is an `OpFuture::pending` on the locker itself: the wait
 // allocates nothing. Dropping it unfinished withdraws from the queue, or passes the lock on if
 // it was granted meanwhile: cancel safety.
 impl PendingOp<Result<Hold>> for LocalLocker {
@@ -434,24 +390,130 @@ impl LocalLocker {
             _ => None,
         }
     }
+}
 
-    /// A queued `lock()` under the session's timeout. On expiry it takes the lock if it was
-    /// granted in the meantime, else withdraws.
-    async fn wait_at_most(&self, limit: Duration) -> Result<Hold> {
-        let mut wait = OpFuture::pending(self);
-        match tokio::time::timeout(limit, &mut wait).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                std::mem::forget(wait); // resolved here instead of by its drop
-                let mut queue = self.slot.queue();
-                if let Some(outcome) = self.outcome() {
-                    return outcome;
-                }
-                self.slot.withdraw(&mut queue, self);
-                drop(queue);
-                drop(self.waker.take());
-                Err(Error::Timeout(limit))
+#[cfg(test)]
+mod tests {
+    use std::hint::spin_loop;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering::{Acquire, SeqCst};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use lock_core::LossCause;
+
+    use crate::session::LocalSession;
+    use crate::table::{Attempt, End, IfTaken, LocalLocker, ServiceShared, GRANTED, IDLE, WAITING};
+
+    fn locker(session: &Arc<LocalSession>, id: &str) -> Arc<LocalLocker> {
+        let config = lock_core::SessionConfig::default();
+        let handle = lock_core::backend::session(session.clone(), config);
+        let party = lock_core::backend::party_for_tests(&handle);
+        LocalLocker::new(id, session.core().clone(), party)
+    }
+
+    /// A holder evicted (its session closed) while its unlock was on the way: the id went to
+    /// the waiter, and the late unlock must neither end the waiter's hold nor free the id.
+    #[test]
+    fn a_late_unlock_of_an_evicted_hold_leaves_the_next_hold_alone() {
+        let service = Arc::new(ServiceShared::default());
+        let session = LocalSession::new(service);
+        let (first, next) = (locker(&session, "x"), locker(&session, "x"));
+        let slot = first.slot.clone();
+        assert!(slot.take(&first));
+        let first_epoch = first.epoch.load(SeqCst);
+        next.state.store(WAITING, SeqCst);
+        assert!(matches!(
+            slot.acquire(&mut slot.queue(), &next, IfTaken::Queue),
+            Attempt::Queued
+        ));
+
+        first.evict((LossCause::SessionEnded, "the session ended"));
+        assert_eq!(next.state.load(SeqCst), GRANTED);
+        let next_epoch = next.epoch.load(SeqCst);
+        assert_eq!(slot.signal.epoch(), next_epoch);
+
+        // The first holder's unlock arrives now, with the epoch it was granted in.
+        assert_eq!(slot.give_back(&first, first_epoch), Err(false));
+        assert_eq!(slot.signal.epoch(), next_epoch, "the next hold was ended");
+        assert!(
+            slot.is_held_by(&next),
+            "the id was taken from the next holder"
+        );
+    }
+
+    /// A waiter that sees its grant is the holder already: the word names it. A handover
+    /// that set the grant first and the word after let the waiter collect its hold in
+    /// between and unlock it, and the unlock found the id not held by it ("released by
+    /// someone else"), after which the word named it: the id stayed taken.
+    #[test]
+    fn a_waiter_that_sees_its_grant_is_named_by_the_word() {
+        const ROUNDS: usize = 5_000;
+        let service = Arc::new(ServiceShared::default());
+        let session = LocalSession::new(service);
+        let (first, next) = (locker(&session, "x"), locker(&session, "x"));
+        let slot = first.slot.clone();
+        // Round r: this thread sets the round up (`go` = r); the waiter's thread watches
+        // (`watching` = r) and reports whether the word named it when it saw its grant
+        // (`seen` = 2r + 1 if it did, else 2r).
+        let (go, watching, seen) = (
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        );
+        // Every wait gives up after a while, so that a failure on one thread cannot leave the
+        // other waiting for ever.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let wait_for = |what: &AtomicUsize, until: &dyn Fn(usize) -> bool| loop {
+            let now = what.load(SeqCst);
+            if until(now) {
+                return now;
             }
-        }
+            assert!(Instant::now() < deadline, "the other thread stopped");
+            std::thread::yield_now();
+        };
+        let mut early = 0;
+        std::thread::scope(|scope| {
+            // The waiter's `lock()`, polled on another thread as the grant happens.
+            scope.spawn(|| {
+                for round in 1..=ROUNDS {
+                    wait_for(&go, &|r| r == round);
+                    watching.store(round, SeqCst);
+                    let mut spins = 0u32;
+                    while next.state.load(Acquire) != GRANTED {
+                        spin_loop();
+                        spins = spins.wrapping_add(1);
+                        if spins % 4096 == 0 {
+                            assert!(Instant::now() < deadline, "the grant never came");
+                        }
+                    }
+                    seen.store(2 * round + usize::from(slot.is_held_by(&next)), SeqCst);
+                }
+            });
+            for round in 1..=ROUNDS {
+                assert!(slot.take(&first));
+                next.state.store(WAITING, SeqCst);
+                assert!(matches!(
+                    slot.acquire(&mut slot.queue(), &next, IfTaken::Queue),
+                    Attempt::Queued
+                ));
+                go.store(round, SeqCst);
+                wait_for(&watching, &|r| r == round);
+                // The holder's unlock: it ends its hold, then hands the id over.
+                assert_eq!(slot.give_back(&first, first.epoch.load(SeqCst)), Err(true));
+                let handed = slot.release(&mut slot.queue(), first.addr(), End::Fired);
+                handed.expect("the holder held the id").wake();
+                if wait_for(&seen, &|s| s / 2 == round) % 2 == 0 {
+                    early += 1;
+                }
+                // The waiter collects its hold and unlocks.
+                next.state.store(IDLE, SeqCst);
+                assert_eq!(slot.give_back(&next, next.epoch.load(SeqCst)), Ok(()));
+            }
+        });
+        assert_eq!(
+            early, 0,
+            "of {ROUNDS} grants, this many were seen before the word named the waiter"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::task::Poll;
 
-use lock_core::{Service, Session, SessionConfig};
+use lock_core::{Session, SessionConfig};
 use lock_local::LocalService;
 
 /// Turns a looping task takes before it must have yielded: tokio's budget per poll is 128.
@@ -19,7 +19,7 @@ fn on_one_thread<F: Future>(test: impl FnOnce(Session) -> F) -> F::Output {
         .build()
         .unwrap();
     rt.block_on(async {
-        let service = Service::from_backend(LocalService::new());
+        let service = lock_core::backend::service(LocalService::new());
         let session = service.new_session(SessionConfig::default()).await.unwrap();
         let outcome = test(session).await;
         service.close().await.unwrap();
@@ -39,7 +39,7 @@ fn a_task_alone_on_its_id_lets_the_next_task_take_a_turn_within_the_budget() {
         let looping = tokio::spawn({
             let (session, turns) = (session.clone(), first_turns.clone());
             async move {
-                let locker = session.new_locker("fair/one");
+                let mut locker = session.new_locker("fair/one");
                 for _ in 0..10 * BUDGET {
                     locker.lock().await.unwrap().unlock().await.unwrap();
                     turns.fetch_add(1, SeqCst);
@@ -77,7 +77,7 @@ fn tasks_looping_on_one_thread_all_get_their_share() {
         let counter = Arc::new(AtomicU64::new(0));
         let tasks: Vec<_> = (0..TASKS)
             .map(|_| {
-                let (locker, counter) = (session.new_locker("fair/many"), counter.clone());
+                let (mut locker, counter) = (session.new_locker("fair/many"), counter.clone());
                 tokio::spawn(async move {
                     let mut mine = 0u64;
                     loop {
@@ -116,7 +116,7 @@ fn tasks_looping_on_one_thread_all_get_their_share() {
 #[test]
 fn a_lock_dropped_while_it_yields_holding_the_id_releases_it() {
     on_one_thread(|session| async move {
-        let (locker, other) = (
+        let (mut locker, mut other) = (
             session.new_locker("fair/dropped"),
             session.new_locker("fair/dropped"),
         );

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use lock_core::{Service, SessionConfig};
+use lock_core::SessionConfig;
 use lock_local::LocalService;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -19,7 +19,7 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn an_unlock_racing_its_sessions_close_never_ends_the_next_hold() {
     let rt = runtime();
-    let service = Service::from_backend(LocalService::new());
+    let service = lock_core::backend::service(LocalService::new());
     rt.block_on(async {
         for round in 0..3000 {
             let (first, second) = (
@@ -28,7 +28,7 @@ fn an_unlock_racing_its_sessions_close_never_ends_the_next_hold() {
             );
             let id = format!("race/{round}");
             let held = first.new_locker(&id).lock().await.unwrap();
-            let waiter = second.new_locker(&id);
+            let mut waiter = second.new_locker(&id);
             let next = tokio::spawn(async move {
                 let held = waiter.lock().await.unwrap();
                 // Whatever ended the first hold, this one is whole until it is unlocked.
@@ -56,7 +56,7 @@ fn an_unlock_racing_its_sessions_close_never_ends_the_next_hold() {
 #[test]
 fn takes_racing_closes_never_hand_a_token_out_twice() {
     let rt = runtime();
-    let service = Service::from_backend(LocalService::new());
+    let service = lock_core::backend::service(LocalService::new());
     let tokens = rt.block_on(async {
         let mut tasks = Vec::new();
         for task in 0..8 {
@@ -66,7 +66,7 @@ fn takes_racing_closes_never_hand_a_token_out_twice() {
                 for round in 0..2000 {
                     let id = format!("ids/{}", round % 4);
                     let session = service.new_session(SessionConfig::default()).await.unwrap();
-                    let locker = session.new_locker(&id);
+                    let mut locker = session.new_locker(&id);
                     let attempt = locker.try_lock();
                     if task % 2 == 0 {
                         // Close while others take: evictions race their fast takes.

@@ -2,16 +2,16 @@
 
 use std::time::Duration;
 
-use lock_core::{Service, SessionConfig};
+use lock_core::SessionConfig;
 use lock_local::LocalService;
 
 #[tokio::test]
 async fn a_million_distinct_ids_leave_the_table_empty() {
     let local = LocalService::new();
-    let service = Service::from_backend(local.clone());
+    let service = lock_core::backend::service(local.clone());
     let session = service.new_session(SessionConfig::default()).await.unwrap();
     for n in 0..1_000_000u32 {
-        let locker = session.new_locker(&format!("job/{n}"));
+        let mut locker = session.new_locker(&format!("job/{n}"));
         let held = locker.lock().await.unwrap();
         assert_eq!(local.active_ids(), 1);
         held.unlock().await.unwrap();
@@ -22,7 +22,7 @@ async fn a_million_distinct_ids_leave_the_table_empty() {
 #[tokio::test]
 async fn waiters_timeouts_cancellations_and_closes_leave_the_table_empty() {
     let local = LocalService::new();
-    let service = Service::from_backend(local.clone());
+    let service = lock_core::backend::service(local.clone());
     let holder = service.new_session(SessionConfig::default()).await.unwrap();
     let waiting = service
         .new_session(SessionConfig::default().with_timeout(Duration::from_millis(20)))
@@ -30,14 +30,14 @@ async fn waiters_timeouts_cancellations_and_closes_leave_the_table_empty() {
         .unwrap();
     for n in 0..100 {
         let id = format!("id/{n}");
-        let (a, b) = (holder.new_locker(&id), waiting.new_locker(&id));
+        let (mut a, mut b) = (holder.new_locker(&id), waiting.new_locker(&id));
         let held = a.lock().await.unwrap();
         assert!(b.lock().await.is_err()); // timed out
         let _ = tokio::time::timeout(Duration::from_millis(1), b.lock()).await; // dropped
         drop((a, held)); // releases
     }
     assert_eq!(local.active_ids(), 0);
-    let c = holder.new_locker("last");
+    let mut c = holder.new_locker("last");
     let _held = c.lock().await.unwrap();
     holder.close().await.unwrap();
     assert_eq!(local.active_ids(), 0);
@@ -53,7 +53,7 @@ fn closing_a_session_during_lock_attempts_leaves_the_table_empty() {
         .build()
         .unwrap();
     let local = LocalService::new();
-    let service = Service::from_backend(local.clone());
+    let service = lock_core::backend::service(local.clone());
     rt.block_on(async {
         for round in 0..2000 {
             let session: lock_core::Session =
@@ -63,7 +63,7 @@ fn closing_a_session_during_lock_attempts_leaves_the_table_empty() {
                 .collect();
             let attempts: Vec<_> = lockers
                 .into_iter()
-                .map(|locker| {
+                .map(|mut locker| {
                     tokio::spawn(async move {
                         match locker.lock().await {
                             Ok(held) => {

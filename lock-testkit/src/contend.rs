@@ -61,7 +61,7 @@ impl Contender {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let locker = session.new_locker(id);
+            let mut locker = session.new_locker(id);
             while !self.stop.load(SeqCst) && !session.done().is_done() {
                 let held = match tokio::time::timeout(Duration::from_secs(5), locker.lock()).await {
                     Ok(Ok(held)) => held,

@@ -34,6 +34,29 @@ pub enum Sharing {
     Processes,
 }
 
+/// Which waiters a backend serves in the order they started waiting: what it declares, and the
+/// suite checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fifo {
+    /// No order is promised.
+    No,
+    /// Waiters of one service are served in order; waiters of different services (or
+    /// processes) are not ordered among each other.
+    WithinService,
+    /// Every waiter that shares the lock (see [`Sharing`]) is served in order: the default.
+    Shared,
+}
+
+impl From<bool> for Fifo {
+    /// `true`: [`Fifo::Shared`]; `false`: [`Fifo::No`].
+    fn from(fifo: bool) -> Self {
+        match fifo {
+            true => Fifo::Shared,
+            false => Fifo::No,
+        }
+    }
+}
+
 /// How the suite puts a service behind its fault proxies: the addresses to proxy, and how to
 /// open a service that connects through the proxies' URLs instead.
 #[derive(Clone)]
@@ -67,7 +90,7 @@ pub struct Harness {
     settle: Duration,
     prefix: String,
     sharing: Sharing,
-    fifo: bool,
+    fifo: Fifo,
     leases: bool,
     lock_delay: Duration,
     faults: Option<Faults>,
@@ -100,7 +123,7 @@ impl Harness {
             settle: Duration::from_millis(100),
             prefix: random_prefix(),
             sharing: Sharing::Processes,
-            fifo: true,
+            fifo: Fifo::Shared,
             leases: true,
             lock_delay: Duration::ZERO,
             faults: None,
@@ -116,11 +139,12 @@ impl Harness {
         self
     }
 
-    /// Declares whether waiters are granted in the order they started waiting (default
-    /// `true`, as the contract says; a backend that is not FIFO must say so to its users too).
+    /// Declares which waiters are granted in the order they started waiting (default
+    /// [`Fifo::Shared`], as the contract says; a backend that is less must say so to its users
+    /// too). `true` and `false` stand for [`Fifo::Shared`] and [`Fifo::No`].
     #[must_use]
-    pub fn with_fifo(mut self, fifo: bool) -> Self {
-        self.fifo = fifo;
+    pub fn with_fifo(mut self, fifo: impl Into<Fifo>) -> Self {
+        self.fifo = fifo.into();
         self
     }
 
@@ -192,8 +216,8 @@ impl Harness {
         self.sharing
     }
 
-    /// What the backend declared: FIFO or not.
-    pub fn fifo(&self) -> bool {
+    /// What the backend declared: which waiters are served in order.
+    pub fn fifo(&self) -> Fifo {
         self.fifo
     }
 

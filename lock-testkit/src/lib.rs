@@ -31,7 +31,7 @@ pub mod history;
 pub mod proxy;
 
 pub use failure::{Failure, Outcome};
-pub use harness::{EndLeaseFuture, Harness, Sharing};
+pub use harness::{EndLeaseFuture, Fifo, Harness, Sharing};
 
 /// The environment variable naming a file to which every skipped check appends one line, so
 /// that a test runner can count and show them (`cargo xtask test` does).

@@ -205,19 +205,6 @@ async fn a_cancelled_unlock_that_leaves_the_lock_held_is_caught() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lock_ignoring_its_timeout_is_caught() {
-    let h = harness(Bugs {
-        ignores_timeout: true,
-        ..Bugs::default()
-    });
-    fails(
-        conformance::lock_times_out_after_session_timeout(&h).await,
-        "lock() ignoring its timeout",
-    )
-    .await;
-}
-
 /// A declaration that does not match the backend is caught both ways: `local:` services are
 /// separate, so declaring them shared fails; `example-mem` services share, so declaring them
 /// separate fails.

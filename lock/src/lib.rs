@@ -17,23 +17,6 @@ pub use lock_etcd as etcd;
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 
-/// Opens a service from a connection string, as [`lock_core::new`] does, and has it report
-/// [`metrics`] labelled with its scheme.
-///
-/// # Errors
-///
-/// As [`lock_core::new`].
-#[cfg(feature = "metrics")]
-#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
-pub async fn new(uri: &str) -> Result<Service> {
-    let service = lock_core::new(uri).await?;
-    let scheme = backend::ConnectionString::parse(uri).map(|cs| cs.scheme().to_owned());
-    Ok(metrics::instrument(
-        scheme.as_deref().unwrap_or("unknown"),
-        service,
-    ))
-}
-
 /// The guide (`docs/GUIDE.md`): choosing TTL and timeout, what `lost()` guarantees, fencing,
 /// writing a backend, etcd with TLS and auth, the command line. (`GUIDE.md` in this crate is a
 /// link to it, so that the packaged crate carries it.)

@@ -1,19 +1,20 @@
 //! Metrics through the [`metrics`](https://docs.rs/metrics) facade (feature `metrics`, off by
-//! default; without it nothing here exists and nothing is measured).
+//! default): a [`Layer`] the application applies to the services it
+//! wants measured. Enabling the feature changes nothing by itself — a library deep in a
+//! dependency graph that enables it does not instrument anybody's services.
 //!
-//! Services opened with [`crate::new`] report to whatever recorder the program installed
-//! (a Prometheus exporter, StatsD, …); with no recorder installed the calls do nothing. Each
-//! locker looks its metrics up once, when it is made (a lock operation allocates nothing for
-//! them), so install the recorder before making lockers. Every metric is labelled `backend`
-//! (the connection string's scheme). Lock ids are not labels —
-//! they can be unbounded — unless [`label_ids`] turns them on.
+//! The layer reports to whatever recorder the program installed (a Prometheus exporter,
+//! StatsD, …); with no recorder installed the calls do nothing. Each locker looks its metrics
+//! up once, when it is made (a lock operation allocates nothing for them), so install the
+//! recorder before making lockers. Every metric is labelled `backend` (the name given to
+//! [`Metrics::new`], usually the connection string's scheme). Lock ids are not labels — they
+//! can be unbounded — unless [`Metrics::with_id_labels`] turns them on.
+//!
+//! A hold is counted once, when it ends for the application: by `unlock()` (`unlocked`), or
+//! when the guard is dropped, with the cause the backend recorded if the hold was lost before
+//! (`lock_losses_total{reason="session_gone"}`, …). No task is spawned per hold.
 //!
 //! The metrics, their types and labels are listed in the guide: [`crate::guide`], "Metrics".
-//!
-//! A hold's end and a session's end are observed by a small task each (on the tokio runtime
-//! the grant happened on), so that losses the backend reports — a lease that expired — are
-//! counted as well as unlocks. An `unlock()` through the instrumented locker counts its hold as
-//! `unlocked` at once.
 //!
 //! # Example
 //!
@@ -24,102 +25,88 @@
 //! let handle = recorder.handle();
 //! metrics::set_global_recorder(recorder).expect("no recorder installed yet");
 //!
-//! let service = lock::new("local:").await?;
+//! let service = lock::new("local:").await?.layer(lock::metrics::Metrics::new("local"));
 //! let session = service.new_session(lock::SessionConfig::new(std::time::Duration::from_secs(10))).await?;
-//! let held = session.new_locker("jobs/report").lock().await?;
+//! let mut held = session.new_locker("jobs/report").lock().await?;
 //! held.unlock().await?;
-//! tokio::task::yield_now().await; // the hold's end is counted by a task
 //! assert!(handle.render().contains("lock_acquisitions_total{backend=\"local\",op=\"lock\"} 1"));
+//! assert!(handle.render().contains("lock_losses_total{backend=\"local\",reason=\"unlocked\"} 1"));
 //! # Ok(()) }
 //! ```
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, Label};
-use lock_core::backend::{self, OpFuture};
-use lock_core::{Done, Error, LossCause, Result, Service, SessionConfig};
+use lock_core::backend::{self, Hold, Layer, OpFuture, Party};
+use lock_core::{Done, Error, LossCause, Result};
 
-static LABEL_IDS: AtomicBool = AtomicBool::new(false);
-
-/// Adds the lock id as label `id` to the lock-level metrics from now on (default off: ids can
-/// be unbounded, and every id is a time series of its own).
-pub fn label_ids(on: bool) {
-    LABEL_IDS.store(on, Relaxed);
-}
-
-/// Wraps `service` so that it reports metrics labelled `backend = scheme`. [`crate::new`]
-/// does this; use it for a service opened another way (a backend's own constructor).
-pub fn instrument(scheme: &str, service: Service) -> Service {
-    Service::from_backend(MeteredService {
-        inner: service,
-        backend: Arc::from(scheme),
-    })
-}
-
-/// The snake-case label of a loss cause.
-fn reason(cause: Option<LossCause>) -> &'static str {
-    match cause {
-        Some(LossCause::Unlocked) => "unlocked",
-        Some(LossCause::SessionEnded) => "session_ended",
-        Some(LossCause::ServiceClosed) => "service_closed",
-        Some(LossCause::DeadlinePassed) => "deadline_passed",
-        Some(LossCause::SessionGone) => "session_gone",
-        Some(LossCause::Removed) => "removed",
-        _ => "unknown",
-    }
-}
-
-/// Runs `fut` on the current tokio runtime, if there is one (without one, the end of a hold
-/// or session is not observed).
-fn watch(fut: impl std::future::Future<Output = ()> + Send + 'static) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        drop(runtime.spawn(fut));
-    }
-}
-
-struct MeteredService {
-    inner: Service,
+/// The metrics layer: apply it with [`Service::layer`](crate::Service::layer).
+#[derive(Debug, Clone)]
+pub struct Metrics {
     backend: Arc<str>,
+    id_labels: bool,
 }
 
-impl fmt::Debug for MeteredService {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.inner.fmt(f)
+impl Metrics {
+    /// A layer whose metrics are labelled `backend = name` (e.g. `"etcd"`).
+    pub fn new(name: &str) -> Self {
+        Metrics {
+            backend: Arc::from(name),
+            id_labels: false,
+        }
+    }
+
+    /// Adds the lock id as label `id` to the lock-level metrics (default off: ids can be
+    /// unbounded, and every id is a time series of its own).
+    #[must_use]
+    pub fn with_id_labels(mut self, on: bool) -> Self {
+        self.id_labels = on;
+        self
     }
 }
 
-impl backend::Service for MeteredService {
-    fn new_session(
-        &self,
-        config: SessionConfig,
-    ) -> OpFuture<'_, Result<Arc<dyn backend::Session>>> {
-        OpFuture::boxed(async move {
-            let session = self.inner.backend().new_session(config).await?;
-            let sessions = gauge!("lock_sessions", "backend" => self.backend.to_string());
-            sessions.increment(1.0);
-            let done = session.done();
-            watch(async move {
-                done.await;
-                sessions.decrement(1.0);
-            });
-            Ok(Arc::new(MeteredSession {
-                inner: session,
-                backend: self.backend.clone(),
-            }) as Arc<dyn backend::Session>)
+impl Layer for Metrics {
+    fn session(&self, session: Arc<dyn backend::Session>) -> Arc<dyn backend::Session> {
+        let open = gauge!("lock_sessions", "backend" => self.backend.to_string());
+        open.increment(1.0);
+        Arc::new(MeteredSession {
+            inner: session,
+            open,
+            ended: AtomicBool::new(false),
         })
     }
 
-    fn close(&self) -> OpFuture<'_, Result<()>> {
-        self.inner.backend().close()
+    fn locker(&self, locker: Arc<dyn backend::Locker>) -> Arc<dyn backend::Locker> {
+        let mut labels = vec![Label::new("backend", self.backend.to_string())];
+        if self.id_labels {
+            labels.push(Label::new("id", locker.id().to_owned()));
+        }
+        Arc::new(MeteredLocker {
+            metrics: Handles::new(&labels),
+            inner: locker,
+            labels,
+            ends: Default::default(),
+            hold: Mutex::new(None),
+        })
     }
 }
 
+/// A session, counted in `lock_sessions` until it is closed or dropped.
 struct MeteredSession {
     inner: Arc<dyn backend::Session>,
-    backend: Arc<str>,
+    open: Gauge,
+    ended: AtomicBool,
+}
+
+impl MeteredSession {
+    fn ended(&self) {
+        if !self.ended.swap(true, Relaxed) {
+            self.open.decrement(1.0);
+        }
+    }
 }
 
 impl fmt::Debug for MeteredSession {
@@ -129,17 +116,8 @@ impl fmt::Debug for MeteredSession {
 }
 
 impl backend::Session for MeteredSession {
-    fn new_locker(&self, id: &str, session: &lock_core::Session) -> Arc<dyn backend::Locker> {
-        let mut labels = vec![Label::new("backend", self.backend.to_string())];
-        if LABEL_IDS.load(Relaxed) {
-            labels.push(Label::new("id", id.to_owned()));
-        }
-        Arc::new(MeteredLocker {
-            inner: self.inner.new_locker(id, session),
-            metrics: Handles::new(&labels),
-            labels,
-            hold: Mutex::new(None),
-        })
+    fn new_locker(&self, id: &str, party: Party) -> Arc<dyn backend::Locker> {
+        self.inner.new_locker(id, party)
     }
 
     fn done(&self) -> Done {
@@ -147,12 +125,18 @@ impl backend::Session for MeteredSession {
     }
 
     fn close(&self) -> OpFuture<'_, Result<()>> {
+        self.ended();
         self.inner.close()
     }
 }
 
-/// A locker's metrics, looked up once when the locker is made (so a lock operation allocates
-/// nothing for them): they report to the recorder installed then.
+impl Drop for MeteredSession {
+    fn drop(&mut self) {
+        self.ended();
+    }
+}
+
+/// A locker's metrics, looked up once when the locker is made.
 struct Handles {
     acquired_lock: Counter,
     acquired_try_lock: Counter,
@@ -188,13 +172,38 @@ impl Handles {
     }
 }
 
+/// The reasons a hold ends, as labels, in the order of [`reason`].
+const REASONS: [&str; 7] = [
+    "unlocked",
+    "session_ended",
+    "service_closed",
+    "deadline_passed",
+    "session_gone",
+    "removed",
+    "unknown",
+];
+
+/// The index in [`REASONS`] of a loss cause.
+fn reason(cause: LossCause) -> usize {
+    match cause {
+        LossCause::Unlocked => 0,
+        LossCause::SessionEnded => 1,
+        LossCause::ServiceClosed => 2,
+        LossCause::DeadlinePassed => 3,
+        LossCause::SessionGone => 4,
+        LossCause::Removed => 5,
+        _ => 6,
+    }
+}
+
 struct MeteredLocker {
     inner: Arc<dyn backend::Locker>,
     metrics: Handles,
-    /// For the metrics of a hold's end, whose `reason` label is known only then.
     labels: Vec<Label>,
-    /// The current hold, counted when it ends.
-    hold: Mutex<Option<Arc<HoldStats>>>,
+    /// Per reason: `lock_losses_total` and `lock_hold_seconds`, looked up at its first use.
+    ends: [OnceLock<(Counter, Histogram)>; 7],
+    /// The hold the application has, and since when.
+    hold: Mutex<Option<(Hold, Instant)>>,
 }
 
 impl fmt::Debug for MeteredLocker {
@@ -203,113 +212,43 @@ impl fmt::Debug for MeteredLocker {
     }
 }
 
-/// One hold, counted once when it ends: by this locker's `unlock()` (`unlocked`, even where the
-/// backend records no cause on its fast path), or else by its watcher with the backend's cause.
-struct HoldStats {
-    held: backend::Hold,
-    since: Instant,
-    labels: Vec<Label>,
-    holds: ::metrics::Gauge,
-    /// Set when `unlock()` takes the hold: its end is counted there.
-    unlocking: AtomicBool,
-    counted: AtomicBool,
-}
-
-impl HoldStats {
-    fn count(&self, cause: Option<LossCause>) {
-        if self.counted.swap(true, Relaxed) {
-            return;
-        }
-        self.holds.decrement(1.0);
-        let mut labels = self.labels.clone();
-        labels.push(Label::new("reason", reason(cause)));
-        counter!("lock_losses_total", labels.clone()).increment(1);
-        histogram!("lock_hold_seconds", labels).record(self.since.elapsed().as_secs_f64());
-    }
-
-    /// The cause the backend recorded, if any.
-    fn recorded(&self) -> Option<LossCause> {
-        self.held
-            .loss()
-            .map(|l| l.cause())
-            .filter(|c| *c != LossCause::Unknown)
-    }
-}
-
-/// Counts the hold `unlock()` took when the call ends, however it ends (dropped too: an
-/// `unlock()` that was polled has released).
-struct Unlocking(Option<Arc<HoldStats>>, bool);
-
-impl Unlocking {
-    /// The release did not happen after all: the hold is current again, counted when it ends.
-    fn undo(mut self, locker: &MeteredLocker) {
-        if let Some(hold) = self.0.take() {
-            hold.unlocking.store(false, Relaxed);
-            *locker.hold() = Some(hold);
-        }
-    }
-}
-
-impl Drop for Unlocking {
-    fn drop(&mut self) {
-        if let Some(hold) = self.0.take() {
-            let cause = match self.1 {
-                true => Some(LossCause::Unlocked),
-                false => hold.recorded(),
-            };
-            hold.count(cause);
-        }
-    }
-}
-
-/// Takes one waiter off the gauge however `lock()` ends (granted, failed or dropped).
-struct Waiting(::metrics::Gauge);
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
-}
-
 impl MeteredLocker {
-    fn hold(&self) -> std::sync::MutexGuard<'_, Option<Arc<HoldStats>>> {
+    fn hold(&self) -> std::sync::MutexGuard<'_, Option<(Hold, Instant)>> {
         self.hold.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The statistics of the hold with `token` (the current one, for `None`), taken out for
-    /// its release.
-    fn releasing(&self, token: Option<u64>) -> Option<Unlocking> {
-        let mut hold = self.hold();
-        let matches = hold
-            .as_ref()
-            .is_some_and(|h| token.is_none_or(|t| t == h.held.fencing_token()));
-        let taken = if matches { hold.take() } else { None };
-        taken.map(|hold| {
-            hold.unlocking.store(true, Relaxed);
-            Unlocking(Some(hold), true)
-        })
+    fn granted(&self, acquisitions: &Counter, hold: &Hold) {
+        acquisitions.increment(1);
+        self.metrics.holds.increment(1.0);
+        *self.hold() = Some((hold.clone(), Instant::now()));
     }
 
-    /// Counts a grant and watches the hold until it ends.
-    fn granted(&self, acquisitions: &Counter, held: &backend::Hold) {
-        acquisitions.increment(1);
-        let holds = self.metrics.holds.clone();
-        holds.increment(1.0);
-        let hold = Arc::new(HoldStats {
-            held: held.clone(),
-            since: Instant::now(),
-            labels: self.labels.clone(),
-            holds,
-            unlocking: AtomicBool::new(false),
-            counted: AtomicBool::new(false),
+    /// How the hold with `token` ends if it is released now: lost before (the backend's
+    /// cause), or unlocked.
+    fn cause(&self, token: u64) -> LossCause {
+        let hold = self.hold();
+        let lost = hold.as_ref().filter(|(h, _)| h.fencing_token() == token);
+        lost.and_then(|(h, _)| h.loss())
+            .map_or(LossCause::Unlocked, |l| l.cause())
+    }
+
+    /// Counts the end of the hold with `token`, for `cause`.
+    fn ended(&self, token: u64, cause: LossCause) {
+        let mut hold = self.hold();
+        let Some((_, since)) = hold.take_if(|(h, _)| h.fencing_token() == token) else {
+            return;
+        };
+        drop(hold);
+        self.metrics.holds.decrement(1.0);
+        let at = reason(cause);
+        let (losses, held_for) = self.ends[at].get_or_init(|| {
+            let mut labels = self.labels.clone();
+            labels.push(Label::new("reason", REASONS[at]));
+            let losses = counter!("lock_losses_total", labels.clone());
+            (losses, histogram!("lock_hold_seconds", labels))
         });
-        *self.hold() = Some(hold.clone());
-        watch(async move {
-            hold.held.lost().await;
-            if !hold.unlocking.load(Relaxed) {
-                hold.count(hold.recorded());
-            }
-        });
+        losses.increment(1);
+        held_for.record(since.elapsed().as_secs_f64());
     }
 
     fn failed(&self, errors: &Counter, e: &Error) {
@@ -320,18 +259,41 @@ impl MeteredLocker {
     }
 }
 
+/// Takes one waiter off the gauge however `lock()` ends (granted, failed or dropped), and
+/// counts a timeout when the handles dropped the attempt because the session's timeout passed.
+struct Waiting<'a> {
+    locker: &'a MeteredLocker,
+    since: Instant,
+    finished: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let metrics = &self.locker.metrics;
+        metrics.waiters.decrement(1.0);
+        let limit = self.locker.inner.party().timeout();
+        if !self.finished && limit.is_some_and(|limit| self.since.elapsed() >= limit) {
+            metrics.timeouts.increment(1);
+        }
+    }
+}
+
 impl backend::Locker for MeteredLocker {
-    fn lock(&self) -> OpFuture<'_, Result<backend::Hold>> {
+    fn lock(&self) -> OpFuture<'_, Result<Hold>> {
         OpFuture::boxed(async move {
-            let waiters = self.metrics.waiters.clone();
-            waiters.increment(1.0);
-            let _waiting = Waiting(waiters);
-            let start = Instant::now();
+            self.metrics.waiters.increment(1.0);
+            let mut waiting = Waiting {
+                locker: self,
+                since: Instant::now(),
+                finished: false,
+            };
             let result = self.inner.lock().await;
+            waiting.finished = true;
             match &result {
-                Ok(held) => {
-                    self.metrics.wait.record(start.elapsed().as_secs_f64());
-                    self.granted(&self.metrics.acquired_lock, held);
+                Ok(hold) => {
+                    let waited = waiting.since.elapsed().as_secs_f64();
+                    self.metrics.wait.record(waited);
+                    self.granted(&self.metrics.acquired_lock, hold);
                 }
                 Err(e) => self.failed(&self.metrics.errors_lock, e),
             }
@@ -339,11 +301,11 @@ impl backend::Locker for MeteredLocker {
         })
     }
 
-    fn try_lock(&self) -> OpFuture<'_, Result<Option<backend::Hold>>> {
+    fn try_lock(&self) -> OpFuture<'_, Result<Option<Hold>>> {
         OpFuture::boxed(async move {
             let result = self.inner.try_lock().await;
             match &result {
-                Ok(Some(held)) => self.granted(&self.metrics.acquired_try_lock, held),
+                Ok(Some(hold)) => self.granted(&self.metrics.acquired_try_lock, hold),
                 Ok(None) => self.metrics.try_lock_busy.increment(1),
                 Err(e) => self.failed(&self.metrics.errors_try_lock, e),
             }
@@ -351,44 +313,38 @@ impl backend::Locker for MeteredLocker {
         })
     }
 
-    fn unlock(&self, token: Option<u64>) -> OpFuture<'_, Result<()>> {
+    fn unlock(&self, token: u64) -> OpFuture<'_, Result<()>> {
+        self.ended(token, self.cause(token));
         OpFuture::boxed(async move {
-            let taken = self.releasing(token);
             let result = self.inner.unlock(token).await;
             if let Err(e) = &result {
                 self.failed(&self.metrics.errors_unlock, e);
-                if let Some(mut taken) = taken {
-                    taken.1 = false; // ended otherwise, before: the backend's cause
-                }
             }
             result
         })
     }
 
     fn unlock_now(&self, token: u64) -> Option<Result<()>> {
-        let taken = self.releasing(Some(token));
-        let Some(result) = self.inner.unlock_now(token) else {
-            if let Some(taken) = taken {
-                taken.undo(self); // it must wait: `unlock` counts it
-            }
-            return None;
-        };
+        let cause = self.cause(token);
+        let result = self.inner.unlock_now(token)?;
+        self.ended(token, cause);
         if let Err(e) = &result {
             self.failed(&self.metrics.errors_unlock, e);
-            if let Some(mut taken) = taken {
-                taken.1 = false;
-            }
         }
         Some(result)
     }
 
     fn release(&self, token: u64) {
-        let _released = self.releasing(Some(token));
+        self.ended(token, self.cause(token));
         self.inner.release(token);
     }
 
     fn id(&self) -> &str {
         self.inner.id()
+    }
+
+    fn party(&self) -> &Party {
+        self.inner.party()
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {

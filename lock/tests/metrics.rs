@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use lock::metrics::Metrics;
 use lock::SessionConfig;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
@@ -40,8 +41,21 @@ async fn a_known_sequence_gives_known_numbers() {
         .install()
         .expect("the only recorder of this test binary");
 
-    let service = lock::new("local:").await.unwrap();
     let config = SessionConfig::new(Duration::from_secs(10));
+    // The feature alone measures nothing: the application chooses the layer.
+    let plain = lock::new("local:").await.unwrap();
+    let session = plain.new_session(config).await.unwrap();
+    let held = session.new_locker("plain").lock().await.unwrap();
+    held.unlock().await.unwrap();
+    plain.close().await.unwrap();
+    let got = snapshot(&snapshotter);
+    assert!(
+        got.is_empty(),
+        "a service without the layer was measured: {got:#?}"
+    );
+
+    let local = lock::new("local:").await.unwrap();
+    let service = local.layer(Metrics::new("local"));
     let (one, two) = (
         service.new_session(config).await.unwrap(),
         service
@@ -49,7 +63,7 @@ async fn a_known_sequence_gives_known_numbers() {
             .await
             .unwrap(),
     );
-    let (a, b) = (one.new_locker("x"), two.new_locker("x"));
+    let (mut a, mut b) = (one.new_locker("x"), two.new_locker("x"));
     // Two locks and one try_lock granted, each unlocked.
     for _ in 0..2 {
         let _held = a.lock().await.unwrap();
@@ -61,12 +75,12 @@ async fn a_known_sequence_gives_known_numbers() {
     let _held = a.lock().await.unwrap();
     assert!(b.try_lock().await.unwrap().is_none());
     assert!(matches!(b.lock().await, Err(lock::Error::Timeout(_))));
-    // a's hold ends with its session.
+    // a's hold ends with its session, and is counted when its guard goes.
     one.close().await.unwrap();
+    drop(_held);
     // An unlock of nothing is an error.
     assert!(b.unlock().await.is_err());
     drop((b, two)); // the last handles of the session
-    tokio::time::sleep(Duration::from_millis(100)).await; // the watchers see the ends
 
     let got = snapshot(&snapshotter);
     let expect = [
@@ -93,9 +107,9 @@ async fn a_known_sequence_gives_known_numbers() {
     );
 
     // Asked for, the id is a label.
-    lock::metrics::label_ids(true);
-    let session = service.new_session(config).await.unwrap();
-    let c = session.new_locker("jobs/report");
+    let labelled = local.layer(Metrics::new("local").with_id_labels(true));
+    let session = labelled.new_session(config).await.unwrap();
+    let mut c = session.new_locker("jobs/report");
     let _held = c.lock().await.unwrap();
     let got = snapshot(&snapshotter);
     assert_eq!(

@@ -20,13 +20,14 @@ async fn keep_alive_round_trips_are_measured() {
         .expect("the only recorder of this test binary");
     let service = lock::new(&format!("etcd:{endpoints}?prefix=metrics-test/"))
         .await
-        .unwrap();
+        .unwrap()
+        .layer(lock::metrics::Metrics::new("etcd"));
     // A 2 s TTL: keep-alives go out several times a second.
     let session = service
         .new_session(SessionConfig::new(Duration::from_secs(2)))
         .await
         .unwrap();
-    let locker = session.new_locker("x");
+    let mut locker = session.new_locker("x");
     let _held = locker.lock().await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     locker.unlock().await.unwrap();

@@ -56,7 +56,7 @@ async fn unlock_releases_when_awaited() {
     let service = lock::new("local:").await.unwrap();
     let session = session(&service).await;
     let held = session.new_locker("lazy").lock().await.unwrap();
-    let probe = session.new_locker("lazy");
+    let mut probe = session.new_locker("lazy");
     let unlocking = held.unlock();
     assert!(
         probe.try_lock().await.unwrap().is_none(),
@@ -89,7 +89,7 @@ async fn an_unlock_future_dropped_unpolled_releases() {
 async fn with_lock_hands_the_closure_the_hold() {
     let service = lock::new("local:").await.unwrap();
     let session = session(&service).await;
-    let locker = session.new_locker("with");
+    let mut locker = session.new_locker("with");
     let token = locker
         .with_lock(|hold| async move {
             assert!(!hold.is_lost());
@@ -152,21 +152,24 @@ async fn with_lock_cancels_a_closure_whose_lock_is_lost() {
 async fn a_guard_dropped_at_once_releases_before_the_work() {
     let service = lock::new("local:").await.unwrap();
     let session = session(&service).await;
-    let locker = session.new_locker("dropped-at-once");
-    let probe = session.new_locker("dropped-at-once");
+    let mut locker = session.new_locker("dropped-at-once");
+    let mut probe = session.new_locker("dropped-at-once");
 
     let _ = locker.lock().await.unwrap();
-    assert!(free(&probe).await, "`let _ =` kept the lock");
+    assert!(free(&mut probe).await, "`let _ =` kept the lock");
     if locker.try_lock().await.unwrap().is_some() {
-        assert!(free(&probe).await, "`.is_some()` kept the lock");
+        assert!(free(&mut probe).await, "`.is_some()` kept the lock");
     }
 
     let _held = locker.lock().await.unwrap();
-    assert!(!free(&probe).await, "a named guard did not hold the lock");
+    assert!(
+        !free(&mut probe).await,
+        "a named guard did not hold the lock"
+    );
     drop(_held);
     let with = locker
         .with_lock(|fence| {
-            let probe = &probe;
+            let probe = &mut probe;
             async move { Ok::<_, Error>(!fence.is_lost() && probe.try_lock().await?.is_none()) }
         })
         .await
@@ -175,6 +178,6 @@ async fn a_guard_dropped_at_once_releases_before_the_work() {
 }
 
 /// Whether `probe` can take its lock now (and lets go of it at once).
-async fn free(probe: &lock::Locker) -> bool {
+async fn free(probe: &mut lock::Locker) -> bool {
     probe.try_lock().await.unwrap().is_some()
 }

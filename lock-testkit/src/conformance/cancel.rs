@@ -187,7 +187,7 @@ impl Pair {
 }
 
 /// The id is free: `other` is granted it within [`FREED_WITHIN`] and releases it again.
-async fn free(other: &Locker, tokens: &mut Tokens, what: &str) -> Outcome {
+async fn free(other: &mut Locker, tokens: &mut Tokens, what: &str) -> Outcome {
     let held = match tokio::time::timeout(FREED_WITHIN, other.lock()).await {
         Ok(granted) => granted?,
         Err(_) => {
@@ -225,7 +225,7 @@ async fn acquisition_cancelled(h: &Harness, name: &str, op: Acquire) -> Outcome 
     let mut cuts = Cuts::new();
     while let Some(cut) = cuts.next() {
         let (a, what) = (
-            &p.a,
+            &mut p.a,
             match op {
                 Acquire::Lock => format!("lock() on a free id {cut}"),
                 Acquire::TryLock => format!("try_lock() on a free id {cut}"),
@@ -250,8 +250,8 @@ async fn acquisition_cancelled(h: &Harness, name: &str, op: Acquire) -> Outcome 
             }
             Ran::Dropped => holds_nothing(a, &what).await?,
         }
-        free(&p.b, &mut p.tokens, &what).await?;
-        locks_again(&p.a, &mut p.tokens, &what).await?;
+        free(&mut p.b, &mut p.tokens, &what).await?;
+        locks_again(&mut p.a, &mut p.tokens, &what).await?;
     }
     p.close().await
 }
@@ -268,7 +268,7 @@ pub async fn try_lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outc
 }
 
 /// After a cut: the cancelled locker can lock again (a fresh token) and unlock.
-async fn locks_again(locker: &Locker, tokens: &mut Tokens, what: &str) -> Outcome {
+async fn locks_again(locker: &mut Locker, tokens: &mut Tokens, what: &str) -> Outcome {
     let again = tokio::time::timeout(PATIENCE, locker.lock())
         .await
         .map_err(|_| {
@@ -285,7 +285,7 @@ async fn locks_again(locker: &Locker, tokens: &mut Tokens, what: &str) -> Outcom
 /// third party is granted at once, and the cancelled locker holds nothing.
 pub async fn queued_lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outcome {
     let mut p = Pair::new(h, "cancel-queued").await?;
-    let (a, holder, b) = (&p.a, &p.c, &p.b);
+    let (a, holder, b) = (&mut p.a, &mut p.c, &mut p.b);
     let mut cuts = Cuts::new();
     while let Some(cut) = cuts.next() {
         let what = format!("lock() queued behind a holder {cut}");
@@ -295,7 +295,8 @@ pub async fn queued_lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> O
             Ran::Completed(granted) => {
                 let held = granted.map_err(|e| Failure::new(format!("{what}: {e}")))?;
                 return Err(Failure::new(format!(
-                    "{what}: lock() was granted an id another party holds (token {})",
+                    "lock() was granted an id another party holds (token {}) before it could \
+                     be cancelled: no exclusion (the cancellation was never tried)",
                     held.fencing_token()
                 )));
             }
@@ -312,6 +313,7 @@ pub async fn queued_lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> O
 
 /// A release cancelled at a cut: the hold must be lost and the id free for another party within
 /// [`FREED_WITHIN`].
+#[track_caller]
 fn released(ran: Ran<lock_core::Result<()>>, cuts: &mut Cuts, what: &str) -> Outcome {
     match ran {
         Ran::Completed(Err(e)) => return Err(Failure::new(format!("{what} failed: {e}"))),
@@ -326,7 +328,7 @@ fn released(ran: Ran<lock_core::Result<()>>, cuts: &mut Cuts, what: &str) -> Out
 /// again with a fresh token.
 pub async fn unlock_cancelled_at_any_point_releases(h: &Harness) -> Outcome {
     let mut p = Pair::new(h, "cancel-unlock").await?;
-    let (a, b) = (&p.a, &p.b);
+    let (a, b) = (&mut p.a, &mut p.b);
     let mut cuts = Cuts::new();
     while let Some(cut) = cuts.next() {
         let what = format!("unlock() {cut}");
@@ -348,12 +350,12 @@ pub async fn unlock_cancelled_at_any_point_releases(h: &Harness) -> Outcome {
 /// party within [`FREED_WITHIN`].
 pub async fn close_cancelled_at_any_point_ends_the_session(h: &Harness) -> Outcome {
     let mut p = Pair::new(h, "cancel-close").await?;
-    let (one, id, b) = (p.services.0.clone(), p.a.id().to_owned(), &p.b);
+    let (one, id, b) = (p.services.0.clone(), p.a.id().to_owned(), &mut p.b);
     let mut cuts = Cuts::new();
     while let Some(cut) = cuts.next() {
         let what = format!("Session::close() {cut}, then the session dropped,");
         let session = one.new_session(h.config()).await?;
-        let a = session.new_locker(&id);
+        let mut a = session.new_locker(&id);
         let held = a.lock().await?;
         p.tokens.saw(&held, &format!("lock() before {what}"))?;
         released(run(h, cut, session.close()).await, &mut cuts, &what)?;

@@ -15,7 +15,7 @@ fn already_closed(e: &Error) -> bool {
 pub async fn locking_twice_is_already_locked(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let session = service.new_session(h.config()).await?;
-    let locker = session.new_locker(&h.id("twice"));
+    let mut locker = session.new_locker(&h.id("twice"));
     let held = locker.lock().await?;
     let again = h
         .within(PATIENCE, "lock() on a locker that holds", locker.lock())
@@ -52,7 +52,7 @@ pub async fn locking_twice_is_already_locked(h: &Harness) -> Outcome {
 pub async fn unlock_without_lock_is_not_held(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let session = service.new_session(h.config()).await?;
-    let locker = session.new_locker(&h.id("not-held"));
+    let mut locker = session.new_locker(&h.id("not-held"));
     expect_err(
         "unlock() before lock()",
         locker.unlock().await,
@@ -92,9 +92,9 @@ pub async fn closing_twice_is_already_closed(h: &Harness) -> Outcome {
 pub async fn use_after_close_is_already_closed(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let session = service.new_session(h.config()).await?;
-    let before = session.new_locker(&h.id("after-close"));
+    let mut before = session.new_locker(&h.id("after-close"));
     session.close().await?;
-    let after = session.new_locker(&h.id("after-close"));
+    let mut after = session.new_locker(&h.id("after-close"));
     expect_err(
         "lock() after session close",
         before.lock().await,
@@ -146,11 +146,11 @@ pub async fn invalid_config_is_rejected(h: &Harness) -> Outcome {
 pub async fn with_lock_runs_and_unlocks(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let session = service.new_session(h.config()).await?;
-    let locker = session.new_locker(&h.id("with-lock"));
-    let probe = session.new_locker(&h.id("with-lock"));
+    let mut locker = session.new_locker(&h.id("with-lock"));
+    let mut probe = session.new_locker(&h.id("with-lock"));
     let (token, free_inside) = locker
         .with_lock(|fence| {
-            let probe = &probe;
+            let probe = &mut probe;
             async move {
                 let free = probe.try_lock().await?.is_some();
                 Ok::<_, Error>((fence.fencing_token(), free || fence.is_lost()))
@@ -161,7 +161,7 @@ pub async fn with_lock_runs_and_unlocks(h: &Harness) -> Outcome {
         token > 0 && !free_inside,
         "with_lock ran its closure without holding the lock"
     );
-    ensure!(takes(&probe).await?, "with_lock did not unlock");
+    ensure!(takes(&mut probe).await?, "with_lock did not unlock");
     let failed: Result<(), Error> = locker
         .with_lock(|_| async { Err(Error::InvalidId("the closure's own error".into())) })
         .await;
@@ -170,7 +170,7 @@ pub async fn with_lock_runs_and_unlocks(h: &Harness) -> Outcome {
         "with_lock did not return the closure's error as it was: {failed:?}"
     );
     ensure!(
-        takes(&probe).await?,
+        takes(&mut probe).await?,
         "with_lock did not unlock after its closure failed"
     );
     let ending = service.new_session(h.config()).await?;

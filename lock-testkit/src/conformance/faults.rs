@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use lock_core::{Error, Service};
 
 use crate::conformance::cancel::FREED_WITHIN;
-use crate::conformance::{follows, joined, waiter_after, PATIENCE};
+use crate::conformance::{follows, joined, still_waiting, waiter_after, PATIENCE};
 use crate::proxy::{Fault, FaultProxy};
 use crate::{ensure, Failure, Harness, Outcome};
 
@@ -64,7 +64,7 @@ pub async fn lock_returns_within_its_timeout_under_a_blackhole(h: &Harness) -> O
     let healthy = h.service().await?;
     let id = h.id("blackhole-timeout");
     let holding = healthy.new_session(h.config()).await?;
-    let holder = holding.new_locker(&id);
+    let mut holder = holding.new_locker(&id);
     let held = holder.lock().await?;
     let timeout = Duration::from_secs(1);
     let session = faulty
@@ -72,7 +72,7 @@ pub async fn lock_returns_within_its_timeout_under_a_blackhole(h: &Harness) -> O
         .new_session(h.config().with_timeout(timeout))
         .await?;
     for (n, blackhole_after) in [Duration::ZERO, timeout / 2].into_iter().enumerate() {
-        let locker = session.new_locker(&id);
+        let mut locker = session.new_locker(&id);
         let start = Instant::now();
         let attempt = async {
             let result = locker.lock().await;
@@ -105,7 +105,7 @@ pub async fn lock_returns_within_its_timeout_under_a_blackhole(h: &Harness) -> O
     ensure!(!held.is_lost(), "the healthy holder lost its lock");
     holder.unlock().await?;
     let next = healthy.new_session(h.config()).await?;
-    let other = next.new_locker(&id);
+    let mut other = next.new_locker(&id);
     let start = Instant::now();
     let limit = FREED_WITHIN + h.settle();
     match tokio::time::timeout(limit, other.lock()).await {
@@ -205,8 +205,9 @@ pub async fn a_lost_lease_is_not_granted_before_its_holder_knows(h: &Harness) ->
     let session = faulty.service.new_session(h.config()).await?;
     let held = session.new_locker(&id).lock().await?;
     let waiting = healthy.new_session(h.config()).await?;
-    let waiter = waiter_after(waiting, id.clone(), held.lost());
+    let mut waiter = waiter_after(waiting, id.clone(), held.lost());
     tokio::time::sleep(h.settle()).await;
+    still_waiting(&mut waiter, "before its lease was ended").await?;
     faulty.set(Fault::Blackhole);
     end_lease(id)
         .await
@@ -263,7 +264,7 @@ pub async fn cancelled_unlock_during_a_blackhole_frees_the_id_once_healed(h: &Ha
     let healthy = h.service().await?;
     let id = h.id("blackhole-unlock");
     let session = faulty.service.new_session(h.config()).await?;
-    let a = session.new_locker(&id);
+    let mut a = session.new_locker(&id);
     let held = a.lock().await?;
     faulty.set(Fault::Blackhole);
     let cut = Duration::from_millis(300);
@@ -280,7 +281,7 @@ pub async fn cancelled_unlock_during_a_blackhole_frees_the_id_once_healed(h: &Ha
     faulty.set(Fault::None);
     let healed = Instant::now();
     let other_session = healthy.new_session(h.config()).await?;
-    let b = other_session.new_locker(&id);
+    let mut b = other_session.new_locker(&id);
     let limit = FREED_WITHIN + h.settle();
     let next = match tokio::time::timeout(limit, b.lock()).await {
         Ok(granted) => granted?,

@@ -30,7 +30,7 @@ pub async fn unusual_ids_work(h: &Harness) -> Outcome {
     ];
     let mut holds = Vec::new();
     for name in names {
-        let locker = session.new_locker(&h.id(name));
+        let mut locker = session.new_locker(&h.id(name));
         let held = h
             .within(PATIENCE, &format!("locking id {name:?}"), locker.try_lock())
             .await??;
@@ -58,7 +58,7 @@ pub async fn invalid_ids_are_rejected(h: &Harness) -> Outcome {
     let session = service.new_session(h.config()).await?;
     let invalid = |e: &Error| matches!(e, Error::InvalidId(_));
     for id in [String::new(), "y".repeat(MAX_ID_LEN + 1)] {
-        let locker = session.new_locker(&id);
+        let mut locker = session.new_locker(&id);
         expect_err(
             "lock() with an invalid id",
             locker.lock().await,

@@ -35,7 +35,7 @@ pub(crate) async fn pending(h: &Harness, lost: &Lost, what: &str) -> Outcome {
 pub async fn lost_fires_on_unlock(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let session = service.new_session(h.config()).await?;
-    let locker = session.new_locker(&h.id("lost-unlock"));
+    let mut locker = session.new_locker(&h.id("lost-unlock"));
     let held = locker.lock().await?;
     let watcher = held.lost();
     pending(h, &held.lost(), "before unlock").await?;
@@ -60,7 +60,7 @@ pub async fn lost_fires_on_session_close(h: &Harness) -> Outcome {
     let session = service.new_session(h.config()).await?;
     let done = session.done();
     ensure!(!done.is_done(), "done() is resolved on a fresh session");
-    let (a, b) = (
+    let (mut a, mut b) = (
         session.new_locker(&h.id("close-a")),
         session.new_locker(&h.id("close-b")),
     );
@@ -79,9 +79,9 @@ pub async fn lost_fires_on_session_close(h: &Harness) -> Outcome {
         "Held::unlock() of a hold its session's close ended gave {released:?}, not Error::Lost"
     );
     let other = service.new_session(h.config()).await?;
-    let c = other.new_locker(&h.id("close-a"));
+    let mut c = other.new_locker(&h.id("close-a"));
     ensure!(
-        takes(&c).await?,
+        takes(&mut c).await?,
         "the lock of a closed session was not released"
     );
     service.close().await?;
@@ -95,7 +95,7 @@ pub async fn lost_fires_on_session_drop(h: &Harness) -> Outcome {
     let session = service.new_session(h.config()).await?;
     let done = session.done();
     let id = h.id("drop-session");
-    let locker = session.new_locker(&id);
+    let mut locker = session.new_locker(&id);
     let held = locker.lock().await?;
     let (lost, token) = (held.lost(), held.fencing_token());
     drop(session);
@@ -116,7 +116,7 @@ pub async fn lost_fires_on_session_drop(h: &Harness) -> Outcome {
     h.within(PATIENCE, "done() after session drop", done)
         .await?;
     let other = service.new_session(h.config()).await?;
-    let c = other.new_locker(&id);
+    let mut c = other.new_locker(&id);
     let granted = h
         .within(
             PATIENCE,
@@ -134,7 +134,7 @@ pub async fn lost_fires_on_service_close(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let session = service.new_session(h.config()).await?;
     let done = session.done();
-    let locker = session.new_locker(&h.id("service-close"));
+    let mut locker = session.new_locker(&h.id("service-close"));
     let held = locker.lock().await?;
     service.close().await?;
     fires(h, &held.lost(), "service close").await?;
@@ -169,10 +169,10 @@ pub async fn lost_fires_before_next_holder_is_granted(h: &Harness) -> Outcome {
     {
         let id = h.id(&format!("before-next-{n}"));
         let first = service.new_session(h.config()).await?;
-        let locker = first.new_locker(&id);
+        let mut locker = first.new_locker(&id);
         let held = locker.lock().await?;
         let second = service.new_session(h.config()).await?;
-        let waiter = second.new_locker(&id);
+        let mut waiter = second.new_locker(&id);
         let watched = held.lost();
         let next = tokio::spawn(async move {
             let granted = waiter.lock().await;
@@ -206,9 +206,9 @@ pub async fn dropping_a_held_releases(h: &Harness) -> Outcome {
     let session = service.new_session(h.config()).await?;
     let id = h.id("drop-held");
     let other = service.new_session(h.config()).await?;
-    let next = other.new_locker(&id);
+    let mut next = other.new_locker(&id);
     // The guard alone.
-    let locker = session.new_locker(&id);
+    let mut locker = session.new_locker(&id);
     let held = locker.lock().await?;
     let lost = held.lost();
     drop(held);
@@ -265,7 +265,7 @@ pub async fn a_hold_through_a_temporary_locker_is_live(h: &Harness) -> Outcome {
     );
     held.unlock().await?;
     ensure!(
-        takes(&other.new_locker(&id)).await?,
+        takes(&mut other.new_locker(&id)).await?,
         "the lock was not free after Held::unlock()"
     );
     service.close().await?;
@@ -277,7 +277,7 @@ pub async fn held_lock_survives_past_ttl(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let session = service.new_session(h.config()).await?;
     let id = h.id("past-ttl");
-    let locker: Locker = session.new_locker(&id);
+    let mut locker: Locker = session.new_locker(&id);
     let held = locker.lock().await?;
     let hold_for = h.ttl() + h.ttl() / 2;
     let lost_early = tokio::time::timeout(hold_for, held.lost()).await.is_ok();

@@ -35,6 +35,7 @@ use crate::{Failure, Harness, Outcome};
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Checks that `result` failed with an error `expected` accepts.
+#[track_caller]
 pub(crate) fn expect_err<T>(
     what: &str,
     result: Result<T, Error>,
@@ -53,6 +54,7 @@ pub(crate) fn expect_err<T>(
 }
 
 /// Checks that fencing token `later` follows `earlier` (strictly greater), saying `what` if not.
+#[track_caller]
 pub(crate) fn follows(what: &str, later: u64, earlier: u64) -> Outcome {
     if later > earlier {
         return Ok(());
@@ -78,10 +80,31 @@ pub(crate) fn waiter_after(
     holder: lock_core::Lost,
 ) -> tokio::task::JoinHandle<Waited> {
     tokio::spawn(async move {
-        let b = session.new_locker(&id);
+        let mut b = session.new_locker(&id);
         let granted = b.lock().await.map(|next| (holder.is_lost(), next));
         (granted, b, session)
     })
+}
+
+/// Fails if the spawned `waiter` has already finished while the holder still holds the lock
+/// (`when` says what the holder has not done yet): granted, that is no exclusion.
+pub(crate) async fn still_waiting(
+    waiter: &mut tokio::task::JoinHandle<Waited>,
+    when: &str,
+) -> Outcome {
+    if !waiter.is_finished() {
+        return Ok(());
+    }
+    let (granted, _, _) = waiter
+        .await
+        .map_err(|e| Failure::new(format!("waiter panicked: {e}")))?;
+    Err(Failure::new(match granted {
+        Ok(_) => format!(
+            "another service was granted the lock while the holder held it, {when}: no \
+             exclusion across services"
+        ),
+        Err(e) => format!("another service's lock() failed while the holder held it, {when}: {e}"),
+    }))
 }
 
 /// The outcome of a spawned waiter, awaited within `limit`; a panic in it is a failure.
@@ -98,7 +121,7 @@ pub(crate) async fn joined<T>(
 
 /// Whether `locker` can take its id right now (`try_lock`). A hold it gets is released, and
 /// the release awaited, before this returns.
-pub(crate) async fn takes(locker: &lock_core::Locker) -> Result<bool, Failure> {
+pub(crate) async fn takes(locker: &mut lock_core::Locker) -> Result<bool, Failure> {
     match locker.try_lock().await? {
         Some(held) => {
             held.unlock().await?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use lock_core::Service;
 
 use crate::child::Child;
-use crate::conformance::{follows, joined, takes, waiter_after, PATIENCE};
+use crate::conformance::{follows, joined, still_waiting, takes, waiter_after, PATIENCE};
 use crate::{ensure, Failure, Harness, Outcome, Sharing};
 
 /// Two services, or the same one twice when the harness declares services separate (so that
@@ -32,7 +32,7 @@ pub async fn services_share_locks_as_declared(h: &Harness) -> Outcome {
         one.new_session(h.config()).await?,
         two.new_session(h.config()).await?,
     );
-    let (a, b) = (s1.new_locker(&id), s2.new_locker(&id));
+    let (mut a, mut b) = (s1.new_locker(&id), s2.new_locker(&id));
     let held = a.lock().await?;
     let other = b.try_lock().await?;
     match h.sharing() {
@@ -65,7 +65,7 @@ pub async fn services_share_locks_as_declared(h: &Harness) -> Outcome {
         }
     }
     let s3 = one.new_session(h.config()).await?;
-    let c = s3.new_locker(&id);
+    let mut c = s3.new_locker(&id);
     if h.sharing() == Sharing::Service {
         ensure!(
             c.try_lock().await?.is_none(),
@@ -74,7 +74,7 @@ pub async fn services_share_locks_as_declared(h: &Harness) -> Outcome {
         a.unlock().await?;
     }
     ensure!(
-        takes(&c).await?,
+        takes(&mut c).await?,
         "the id is not free after every holder unlocked"
     );
     one.close().await?;
@@ -91,10 +91,14 @@ pub async fn fencing_tokens_increase_across_services(h: &Harness) -> Outcome {
         one.new_session(h.config()).await?,
         two.new_session(h.config()).await?,
     );
-    let (a, b) = (s1.new_locker(&id), s2.new_locker(&id));
+    let (mut a, mut b) = (s1.new_locker(&id), s2.new_locker(&id));
     let mut tokens = Vec::new();
     for round in 0..4 {
-        let (first, second) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let (first, second) = if round % 2 == 0 {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
         let held = first.lock().await?;
         tokens.push(held.fencing_token());
         first.unlock().await?;
@@ -126,6 +130,7 @@ pub async fn waiters_of_different_services_are_granted_in_fifo_order(h: &Harness
         "waiters_of_different_services_are_granted_in_fifo_order",
         [one.clone(), two.clone()],
         "fifo-services",
+        crate::Fifo::Shared,
     )
     .await?;
     one.close().await?;
@@ -142,11 +147,12 @@ pub async fn lost_fires_before_another_service_is_granted(h: &Harness) -> Outcom
     for how in ["unlock", "session close", "every handle dropped"] {
         let id = h.id(&format!("lost-before-{}", how.replace(' ', "-")));
         let holder = one.new_session(h.config()).await?;
-        let a = holder.new_locker(&id);
+        let mut a = holder.new_locker(&id);
         let held = a.lock().await?;
         let waiting = two.new_session(h.config()).await?;
-        let (waiter, token) = (waiter_after(waiting, id, held.lost()), held.fencing_token());
+        let (mut waiter, token) = (waiter_after(waiting, id, held.lost()), held.fencing_token());
         tokio::time::sleep(h.settle()).await;
+        still_waiting(&mut waiter, &format!("before any {how}")).await?;
         match how {
             "unlock" => a.unlock().await?,
             "session close" => holder.close().await?,
@@ -184,7 +190,7 @@ pub async fn closing_a_service_lets_another_service_in(h: &Harness) -> Outcome {
     let done = holder.done();
     let held = holder.new_locker(&id).lock().await?;
     let waiting = two.new_session(h.config()).await?;
-    let b = waiting.new_locker(&id);
+    let mut b = waiting.new_locker(&id);
     if h.sharing() == Sharing::Service {
         let theirs = b.lock().await?;
         one.close().await?;
@@ -222,7 +228,7 @@ pub async fn processes_share_locks_as_declared(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let session = service.new_session(h.config()).await?;
     let id = h.id("processes");
-    let locker = session.new_locker(&id);
+    let mut locker = session.new_locker(&id);
     child.send(&format!("lock {id}")).await?;
     let theirs = Child::token(&child.answer(PATIENCE, "the child's lock").await?, CHECK)?;
     let theirs = theirs.ok_or_else(|| Failure::new("the child's lock answered busy"))?;
@@ -312,7 +318,7 @@ pub async fn a_killed_process_frees_its_lock(h: &Harness) -> Outcome {
     let theirs = Child::token(&child.answer(PATIENCE, "the child's lock").await?, CHECK)?;
     let theirs = theirs.ok_or_else(|| Failure::new("the child's lock answered busy"))?;
     let session = service.new_session(h.config()).await?;
-    let locker = session.new_locker(&id);
+    let mut locker = session.new_locker(&id);
     ensure!(
         locker.try_lock().await?.is_none(),
         "this process took an id a live process holds"

@@ -13,13 +13,13 @@ pub async fn lock_times_out_after_session_timeout(h: &Harness) -> Outcome {
     let service = h.service().await?;
     let id = h.id("timeout");
     let holder = service.new_session(h.config()).await?;
-    let a = holder.new_locker(&id);
+    let mut a = holder.new_locker(&id);
     let _held = a.lock().await?;
     let timeout = (h.settle() * 3).max(Duration::from_millis(300));
     let waiting = service
         .new_session(h.config().with_timeout(timeout))
         .await?;
-    let b = waiting.new_locker(&id);
+    let mut b = waiting.new_locker(&id);
     let start = Instant::now();
     let result = h
         .within(timeout + PATIENCE, "lock() with a timeout", b.lock())
@@ -41,13 +41,13 @@ pub async fn lock_times_out_after_session_timeout(h: &Harness) -> Outcome {
     );
     a.unlock().await?;
     let third = service.new_session(h.config()).await?;
-    let c = third.new_locker(&id);
+    let mut c = third.new_locker(&id);
     ensure!(
-        takes(&c).await?,
+        takes(&mut c).await?,
         "the timed-out waiter left something behind: the id is not free"
     );
     ensure!(
-        takes(&b).await?,
+        takes(&mut b).await?,
         "the timed-out locker cannot lock afterwards"
     );
     service.close().await?;
@@ -64,7 +64,7 @@ pub async fn dropped_lock_future_leaves_nothing(h: &Harness) -> Outcome {
         service.new_session(h.config()).await?,
         service.new_session(h.config()).await?,
     );
-    let (a, b, c) = (s1.new_locker(&id), s2.new_locker(&id), s3.new_locker(&id));
+    let (mut a, mut b, mut c) = (s1.new_locker(&id), s2.new_locker(&id), s3.new_locker(&id));
     let _held = a.lock().await?;
     ensure!(
         tokio::time::timeout(h.settle(), b.lock()).await.is_err(),
@@ -92,7 +92,7 @@ pub async fn dropped_lock_future_leaves_nothing(h: &Harness) -> Outcome {
     )?;
     c.unlock().await?;
     ensure!(
-        takes(&b).await?,
+        takes(&mut b).await?,
         "the locker whose lock() was dropped cannot lock later"
     );
     service.close().await?;
@@ -104,10 +104,10 @@ pub async fn waiter_is_canceled_when_its_session_closes(h: &Harness) -> Outcome 
     let service = h.service().await?;
     let id = h.id("canceled");
     let holder = service.new_session(h.config()).await?;
-    let a = holder.new_locker(&id);
+    let mut a = holder.new_locker(&id);
     let held = a.lock().await?;
     let waiting: Session = service.new_session(h.config()).await?;
-    let b = waiting.new_locker(&id);
+    let mut b = waiting.new_locker(&id);
     let pending = tokio::spawn(async move { b.lock().await });
     tokio::time::sleep(h.settle()).await;
     waiting.close().await?;
@@ -125,7 +125,7 @@ pub async fn waiter_is_canceled_when_its_session_closes(h: &Harness) -> Outcome 
     a.unlock().await?;
     let third = service.new_session(h.config()).await?;
     ensure!(
-        takes(&third.new_locker(&id)).await?,
+        takes(&mut third.new_locker(&id)).await?,
         "the canceled waiter left something behind"
     );
     service.close().await?;
@@ -139,7 +139,7 @@ pub async fn session_close_ends_its_hold_and_its_wait_on_one_id(h: &Harness) -> 
     let service = h.service().await?;
     let id = h.id("close-both");
     let session: Session = service.new_session(h.config()).await?;
-    let (a, b) = (session.new_locker(&id), session.new_locker(&id));
+    let (mut a, mut b) = (session.new_locker(&id), session.new_locker(&id));
     let held = a.lock().await?;
     let pending = tokio::spawn(async move { b.lock().await });
     tokio::time::sleep(h.settle()).await;
@@ -165,7 +165,7 @@ pub async fn session_close_ends_its_hold_and_its_wait_on_one_id(h: &Harness) -> 
     }
     let other = service.new_session(h.config()).await?;
     ensure!(
-        takes(&other.new_locker(&id)).await?,
+        takes(&mut other.new_locker(&id)).await?,
         "the closed session left the id taken"
     );
     service.close().await?;
@@ -183,14 +183,17 @@ pub async fn try_lock_never_overtakes_a_queued_waiter(h: &Harness) -> Outcome {
         one.new_session(h.config()).await?,
         two.new_session(h.config()).await?,
     );
-    let (holder, prober) = (s1.new_locker(&id), s3.new_locker(&id));
-    // One party across the rounds, lent to a task per round.
-    let waiter = std::sync::Arc::new(s2.new_locker(&id));
+    let (mut holder, mut prober) = (s1.new_locker(&id), s3.new_locker(&id));
+    // One party across the rounds, lent to a task per round and given back.
+    let mut waiter = Some(s2.new_locker(&id));
     for round in 0..20 {
         let _held = holder.lock().await?;
         let queued = {
-            let waiter = waiter.clone();
-            tokio::spawn(async move { waiter.lock().await })
+            let mut waiter = waiter.take().expect("given back every round");
+            tokio::spawn(async move {
+                let granted = waiter.lock().await;
+                (waiter, granted)
+            })
         };
         tokio::time::sleep(h.settle()).await; // the waiter is queued
         ensure!(
@@ -206,7 +209,10 @@ pub async fn try_lock_never_overtakes_a_queued_waiter(h: &Harness) -> Outcome {
                 taken.fencing_token()
             )));
         }
-        let granted = joined(h, PATIENCE, "the queued waiter after the handover", queued).await??;
+        let (given_back, granted) =
+            joined(h, PATIENCE, "the queued waiter after the handover", queued).await?;
+        waiter = Some(given_back);
+        let granted = granted?;
         ensure!(
             prober.try_lock().await?.is_none(),
             "round {round}: try_lock took an id the former waiter holds"

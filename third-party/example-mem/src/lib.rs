@@ -1,20 +1,20 @@
 //! `example-mem:` — a tiny in-memory backend written the way a third-party crate would write
-//! one, against `lock-core` only. It exists to prove that schemes can be added from outside,
-//! and that the conformance suite catches broken backends: [`Bugs`] switches on deliberate
-//! bugs.
+//! one, against `lock-core` only: proof that schemes can be added from outside, and that the
+//! conformance suite catches broken backends ([`Bugs`] switches on deliberate bugs).
 //!
-//! Every service opened from `example-mem:` in one process shares one lock table (a [`Store`]);
-//! other processes do not see it. Sessions are not leases: the TTL is validated and otherwise
-//! ignored, since nothing can die without its process. Its conformance harness declares both.
-//!
-//! Unlike `local:`, it is deliberately simple: one mutex, and every change wakes every waiter,
-//! which then checks whether it is first in line.
+//! Every `example-mem:` service of a process shares one lock table (a [`Store`]); other
+//! processes do not see it. Sessions are not leases: the TTL is not used. Its conformance
+//! harness declares both. The handles do the rest for every backend (see `lock_core::backend`):
+//! they validate ids and configurations, apply the session's timeout, allow one attempt per
+//! locker at a time, match an unlock to its hold, and refuse a second `close()`. It is
+//! deliberately simple: one mutex, and every change wakes every waiter, which then checks
+//! whether it is first in line.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::Poll;
 
-use lock_core::backend::{self, ConnectionString, Hold, OpFuture, OpenFuture, Signal};
+use lock_core::backend::{self, ConnectionString, Hold, OpFuture, OpenFuture, Party, Signal};
 use lock_core::{Done, Error, Result, SessionConfig};
 use tokio::sync::Notify;
 
@@ -36,135 +36,75 @@ pub struct Bugs {
     pub separate_services: bool,
     /// Every service counts fencing tokens on its own: tokens repeat across services.
     pub per_service_tokens: bool,
-    /// `try_lock` takes a free id even while a waiter is queued for it (overtaking it during
-    /// a handover).
+    /// `try_lock` takes a free id even while a waiter is queued for it.
     pub try_lock_overtakes: bool,
-    /// `unlock` marks the hold released, then yields before freeing the id: dropped at that
-    /// point, it leaves the id held by nobody, forever.
+    /// `unlock` waits for a "round trip" before it releases: dropped then, it releases nothing.
     pub unlock_not_cancel_safe: bool,
-    /// `lock` ignores the session's timeout.
-    pub ignores_timeout: bool,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct State {
-    next_key: u64,
-    last_token: u64,
-    /// Per service (with `per_service_tokens`): its own last token.
-    service_tokens: HashMap<u64, u64>,
+    /// The last key given to a service, session or locker.
+    last_key: u64,
+    /// The last fencing token, per service with `per_service_tokens` (else under key 0).
+    tokens: HashMap<u64, u64>,
     closed_services: HashSet<u64>,
     /// Per open session: its service and its `done()` signal.
-    open_sessions: HashMap<u64, (u64, Arc<Signal>)>,
-    /// Per id: holder and waiting lockers. Removed when both are empty.
-    ids: HashMap<String, Queue>,
-    /// Per holding locker: its id, session, signal and fencing token.
-    holds: HashMap<u64, (String, u64, Arc<Signal>, u64)>,
+    sessions: HashMap<u64, (u64, Arc<Signal>)>,
+    /// Per id with a holder or waiters: the holder and the waiting lockers.
+    ids: HashMap<String, (Option<Holder>, VecDeque<u64>)>,
 }
 
-#[derive(Default)]
-struct Queue {
-    holder: Option<u64>,
-    waiting: VecDeque<u64>,
-}
-
-struct Shared {
-    state: Mutex<State>,
-    changed: Notify,
-    bugs: Bugs,
-}
-
-impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// The holding locker, its session, and its lost signal.
+type Holder = (u64, u64, Arc<Signal>);
 
 impl State {
-    fn release(&mut self, locker: u64, bugs: Bugs) -> bool {
-        let Some(id) = self.take_hold(locker, bugs) else {
-            return false;
-        };
-        self.free(&id, locker);
-        true
+    fn key(&mut self) -> u64 {
+        self.last_key += 1;
+        self.last_key
     }
 
-    /// The first half of a release: the hold ends and is reported lost. Returns its id.
-    fn take_hold(&mut self, locker: u64, bugs: Bugs) -> Option<String> {
-        let (id, _, signal, _) = self.holds.remove(&locker)?;
+    /// Ends `locker`'s hold of `id`, if it has it (its signal fires); whether it had.
+    fn release(&mut self, id: &str, locker: u64, bugs: Bugs) -> bool {
+        let Some((holder, waiting)) = self.ids.get_mut(id) else {
+            return false;
+        };
+        let Some((_, _, signal)) = holder.take_if(|h| h.0 == locker) else {
+            return false;
+        };
         if !bugs.no_lost_signal {
             signal.fire();
         }
-        Some(id)
-    }
-
-    /// The second half: the id is free for the next waiter (if `locker` still has it).
-    fn free(&mut self, id: &str, locker: u64) {
-        // (With `no_exclusion`, another holder of the id may have removed the queue already.)
-        if let Some(queue) = self.ids.get_mut(id) {
-            if queue.holder == Some(locker) {
-                queue.holder = None;
-            }
-            if queue.holder.is_none() && queue.waiting.is_empty() {
-                self.ids.remove(id);
-            }
+        if waiting.is_empty() {
+            self.ids.remove(id);
         }
+        true
     }
 
-    /// Whether `locker` holds the hold with fencing token `token` (any hold, for `None`).
-    fn holds(&self, locker: u64, token: Option<u64>) -> bool {
-        self.holds
-            .get(&locker)
-            .is_some_and(|h| token.is_none_or(|t| t == h.3))
-    }
-
-    fn grant(&mut self, locker: &MemLocker) -> Hold {
-        let bugs = locker.shared.bugs;
-        self.last_token += 1;
-        let token = if bugs.constant_tokens {
-            1
-        } else if bugs.per_service_tokens {
-            let own = self.service_tokens.entry(locker.service).or_default();
-            *own += 1;
-            *own
+    fn grant(&mut self, locker: &MemLocker, bugs: Bugs) -> Hold {
+        let counter = if bugs.per_service_tokens {
+            locker.service
         } else {
-            self.last_token
+            0
         };
-        let (id, signal) = (&locker.id, &locker.signal);
-        let (locker, session) = (locker.key, locker.session);
-        self.ids.entry(id.to_owned()).or_default().holder = Some(locker);
-        self.holds
-            .insert(locker, (id.to_owned(), session, signal.clone(), token));
-        Hold::new(signal.clone(), signal.epoch(), None, token)
-    }
-
-    fn close_session(&mut self, session: u64, bugs: Bugs) -> Option<Arc<Signal>> {
-        let (_, done) = self.open_sessions.remove(&session)?;
-        let held: Vec<u64> = self
-            .holds
-            .iter()
-            .filter(|(_, h)| h.1 == session)
-            .map(|(k, _)| *k)
-            .collect();
-        for locker in held {
-            self.release(locker, bugs);
-        }
-        Some(done)
+        let last = self.tokens.entry(counter).or_default();
+        *last += 1;
+        let token = if bugs.constant_tokens { 1 } else { *last };
+        let (key, session, signal) = (locker.key, locker.session, locker.signal.clone());
+        self.ids.entry(locker.id.clone()).or_default().0 = Some((key, session, signal));
+        Hold::new(locker.signal.clone(), locker.signal.epoch(), None, token)
     }
 }
 
 /// One lock table, shared by every service opened from it (and by every `example-mem:`
 /// service of the process, which share [`Store::global`]).
-#[derive(Clone)]
-pub struct Store(Arc<Shared>);
+#[derive(Debug, Clone)]
+pub struct Store(Arc<(Mutex<State>, Notify, Bugs)>);
 
 impl Store {
     /// An empty lock table with the given deliberate bugs (use `Bugs::default()` for none).
     pub fn new(bugs: Bugs) -> Self {
-        Store(Arc::new(Shared {
-            state: Mutex::default(),
-            changed: Notify::new(),
-            bugs,
-        }))
+        Store(Arc::new((Mutex::default(), Notify::new(), bugs)))
     }
 
     /// The table every `example-mem:` service of this process uses.
@@ -175,229 +115,188 @@ impl Store {
 
     /// A new service on this table (on a table of its own with `Bugs::separate_services`).
     pub fn service(&self) -> lock_core::Service {
-        let shared = match self.0.bugs.separate_services {
-            true => Store::new(self.0.bugs).0,
-            false => self.0.clone(),
+        let store = match self.bugs().separate_services {
+            true => Store::new(self.bugs()),
+            false => self.clone(),
         };
-        let key = {
-            let mut st = shared.state();
-            st.next_key += 1;
-            st.next_key
+        let key = store.state().key();
+        backend::service(MemService { store, key })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0 .0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bugs(&self) -> Bugs {
+        self.0 .2
+    }
+
+    /// Wakes every waiter, which checks whether it is first in line.
+    fn changed(&self) {
+        self.0 .1.notify_waiters();
+    }
+
+    /// Ends `session`: its holds are released, its `done()` fires.
+    fn end_session(&self, session: u64) -> Result<()> {
+        let mut st = self.state();
+        let (_, done) = st
+            .sessions
+            .remove(&session)
+            .ok_or(Error::AlreadyClosed("session"))?;
+        let mine = |(id, h): (&String, &(Option<Holder>, _))| {
+            h.0.as_ref()
+                .filter(|h| h.1 == session)
+                .map(|h| (id.clone(), h.0))
         };
-        lock_core::Service::from_backend(MemService { shared, key })
-    }
-}
-
-impl fmt::Debug for Store {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("bugs", &self.0.bugs).finish()
-    }
-}
-
-/// The `example-mem:` service: a handle on a [`Store`] with sessions of its own.
-pub struct MemService {
-    shared: Arc<Shared>,
-    key: u64,
-}
-
-impl fmt::Debug for MemService {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemService")
-            .field("key", &self.key)
-            .field("bugs", &self.shared.bugs)
-            .finish()
-    }
-}
-
-impl backend::Service for MemService {
-    fn new_session(
-        &self,
-        config: SessionConfig,
-    ) -> OpFuture<'_, Result<Arc<dyn backend::Session>>> {
-        OpFuture::boxed(async move {
-            config.validate()?;
-            let mut st = self.shared.state();
-            if st.closed_services.contains(&self.key) {
-                return Err(Error::AlreadyClosed("service"));
-            }
-            st.next_key += 1;
-            let (key, done) = (st.next_key, Arc::new(Signal::new()));
-            st.open_sessions.insert(key, (self.key, done.clone()));
-            Ok(Arc::new(MemSession {
-                shared: self.shared.clone(),
-                service: self.key,
-                key,
-                done,
-                timeout: config.timeout,
-            }) as Arc<dyn backend::Session>)
-        })
-    }
-
-    fn close(&self) -> OpFuture<'_, Result<()>> {
-        OpFuture::boxed(async move {
-            let dones = {
-                let mut st = self.shared.state();
-                if !st.closed_services.insert(self.key) {
-                    return Err(Error::AlreadyClosed("service"));
-                }
-                let sessions: Vec<u64> = st
-                    .open_sessions
-                    .iter()
-                    .filter(|(_, (service, _))| *service == self.key)
-                    .map(|(session, _)| *session)
-                    .collect();
-                sessions
-                    .into_iter()
-                    .filter_map(|s| st.close_session(s, self.shared.bugs))
-                    .collect::<Vec<_>>()
-            };
-            dones.iter().for_each(|d| d.fire());
-            self.shared.changed.notify_waiters();
-            Ok(())
-        })
-    }
-}
-
-struct MemSession {
-    shared: Arc<Shared>,
-    service: u64,
-    key: u64,
-    done: Arc<Signal>,
-    timeout: Option<std::time::Duration>,
-}
-
-impl MemSession {
-    fn end(&self) -> Result<()> {
-        let done = self
-            .shared
-            .state()
-            .close_session(self.key, self.shared.bugs);
-        let done = done.ok_or(Error::AlreadyClosed("session"))?;
+        let held: Vec<(String, u64)> = st.ids.iter().filter_map(mine).collect();
+        for (id, locker) in held {
+            st.release(&id, locker, self.bugs());
+        }
+        drop(st);
         done.fire();
-        self.shared.changed.notify_waiters();
+        self.changed();
         Ok(())
     }
 }
 
-impl fmt::Debug for MemSession {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemSession")
-            .field("key", &self.key)
-            .finish()
+#[derive(Debug)]
+struct MemService {
+    store: Store,
+    key: u64,
+}
+
+impl backend::Service for MemService {
+    fn new_session(&self, _: SessionConfig) -> OpFuture<'_, Result<Arc<dyn backend::Session>>> {
+        let mut st = self.store.state();
+        if st.closed_services.contains(&self.key) {
+            return OpFuture::ready(Err(Error::AlreadyClosed("service")));
+        }
+        let (key, done) = (st.key(), Arc::new(Signal::new()));
+        st.sessions.insert(key, (self.key, done.clone()));
+        let (store, service) = (self.store.clone(), self.key);
+        OpFuture::ready(Ok(Arc::new(MemSession {
+            store,
+            service,
+            key,
+            done,
+        })))
+    }
+
+    fn close(&self) -> OpFuture<'_, Result<()>> {
+        let mut st = self.store.state();
+        st.closed_services.insert(self.key);
+        let mine = |(session, s): (&u64, &(u64, _))| (s.0 == self.key).then_some(*session);
+        let sessions: Vec<u64> = st.sessions.iter().filter_map(mine).collect();
+        drop(st);
+        sessions
+            .into_iter()
+            .for_each(|s| drop(self.store.end_session(s)));
+        OpFuture::ready(Ok(()))
     }
 }
 
+#[derive(Debug)]
+struct MemSession {
+    store: Store,
+    service: u64,
+    key: u64,
+    done: Arc<Signal>,
+}
+
 impl backend::Session for MemSession {
-    fn new_locker(
-        &self,
-        id: &str,
-        session_handle: &lock_core::Session,
-    ) -> Arc<dyn backend::Locker> {
-        let key = {
-            let mut st = self.shared.state();
-            st.next_key += 1;
-            st.next_key
-        };
-        let (shared, session, timeout) = (self.shared.clone(), self.key, self.timeout);
+    fn new_locker(&self, id: &str, party: Party) -> Arc<dyn backend::Locker> {
+        let (store, service, session) = (self.store.clone(), self.service, self.key);
+        let (key, id, signal) = (store.state().key(), id.to_owned(), Arc::new(Signal::new()));
         Arc::new(MemLocker {
-            shared,
+            store,
             key,
-            service: self.service,
+            service,
             session,
-            timeout,
-            id: id.to_owned(),
-            signal: Arc::new(Signal::new()),
-            _session: session_handle.clone(),
+            id,
+            signal,
+            party,
         })
     }
 
     fn done(&self) -> Done {
-        Done::new(self.done.clone(), 0, None)
+        backend::done(self.done.clone(), 0, None)
     }
 
     fn close(&self) -> OpFuture<'_, Result<()>> {
-        OpFuture::boxed(async move { self.end() })
+        OpFuture::ready(self.store.end_session(self.key))
     }
 }
 
 impl Drop for MemSession {
     fn drop(&mut self) {
-        let _ = self.end();
+        let _ = self.store.end_session(self.key);
     }
 }
 
+#[derive(Debug)]
 struct MemLocker {
-    shared: Arc<Shared>,
+    store: Store,
     key: u64,
     service: u64,
     session: u64,
-    timeout: Option<std::time::Duration>,
     id: String,
     signal: Arc<Signal>,
-    /// The application's handle of the session: kept while the locker lives, dropped last.
-    _session: lock_core::Session,
+    /// Keeps the session open while the locker lives.
+    party: Party,
 }
 
 impl MemLocker {
+    /// What every attempt checks first: the session is open, and this locker holds nothing.
     fn check(&self, st: &State) -> Result<()> {
-        backend::validate_id(&self.id)?;
-        if !st.open_sessions.contains_key(&self.session) {
+        if !st.sessions.contains_key(&self.session) {
             return Err(Error::AlreadyClosed("session"));
         }
-        let waiting = st
-            .ids
-            .get(&self.id)
-            .is_some_and(|q| q.waiting.contains(&self.key));
-        if st.holds.contains_key(&self.key) || waiting {
-            return Err(Error::AlreadyLocked);
+        match st.ids.get(&self.id).and_then(|i| i.0.as_ref()) {
+            Some(holder) if holder.0 == self.key => Err(Error::AlreadyLocked),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    async fn wait(&self) -> Result<Hold> {
-        let bugs = self.shared.bugs;
-        loop {
-            let notified = self.shared.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut st = self.shared.state();
-                if !st.open_sessions.contains_key(&self.session) {
-                    return Err(Error::Canceled("the session ended".into()));
-                }
-                let queue = st.ids.get_mut(&self.id).expect("a waiter's id has a queue");
-                if (queue.holder.is_none() || bugs.no_exclusion)
-                    && queue.waiting.front() == Some(&self.key)
-                {
-                    queue.waiting.pop_front();
-                    return Ok(st.grant(self));
-                }
-            }
-            notified.await;
+    /// The hold, once this waiter is first in line and the id is free.
+    fn first_in_line(&self) -> Option<Result<Hold>> {
+        let mut st = self.store.state();
+        if !st.sessions.contains_key(&self.session) {
+            return Some(Err(Error::Canceled("the session ended".into())));
+        }
+        let (holder, waiting) = st.ids.get_mut(&self.id)?;
+        let free = holder.is_none() || self.store.bugs().no_exclusion;
+        if !free || waiting.front() != Some(&self.key) {
+            return None;
+        }
+        waiting.pop_front();
+        Some(Ok(st.grant(self, self.store.bugs())))
+    }
+
+    fn end_hold(&self) {
+        if self
+            .store
+            .state()
+            .release(&self.id, self.key, self.store.bugs())
+        {
+            self.store.changed();
         }
     }
 }
 
-/// Takes a locker out of its id's queue when its `lock()` ends or is dropped.
+/// Takes a waiter out of its id's queue however its `lock()` ends (granted, failed, dropped).
 struct Withdraw<'a>(&'a MemLocker);
 
 impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
-        let mut st = self.0.shared.state();
-        if let Some(queue) = st.ids.get_mut(&self.0.id) {
-            queue.waiting.retain(|k| *k != self.0.key);
-            if queue.holder.is_none() && queue.waiting.is_empty() {
-                st.ids.remove(&self.0.id);
+        let (mut st, id) = (self.0.store.state(), &self.0.id);
+        if let Some((holder, waiting)) = st.ids.get_mut(id) {
+            waiting.retain(|k| *k != self.0.key);
+            if holder.is_none() && waiting.is_empty() {
+                st.ids.remove(id);
             }
         }
         drop(st);
-        self.0.shared.changed.notify_waiters();
-    }
-}
-
-impl fmt::Debug for MemLocker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemLocker").field("id", &self.id).finish()
+        self.0.store.changed();
     }
 }
 
@@ -405,97 +304,80 @@ impl backend::Locker for MemLocker {
     fn lock(&self) -> OpFuture<'_, Result<Hold>> {
         OpFuture::boxed(async move {
             {
-                let mut st = self.shared.state();
+                let mut st = self.store.state();
                 self.check(&st)?;
-                let queue = st.ids.entry(self.id.clone()).or_default();
-                match self.shared.bugs.lifo {
-                    true => queue.waiting.push_front(self.key),
-                    false => queue.waiting.push_back(self.key),
+                let (_, waiting) = st.ids.entry(self.id.clone()).or_default();
+                match self.store.bugs().lifo {
+                    true => waiting.push_front(self.key),
+                    false => waiting.push_back(self.key),
                 }
             }
             let _withdraw = Withdraw(self);
-            match self.timeout.filter(|_| !self.shared.bugs.ignores_timeout) {
-                None => self.wait().await,
-                Some(limit) => tokio::time::timeout(limit, self.wait())
-                    .await
-                    .map_err(|_| Error::Timeout(limit))?,
+            loop {
+                let mut notified = std::pin::pin!(self.store.0 .1.notified());
+                notified.as_mut().enable();
+                if let Some(outcome) = self.first_in_line() {
+                    return outcome;
+                }
+                notified.await;
             }
         })
     }
 
     fn try_lock(&self) -> OpFuture<'_, Result<Option<Hold>>> {
-        OpFuture::boxed(async move {
-            let mut st = self.shared.state();
-            self.check(&st)?;
-            let bugs = self.shared.bugs;
-            let free = st.ids.get(&self.id).is_none_or(|q| {
-                q.holder.is_none() && (q.waiting.is_empty() || bugs.try_lock_overtakes)
-            });
-            Ok((free || bugs.no_exclusion).then(|| st.grant(self)))
-        })
+        let (bugs, mut st) = (self.store.bugs(), self.store.state());
+        let free = st.ids.get(&self.id).is_none_or(|(holder, waiting)| {
+            holder.is_none() && (waiting.is_empty() || bugs.try_lock_overtakes)
+        });
+        let granted = |st: &mut State| (free || bugs.no_exclusion).then(|| st.grant(self, bugs));
+        OpFuture::ready(self.check(&st).map(|()| granted(&mut st)))
     }
 
-    fn unlock(&self, token: Option<u64>) -> OpFuture<'_, Result<()>> {
+    fn unlock(&self, _token: u64) -> OpFuture<'_, Result<()>> {
         OpFuture::boxed(async move {
-            let bugs = self.shared.bugs;
-            let taken = {
-                let mut st = self.shared.state();
-                if !st.open_sessions.contains_key(&self.session) {
-                    return Err(Error::AlreadyClosed("session"));
-                }
-                if !st.holds(self.key, token) {
-                    return Err(Error::NotHeld);
-                }
-                let taken = st.take_hold(self.key, bugs).ok_or(Error::NotHeld)?;
-                if !bugs.unlock_not_cancel_safe {
-                    st.free(&taken, self.key);
-                }
-                taken
-            };
-            if bugs.unlock_not_cancel_safe {
-                yield_once().await; // a "round trip"; dropped here, it leaks
-                self.shared.state().free(&taken, self.key);
+            if self.store.bugs().unlock_not_cancel_safe {
+                let mut waited = false;
+                std::future::poll_fn(|cx| match std::mem::replace(&mut waited, true) {
+                    true => Poll::Ready(()),
+                    false => {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                })
+                .await;
             }
-            if !bugs.no_wake_on_unlock {
-                self.shared.changed.notify_waiters();
+            let mut st = self.store.state();
+            if !st.sessions.contains_key(&self.session) {
+                return Err(Error::AlreadyClosed("session"));
+            }
+            if !st.release(&self.id, self.key, self.store.bugs()) {
+                return Err(Error::NotHeld);
+            }
+            drop(st);
+            if !self.store.bugs().no_wake_on_unlock {
+                self.store.changed();
             }
             Ok(())
         })
     }
 
-    fn release(&self, token: u64) {
-        let mut st = self.shared.state();
-        if st.holds(self.key, Some(token)) && st.release(self.key, self.shared.bugs) {
-            drop(st);
-            self.shared.changed.notify_waiters();
-        }
+    fn release(&self, _token: u64) {
+        self.end_hold();
     }
 
     fn id(&self) -> &str {
         &self.id
     }
+
+    fn party(&self) -> &Party {
+        &self.party
+    }
 }
 
 impl Drop for MemLocker {
     fn drop(&mut self) {
-        if self.shared.state().release(self.key, self.shared.bugs) {
-            self.shared.changed.notify_waiters();
-        }
+        self.end_hold();
     }
-}
-
-/// Returns `Pending` once (waking itself at once), as a request round trip would.
-async fn yield_once() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if std::mem::replace(&mut yielded, true) {
-            std::task::Poll::Ready(())
-        } else {
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await;
 }
 
 fn open(cs: ConnectionString) -> OpenFuture {
