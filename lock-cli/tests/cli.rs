@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 const LOCK: &str = env!("CARGO_BIN_EXE_lock");
 
 fn service(test: &str) -> Option<String> {
-    let endpoints = lock_testkit::etcd::shared_endpoints(test)?;
+    let endpoints = lock_tools::etcd::shared_endpoints(test)?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -37,7 +37,7 @@ fn temp(name: &str) -> PathBuf {
 /// Revokes the lease of the (first) key under `service`'s prefix from outside, as an operator
 /// or an expiry would.
 async fn revoke_from_outside(service: &str) {
-    let endpoints = lock_testkit::etcd::shared_endpoints("revoke").unwrap();
+    let endpoints = lock_tools::etcd::shared_endpoints("revoke").unwrap();
     let mut raw = etcd_client::Client::connect(endpoints.split(',').collect::<Vec<_>>(), None)
         .await
         .unwrap();
@@ -622,11 +622,12 @@ async fn a_first_keep_alive_answered_with_ttl_0_is_no_loss_and_leaves_nothing_be
     let Some(direct) = service("ttl_zero") else {
         return;
     };
-    let endpoints = lock_testkit::etcd::shared_endpoints("ttl_zero").unwrap();
+    let endpoints = lock_tools::etcd::shared_endpoints("ttl_zero").unwrap();
     let proxy = lock_testkit::proxy::FaultProxy::in_front_of_first(&endpoints)
         .await
         .unwrap();
-    proxy.set(lock_testkit::proxy::Fault::FirstKeepAliveTtlZero);
+    proxy.set_rewriter(lock_tools::h2::first_keep_alive_ttl_zero());
+    proxy.set(lock_testkit::proxy::Fault::Rewrite);
     let prefix = direct.split("prefix=").nth(1).unwrap();
     let through_proxy = format!("etcd:{}?prefix={prefix}", proxy.url());
     let mut failures = Vec::new();

@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use lock_testkit::etcd::{binaries, Cluster, ClusterSpec};
+use lock_tools::etcd::{binaries, Cluster, ClusterSpec};
 
 const LOCK: &str = env!("CARGO_BIN_EXE_lock");
 const USER: &str = "app";

@@ -61,7 +61,7 @@ async fn one(uri: &str, n: u64, hold: Duration, counts: &Counts) -> Result<(), S
 #[tokio::main]
 async fn main() {
     let endpoints = arg("--endpoints")
-        .or_else(|| std::env::var(lock_testkit::etcd::ENDPOINTS_VAR).ok())
+        .or_else(|| std::env::var(lock_tools::etcd::ENDPOINTS_VAR).ok())
         .expect("--endpoints http://127.0.0.1:PORT,… (or LOCK_ETCD_ENDPOINTS)");
     let (sessions, parallel) = (number("--sessions", 5000), number("--parallel", 16));
     let hold = Duration::from_millis(number("--hold-ms", 50));

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, ConnectOptions};
 
 use args::number;
-use lock_testkit::etcd::{binaries, Cluster, ClusterSpec};
+use lock_tools::etcd::{binaries, Cluster, ClusterSpec};
 
 /// CPU and disk burners until `stop`.
 fn burn(stop: Arc<AtomicBool>) {

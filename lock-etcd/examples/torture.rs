@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use lock_etcd::{EtcdConfig, EtcdService};
 use lock_testkit::contend::{Contender, Fenced};
-use lock_testkit::etcd::{binaries, Cluster, ClusterSpec};
 use lock_testkit::history::{Event, History, Kind};
 use lock_testkit::proxy::{Fault, FaultProxy};
+use lock_tools::etcd::{binaries, Cluster, ClusterSpec};
 
 use args::arg;
 

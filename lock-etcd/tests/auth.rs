@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use lock_core::{Error, SessionConfig};
-use lock_testkit::etcd::ClusterSpec;
+use lock_tools::etcd::ClusterSpec;
 
 const PREFIX: &str = "auth-locks/";
 

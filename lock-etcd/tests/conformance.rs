@@ -12,7 +12,7 @@ use lock_etcd as _; // links the backend, so `etcd:` is registered
 use lock_testkit::Harness;
 
 fn etcd() -> Option<Harness> {
-    let endpoints = lock_testkit::etcd::shared_endpoints("etcd conformance")?;
+    let endpoints = lock_tools::etcd::shared_endpoints("etcd conformance")?;
     let members: Vec<SocketAddr> = endpoints
         .split(',')
         .map(|url| {

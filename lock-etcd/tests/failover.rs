@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use lock_core::{Service, SessionConfig};
-use lock_testkit::etcd::ClusterSpec;
+use lock_tools::etcd::ClusterSpec;
 
 async fn one_cycle(service: &Service) -> lock_core::Result<()> {
     let session = service

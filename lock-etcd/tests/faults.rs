@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use lock_core::SessionConfig;
 use lock_etcd::{EtcdConfig, EtcdService};
 use lock_testkit::contend::{Contender, Fenced};
-use lock_testkit::etcd::{Cluster, ClusterSpec};
 use lock_testkit::history::{History, Kind};
+use lock_tools::etcd::{Cluster, ClusterSpec};
 
 use fenced::EtcdResource;
 

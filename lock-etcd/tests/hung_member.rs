@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use lock_core::{LossCause, SessionConfig};
 use lock_etcd::{EtcdConfig, EtcdService};
-use lock_testkit::etcd::{Cluster, ClusterSpec};
+use lock_tools::etcd::{Cluster, ClusterSpec};
 
 const TTL: Duration = Duration::from_secs(3);
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use lock_core::{Error, SessionConfig};
 use lock_etcd::{EtcdConfig, EtcdService};
-use lock_testkit::etcd::ClusterSpec;
+use lock_tools::etcd::ClusterSpec;
 
 #[tokio::test]
 async fn dial_timeout_bounds_opening_an_unresponsive_cluster() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use lock_core::{Error, SessionConfig};
-use lock_testkit::etcd::{ClusterSpec, ServerTls};
+use lock_tools::etcd::{ClusterSpec, ServerTls};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 
 struct Ca {

@@ -23,9 +23,7 @@
 pub mod child;
 pub mod conformance;
 pub mod contend;
-pub mod etcd;
 mod failure;
-mod h2;
 mod harness;
 pub mod history;
 pub mod proxy;
@@ -39,8 +37,8 @@ pub const SKIP_LOG_VAR: &str = "LOCK_TESTKIT_SKIP_LOG";
 
 /// Reports that `check` was skipped and why, where nobody can miss it: straight to the
 /// process's stderr (the test harness captures only `eprintln!`), and to the skip log.
-/// (A check skipped for want of etcd fails instead under `LOCK_REQUIRE_ETCD=1`: see
-/// [`etcd::shared_endpoints`].)
+/// (A harness that needs an outside server can fail instead of skipping when it is missing:
+/// the repository's etcd tests do under `LOCK_REQUIRE_ETCD=1`.)
 pub fn skip(check: &str, reason: &str) {
     use std::io::Write;
     let line = format!("SKIPPED {check}: {reason}\n");
@@ -126,8 +124,8 @@ pub mod __private {
 
 /// Expands into one `#[test]` per conformance function, each calling it with a fresh
 /// [`Harness`] made by the given expression. The expression may also give an
-/// `Option<Harness>`: `None` skips the tests (see [`etcd::shared_endpoints`], which says so, and
-/// fails instead under `cargo xtask test`).
+/// `Option<Harness>`: `None` skips the tests (a harness expression that finds no server says
+/// so with [`skip`]).
 ///
 /// It also defines `lock_testkit_child`, the entry point of the suite's child process: a test
 /// that does nothing unless the suite started the binary as its child (see [`child`]). The

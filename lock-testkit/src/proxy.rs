@@ -1,5 +1,5 @@
-//! A TCP proxy with switchable faults, to partition one client from etcd (or slow it down)
-//! while everybody else keeps talking to the cluster.
+//! A TCP proxy with switchable faults, to partition one client from its backend (or slow it
+//! down) while everybody else keeps talking to it.
 //!
 //! Put each client behind its own proxy: connect it to [`FaultProxy::url`] instead of the member.
 
@@ -33,18 +33,30 @@ pub enum Fault {
     /// reaches the server *after* requests the client sends on a new connection. Used after
     /// [`Fault::Latency`], it makes a stale request land late, deterministically.
     CutLate,
-    /// Forward everything, except that the first keep-alive answer for each lease says TTL 0,
-    /// as etcd before 3.5.3 could answer for a lease granted moments ago while the lease was
-    /// alive (etcd issue 13675). Applies to connections made while it is set (it reads their
-    /// HTTP/2 frames from the start); on the others it is [`Fault::None`].
-    FirstKeepAliveTtlZero,
+    /// Forward everything through the proxy's [`Rewrite`] (set with
+    /// [`FaultProxy::set_rewriter`]): a fault at the level of the backend's protocol. Applies to
+    /// connections made while it is set (a rewriter reads them from their first byte); on the
+    /// others, and without a rewriter, it is [`Fault::None`].
+    Rewrite,
 }
+
+/// Rewrites the bytes of one proxied connection, both ways: a protocol-level fault (an answer
+/// changed, a message dropped). [`FaultProxy::set_rewriter`] makes one per connection.
+pub trait Rewrite: Send {
+    /// Bytes read from the client (`upstream`) or from the server: what to forward now (a
+    /// rewriter may keep an incomplete message until the rest arrives).
+    fn pass(&mut self, upstream: bool, bytes: &[u8]) -> Vec<u8>;
+}
+
+/// Makes the [`Rewrite`] of each connection made under [`Fault::Rewrite`].
+pub type Rewriter = Arc<dyn Fn() -> Box<dyn Rewrite> + Send + Sync>;
 
 /// A fault-injecting TCP proxy on 127.0.0.1. Dropping it stops it and closes its connections.
 pub struct FaultProxy {
     addr: SocketAddr,
     target: SocketAddr,
     fault: watch::Sender<Fault>,
+    rewriter: Arc<Mutex<Option<Rewriter>>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     acceptor: JoinHandle<()>,
 }
@@ -60,18 +72,26 @@ impl FaultProxy {
         let addr = listener.local_addr()?;
         let (fault, watcher) = watch::channel(Fault::None);
         let tasks = Arc::new(Mutex::new(Vec::new()));
-        let acceptor = tokio::spawn(accept(listener, target, watcher, tasks.clone()));
+        let rewriter = Arc::new(Mutex::new(None));
+        let acceptor = tokio::spawn(accept(
+            listener,
+            target,
+            watcher,
+            tasks.clone(),
+            rewriter.clone(),
+        ));
         Ok(FaultProxy {
             addr,
             target,
             fault,
+            rewriter,
             tasks,
             acceptor,
         })
     }
 
     /// Starts a proxy in front of the first member of `endpoints` (`http://host:port,…`, as
-    /// `lock_testkit::etcd::shared_endpoints` gives them).
+    /// an etcd client takes them).
     ///
     /// # Errors
     ///
@@ -106,6 +126,11 @@ impl FaultProxy {
     pub fn fault(&self) -> Fault {
         *self.fault.borrow()
     }
+
+    /// Sets what [`Fault::Rewrite`] does to the connections made while it is set.
+    pub fn set_rewriter(&self, rewriter: Rewriter) {
+        *self.rewriter.lock().unwrap_or_else(|e| e.into_inner()) = Some(rewriter);
+    }
 }
 
 impl Drop for FaultProxy {
@@ -137,6 +162,7 @@ async fn accept(
     target: SocketAddr,
     fault: watch::Receiver<Fault>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    rewriter: Arc<Mutex<Option<Rewriter>>>,
 ) {
     while let Ok((client, _)) = listener.accept().await {
         if *fault.borrow() == Fault::Refuse {
@@ -150,8 +176,13 @@ async fn accept(
         let (sr, sw) = server.into_split();
         // The new connection reacts only to changes made from now on.
         let mut current = fault.clone();
-        let frames = (*current.borrow_and_update() == Fault::FirstKeepAliveTtlZero)
-            .then(|| Arc::new(Mutex::new(crate::h2::Connection::default())));
+        let frames = match *current.borrow_and_update() {
+            Fault::Rewrite => {
+                let make = rewriter.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                make.map(|make| Arc::new(Mutex::new(make())))
+            }
+            _ => None,
+        };
         let mut list = tasks.lock().unwrap_or_else(|e| e.into_inner());
         list.retain(|t| !t.is_finished());
         let up = pipe(cr, sw, current.clone(), Upstream::Yes, frames.clone());
@@ -174,7 +205,7 @@ async fn pipe(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut fault: watch::Receiver<Fault>,
     upstream: Upstream,
-    frames: Option<Arc<Mutex<crate::h2::Connection>>>,
+    frames: Option<Arc<Mutex<Box<dyn Rewrite>>>>,
 ) {
     let (line, mut due) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
     let writer = tokio::spawn(async move {
@@ -210,7 +241,7 @@ async fn pipe(
         };
         let now = tokio::time::Instant::now();
         let at = match *fault.borrow() {
-            Fault::None | Fault::Cut | Fault::CutLate | Fault::FirstKeepAliveTtlZero => now,
+            Fault::None | Fault::Cut | Fault::CutLate | Fault::Rewrite => now,
             Fault::Latency(d) => now + d,
             Fault::Blackhole => continue,
             Fault::Refuse => break,

@@ -8,8 +8,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_round_trips_are_measured() {
-    let Some(endpoints) =
-        lock_testkit::etcd::shared_endpoints("keep_alive_round_trips_are_measured")
+    let Some(endpoints) = lock_tools::etcd::shared_endpoints("keep_alive_round_trips_are_measured")
     else {
         return;
     };

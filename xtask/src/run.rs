@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use lock_testkit::etcd::{Binaries, Cluster, ClusterSpec, BIN_VAR, ENDPOINTS_VAR, REQUIRE_VAR};
+use lock_tools::etcd::{Binaries, Cluster, ClusterSpec, BIN_VAR, ENDPOINTS_VAR, REQUIRE_VAR};
 
 use crate::{provision, tests, versions};
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lock_testkit::etcd::{binaries, Cluster, ClusterSpec};
+use lock_tools::etcd::{binaries, Cluster, ClusterSpec};
 
 /// Logs what the backend does, as `RUST_LOG` says (`RUST_LOG=lock_etcd=debug`), into the
 /// test's output.
@@ -14,9 +14,9 @@ pub fn log() {
         .try_init();
 }
 
-/// The shared cluster's endpoints (skip or fail as `lock_testkit::etcd` says).
+/// The shared cluster's endpoints (skip or fail as `lock_tools::etcd` says).
 pub fn shared(test: &str) -> Option<String> {
-    lock_testkit::etcd::shared_endpoints(test)
+    lock_tools::etcd::shared_endpoints(test)
 }
 
 /// A private cluster for tests that break or reconfigure it.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lock_testkit::etcd::reap_orphans;
+use lock_tools::etcd::reap_orphans;
 
 /// A process whose command line holds `--data-dir=<dir>/n0`, as a member's does.
 fn stand_in_member(dir: &Path) -> Child {

@@ -72,7 +72,7 @@ fn skip_or_fail(test: &str, var: &str) {
     if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") {
         panic!("{test}: etcd is required ({REQUIRE_VAR}=1) but {var} is not set; run `cargo xtask test`");
     }
-    crate::skip(
+    lock_testkit::skip(
         test,
         &format!("no etcd ({var} is not set); `cargo xtask test` provides one"),
     );
@@ -555,7 +555,7 @@ const CLUSTER_DIR_PREFIX: &str = "lock-etcd-";
 ///
 /// ```no_run
 /// // What `Cluster::start` does first.
-/// lock_testkit::etcd::reap_orphans(&std::env::temp_dir());
+/// lock_tools::etcd::reap_orphans(&std::env::temp_dir());
 /// ```
 pub fn reap_orphans(temp: &Path) {
     let Ok(entries) = std::fs::read_dir(temp) else {

@@ -1,6 +1,8 @@
-//! Reads the HTTP/2 frames of one etcd client connection (plain `http://`, gRPC) in both
-//! directions, to answer the first keep-alive of each lease with TTL 0: what etcd before 3.5.3
-//! could answer for a lease granted moments ago (etcd issue 13675), while the lease was alive.
+//! A rewriter for `lock_testkit::proxy` ([`first_keep_alive_ttl_zero`], under
+//! `Fault::Rewrite`): it reads the HTTP/2 frames of one etcd client connection (plain
+//! `http://`, gRPC) in both directions, to answer the first keep-alive of each lease with TTL
+//! 0: what etcd before 3.5.3 could answer for a lease granted moments ago (etcd issue 13675),
+//! while the lease was alive.
 //! Everything else passes unchanged, byte for byte; only a TTL's varint is overwritten, in
 //! place and at the same length, so no framing changes.
 //!
@@ -10,13 +12,22 @@
 //! lease id) and 3 (the TTL), and no other.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+
+use lock_testkit::proxy::{Rewrite, Rewriter};
+
+/// The rewriter that answers the first keep-alive of each lease with TTL 0: set it with
+/// `FaultProxy::set_rewriter`, then `proxy.set(Fault::Rewrite)`.
+pub fn first_keep_alive_ttl_zero() -> Rewriter {
+    Arc::new(|| Box::new(Connection::default()))
+}
 
 /// The client's connection preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What both directions of one connection know.
 #[derive(Default)]
-pub(crate) struct Connection {
+struct Connection {
     /// Streams that carry keep-alive requests.
     keep_alive_streams: HashSet<u32>,
     /// Leases whose first keep-alive was answered already (with TTL 0).
@@ -34,10 +45,16 @@ struct Direction {
     lost: HashSet<u32>,
 }
 
+impl Rewrite for Connection {
+    fn pass(&mut self, upstream: bool, bytes: &[u8]) -> Vec<u8> {
+        self.frames(upstream, bytes)
+    }
+}
+
 impl Connection {
     /// Bytes read from the client (`upstream`) or from the server: returns what to forward now
     /// (whole frames; an incomplete one waits for the rest).
-    pub(crate) fn pass(&mut self, upstream: bool, bytes: &[u8]) -> Vec<u8> {
+    fn frames(&mut self, upstream: bool, bytes: &[u8]) -> Vec<u8> {
         let dir = if upstream {
             &mut self.up
         } else {
