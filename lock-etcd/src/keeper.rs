@@ -17,7 +17,7 @@
 //! `Held::is_lost()` (through its `Hold`) reads the deadline directly, so even a process that wakes from a pause
 //! sees the loss before this task has run.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Poll;
@@ -58,6 +58,8 @@ pub(crate) struct Keeper {
 struct State {
     leases: HashMap<i64, Lease>,
     revoke: Vec<i64>,
+    /// Leases whose revoke is under way (see [`Keeper::owed_leases`]).
+    revoking: HashSet<i64>,
     stopped: bool,
     stream_opens: u64,
     sent: u64,
@@ -156,6 +158,17 @@ impl Keeper {
         st.revoke.push(lease);
         drop(st);
         self.wake.notify_one();
+    }
+
+    /// Every lease the service still owes etcd a revoke or a keep-alive for: kept, queued for
+    /// revoking, or being revoked. What the exit flush revokes when the runtime stops first.
+    pub(crate) fn owed_leases(&self) -> Vec<i64> {
+        let st = self.state();
+        let kept = st.leases.keys().chain(&st.revoke).chain(&st.revoking);
+        let mut owed: Vec<i64> = kept.copied().collect();
+        owed.sort_unstable();
+        owed.dedup();
+        owed
     }
 
     /// Ends the task (after revoking what is queued).
@@ -413,7 +426,13 @@ pub(crate) async fn run(
                 session.end(EndReason::Expired);
             }
             for lease in due.revoke {
-                tokio::spawn(revoke(client.lease_client(), lease, limit));
+                keeper.state().revoking.insert(lease);
+                let keeper = keeper.clone();
+                let leases = client.lease_client();
+                tokio::spawn(async move {
+                    revoke(leases, lease, limit).await;
+                    keeper.state().revoking.remove(&lease);
+                });
             }
             if due.stopped {
                 return;

@@ -25,6 +25,7 @@ mod config;
 mod connect;
 mod delay;
 mod error;
+mod exit;
 #[cfg(feature = "unstable-etcd-client")]
 mod guard;
 mod health;
@@ -33,6 +34,7 @@ mod keeper;
 mod keys;
 mod locker;
 mod metrics;
+mod own;
 mod service;
 mod session;
 

@@ -43,6 +43,7 @@ use tracing::Instrument;
 
 use crate::hub::Interest;
 use crate::keys::{self, IdKeys};
+use crate::own::{release, remove};
 use crate::session::{EndReason, SessionCore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -668,26 +669,31 @@ impl LockerCore {
         // that works still gets its answer.
         let (limit, mut per_try) = (self.limit(), self.limit().min(REMOVAL_TRY));
         let finished = Finished(done.clone(), self.cleaned.clone());
+        // Written down until it finishes: if the runtime stops first, the exit flush removes it.
+        let debts = self.session.service.debts.clone();
+        let owed = debts.owe(&key, record.as_deref(), rev);
         self.session.service.runtime.spawn(async move {
             let _finished = finished; // however the task ends
             let mut rev = rev;
             if let Some(put) = put {
                 // The attempt's put may still be in flight: remove what it creates.
                 rev = put.created().await.unwrap_or(0);
+                debts.learnt(owed, rev);
             }
             let mut pause = Duration::from_millis(50);
             let mut ended_at = None;
             loop {
                 let attempt = remove(kv.clone(), &key, record.as_deref(), &mut rev);
                 match tokio::time::timeout(per_try, attempt).await {
-                    Ok(Ok(_)) => return,
+                    Ok(Ok(_)) => return debts.paid(owed),
                     Ok(Err(_)) => {}
                     Err(_) => per_try = (per_try * 2).min(limit),
                 }
                 if session.ended().is_some() {
                     let since: &mut Instant = ended_at.get_or_insert_with(Instant::now);
                     if record.is_none() || since.elapsed() >= REMOVE_AFTER_END {
-                        return; // the lease takes the key; others end the record's delay
+                        // The lease takes the key; others end the record's delay.
+                        return debts.paid(owed);
                     }
                 }
                 tokio::time::sleep(pause).await;
@@ -742,52 +748,6 @@ impl Removal {
             notified.await;
         }
     }
-}
-
-/// A txn that deletes `key` and `record` if the key's create revision is `rev` (the
-/// incarnation meant, and no later one), or else `record` alone if it is the one put with that
-/// incarnation (the key went behind the holder's back, and the holder knows now).
-fn release(key: &str, record: Option<&[u8]>, rev: i64) -> Txn {
-    let mut then = vec![TxnOp::delete(key, None)];
-    let mut otherwise = Vec::new();
-    if let Some(record) = record {
-        then.push(TxnOp::delete(record, None));
-        otherwise.push(TxnOp::txn(
-            Txn::new()
-                .when([Compare::create_revision(record, CompareOp::Equal, rev)])
-                .and_then([TxnOp::delete(record, None)]),
-        ));
-    }
-    Txn::new()
-        .when([Compare::create_revision(key, CompareOp::Equal, rev)])
-        .and_then(then)
-        .or_else(otherwise)
-}
-
-/// One try at removing the incarnation of `key` created at `*rev`, with `record`; with
-/// `*rev == 0` it first reads which incarnation exists (of the key, else of the record left
-/// behind) and remembers it, so a retry targets the same one.
-async fn remove(
-    mut kv: KvClient,
-    key: &str,
-    record: Option<&[u8]>,
-    rev: &mut i64,
-) -> Result<(), etcd_client::Error> {
-    if *rev == 0 {
-        let options = || Some(GetOptions::new().with_keys_only());
-        let mut reads = vec![TxnOp::get(key, options())];
-        reads.extend(record.map(|record| TxnOp::get(record, options())));
-        let resp = kv.txn(Txn::new().and_then(reads)).await?;
-        let found = resp.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.create_revision()),
-            _ => None,
-        });
-        match found {
-            Some(created) => *rev = created,
-            None => return Ok(()),
-        }
-    }
-    kv.txn(release(key, record, *rev)).await.map(drop)
 }
 
 /// A locker of the `etcd:` backend; see [`lock_core::backend::Locker`].

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::EtcdConfig;
 use crate::error::request;
+use crate::exit::{Debts, Flush};
 use crate::hub::Hub;
 use crate::keeper::{self, Keeper};
 use crate::session::{EndReason, EtcdSession, SessionCore};
@@ -29,6 +30,9 @@ pub(crate) struct ServiceCore {
     pub(crate) config: EtcdConfig,
     pub(crate) hub: Arc<Hub>,
     pub(crate) keeper: Arc<Keeper>,
+    /// The background removals not finished yet, which the exit flush pays if the runtime
+    /// stops first (see the `exit` module).
+    pub(crate) debts: Arc<Debts>,
     pub(crate) runtime: tokio::runtime::Handle,
     /// What each lock key holds: who took it, for people reading the keys.
     pub(crate) owner: String,
@@ -122,12 +126,20 @@ impl EtcdService {
         let keeper = Arc::new(Keeper::default());
         let limit = config.request_timeout;
         let mut tasks = vec![hub.start(&client, &config.prefix, limit).await?];
-        tasks.push(tokio::spawn(keeper::run(
-            keeper.clone(),
-            client.clone(),
-            probes.clone(),
-            limit,
-        )));
+        let debts = Arc::new(Debts::default());
+        let owed = keeper.clone();
+        let flush = Flush {
+            leases: Box::new(move || owed.owed_leases()),
+            debts: debts.clone(),
+            config: config.clone(),
+            finished: false,
+        };
+        let keeping = keeper::run(keeper.clone(), client.clone(), probes.clone(), limit);
+        tasks.push(tokio::spawn(async move {
+            let mut flush = flush; // the whole guard lives in the task (dropped with it)
+            keeping.await;
+            flush.finished = true;
+        }));
         tasks.push(tokio::spawn(crate::health::monitor(probes, client.clone())));
         let endpoints = Arc::new(Mutex::new(
             config.endpoints.iter().cloned().collect::<BTreeSet<_>>(),
@@ -147,6 +159,7 @@ impl EtcdService {
                 config,
                 hub,
                 keeper,
+                debts,
                 runtime: tokio::runtime::Handle::current(),
                 endpoints,
                 sessions: Mutex::new(Some(HashMap::new())),
