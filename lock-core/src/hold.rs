@@ -12,7 +12,8 @@ use crate::loss::Loss;
 use crate::signal::{Deadline, HasSignal, Watch};
 
 /// What a backend's `lock()` grants: a view of the lock's loss signal and the fencing token.
-/// The [`Locker`](crate::Locker) handle wraps it in a [`Held`](crate::Held). Cheap to clone; dropping it does nothing.
+/// The [`Locker`](crate::Locker) handle wraps it in a [`Held`](crate::Held). Cheap to clone;
+/// dropping it does nothing.
 #[derive(Clone)]
 pub struct Hold {
     watch: Watch,
@@ -95,12 +96,14 @@ impl Fence {
         self.hold.is_lost()
     }
 
-    /// Why and when the hold ended; `None` while it is held (see [`Held::loss`](crate::Held::loss)).
+    /// Why and when the hold ended; `None` while it is held (see
+    /// [`Held::loss`](crate::Held::loss)).
     pub fn loss(&self) -> Option<Loss> {
         self.hold.loss()
     }
 
-    /// A future that resolves once the lock is no longer held (see [`Held::lost`](crate::Held::lost)).
+    /// A future that resolves once the lock is no longer held (see
+    /// [`Held::lost`](crate::Held::lost)).
     pub fn lost(&self) -> Lost {
         self.hold.lost()
     }
@@ -115,8 +118,8 @@ impl fmt::Debug for Fence {
     }
 }
 
-/// The future returned by [`Held::lost`](crate::Held::lost): resolves once the hold is lost. `Send + Sync`, `'static`,
-/// cancel-safe, and it allocates only when first polled.
+/// The future returned by [`Held::lost`](crate::Held::lost): resolves once the hold is lost.
+/// `Send + Sync`, `'static`, cancel-safe, and it allocates only when first polled.
 #[must_use = "futures do nothing unless awaited"]
 pub struct Lost {
     watch: Watch,

@@ -85,8 +85,9 @@ impl Locker {
     /// returns the guard of the hold.
     ///
     /// Nothing happens until the future is polled. Cancel-safe: dropping it withdraws from the
-    /// queue, or releases what it was granted, and leaves nothing behind. A session timeout needs a tokio runtime with timers
-    /// (`#[tokio::main]`, or a runtime built with `enable_time()`).
+    /// queue, or releases what it was granted, and leaves nothing behind. A session timeout
+    /// needs a tokio runtime with timers (`#[tokio::main]`, or a runtime built with
+    /// `enable_time()`).
     ///
     /// The future borrows the locker (mutably: one attempt at a time), so that taking a free
     /// lock allocates nothing; to wait in another task, move the locker into it (the guard
