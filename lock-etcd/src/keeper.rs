@@ -27,10 +27,10 @@ use futures_core::Stream as _;
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use lock_core::backend::Deadline;
+use lock_core::LossCause;
 use tokio::sync::Notify;
 
 use crate::health::Probes;
-use crate::session::{EndReason, SessionCore};
 
 /// How much earlier than the server the client gives a lease up.
 pub(crate) fn margin(ttl: Duration) -> Duration {
@@ -54,6 +54,59 @@ pub(crate) struct Keeper {
     wake: Notify,
 }
 
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndReason {
+    Closed,
+    Dropped,
+    /// No keep-alive was acknowledged in time: the client gave the lease up.
+    Expired,
+    /// The server said the lease does not exist (revoked or expired).
+    LeaseGone,
+    ServiceClosed,
+    /// The session's keep-alives stalled and its keys could not all be moved to a fresh lease
+    /// (an error that trying again does not cure).
+    NotMoved,
+}
+
+impl EndReason {
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            EndReason::Closed => "the session was closed",
+            EndReason::Dropped => "the session was dropped",
+            EndReason::Expired => "the session's lease could not be kept alive within its TTL",
+            EndReason::LeaseGone => "the session's lease was revoked or expired on the etcd server",
+            EndReason::ServiceClosed => "the service was closed",
+            EndReason::NotMoved => {
+                "the session's keep-alives stalled and its keys could not be moved to a fresh lease"
+            }
+        }
+    }
+
+    /// What a hold of the session lost this way reports.
+    pub(crate) fn cause(self) -> LossCause {
+        match self {
+            EndReason::Closed | EndReason::Dropped => LossCause::SessionEnded,
+            EndReason::Expired | EndReason::NotMoved => LossCause::DeadlinePassed,
+            EndReason::LeaseGone => LossCause::SessionGone,
+            EndReason::ServiceClosed => LossCause::ServiceClosed,
+        }
+    }
+}
+
+/// What the keeper needs of a lease's owner (a session): to end it, and to move its keys to a
+/// fresh lease when the keep-alives stall. The lease layer knows sessions by this alone.
+pub(crate) trait LeaseOwner: Send + Sync {
+    /// Ends the owner for `reason`; false if it had ended already.
+    fn end_for(&self, reason: EndReason) -> bool;
+
+    /// Moves the owner's keys from lease `from` to a fresh lease (run as a task of its own).
+    fn move_keys(
+        self: Arc<Self>,
+        from: i64,
+    ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+}
+
 #[derive(Default)]
 struct State {
     leases: HashMap<i64, Lease>,
@@ -73,7 +126,7 @@ struct Lease {
     confirming: bool,
     ttl: Duration,
     deadline: Arc<Deadline>,
-    session: Weak<SessionCore>,
+    session: Weak<dyn LeaseOwner>,
     /// Unacknowledged keep-alives: the stream each went out on and when, oldest first. A
     /// stream's answers come in the order of its requests, so an answer on stream `s` is for
     /// the oldest entry of `s` (never another stream's: that one may have been sent later).
@@ -101,7 +154,7 @@ impl Keeper {
         ttl: Duration,
         granted_at: Instant,
         deadline: Arc<Deadline>,
-        session: Weak<SessionCore>,
+        session: Weak<dyn LeaseOwner>,
     ) {
         let mut st = self.state();
         let was_idle = st.leases.is_empty();
@@ -147,7 +200,7 @@ impl Keeper {
     }
 
     /// Stops keeping `lease` alive, returning its session if it still exists.
-    fn forget(&self, lease: i64) -> Option<Arc<SessionCore>> {
+    fn forget(&self, lease: i64) -> Option<Arc<dyn LeaseOwner>> {
         self.state().leases.remove(&lease)?.session.upgrade()
     }
 
@@ -229,7 +282,7 @@ impl Keeper {
             );
         } else if alive == Some(false) {
             if let Some(session) = self.forget(lease) {
-                session.end(EndReason::LeaseGone);
+                session.end_for(EndReason::LeaseGone);
             }
         }
     }
@@ -289,7 +342,7 @@ impl Keeper {
 
     /// `stream` stalled: every lease renewed on it is `moving` from now on. Returns the
     /// sessions that must move their keys to a fresh lease (each once).
-    fn stall(&self, stream: StreamId) -> Vec<(Arc<SessionCore>, i64)> {
+    fn stall(&self, stream: StreamId) -> Vec<(Arc<dyn LeaseOwner>, i64)> {
         let mut st = self.state();
         let mut moves = Vec::new();
         for (id, lease) in st.leases.iter_mut() {
@@ -352,7 +405,7 @@ impl Keeper {
 }
 
 struct Due {
-    expired: Vec<Arc<SessionCore>>,
+    expired: Vec<Arc<dyn LeaseOwner>>,
     /// Leases to refresh, with the stream each goes out on.
     send: Vec<(StreamId, i64)>,
     revoke: Vec<i64>,
@@ -423,7 +476,7 @@ pub(crate) async fn run(
             let open = open_ids(&current, &stalled);
             let due = keeper.due(now + TICK, current.as_ref().map(|s| s.id), &open);
             for session in due.expired {
-                session.end(EndReason::Expired);
+                session.end_for(EndReason::Expired);
             }
             for lease in due.revoke {
                 keeper.state().revoking.insert(lease);
@@ -452,7 +505,7 @@ pub(crate) async fn run(
                 );
                 crate::metrics::keepalive_failure("stalled");
                 for (session, lease) in moves {
-                    tokio::spawn(session.move_to_fresh_lease(lease));
+                    tokio::spawn(session.move_keys(lease));
                 }
                 let first_try = ttl.map_or(limit, |ttl| ttl / 6).min(limit);
                 (avoid, fleeing) = (Some(old.on), Some(first_try));
@@ -534,7 +587,7 @@ pub(crate) async fn run(
                     }
                     Err(OpenError::Gone) => {
                         if let Some(session) = keeper.forget(o.lease) {
-                            session.end(EndReason::LeaseGone);
+                            session.end_for(EndReason::LeaseGone);
                         }
                         next_tick = Instant::now();
                     }
@@ -676,11 +729,26 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(3);
 
+    /// A lease owner that is gone already.
+    struct Gone;
+
+    impl LeaseOwner for Gone {
+        fn end_for(&self, _: EndReason) -> bool {
+            false
+        }
+        fn move_keys(
+            self: Arc<Self>,
+            _: i64,
+        ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+            Box::pin(async {})
+        }
+    }
+
     fn keeper_with(leases: &[i64], now: Instant) -> Keeper {
         let keeper = Keeper::default();
         for &lease in leases {
             let deadline = Arc::new(Deadline::new(now + TTL));
-            keeper.add(lease, TTL, now - TTL, deadline, Weak::new());
+            keeper.add(lease, TTL, now - TTL, deadline, Weak::<Gone>::new());
         }
         keeper
     }

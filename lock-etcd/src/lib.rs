@@ -37,6 +37,7 @@ mod metrics;
 mod own;
 mod service;
 mod session;
+mod shared;
 
 pub use config::{
     EtcdConfig, TlsFiles, DEFAULT_DIAL_TIMEOUT, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT,

@@ -29,6 +29,7 @@
 //!   deadline passed, all fire `lost()`.
 
 use std::fmt;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -37,14 +38,15 @@ use etcd_client::{
     Compare, CompareOp, GetOptions, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use lock_core::backend::{self, Hold, OpFuture, Signal};
-use lock_core::{Error, LossCause, Result};
+use lock_core::{Done, Error, LossCause, Result};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::hub::Interest;
+use crate::keeper::EndReason;
 use crate::keys::{self, IdKeys};
-use crate::own::{release, remove};
-use crate::session::{EndReason, SessionCore};
+use crate::own::{release, remove, Removal};
+use crate::session::{EtcdSession, Member, SessionCore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Phase {
@@ -732,24 +734,6 @@ impl Drop for Finished {
     }
 }
 
-/// A background removal of a locker's key and record, to wait for.
-pub(crate) struct Removal(Arc<AtomicBool>, Arc<Notify>);
-
-impl Removal {
-    /// Returns once the removal has finished (etcd confirmed it, or it gave up).
-    pub(crate) async fn finished(&self) {
-        loop {
-            let notified = self.1.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.0.load(SeqCst) {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
 /// A locker of the `etcd:` backend; see [`lock_core::backend::Locker`].
 pub struct EtcdLocker {
     core: Arc<LockerCore>,
@@ -979,5 +963,47 @@ fn queue_is_empty(resp: &TxnResponse) -> bool {
     match resp.op_responses().into_iter().nth(1) {
         Some(TxnOpResponse::Get(get)) => get.count() == 0,
         _ => false,
+    }
+}
+
+impl backend::Session for EtcdSession {
+    fn new_locker(&self, id: &str, party: backend::Party) -> Arc<dyn backend::Locker> {
+        let key = self.core.service.next_key();
+        let locker = EtcdLocker::new(key, id, self.core.clone(), party);
+        self.core
+            .lockers()
+            .insert(key, locker.weak() as Weak<dyn Member>);
+        if let Some(reason) = self.core.ended() {
+            locker.core().session_ended(reason);
+        }
+        Arc::new(locker)
+    }
+
+    fn done(&self) -> Done {
+        backend::done(
+            self.core.end_signal.clone(),
+            0,
+            Some(self.core.deadline.clone()),
+        )
+    }
+
+    fn close(&self) -> OpFuture<'_, Result<()>> {
+        OpFuture::boxed(async move { self.core.close(EndReason::Closed).await })
+    }
+}
+
+impl Member for LockerCore {
+    fn session_ended(&self, reason: EndReason) -> Option<Removal> {
+        LockerCore::session_ended(self, reason)
+    }
+
+    fn move_key(
+        &self,
+        from: i64,
+        to: i64,
+        limit: Duration,
+        per_try: Duration,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>> {
+        Box::pin(LockerCore::move_key(self, from, to, limit, per_try))
     }
 }

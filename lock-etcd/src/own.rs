@@ -2,7 +2,11 @@
 //! revision, so that a removal that lands late never takes a later incarnation. The locker's
 //! releases and background removals, and the exit flush (`exit`), stand on it.
 
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+
 use etcd_client::{Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
+use tokio::sync::Notify;
 
 /// A txn that deletes `key` and `record` if the key's create revision is `rev` (the
 /// incarnation meant, and no later one), or else `record` alone if it is the one put with that
@@ -48,4 +52,22 @@ pub(crate) async fn remove(
         }
     }
     kv.txn(release(key, record, *rev)).await.map(drop)
+}
+
+/// A background removal of a locker's key and record, to wait for.
+pub(crate) struct Removal(pub(crate) Arc<AtomicBool>, pub(crate) Arc<Notify>);
+
+impl Removal {
+    /// Returns once the removal has finished (etcd confirmed it, or it gave up).
+    pub(crate) async fn finished(&self) {
+        loop {
+            let notified = self.1.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.0.load(SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }

@@ -3,103 +3,22 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-
-use lock_core::backend::{self, Deadline, OpFuture};
-use lock_core::{Error, Result, SessionConfig};
-use tokio::task::JoinHandle;
 
 use crate::config::EtcdConfig;
 use crate::error::request;
 use crate::exit::{Debts, Flush};
 use crate::hub::Hub;
-use crate::keeper::{self, Keeper};
-use crate::session::{EndReason, EtcdSession, SessionCore};
+use crate::keeper::{self, EndReason, Keeper};
+use crate::session::{EtcdSession, SessionCore};
+use crate::shared::{OpenSession, ServiceCore, MAX_WRITES_IN_FLIGHT};
+use lock_core::backend::{self, Deadline, OpFuture};
+use lock_core::{Error, Result, SessionConfig};
 
 /// The longest session TTL: etcd's largest lease TTL (its `MaxLeaseTTL`, 9,000,000,000 s).
 pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
-
-/// How many writes (lease grants and revokes, lock puts and deletes) one service keeps in
-/// flight at most.
-const MAX_WRITES_IN_FLIGHT: usize = 64;
-
-pub(crate) struct ServiceCore {
-    pub(crate) client: etcd_client::Client,
-    pub(crate) config: EtcdConfig,
-    pub(crate) hub: Arc<Hub>,
-    pub(crate) keeper: Arc<Keeper>,
-    /// The background removals not finished yet, which the exit flush pays if the runtime
-    /// stops first (see the `exit` module).
-    pub(crate) debts: Arc<Debts>,
-    pub(crate) runtime: tokio::runtime::Handle,
-    /// What each lock key holds: who took it, for people reading the keys.
-    pub(crate) owner: String,
-    endpoints: Arc<Mutex<BTreeSet<String>>>,
-    /// Open sessions; `None` once the service is closed.
-    sessions: Mutex<Option<HashMap<u64, Weak<SessionCore>>>>,
-    next_key: AtomicU64,
-    tasks: Vec<JoinHandle<()>>,
-    /// Bounds this service's writes in flight (see [`ServiceCore::write`]).
-    writes: tokio::sync::Semaphore,
-}
-
-impl ServiceCore {
-    fn sessions(&self) -> MutexGuard<'_, Option<HashMap<u64, Weak<SessionCore>>>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn next_key(&self) -> u64 {
-        self.next_key.fetch_add(1, Relaxed)
-    }
-
-    /// Sends a write through [`request`] once one of [`MAX_WRITES_IN_FLIGHT`] slots is free.
-    /// Thousands of lockers or sessions starting at once would otherwise push etcd's apply
-    /// backlog over its limit, and it would answer `too many requests` to most of them (each
-    /// then retries after a backoff); queued here, they reach etcd as fast as it applies them.
-    pub(crate) async fn write<T, F, Fut>(&self, context: &'static str, call: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
-    {
-        let _permit = self.writes.acquire().await.ok();
-        request(context, self.config.request_timeout, call).await
-    }
-
-    /// [`write`](Self::write) in short tries (`per_try` each) for at most `limit`: for work
-    /// racing a session's deadline, where a try stuck on a member that stopped must not use up
-    /// the time left.
-    pub(crate) async fn write_in_tries<T, F, Fut>(
-        &self,
-        context: &'static str,
-        limit: Duration,
-        per_try: Duration,
-        call: F,
-    ) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
-    {
-        let _permit = self.writes.acquire().await.ok();
-        crate::error::request_in_tries(context, limit, per_try, call).await
-    }
-
-    pub(crate) fn forget_session(&self, key: u64) {
-        if let Some(s) = self.sessions().as_mut() {
-            s.remove(&key);
-        }
-    }
-}
-
-impl Drop for ServiceCore {
-    fn drop(&mut self) {
-        self.keeper.stop();
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
 
 /// The `etcd:` service. Open it with `lock::new("etcd:http://…")` or [`EtcdService::connect`].
 ///
@@ -238,7 +157,7 @@ impl EtcdService {
         ));
         let registered = match self.core.sessions().as_mut() {
             Some(sessions) => {
-                sessions.insert(key, Arc::downgrade(&session));
+                sessions.insert(key, Arc::downgrade(&session) as Weak<dyn OpenSession>);
                 true
             }
             None => false,
@@ -249,7 +168,7 @@ impl EtcdService {
         }
         self.core
             .keeper
-            .add(lease, ttl, granted_at, deadline, Arc::downgrade(&session));
+            .add(lease, ttl, granted_at, deadline, owner(&session));
         tracing::debug!(
             lease = format_args!("{lease:016x}"),
             ttl_secs = secs,
@@ -433,7 +352,7 @@ impl backend::Service for EtcdService {
             };
             let mut first_error = None;
             for session in sessions.into_values().filter_map(|s| s.upgrade()) {
-                match session.close(EndReason::ServiceClosed).await {
+                match session.close_for(EndReason::ServiceClosed).await {
                     Ok(()) | Err(Error::AlreadyClosed(_)) => {}
                     Err(e) => {
                         first_error.get_or_insert(e);
@@ -526,4 +445,9 @@ fn owner_description() -> String {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_default();
     format!("host={} pid={}", host.trim(), std::process::id())
+}
+
+/// The keeper's view of a session: its lease's owner.
+fn owner(session: &Arc<SessionCore>) -> std::sync::Weak<dyn crate::keeper::LeaseOwner> {
+    Arc::downgrade(session) as std::sync::Weak<dyn crate::keeper::LeaseOwner>
 }

@@ -2,53 +2,32 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use lock_core::backend::{self, Deadline, OpFuture, Signal};
-use lock_core::{Done, Error, LossCause, Result};
+use lock_core::backend::{Deadline, Signal};
+use lock_core::{Error, Result};
 
-use crate::locker::{EtcdLocker, LockerCore, Removal};
-use crate::service::ServiceCore;
+use crate::keeper::{EndReason, LeaseOwner};
+use crate::own::Removal;
+use crate::shared::{OpenSession, ServiceCore};
 
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EndReason {
-    Closed,
-    Dropped,
-    /// No keep-alive was acknowledged in time: the client gave the lease up.
-    Expired,
-    /// The server said the lease does not exist (revoked or expired).
-    LeaseGone,
-    ServiceClosed,
-    /// The session's keep-alives stalled and its keys could not all be moved to a fresh lease
-    /// (an error that trying again does not cure).
-    NotMoved,
-}
+/// What a session needs of its lockers: to end their holds and waits when it ends, and to
+/// move their keys to a fresh lease. The session layer knows lockers by this alone.
+pub(crate) trait Member: Send + Sync {
+    /// The session ended for `reason`: the hold is lost, a wait fails; returns the removal of
+    /// the key and record, if one was started.
+    fn session_ended(&self, reason: EndReason) -> Option<Removal>;
 
-impl EndReason {
-    pub(crate) fn describe(self) -> &'static str {
-        match self {
-            EndReason::Closed => "the session was closed",
-            EndReason::Dropped => "the session was dropped",
-            EndReason::Expired => "the session's lease could not be kept alive within its TTL",
-            EndReason::LeaseGone => "the session's lease was revoked or expired on the etcd server",
-            EndReason::ServiceClosed => "the service was closed",
-            EndReason::NotMoved => {
-                "the session's keep-alives stalled and its keys could not be moved to a fresh lease"
-            }
-        }
-    }
-
-    /// What a hold of the session lost this way reports.
-    pub(crate) fn cause(self) -> LossCause {
-        match self {
-            EndReason::Closed | EndReason::Dropped => LossCause::SessionEnded,
-            EndReason::Expired | EndReason::NotMoved => LossCause::DeadlinePassed,
-            EndReason::LeaseGone => LossCause::SessionGone,
-            EndReason::ServiceClosed => LossCause::ServiceClosed,
-        }
-    }
+    /// Binds the locker's key, if it is bound to lease `from`, to lease `to`.
+    fn move_key(
+        &self,
+        from: i64,
+        to: i64,
+        limit: Duration,
+        per_try: Duration,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>>;
 }
 
 pub(crate) struct SessionCore {
@@ -64,9 +43,9 @@ pub(crate) struct SessionCore {
     /// When the lease must be assumed gone; see the keeper.
     pub(crate) deadline: Arc<Deadline>,
     /// Fired once, when the session ends.
-    end_signal: Arc<Signal>,
+    pub(crate) end_signal: Arc<Signal>,
     ended: Mutex<Option<EndReason>>,
-    lockers: Mutex<HashMap<u64, Weak<LockerCore>>>,
+    lockers: Mutex<HashMap<u64, Weak<dyn Member>>>,
 }
 
 impl SessionCore {
@@ -111,7 +90,7 @@ impl SessionCore {
         leases.next.unwrap_or(leases.current)
     }
 
-    fn lockers(&self) -> MutexGuard<'_, HashMap<u64, Weak<LockerCore>>> {
+    pub(crate) fn lockers(&self) -> MutexGuard<'_, HashMap<u64, Weak<dyn Member>>> {
         self.lockers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -303,12 +282,12 @@ impl SessionCore {
             // session relies on it.
             leases.next = Some(fresh);
             let own = Deadline::new(granted_at + self.ttl - crate::keeper::margin(self.ttl));
-            let weak = Arc::downgrade(&self);
+            let weak = Arc::downgrade(&self) as Weak<dyn LeaseOwner>;
             keeper.add(fresh, self.ttl, granted_at, Arc::new(own), weak);
         }
         // Every key bound to `from`: the lockers that hold or wait, each after the put it has
         // in flight (a put sent from now on binds to `fresh` already).
-        let mut lockers: Vec<Arc<LockerCore>> =
+        let mut lockers: Vec<Arc<dyn Member>> =
             self.lockers().values().filter_map(Weak::upgrade).collect();
         while !lockers.is_empty() {
             let Some(within) = self.time_left() else {
@@ -388,6 +367,28 @@ impl Drop for RevokeGuard<'_> {
     }
 }
 
+impl OpenSession for SessionCore {
+    fn close_for(
+        &self,
+        reason: EndReason,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>> {
+        Box::pin(self.close(reason))
+    }
+}
+
+impl LeaseOwner for SessionCore {
+    fn end_for(&self, reason: EndReason) -> bool {
+        self.end(reason)
+    }
+
+    fn move_keys(
+        self: Arc<Self>,
+        from: i64,
+    ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(self.move_to_fresh_lease(from))
+    }
+}
+
 impl fmt::Debug for SessionCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdSession")
@@ -402,7 +403,7 @@ impl fmt::Debug for SessionCore {
 /// A session of the `etcd:` backend: one etcd lease with the session's TTL. See
 /// [`lock_core::backend::Session`].
 pub struct EtcdSession {
-    core: Arc<SessionCore>,
+    pub(crate) core: Arc<SessionCore>,
 }
 
 impl EtcdSession {
@@ -413,30 +414,6 @@ impl EtcdSession {
     /// The id of the session's etcd lease.
     pub fn lease_id(&self) -> i64 {
         self.core.current_lease()
-    }
-}
-
-impl backend::Session for EtcdSession {
-    fn new_locker(&self, id: &str, party: backend::Party) -> Arc<dyn backend::Locker> {
-        let key = self.core.service.next_key();
-        let locker = EtcdLocker::new(key, id, self.core.clone(), party);
-        self.core.lockers().insert(key, locker.weak());
-        if let Some(reason) = self.core.ended() {
-            locker.core().session_ended(reason);
-        }
-        Arc::new(locker)
-    }
-
-    fn done(&self) -> Done {
-        backend::done(
-            self.core.end_signal.clone(),
-            0,
-            Some(self.core.deadline.clone()),
-        )
-    }
-
-    fn close(&self) -> OpFuture<'_, Result<()>> {
-        OpFuture::boxed(async move { self.core.close(EndReason::Closed).await })
     }
 }
 
