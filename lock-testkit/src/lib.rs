@@ -55,7 +55,8 @@ pub fn skip(check: &str, reason: &str) {
 
 /// A random-looking hex string (time, process id and std's random hasher keys), for names that
 /// must not collide between test runs.
-pub(crate) fn random_hex() -> String {
+#[doc(hidden)]
+pub fn random_hex() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -70,6 +71,7 @@ pub(crate) fn random_hex() -> String {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::random_hex;
     pub use tokio;
 
     /// What `conformance_tests!` accepts: a harness, or `None` to skip (the caller has said why).

@@ -8,17 +8,5 @@
 pub mod etcd;
 pub mod h2;
 
-/// A random-looking hex string (time, process id and std's random hasher keys), for names that
-/// must not collide between test runs.
-pub(crate) fn random_hex() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    h.write_u32(std::process::id());
-    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
-}
+/// A random-looking hex string, for names that must not collide between test runs.
+pub(crate) use lock_testkit::__private::random_hex;
