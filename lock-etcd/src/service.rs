@@ -152,7 +152,6 @@ impl EtcdService {
             self.core.clone(),
             lease,
             ttl,
-            config.timeout,
             deadline.clone(),
         ));
         let registered = match self.core.sessions().as_mut() {

@@ -39,7 +39,6 @@ pub(crate) struct SessionCore {
     /// The lease its keys are bound to now, and the one a move is taking them to.
     leases: Mutex<Leases>,
     pub(crate) ttl: Duration,
-    pub(crate) timeout: Option<Duration>,
     /// When the lease must be assumed gone; see the keeper.
     pub(crate) deadline: Arc<Deadline>,
     /// Fired once, when the session ends.
@@ -54,7 +53,6 @@ impl SessionCore {
         service: Arc<ServiceCore>,
         lease: i64,
         ttl: Duration,
-        timeout: Option<Duration>,
         deadline: Arc<Deadline>,
     ) -> Self {
         SessionCore {
@@ -66,7 +64,6 @@ impl SessionCore {
                 next: None,
             }),
             ttl,
-            timeout,
             deadline,
             end_signal: Arc::new(Signal::new()),
             ended: Mutex::new(None),
@@ -394,7 +391,6 @@ impl fmt::Debug for SessionCore {
         f.debug_struct("EtcdSession")
             .field("lease", &format_args!("{:016x}", self.current_lease()))
             .field("ttl", &self.ttl)
-            .field("timeout", &self.timeout)
             .field("ended", &self.ended())
             .finish()
     }

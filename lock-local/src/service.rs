@@ -83,11 +83,8 @@ impl Default for LocalService {
 }
 
 impl backend::Service for LocalService {
-    fn new_session(
-        &self,
-        config: SessionConfig,
-    ) -> OpFuture<'_, Result<Arc<dyn backend::Session>>> {
-        let _ = config; // the TTL and timeout are not used (see `LocalSession`)
+    /// The TTL is not used (see `LocalSession`); the handles apply the timeout.
+    fn new_session(&self, _: SessionConfig) -> OpFuture<'_, Result<Arc<dyn backend::Session>>> {
         OpFuture::ready(self.open_session())
     }
 
