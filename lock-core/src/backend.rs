@@ -51,14 +51,21 @@
 //!   after the hold was lost), always for the latest hold granted to that locker. The
 //!   application's `Locker::unlock()` and its guard may name the same hold twice: a hold that
 //!   has ended gets `NotHeld`;
+//! - an `unlock()` the application drops before the backend's release completed is finished
+//!   with [`Locker::release`]: a backend's `unlock` need not be cancel-safe;
 //! - the locker keeps its session open: the [`Party`] it keeps (and returns from
 //!   [`Locker::party`]) holds the session, and drops after the locker's own `Drop`. A `Held`
 //!   keeps its locker, so a backend sees the usual order: holds end before their locker is
-//!   dropped, lockers before their session.
+//!   dropped, lockers before their session;
+//! - for a backend whose sessions are not leases, the handles end its sessions too: leave
+//!   [`Session::done`] as provided (`None`) and they resolve `done()`, release the holds of a
+//!   session that is closed (or whose service is), cancel its waiting `lock()`s, and refuse its
+//!   later attempts. `Session::close` and `Service::close` then have nothing left to do.
 //!
 //! What remains the backend's: exclusion, FIFO order, fencing tokens, the lost signal (fired
-//! before anybody else is granted the lock), cancel safety (a dropped `lock()` leaves nothing
-//! behind), and ending the sessions it cannot keep. The conformance suite checks each.
+//! before anybody else is granted the lock), cancel safety of `lock()` (dropped, it leaves
+//! nothing behind), and ending the sessions it keeps itself (leases). The conformance suite
+//! checks each.
 //!
 //! A [`Layer`] wraps a service, its sessions and lockers (metrics, retries, fault injection);
 //! an application applies it with [`crate::Service::layer`].

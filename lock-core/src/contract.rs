@@ -5,15 +5,16 @@
 //! [`crate::backend`] ("What the handles do").
 
 use std::fmt::{self, Debug};
-use std::sync::atomic::Ordering::{Acquire, Release};
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::Arc;
+use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::config::SessionConfig;
 use crate::error::{Error, Result};
 use crate::hold::{Done, Hold};
 use crate::op::OpFuture;
+use crate::signal::Signal;
 
 /// A backend's locking service: a connection to the backend, from which sessions are opened.
 ///
@@ -31,12 +32,18 @@ pub trait Service: Send + Sync + Debug + 'static {
     /// cannot be reached.
     fn new_session(&self, config: SessionConfig) -> OpFuture<'_, Result<Arc<dyn Session>>>;
 
-    /// Closes the service: every session ends and every lock is reported lost. Called once.
+    /// Closes the service: every session ends and every lock is reported lost. Called once,
+    /// after the handles ended the sessions they end (see [`Session::done`]).
+    ///
+    /// The provided method does nothing more: enough for a backend whose sessions the handles
+    /// end.
     ///
     /// # Errors
     ///
     /// What the backend could not do ([`Error::Backend`]); the service is closed regardless.
-    fn close(&self) -> OpFuture<'_, Result<()>>;
+    fn close(&self) -> OpFuture<'_, Result<()>> {
+        OpFuture::ready(Ok(()))
+    }
 }
 
 /// A backend's session: one party's identity towards the backend, with a TTL. Every lock taken
@@ -53,17 +60,32 @@ pub trait Session: Send + Sync + Debug + 'static {
     fn new_locker(&self, id: &str, party: Party) -> Arc<dyn Locker>;
 
     /// A future that resolves once the session has ended: closed, dropped, its service closed,
-    /// or (for remote backends) its lease lost.
-    fn done(&self) -> Done;
+    /// or (for remote backends) its lease lost. `Some` for a backend that ends its sessions
+    /// itself; it then also implements [`close`](Session::close) and [`Service::close`].
+    ///
+    /// `None` (the provided method): the session is not a lease and ends only when it is
+    /// closed, its service is closed, or it is dropped, and **the handles end it**. They then
+    /// resolve its `done()`, call [`Locker::release`] for the latest hold of each of its
+    /// lockers, fail its waiting `lock()`s with [`Error::Canceled`] (dropping the backend's
+    /// future), and fail later attempts with [`Error::AlreadyClosed`] before the backend sees
+    /// them; a grant that races with the end is released at once. An in-process backend then
+    /// keeps no session state at all.
+    fn done(&self) -> Option<Done> {
+        None
+    }
 
     /// Ends the session: its locks are released (and reported lost), its waiters fail with
-    /// [`Error::Canceled`]. Called once.
+    /// [`Error::Canceled`]. Called once; for a session the handles end, after they ended it.
+    ///
+    /// The provided method does nothing more: enough for a session the handles end.
     ///
     /// # Errors
     ///
     /// [`Error::AlreadyClosed`] if the session had already ended otherwise (its service
     /// closed); what the backend could not do.
-    fn close(&self) -> OpFuture<'_, Result<()>>;
+    fn close(&self) -> OpFuture<'_, Result<()>> {
+        OpFuture::ready(Ok(()))
+    }
 }
 
 /// A backend's locker: one party's handle on one lock id. Dropping it releases its hold (in the
@@ -91,7 +113,8 @@ pub trait Locker: Send + Sync + Debug + 'static {
     /// Releases the hold with fencing token `token` (the latest this locker was granted) and
     /// waits until it is released; its lost signal fires.
     ///
-    /// Cancel-safe once polled: a release that started completes in the background.
+    /// It need not be cancel-safe: if the handles' future is dropped before this one completes,
+    /// they call [`release`](Locker::release)`(token)`, which must finish the job.
     ///
     /// # Errors
     ///
@@ -195,12 +218,32 @@ impl<L: Layer + ?Sized> Layer for Arc<L> {
     }
 }
 
-/// What the handles keep of a service: the layers applied to it and whether it was closed.
+/// What the handles keep of a service: the layers applied to it, and what its layered
+/// handles share.
 pub(crate) struct ServiceState {
     pub(crate) backend: Arc<dyn Service>,
     /// Shared by the service and its layered services: one service.
-    pub(crate) closed: Arc<AtomicBool>,
+    pub(crate) shared: Arc<ServiceShared>,
     pub(crate) layers: Vec<Arc<dyn Layer>>,
+}
+
+/// What a service's handles share, layered or not.
+#[derive(Default)]
+pub(crate) struct ServiceShared {
+    pub(crate) closed: AtomicBool,
+    /// The sessions the handles end (see [`Session::done`]), opened through the service.
+    sessions: Mutex<Vec<Weak<SessionState>>>,
+}
+
+impl ServiceShared {
+    /// Ends the sessions the handles end, once the service is marked closed.
+    pub(crate) fn end_sessions(&self) {
+        let sessions = std::mem::take(&mut *lock(&self.sessions));
+        sessions
+            .iter()
+            .filter_map(Weak::upgrade)
+            .for_each(|s| s.end());
+    }
 }
 
 /// What the handles keep of a session.
@@ -210,9 +253,36 @@ pub(crate) struct SessionState {
     pub(crate) timeout: Option<Duration>,
     /// The service it was opened from (`None`: made by a backend's own constructor).
     pub(crate) service: Option<Arc<ServiceState>>,
+    /// Fired when the session ends through the handles: its `done()` when the backend has none.
+    pub(crate) ended: Arc<Signal>,
+    /// For a session the handles end (its backend's `done()` is `None`): its lockers, whose
+    /// latest holds the end releases.
+    lockers: Option<Mutex<Vec<Weak<dyn Locker>>>>,
 }
 
 impl SessionState {
+    pub(crate) fn new(
+        backend: Arc<dyn Session>,
+        timeout: Option<Duration>,
+        service: Option<Arc<ServiceState>>,
+    ) -> Arc<Self> {
+        let ends_here = backend.done().is_none();
+        let state = Arc::new(SessionState {
+            backend,
+            closed: AtomicBool::new(false),
+            timeout,
+            service,
+            ended: Arc::new(Signal::new()),
+            lockers: ends_here.then(Mutex::default),
+        });
+        if let (true, Some(service)) = (ends_here, &state.service) {
+            let mut sessions = lock(&service.shared.sessions);
+            prune(&mut sessions);
+            sessions.push(Arc::downgrade(&state));
+        }
+        state
+    }
+
     /// [`Error::AlreadyClosed`] if the session or its service was closed through the handles.
     #[inline]
     pub(crate) fn check_open(&self) -> Result<()> {
@@ -222,11 +292,65 @@ impl SessionState {
         if self
             .service
             .as_ref()
-            .is_some_and(|s| s.closed.load(Acquire))
+            .is_some_and(|s| s.shared.closed.load(Acquire))
         {
             return Err(Error::AlreadyClosed("service"));
         }
         Ok(())
+    }
+
+    /// Whether the handles end this session (see [`Session::done`]).
+    pub(crate) fn ends_here(&self) -> bool {
+        self.lockers.is_some()
+    }
+
+    /// Notes a new locker of a session the handles end.
+    pub(crate) fn joined(&self, locker: &Arc<dyn Locker>) {
+        if let Some(lockers) = &self.lockers {
+            let mut lockers = lock(lockers);
+            prune(&mut lockers);
+            lockers.push(Arc::downgrade(locker));
+        }
+    }
+
+    /// Ends a session the handles end, once it (or its service) is marked closed: `done()`
+    /// resolves and the latest hold of each of its lockers is released. Only the first call
+    /// does anything.
+    pub(crate) fn end(&self) {
+        let Some(lockers) = &self.lockers else {
+            return;
+        };
+        if !self.ended.fire_if(0) {
+            return;
+        }
+        // Pairs with the fence in `Party::granted_while_closed`: either the grant sees the
+        // closed flag and releases, or this sees the grant.
+        fence(SeqCst);
+        let lockers = std::mem::take(&mut *lock(lockers));
+        for locker in lockers.iter().filter_map(Weak::upgrade) {
+            if let Some(token) = locker.party().latest() {
+                locker.release(token);
+            }
+        }
+    }
+}
+
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        // The last handle is gone (its lockers and holds too): `done()` resolves.
+        self.ended.fire_if(0);
+    }
+}
+
+/// Locks a mutex of the handles' own bookkeeping, which a panic cannot leave inconsistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Drops the entries of handles that are gone, once the list is full (amortised).
+fn prune<T: ?Sized>(list: &mut Vec<Weak<T>>) {
+    if list.len() == list.capacity() {
+        list.retain(|w| w.strong_count() > 0);
     }
 }
 
@@ -242,12 +366,15 @@ pub struct Party {
     timeout: Option<Duration>,
     /// The fencing token of the latest hold granted to this locker, plus one; 0: none.
     latest: AtomicU64,
+    /// Whether the handles end the session (see [`Session::done`]).
+    ends_here: bool,
 }
 
 impl Party {
     pub(crate) fn new(session: Arc<SessionState>) -> Self {
         Party {
             timeout: session.timeout,
+            ends_here: session.ends_here(),
             session,
             latest: AtomicU64::new(0),
         }
@@ -265,10 +392,30 @@ impl Party {
         self.session.check_open()
     }
 
+    /// Whether the handles end the session (see [`Session::done`]).
+    #[inline]
+    pub(crate) fn ends_here(&self) -> bool {
+        self.ends_here
+    }
+
+    /// A `done()` of the session, which resolves when the handles end it.
+    pub(crate) fn session_done(&self) -> Done {
+        Done::new(self.session.ended.clone(), 0, None)
+    }
+
     /// Notes the hold with fencing token `token`, just granted.
     #[inline]
     pub(crate) fn granted(&self, token: u64) {
         self.latest.store(token.saturating_add(1), Release);
+    }
+
+    /// For a session the handles end, after [`granted`](Party::granted): whether the session
+    /// was closed meanwhile, so that its end may not have seen the grant.
+    #[cold]
+    pub(crate) fn granted_while_closed(&self) -> bool {
+        // Pairs with the fence in `SessionState::end`.
+        fence(SeqCst);
+        self.check_open().is_err()
     }
 
     /// The fencing token of the latest hold granted to this locker, if any.

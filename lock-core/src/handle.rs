@@ -6,13 +6,12 @@
 //! closed, or the last handle of it (its lockers and holds included) is dropped.
 
 use std::fmt;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::SessionConfig;
-use crate::contract::{self, Layer, Party, ServiceState, SessionState};
+use crate::contract::{self, Layer, Party, ServiceShared, ServiceState, SessionState};
 use crate::error::{Error, Result};
 use crate::hold::Done;
 use crate::id::validate_id;
@@ -50,7 +49,7 @@ impl Service {
         Service {
             state: Arc::new(ServiceState {
                 backend,
-                closed: Arc::new(AtomicBool::new(false)),
+                shared: Arc::new(ServiceShared::default()),
                 layers: Vec::new(),
             }),
         }
@@ -68,7 +67,7 @@ impl Service {
         Service {
             state: Arc::new(ServiceState {
                 backend: layer.service(self.state.backend.clone()),
-                closed: self.state.closed.clone(),
+                shared: self.state.shared.clone(),
                 layers,
             }),
         }
@@ -84,7 +83,7 @@ impl Service {
     /// when the backend cannot be reached.
     pub async fn new_session(&self, config: SessionConfig) -> Result<Session> {
         config.validate()?;
-        if self.state.closed.load(Acquire) {
+        if self.state.shared.closed.load(Acquire) {
             return Err(Error::AlreadyClosed("service"));
         }
         let mut backend = self.state.backend.new_session(config).await?;
@@ -101,9 +100,10 @@ impl Service {
     /// [`Error::AlreadyClosed`] on the second call; what the backend could not do (the service
     /// is closed regardless).
     pub async fn close(&self) -> Result<()> {
-        if self.state.closed.swap(true, AcqRel) {
+        if self.state.shared.closed.swap(true, AcqRel) {
             return Err(Error::AlreadyClosed("service"));
         }
+        self.state.shared.end_sessions();
         self.state.backend.close().await
     }
 }
@@ -133,12 +133,7 @@ impl Session {
         service: Option<Arc<ServiceState>>,
     ) -> Self {
         Session {
-            state: Arc::new(SessionState {
-                backend,
-                closed: AtomicBool::new(false),
-                timeout: config.timeout,
-                service,
-            }),
+            state: SessionState::new(backend, config.timeout, service),
         }
     }
 
@@ -158,13 +153,15 @@ impl Session {
                 backend = layer.locker(backend);
             }
         }
+        self.state.joined(&backend);
         Locker::new(backend)
     }
 
     /// A future that resolves once the session has ended: closed, its service closed, or (for
     /// remote backends) its lease lost. `'static`.
     pub fn done(&self) -> Done {
-        self.state.backend.done()
+        let ended = || Done::new(self.state.ended.clone(), 0, None);
+        self.state.backend.done().unwrap_or_else(ended)
     }
 
     /// A new locker's party.
@@ -187,6 +184,14 @@ impl Session {
     pub async fn close(&self) -> Result<()> {
         if self.state.closed.swap(true, AcqRel) {
             return Err(Error::AlreadyClosed("session"));
+        }
+        if self.state.ends_here() {
+            // The handles end it; if its service was closed, it ended then.
+            let service = self.state.service.as_ref();
+            if service.is_some_and(|s| s.shared.closed.load(Acquire)) {
+                return Err(Error::AlreadyClosed("session"));
+            }
+            self.state.end();
         }
         self.state.backend.close().await
     }

@@ -158,6 +158,8 @@ impl Locker {
     /// Releases whatever this locker holds (Go's `Locker.Unlock`); the hold's
     /// [`lost`](Held::lost) fires. [`Held::unlock`] does the same for one guard.
     ///
+    /// Cancel-safe: if this future is dropped, the release goes on in the background.
+    ///
     /// # Errors
     ///
     /// [`Error::NotHeld`] if this locker does not hold the lock; [`Error::AlreadyClosed`] after
@@ -169,10 +171,14 @@ impl Locker {
         let Some(token) = party.latest() else {
             return Err(Error::NotHeld);
         };
-        match self.backend.unlock_now(token) {
-            Some(outcome) => outcome,
-            None => self.backend.unlock(token).await,
+        if let Some(outcome) = self.backend.unlock_now(token) {
+            return outcome;
         }
+        // Dropped before the backend's release completes, the guard releases.
+        let guard = ReleaseOnDrop(&*self.backend, token);
+        let outcome = self.backend.unlock(token).await;
+        std::mem::forget(guard);
+        outcome
     }
 
     /// Takes the lock, runs `f` with the hold's [`Fence`] (its fencing token, and `is_lost()`
@@ -223,33 +229,41 @@ impl Locker {
     }
 }
 
+/// Releases a hold when an `unlock()` of it is dropped before the backend's release completed
+/// (the backend's `unlock` need not be cancel-safe), unless the locker was granted a later one.
+struct ReleaseOnDrop<'a>(&'a dyn contract::Locker, u64);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.0.party().latest() == Some(self.1) {
+            self.0.release(self.1);
+        }
+    }
+}
+
 /// A `lock()` or `try_lock()` in progress: started when first polled, under the session's
 /// timeout. One at a time per locker: it borrows the locker mutably.
+///
+/// The backend's attempt is made in place and polled there: a contended `lock()` moves no
+/// large value around between its polls.
 struct Attempt<'a, T> {
     locker: &'a Locker,
-    state: AttemptState<'a, T>,
+    /// The backend's attempt, once started (when first polled).
+    op: Option<OpFuture<'a, Result<T>>>,
+    /// The session's timeout, started when the backend's attempt first had to wait.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the attempt's first wait was set up (timer, cancellation by the session's end).
+    watched: bool,
 }
 
-enum AttemptState<'a, T> {
-    Start,
-    /// The backend's attempt, waiting without a timeout, and the locker's party.
-    Running(OpFuture<'a, Result<T>>, &'a Party),
-    /// The backend's attempt, the session's timeout running since it started, and the
-    /// locker's party.
-    Timed(
-        OpFuture<'a, Result<T>>,
-        Pin<Box<tokio::time::Sleep>>,
-        &'a Party,
-    ),
-    Done,
-}
-
-impl<'a, T> Attempt<'a, T> {
+impl<'a, T: Send + 'a> Attempt<'a, T> {
     #[inline]
     fn new(locker: &'a Locker) -> Self {
         Attempt {
             locker,
-            state: AttemptState::Start,
+            op: None,
+            timer: None,
+            watched: false,
         }
     }
 
@@ -263,62 +277,101 @@ impl<'a, T> Attempt<'a, T> {
         token: impl FnOnce(&T) -> Option<u64>,
     ) -> Poll<Result<T>> {
         let backend: &'a dyn contract::Locker = &*self.locker.backend;
-        if let AttemptState::Start = self.state {
-            // Usually complete at once (a free lock, an error): no state to keep.
-            match start(backend).into_ready() {
-                Ok(outcome) => {
-                    self.state = AttemptState::Done;
-                    return Poll::Ready(finish(backend.party(), outcome, token));
+        let party = backend.party();
+        let op = match &mut self.op {
+            Some(op) => op,
+            None => {
+                if party.ends_here() {
+                    if let Err(e) = party.check_open() {
+                        self.op = Some(OpFuture::completed());
+                        return Poll::Ready(Err(e));
+                    }
                 }
-                Err(op) => self.wait(op, backend.party()),
+                // Usually complete at once (a free lock, an error): `OpFuture::ready`.
+                self.op.insert(start(backend))
             }
-        }
-        let (outcome, party) = std::task::ready!(self.poll_waiting(cx));
-        self.state = AttemptState::Done;
-        Poll::Ready(finish(party, outcome, token))
-    }
-
-    /// Keeps the backend's attempt that must wait, and starts the session's timeout.
-    #[inline]
-    fn wait(&mut self, op: OpFuture<'a, Result<T>>, party: &'a Party) {
-        self.state = match party.timeout() {
-            None => AttemptState::Running(op, party),
-            Some(limit) => AttemptState::Timed(op, Box::pin(tokio::time::sleep(limit)), party),
         };
+        if let Poll::Ready(outcome) = Pin::new(op).poll(cx) {
+            return Poll::Ready(finish(backend, party, outcome, token));
+        }
+        if party.timeout().is_none() && !party.ends_here() {
+            return Poll::Pending;
+        }
+        self.poll_watched(cx, backend, party, token)
     }
 
-    /// Polls the backend's attempt that had to wait, under the session's timeout: when it
-    /// passes, [`Error::Timeout`] (the backend's attempt is dropped, which withdraws it).
-    #[inline]
-    fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Poll<(Result<T>, &'a Party)> {
-        match &mut self.state {
-            AttemptState::Running(op, party) => Pin::new(op).poll(cx).map(|o| (o, *party)),
-            AttemptState::Timed(op, timer, party) => {
+    /// The wait of an attempt under the session's timeout, or that the end of the session
+    /// cancels (see [`cancel_on_end`]): set up at its first wait. When the timeout passes,
+    /// [`Error::Timeout`] (the backend's attempt is dropped, which withdraws it).
+    #[cold]
+    #[inline(never)]
+    fn poll_watched(
+        &mut self,
+        cx: &mut Context<'_>,
+        backend: &'a dyn contract::Locker,
+        party: &'a Party,
+        token: impl FnOnce(&T) -> Option<u64>,
+    ) -> Poll<Result<T>> {
+        if !std::mem::replace(&mut self.watched, true) {
+            if party.ends_here() {
+                let op = self.op.take().unwrap_or_else(OpFuture::completed);
+                let op = self.op.insert(cancel_on_end(op, party));
                 if let Poll::Ready(outcome) = Pin::new(op).poll(cx) {
-                    return Poll::Ready((outcome, *party));
+                    return Poll::Ready(finish(backend, party, outcome, token));
                 }
-                std::task::ready!(timer.as_mut().poll(cx));
-                let limit = party.timeout().unwrap_or_default();
-                Poll::Ready((Err(Error::Timeout(limit)), *party))
             }
-            AttemptState::Start | AttemptState::Done => {
-                panic!("a lock attempt polled after completion")
+            if let Some(limit) = party.timeout() {
+                self.timer = Some(Box::pin(tokio::time::sleep(limit)));
             }
         }
+        let Some(timer) = &mut self.timer else {
+            return Poll::Pending;
+        };
+        std::task::ready!(timer.as_mut().poll(cx));
+        self.op = Some(OpFuture::completed());
+        Poll::Ready(Err(Error::Timeout(party.timeout().unwrap_or_default())))
     }
 }
 
 /// Notes the hold an attempt was granted in the locker's party.
 #[inline(always)]
 fn finish<T>(
+    backend: &dyn contract::Locker,
     party: &Party,
     outcome: Result<T>,
     token: impl FnOnce(&T) -> Option<u64>,
 ) -> Result<T> {
     if let Some(token) = outcome.as_ref().ok().and_then(token) {
         party.granted(token);
+        if party.ends_here() && party.granted_while_closed() {
+            // The handles ended the session meanwhile, maybe without seeing this grant.
+            backend.release(token);
+            return Err(session_ended());
+        }
     }
     outcome
+}
+
+/// A waiting attempt of a session the handles end, which fails with [`Error::Canceled`] when
+/// the session ends (the backend's attempt is dropped, which withdraws it).
+#[cold]
+fn cancel_on_end<'a, T: Send + 'a>(
+    op: OpFuture<'a, Result<T>>,
+    party: &Party,
+) -> OpFuture<'a, Result<T>> {
+    let ended = party.session_done();
+    OpFuture::boxed(async move {
+        tokio::select! {
+            biased;
+            outcome = op => outcome,
+            () = ended => Err(session_ended()),
+        }
+    })
+}
+
+#[cold]
+fn session_ended() -> Error {
+    Error::Canceled("the session ended while waiting".into())
 }
 
 /// The future of [`Locker::lock`]: the backend's, turned into a [`Held`] of the locker.
@@ -624,6 +677,8 @@ impl Future for Unlock {
                 match backend.unlock_now(token) {
                     Some(outcome) => Poll::Ready(held.outcome(outcome)),
                     None => {
+                        // Dropped before the backend's release completes, the guard releases.
+                        held.armed = true;
                         let backend = Arc::clone(&held.locker.backend);
                         let releasing = OpFuture::boxed(async move { backend.unlock(token).await });
                         self.0 = UnlockState::Releasing(Box::new((releasing, held)));
@@ -649,6 +704,7 @@ impl Unlock {
         };
         let (future, held) = &mut **releasing;
         let outcome = std::task::ready!(Pin::new(future).poll(cx));
+        held.armed = false;
         let outcome = held.outcome(outcome);
         self.0 = UnlockState::Done;
         Poll::Ready(outcome)

@@ -499,7 +499,7 @@ async fn idle(endpoints: &str, rows: &mut Vec<Row>) {
     let streams = server_metric(endpoints, streams_method) - server_streams;
     let ended = sessions
         .iter()
-        .filter(|s| lock_core::backend::Session::done(*s).is_done())
+        .filter(|s| lock_core::backend::Session::done(*s).is_some_and(|d| d.is_done()))
         .count();
     let sent = after.keep_alives_sent - before.keep_alives_sent;
     let unanswered = after.keep_alives_sent - after.keep_alives_acknowledged;

@@ -979,12 +979,9 @@ impl backend::Session for EtcdSession {
         Arc::new(locker)
     }
 
-    fn done(&self) -> Done {
-        backend::done(
-            self.core.end_signal.clone(),
-            0,
-            Some(self.core.deadline.clone()),
-        )
+    fn done(&self) -> Option<Done> {
+        let (signal, deadline) = (&self.core.end_signal, &self.core.deadline);
+        Some(backend::done(signal.clone(), 0, Some(deadline.clone())))
     }
 
     fn close(&self) -> OpFuture<'_, Result<()>> {

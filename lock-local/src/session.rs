@@ -70,8 +70,8 @@ impl backend::Session for LocalSession {
         locker
     }
 
-    fn done(&self) -> Done {
-        self.core.done()
+    fn done(&self) -> Option<Done> {
+        Some(self.core.done())
     }
 
     fn close(&self) -> OpFuture<'_, Result<()>> {

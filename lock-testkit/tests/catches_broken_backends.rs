@@ -192,19 +192,6 @@ async fn try_lock_overtaking_a_waiter_is_caught() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_unlock_that_leaves_the_lock_held_is_caught() {
-    let h = harness(Bugs {
-        unlock_not_cancel_safe: true,
-        ..Bugs::default()
-    });
-    fails(
-        conformance::unlock_cancelled_at_any_point_releases(&h).await,
-        "a cancelled unlock leaving the lock held",
-    )
-    .await;
-}
-
 /// A declaration that does not match the backend is caught both ways: `local:` services are
 /// separate, so declaring them shared fails; `example-mem` services share, so declaring them
 /// separate fails.

@@ -120,7 +120,7 @@ impl backend::Session for MeteredSession {
         self.inner.new_locker(id, party)
     }
 
-    fn done(&self) -> Done {
+    fn done(&self) -> Option<Done> {
         self.inner.done()
     }
 

@@ -105,41 +105,59 @@ async fn a_layer_wraps_sessions_and_lockers_of_the_layered_service_only() {
     );
 }
 
+/// A layer whose lockers forward everything to the backend's, except that their `lock()` or
+/// their `unlock()` never completes (and an `unlock()` that hangs releases nothing).
+#[derive(Debug, Clone, Copy)]
+struct Stuck {
+    lock: bool,
+    unlock: bool,
+}
+
+impl Layer for Stuck {
+    fn locker(&self, locker: Arc<dyn backend::Locker>) -> Arc<dyn backend::Locker> {
+        Arc::new(StuckLocker(locker, *self))
+    }
+}
+
+#[derive(Debug)]
+struct StuckLocker(Arc<dyn backend::Locker>, Stuck);
+
+impl backend::Locker for StuckLocker {
+    fn lock(&self) -> OpFuture<'_, Result<Hold>> {
+        match self.1.lock {
+            true => OpFuture::boxed(std::future::pending()),
+            false => self.0.lock(),
+        }
+    }
+    fn try_lock(&self) -> OpFuture<'_, Result<Option<Hold>>> {
+        self.0.try_lock()
+    }
+    fn unlock(&self, token: u64) -> OpFuture<'_, Result<()>> {
+        match self.1.unlock {
+            true => OpFuture::boxed(std::future::pending()),
+            false => self.0.unlock(token),
+        }
+    }
+    fn release(&self, token: u64) {
+        self.0.release(token);
+    }
+    fn id(&self) -> &str {
+        self.0.id()
+    }
+    fn party(&self) -> &Party {
+        self.0.party()
+    }
+}
+
 /// The handles apply the session's timeout around the outermost layer: a layer that hangs is
 /// cut off, and the locker can lock again afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_timeout_holds_around_a_layer_that_hangs() {
-    #[derive(Debug)]
-    struct Hang;
-    impl Layer for Hang {
-        fn locker(&self, locker: Arc<dyn backend::Locker>) -> Arc<dyn backend::Locker> {
-            Arc::new(HangingLocker(locker))
-        }
-    }
-    #[derive(Debug)]
-    struct HangingLocker(Arc<dyn backend::Locker>);
-    impl backend::Locker for HangingLocker {
-        fn lock(&self) -> OpFuture<'_, Result<Hold>> {
-            OpFuture::boxed(std::future::pending())
-        }
-        fn try_lock(&self) -> OpFuture<'_, Result<Option<Hold>>> {
-            self.0.try_lock()
-        }
-        fn unlock(&self, token: u64) -> OpFuture<'_, Result<()>> {
-            self.0.unlock(token)
-        }
-        fn release(&self, token: u64) {
-            self.0.release(token);
-        }
-        fn id(&self) -> &str {
-            self.0.id()
-        }
-        fn party(&self) -> &Party {
-            self.0.party()
-        }
-    }
-
-    let service = lock::new("local:").await.unwrap().layer(Hang);
+    let hang = Stuck {
+        lock: true,
+        unlock: false,
+    };
+    let service = lock::new("local:").await.unwrap().layer(hang);
     let limit = Duration::from_millis(100);
     let config = SessionConfig::new(Duration::from_secs(10)).with_timeout(limit);
     let session = service.new_session(config).await.unwrap();
@@ -153,5 +171,42 @@ async fn the_timeout_holds_around_a_layer_that_hangs() {
     assert!(started.elapsed() < limit * 5, "{:?}", started.elapsed());
     // The attempt is over: the locker can try again (and the layer lets try_lock through).
     assert!(locker.try_lock().await.unwrap().is_some());
+    service.close().await.unwrap();
+}
+
+/// A backend's `unlock` need not be cancel-safe: when the application drops an `unlock()` whose
+/// backend release has not completed, the handles call `release` for the hold, so the lock is
+/// freed all the same — through the guard's `Held::unlock` and through `Locker::unlock`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_unlock_releases_even_if_the_backend_unlock_never_completes() {
+    let stuck = Stuck {
+        lock: false,
+        unlock: true,
+    };
+    let service = lock::new("local:").await.unwrap().layer(stuck);
+    let session = service.new_session(SessionConfig::default()).await.unwrap();
+    let id = "layers/stuck-unlock";
+    let (mut a, mut b) = (session.new_locker(id), session.new_locker(id));
+    let short = Duration::from_millis(50);
+
+    // The guard's unlock, polled and then dropped.
+    let held = a.lock().await.unwrap();
+    let lost = held.lost();
+    assert!(tokio::time::timeout(short, held.unlock()).await.is_err());
+    assert!(lost.is_lost(), "a dropped Held::unlock left the hold");
+    let next = b.try_lock().await.unwrap();
+    assert!(next.is_some(), "a dropped Held::unlock left the lock held");
+    drop(next);
+
+    // The locker's unlock, polled and then dropped, while the guard lives.
+    let held = a.lock().await.unwrap();
+    assert!(tokio::time::timeout(short, a.unlock()).await.is_err());
+    assert!(held.is_lost(), "a dropped Locker::unlock left the hold");
+    let next = b.try_lock().await.unwrap();
+    assert!(
+        next.is_some(),
+        "a dropped Locker::unlock left the lock held"
+    );
+    drop((next, held));
     service.close().await.unwrap();
 }
