@@ -253,11 +253,17 @@ pub(crate) struct SessionState {
     pub(crate) timeout: Option<Duration>,
     /// The service it was opened from (`None`: made by a backend's own constructor).
     pub(crate) service: Option<Arc<ServiceState>>,
-    /// Fired when the session ends through the handles: its `done()` when the backend has none.
-    pub(crate) ended: Arc<Signal>,
-    /// For a session the handles end (its backend's `done()` is `None`): its lockers, whose
-    /// latest holds the end releases.
-    lockers: Option<Mutex<Vec<Weak<dyn Locker>>>>,
+    /// For a session the handles end (its backend's `done()` is `None`); `None` otherwise, at
+    /// no cost.
+    ends: Option<Ends>,
+}
+
+/// What the handles keep of a session they end.
+struct Ends {
+    /// Fired when the session ends: its `done()`.
+    signal: Arc<Signal>,
+    /// Its lockers, whose latest holds the end releases.
+    lockers: Mutex<Vec<Weak<dyn Locker>>>,
 }
 
 impl SessionState {
@@ -272,8 +278,10 @@ impl SessionState {
             closed: AtomicBool::new(false),
             timeout,
             service,
-            ended: Arc::new(Signal::new()),
-            lockers: ends_here.then(Mutex::default),
+            ends: ends_here.then(|| Ends {
+                signal: Arc::new(Signal::new()),
+                lockers: Mutex::default(),
+            }),
         });
         if let (true, Some(service)) = (ends_here, &state.service) {
             let mut sessions = lock(&service.shared.sessions);
@@ -301,13 +309,19 @@ impl SessionState {
 
     /// Whether the handles end this session (see [`Session::done`]).
     pub(crate) fn ends_here(&self) -> bool {
-        self.lockers.is_some()
+        self.ends.is_some()
+    }
+
+    /// A `done()` of a session the handles end; `None` for one its backend ends.
+    pub(crate) fn done(&self) -> Option<Done> {
+        let ends = self.ends.as_ref()?;
+        Some(Done::new(ends.signal.clone(), 0, None))
     }
 
     /// Notes a new locker of a session the handles end.
     pub(crate) fn joined(&self, locker: &Arc<dyn Locker>) {
-        if let Some(lockers) = &self.lockers {
-            let mut lockers = lock(lockers);
+        if let Some(ends) = &self.ends {
+            let mut lockers = lock(&ends.lockers);
             prune(&mut lockers);
             lockers.push(Arc::downgrade(locker));
         }
@@ -317,16 +331,16 @@ impl SessionState {
     /// resolves and the latest hold of each of its lockers is released. Only the first call
     /// does anything.
     pub(crate) fn end(&self) {
-        let Some(lockers) = &self.lockers else {
+        let Some(ends) = &self.ends else {
             return;
         };
-        if !self.ended.fire_if(0) {
+        if !ends.signal.fire_if(0) {
             return;
         }
         // Pairs with the fence in `Party::granted_while_closed`: either the grant sees the
         // closed flag and releases, or this sees the grant.
         fence(SeqCst);
-        let lockers = std::mem::take(&mut *lock(lockers));
+        let lockers = std::mem::take(&mut *lock(&ends.lockers));
         for locker in lockers.iter().filter_map(Weak::upgrade) {
             if let Some(token) = locker.party().latest() {
                 locker.release(token);
@@ -338,7 +352,9 @@ impl SessionState {
 impl Drop for SessionState {
     fn drop(&mut self) {
         // The last handle is gone (its lockers and holds too): `done()` resolves.
-        self.ended.fire_if(0);
+        if let Some(ends) = &self.ends {
+            ends.signal.fire_if(0);
+        }
     }
 }
 
@@ -398,9 +414,9 @@ impl Party {
         self.ends_here
     }
 
-    /// A `done()` of the session, which resolves when the handles end it.
-    pub(crate) fn session_done(&self) -> Done {
-        Done::new(self.session.ended.clone(), 0, None)
+    /// A `done()` of a session the handles end (see [`Session::done`]).
+    pub(crate) fn session_done(&self) -> Option<Done> {
+        self.session.done()
     }
 
     /// Notes the hold with fencing token `token`, just granted.

@@ -160,8 +160,11 @@ impl Session {
     /// A future that resolves once the session has ended: closed, its service closed, or (for
     /// remote backends) its lease lost. `'static`.
     pub fn done(&self) -> Done {
-        let ended = || Done::new(self.state.ended.clone(), 0, None);
-        self.state.backend.done().unwrap_or_else(ended)
+        match self.state.done() {
+            Some(done) => done,
+            // A backend that ends its sessions answers `Some` (the handles asked at open).
+            None => self.state.backend.done().unwrap_or_else(Done::ended),
+        }
     }
 
     /// A new locker's party.

@@ -185,6 +185,13 @@ impl Done {
         Done(Lost::new(Watch::new(signal, epoch, deadline)))
     }
 
+    /// A `Done` that has resolved already.
+    pub(crate) fn ended() -> Self {
+        let signal = Arc::new(crate::signal::Signal::new());
+        signal.fire();
+        Done::new(signal, 0, None)
+    }
+
     /// Whether the session has already ended, without waiting.
     pub fn is_done(&self) -> bool {
         self.0.is_lost()

@@ -359,7 +359,9 @@ fn cancel_on_end<'a, T: Send + 'a>(
     op: OpFuture<'a, Result<T>>,
     party: &Party,
 ) -> OpFuture<'a, Result<T>> {
-    let ended = party.session_done();
+    let Some(ended) = party.session_done() else {
+        return op;
+    };
     OpFuture::boxed(async move {
         tokio::select! {
             biased;
