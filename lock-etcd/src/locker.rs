@@ -21,22 +21,21 @@
 //!   key's create revision is still the one we held* (or our record alone, if the key is
 //!   gone). Every delete is guarded so: the key name is reused by every attempt, and a delete
 //!   given up on can land after the key was put again.
-//! - **cleanup**: the locker owns its key and record. A dropped or failed `unlock()`, `lock()`
-//!   or `try_lock()`, a loss, and the end of the session each hand the incarnation to a
-//!   background removal (retried until etcd confirms it; after the session ended, for a
-//!   minute at most), and the next attempt waits for those removals first.
+//! - **cleanup**: the locker owns its key and record through the ownership layer
+//!   (`crate::ownership`: puts run to their end, lease moves, guarded deletes, background
+//!   removals). A dropped or failed `unlock()`, `lock()` or `try_lock()`, a loss, and the end of
+//!   the session each hand the incarnation to a background removal (retried until etcd
+//!   confirms it; after the session ended, for a minute at most), and the next attempt waits
+//!   for those removals first.
 //! - **loss**: our key deleted by anyone else, the session's lease lost, or the session's
 //!   deadline passed, all fire `lost()`.
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use etcd_client::{
-    Compare, CompareOp, GetOptions, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
-};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, TxnResponse};
 use lock_core::backend::{self, Hold, OpFuture, Signal};
 use lock_core::{Done, Error, LossCause, Result};
 use tokio::sync::Notify;
@@ -45,7 +44,8 @@ use tracing::Instrument;
 use crate::hub::Interest;
 use crate::keeper::EndReason;
 use crate::keys::{self, IdKeys};
-use crate::own::{release, remove, Removal};
+use crate::own::Removal;
+use crate::ownership::{Incarnations, OwnedKey};
 use crate::session::{EtcdSession, Member, SessionCore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,57 +67,8 @@ struct State {
     granted: i64,
     /// Our registration for deletions of our own key.
     own: Option<Interest>,
-    /// Removals of earlier incarnations of our key (after an abandoned attempt or an unlock
-    /// that did not finish), each until it has finished; the next attempt waits for all of
-    /// them before it puts the key. They stay listed while anyone waits: a wait that is
-    /// dropped (a timed-out `lock()`) must not make the next attempt skip them.
-    cleanups: Vec<Arc<AtomicBool>>,
-    /// The put (or try txn) of the current attempt, which runs to its end even if the attempt
-    /// is dropped: the removal of an abandoned attempt waits for its outcome.
-    put: Option<Arc<PutOutcome>>,
-}
-
-/// What a put of our key created: it runs in a task of its own, so that an attempt dropped
-/// while the put is in flight does not leave the removal guessing. Reading the key at once
-/// would miss a put that lands a moment later, and that key would then queue (or hold) for
-/// the session's whole life.
-#[derive(Default)]
-struct PutOutcome {
-    /// `None` while in flight; then the create revision of the incarnation it made or found,
-    /// or `Some(None)` if it made none or its outcome is unknown (the removal then reads).
-    created: Mutex<Option<Option<i64>>>,
-    done: Notify,
-}
-
-impl PutOutcome {
-    fn finish(&self, created: Option<i64>) {
-        let mut slot = self.created.lock().unwrap_or_else(|e| e.into_inner());
-        slot.get_or_insert(created);
-        drop(slot);
-        self.done.notify_waiters();
-    }
-
-    async fn created(&self) -> Option<i64> {
-        loop {
-            let done = self.done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            if let Some(created) = *self.created.lock().unwrap_or_else(|e| e.into_inner()) {
-                return created;
-            }
-            done.await;
-        }
-    }
-}
-
-/// Finishes a [`PutOutcome`] as "unknown" if its task ends without an answer (it panicked, or
-/// its runtime shut down).
-struct PutDone(Arc<PutOutcome>);
-
-impl Drop for PutDone {
-    fn drop(&mut self) {
-        self.0.finish(None);
-    }
+    /// Our key's removals in progress and its put in flight (the ownership layer's).
+    incarnations: Incarnations,
 }
 
 impl State {
@@ -148,15 +99,11 @@ pub(crate) struct LockerCore {
     keys: IdKeys,
     /// What follows the id's range in our key (and the records' prefix in our record).
     suffix: String,
-    key: String,
-    /// Our lock-delay record and its value; `None` with `lock-delay=0`.
-    record: Option<(Vec<u8>, String)>,
-    session: Arc<SessionCore>,
+    /// Our key and record (the ownership layer), and our session.
+    owned: OwnedKey,
     signal: Arc<Signal>,
     state: Mutex<State>,
     wake: Notify,
-    /// Notified whenever one of `State::cleanups` finishes.
-    cleaned: Arc<Notify>,
 }
 
 impl LockerCore {
@@ -164,28 +111,12 @@ impl LockerCore {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn kv(&self) -> KvClient {
-        self.session.service.client.kv_client()
-    }
-
-    fn limit(&self) -> Duration {
-        self.session.service.config.request_timeout
-    }
-
-    /// Sends a txn (again while the cluster is unavailable: every txn here is idempotent).
-    async fn txn(&self, context: &'static str, txn: Txn) -> Result<TxnResponse> {
-        let kv = self.kv();
-        self.session
-            .service
-            .write(context, || {
-                let (mut kv, txn) = (kv.clone(), txn.clone());
-                async move { kv.txn(txn).await }
-            })
-            .await
+    fn session(&self) -> &Arc<SessionCore> {
+        &self.owned.session
     }
 
     fn canceled(&self) -> Error {
-        match self.session.ended() {
+        match self.session().ended() {
             Some(reason) => Error::Canceled(reason.describe().to_owned()),
             None => Error::Canceled("the lock key was deleted while waiting".to_owned()),
         }
@@ -198,12 +129,12 @@ impl LockerCore {
         let mut st = self.state();
         let mut removal = None;
         if st.phase == Phase::Held {
-            let lease = self.session.current_lease();
+            let lease = self.session().current_lease();
             st.go_idle(&self.signal, reason.cause(), || {
                 format!("{} (lease {lease:016x})", reason.describe())
             });
             let rev = st.rev;
-            removal = Some(self.remove_later_locked(&mut st, rev));
+            removal = Some(self.owned.remove_later(&mut st.incarnations, rev));
         }
         drop(st);
         self.wake.notify_one();
@@ -215,7 +146,7 @@ impl LockerCore {
         let mut st = self.state();
         st.deleted_at = st.deleted_at.max(revision);
         if st.phase == Phase::Held && revision > st.rev {
-            let (key, token) = (&self.key, st.rev);
+            let (key, token) = (&self.owned.key, st.rev);
             let ended = st.go_idle(&self.signal, LossCause::Removed, || {
                 format!(
                     "key {key} (created at revision {token}) was deleted at revision {revision}, \
@@ -228,7 +159,7 @@ impl LockerCore {
                 self.ask_about_lease(epoch);
             }
             // We know now: our record goes, and with it the lock-delay of those behind us.
-            self.remove_later_locked(&mut st, token);
+            self.owned.remove_later(&mut st.incarnations, token);
         }
         drop(st);
         self.wake.notify_one();
@@ -239,12 +170,12 @@ impl LockerCore {
     /// server expired or revoked it.
     fn ask_about_lease(&self, epoch: u64) {
         let (client, lease, signal, limit) = (
-            self.session.service.client.clone(),
-            self.session.current_lease(),
+            self.session().service.client.clone(),
+            self.session().current_lease(),
             self.signal.clone(),
-            self.limit(),
+            self.owned.limit(),
         );
-        self.session.service.runtime.spawn(async move {
+        self.session().service.runtime.spawn(async move {
             let answer = match crate::keeper::lease_alive(&client, lease, limit).await {
                 Some(true) => format!(
                     "etcd says lease {lease:016x} is alive: the key was deleted by a delete request"
@@ -265,21 +196,17 @@ impl LockerCore {
     }
 
     fn precheck(&self) -> Result<()> {
-        self.session.check_open()
+        self.session().check_open()
     }
 
     /// Waits for the removal of every earlier incarnation of our key still in progress.
     async fn finish_cleanup(&self) {
         loop {
-            let cleaned = self.cleaned.notified();
+            let cleaned = self.owned.cleaned().notified();
             tokio::pin!(cleaned);
             cleaned.as_mut().enable();
-            {
-                let mut st = self.state();
-                st.cleanups.retain(|done| !done.load(SeqCst));
-                if st.cleanups.is_empty() {
-                    return;
-                }
+            if !self.state().incarnations.removing() {
+                return;
             }
             cleaned.await;
         }
@@ -292,15 +219,22 @@ impl LockerCore {
             return Err(Error::AlreadyLocked);
         }
         let weak = Arc::downgrade(self);
-        st.own = Some(self.session.service.hub.register(&self.key, move |rev| {
-            if let Some(core) = weak.upgrade() {
-                core.key_deleted(rev);
-            }
-        }));
+        st.own = Some(
+            self.session()
+                .service
+                .hub
+                .register(&self.owned.key, move |rev| {
+                    if let Some(core) = weak.upgrade() {
+                        core.key_deleted(rev);
+                    }
+                }),
+        );
+        let mut incarnations = std::mem::take(&mut st.incarnations);
+        incarnations.new_attempt();
         *st = State {
             phase: Phase::Acquiring,
             own: st.own.take(),
-            cleanups: std::mem::take(&mut st.cleanups),
+            incarnations,
             granted: st.granted,
             ..State::default()
         };
@@ -329,7 +263,7 @@ impl LockerCore {
     /// Acquiring → Held.
     fn grant(&self) -> Result<Hold> {
         let mut st = self.state();
-        if self.session.ended().is_some() || st.deleted_at > st.rev {
+        if self.session().ended().is_some() || st.deleted_at > st.rev {
             return Err(self.canceled());
         }
         st.phase = Phase::Held;
@@ -338,15 +272,14 @@ impl LockerCore {
         Ok(Hold::new(
             self.signal.clone(),
             self.signal.epoch(),
-            Some(self.session.deadline.clone()),
+            Some(self.session().deadline.clone()),
             st.rev as u64,
         ))
     }
 
     /// Runs `put` (a request that may create our key, bound to the lease it is given) to its
-    /// end in a task of its own, even if the attempt awaiting it is dropped, and records what
-    /// it created (`created` reads that from its answer) for the removal of an abandoned
-    /// attempt, and for a move of the session's keys to a fresh lease.
+    /// end even if the attempt awaiting it is dropped, and records what it created (`created`
+    /// reads that from its answer): see [`OwnedKey::finish_put`].
     async fn detached<T, Fut>(
         self: &Arc<Self>,
         created: fn(&T) -> Option<i64>,
@@ -356,41 +289,11 @@ impl LockerCore {
         T: Send + 'static,
         Fut: std::future::Future<Output = Result<T>> + Send + 'static,
     {
-        let outcome = Arc::new(PutOutcome::default());
-        let lease = {
-            // Under our state's mutex, which a move reads after it chose its fresh lease:
-            // either the move sees this put (and waits for it), or this put binds to the
-            // fresh lease.
-            let mut st = self.state();
-            st.put = Some(outcome.clone());
-            self.session.lease_for_put()
-        };
-        let put = put(lease);
-        let task = self.session.service.runtime.spawn(async move {
-            let done = PutDone(outcome);
-            let result = put.await;
-            done.0.finish(result.as_ref().ok().and_then(created));
-            result
-        });
-        task.await.unwrap_or_else(|e| {
-            Err(Error::Canceled(format!(
-                "the request taking the lock did not finish: {e}"
-            )))
-        })
+        let (outcome, lease) = self.owned.start_put(&mut self.state().incarnations);
+        self.owned.finish_put(outcome, created, put(lease)).await
     }
 
-    fn put_own_key(&self, lease: i64) -> (String, PutOptions) {
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let owner = format!("{} since={since}", self.session.service.owner);
-        (owner, PutOptions::new().with_lease(lease))
-    }
-
-    /// Binds our key, if it exists and is bound to lease `from`, to lease `to` (the session
-    /// moves to a fresh lease), after the put this locker has in flight, if any, has landed.
-    /// A put on an existing key keeps its create revision: the queue order and the fencing
-    /// token stay.
+    /// Binds our key to the session's fresh lease (see [`OwnedKey::move_to`]).
     pub(crate) async fn move_key(
         &self,
         from: i64,
@@ -404,43 +307,9 @@ impl LockerCore {
                 // No key, or one being removed: if it is bound to `from`, it goes with it.
                 return Ok(());
             }
-            st.put.clone()
+            st.incarnations.put()
         };
-        if let Some(put) = put {
-            put.created().await;
-        }
-        let key = self.key.as_str();
-        let txn = Txn::new()
-            .when([Compare::lease(key, CompareOp::Equal, from)])
-            .and_then([TxnOp::put(
-                key,
-                "",
-                Some(PutOptions::new().with_lease(to).with_ignore_value()),
-            )]);
-        let (kv, session) = (self.kv(), &self.session);
-        let context = "moving the lock's key to the session's fresh lease";
-        session
-            .service
-            .write_in_tries(context, limit, per_try, || {
-                let (mut kv, txn) = (kv.clone(), txn.clone());
-                async move { kv.txn(txn).await }
-            })
-            .await
-            .map(drop)
-    }
-
-    /// The ops that put our key (bound to `lease`, reporting what it replaced) and our record.
-    fn puts(&self, lease: i64) -> Vec<TxnOp> {
-        let (owner, options) = self.put_own_key(lease);
-        let mut ops = vec![TxnOp::put(
-            self.key.as_str(),
-            owner,
-            Some(options.with_prev_key()),
-        )];
-        if let Some((record, value)) = &self.record {
-            ops.push(TxnOp::put(record.clone(), value.as_str(), None));
-        }
-        ops
+        self.owned.move_to(put, from, to, limit, per_try).await
     }
 
     /// One txn puts our key and our record and counts what the id's range holds, records
@@ -448,7 +317,7 @@ impl LockerCore {
     /// (`true`) — no other key, and no hold that ended behind its holder's back. Returns our
     /// key's create revision (an earlier send's, if that put arrived but its answer did not).
     async fn put_if_free(&self, lease: i64) -> Result<(i64, bool)> {
-        let mut ops = self.puts(lease);
+        let mut ops = self.owned.puts(lease);
         ops.push(TxnOp::get(
             self.keys.records.to_vec(),
             Some(
@@ -458,9 +327,10 @@ impl LockerCore {
             ),
         ));
         let resp = self
+            .owned
             .txn("taking the lock", Txn::new().and_then(ops))
             .await?;
-        let ours = 1 + i64::from(self.record.is_some());
+        let ours = 1 + i64::from(self.owned.record.is_some());
         let alone = resp.op_responses().into_iter().any(|op| match op {
             TxnOpResponse::Get(get) => get.count() == ours,
             _ => false,
@@ -471,15 +341,15 @@ impl LockerCore {
     /// One txn puts our key and our record: queues behind the id's others. Returns the key's
     /// create revision (an earlier attempt's, if that put arrived but its answer did not).
     async fn enqueue(&self, lease: i64) -> Result<i64> {
-        let txn = Txn::new().and_then(self.puts(lease));
-        let resp = self.txn("taking the lock", txn).await?;
+        let txn = Txn::new().and_then(self.owned.puts(lease));
+        let resp = self.owned.txn("taking the lock", txn).await?;
         Ok(key_created(&resp))
     }
 
     async fn acquire(self: &Arc<Self>) -> Result<Hold> {
         // Where this service already sees contention for the id, a plain put joins the queue;
         // otherwise one txn takes a free lock outright.
-        let (mut queue, busy) = self.session.service.hub.join(&self.keys);
+        let (mut queue, busy) = self.session().service.hub.join(&self.keys);
         let core = self.clone();
         let rev = if busy {
             self.detached(
@@ -507,7 +377,7 @@ impl LockerCore {
                 }
             }),
         );
-        tracing::debug!(id = %self.id, key = %self.key, token = rev, "waiting for the lock");
+        tracing::debug!(id = %self.id, key = %self.owned.key, token = rev, "waiting for the lock");
         // How long to wait before looking again when etcd disagrees with the mirror.
         let mut recheck = Duration::from_millis(50);
         loop {
@@ -517,10 +387,10 @@ impl LockerCore {
             let first = queue.is_first(&self.suffix, rev)?;
             // With a record, the mirror's word is enough (see the module docs); without one,
             // etcd confirms that our key still exists.
-            if first && (self.record.is_some() || self.confirm_first(rev).await?) {
+            if first && (self.owned.record.is_some() || self.confirm_first(rev).await?) {
                 return self.grant();
             }
-            if self.session.ended().is_some() || self.state().deleted_at > rev {
+            if self.session().ended().is_some() || self.state().deleted_at > rev {
                 return Err(self.canceled());
             }
             if first {
@@ -545,11 +415,11 @@ impl LockerCore {
     /// the same way before it returns. A read that fails for a reason that may pass counts as
     /// "not yet"; the wait goes on.
     async fn confirm_first(&self, rev: i64) -> Result<bool> {
-        let kv = self.kv();
+        let (kv, key) = (self.owned.kv(), self.owned.key.as_str());
         let options = GetOptions::new().with_keys_only();
-        let read = crate::error::request("confirming the lock", self.limit(), || {
+        let read = crate::error::request("confirming the lock", self.owned.limit(), || {
             let (mut kv, options) = (kv.clone(), options.clone());
-            async move { kv.get(self.key.as_str(), Some(options)).await }
+            async move { kv.get(key, Some(options)).await }
         })
         .await;
         match read {
@@ -593,13 +463,16 @@ impl LockerCore {
                 let keys = &core.keys;
                 let free = Compare::create_revision(keys.records.to_vec(), CompareOp::Equal, 0)
                     .with_range(keys.end.to_vec());
-                let key = core.key.as_str();
+                let key = core.owned.key.as_str();
                 let queue = GetOptions::new().with_prefix().with_count_only();
-                let txn = Txn::new().when([free]).and_then(core.puts(lease)).or_else([
-                    TxnOp::get(key, Some(GetOptions::new().with_keys_only())),
-                    TxnOp::get(&*keys.range, Some(queue)),
-                ]);
-                core.txn("trying the lock", txn).await
+                let txn = Txn::new()
+                    .when([free])
+                    .and_then(core.owned.puts(lease))
+                    .or_else([
+                        TxnOp::get(key, Some(GetOptions::new().with_keys_only())),
+                        TxnOp::get(&*keys.range, Some(queue)),
+                    ]);
+                core.owned.txn("trying the lock", txn).await
             })
             .await?;
         if !resp.succeeded() {
@@ -614,8 +487,8 @@ impl LockerCore {
             if queue_is_empty(&resp) {
                 // Only records are in the way: someone must end their lock-delays, and no
                 // waiter may be there to do it.
-                let (hub, keys) = (self.session.service.hub.clone(), self.keys.clone());
-                self.session
+                let (hub, keys) = (self.session().service.hub.clone(), self.keys.clone());
+                self.session()
                     .service
                     .runtime
                     .spawn(async move { hub.look_for_stale(&keys).await });
@@ -636,101 +509,14 @@ impl LockerCore {
         let rev = st.rev;
         // Registered under the same lock that made us idle: a next attempt cannot begin (and
         // put the key) before this removal is one it waits for.
-        self.remove_later_locked(&mut st, rev);
+        self.owned.remove_later(&mut st.incarnations, rev);
     }
 
-    /// Removes the incarnation of our key created at `rev` (`0`: whichever exists now, if
-    /// any) and our record, in the background (see [`Self::remove_later_locked`]).
+    /// Removes the incarnation of our key created at `rev` in the background (see
+    /// [`OwnedKey::remove_later`]).
     fn remove_later(&self, rev: i64) {
         let mut st = self.state();
-        self.remove_later_locked(&mut st, rev);
-    }
-
-    /// Removes the incarnation of our key created at `rev` (`0`: whichever exists now, if any)
-    /// and our record, in the background, retrying until etcd confirms it: while the session
-    /// lives, and for [`REMOVE_AFTER_END`] once it ended (its lease takes the key with it, but
-    /// not the record, which keeps others waiting out a lock-delay until it goes). The next
-    /// attempt waits for it before it puts the key again.
-    fn remove_later_locked(&self, st: &mut State, rev: i64) -> Removal {
-        let done = Arc::new(AtomicBool::new(false));
-        let removal = Removal(done.clone(), self.cleaned.clone());
-        if self.session.ended().is_some() && self.record.is_none() {
-            done.store(true, SeqCst);
-            return removal; // the lease is revoked or expiring: the key goes with it
-        }
-        let (kv, key, record, session, put) = (
-            self.kv(),
-            self.key.clone(),
-            self.record.as_ref().map(|(record, _)| record.clone()),
-            self.session.clone(),
-            st.put.take().filter(|_| rev == 0),
-        );
-        // Short tries at first: every delete is guarded, so one that lands late is harmless,
-        // and a connection that went silent (a partition that healed) costs little. Each try
-        // that times out doubles the next one's time, up to `request-timeout`: a slow network
-        // that works still gets its answer.
-        let (limit, mut per_try) = (self.limit(), self.limit().min(REMOVAL_TRY));
-        let finished = Finished(done.clone(), self.cleaned.clone());
-        // Written down until it finishes: if the runtime stops first, the exit flush removes it.
-        let debts = self.session.service.debts.clone();
-        let owed = debts.owe(&key, record.as_deref(), rev);
-        self.session.service.runtime.spawn(async move {
-            let _finished = finished; // however the task ends
-            let mut rev = rev;
-            if let Some(put) = put {
-                // The attempt's put may still be in flight: remove what it creates.
-                rev = put.created().await.unwrap_or(0);
-                debts.learnt(owed, rev);
-            }
-            let mut pause = Duration::from_millis(50);
-            let mut ended_at = None;
-            loop {
-                let attempt = remove(kv.clone(), &key, record.as_deref(), &mut rev);
-                match tokio::time::timeout(per_try, attempt).await {
-                    Ok(Ok(_)) => return debts.paid(owed),
-                    Ok(Err(_)) => {}
-                    Err(_) => per_try = (per_try * 2).min(limit),
-                }
-                if session.ended().is_some() {
-                    let since: &mut Instant = ended_at.get_or_insert_with(Instant::now);
-                    if record.is_none() || since.elapsed() >= REMOVE_AFTER_END {
-                        // The lease takes the key; others end the record's delay.
-                        return debts.paid(owed);
-                    }
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
-        });
-        st.cleanups.retain(|done| !done.load(SeqCst));
-        st.cleanups.push(done);
-        removal
-    }
-
-    /// Deletes the incarnation of our key created at `rev`, and only that one, with our
-    /// record: a delete sent earlier and given up on can still land after the key was put
-    /// again, so an unguarded one could remove a newer hold's key. `Ok(false)`: that
-    /// incarnation was gone already (its record, if left, goes now).
-    async fn delete_own(&self, context: &'static str, rev: i64) -> Result<bool> {
-        let record = self.record.as_ref().map(|(record, _)| record.as_slice());
-        let resp = self.txn(context, release(&self.key, record, rev)).await?;
-        Ok(resp.succeeded())
-    }
-}
-
-/// How long the first try of a background removal may take before it is sent again.
-const REMOVAL_TRY: Duration = Duration::from_millis(500);
-
-/// How long a removal goes on trying after its session ended.
-const REMOVE_AFTER_END: Duration = Duration::from_secs(60);
-
-/// Marks a removal finished and wakes whoever waits for it, when the removal task ends.
-struct Finished(Arc<AtomicBool>, Arc<Notify>);
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        self.0.store(true, SeqCst);
-        self.1.notify_waiters();
+        self.owned.remove_later(&mut st.incarnations, rev);
     }
 }
 
@@ -762,13 +548,10 @@ impl EtcdLocker {
                 id: id.to_owned(),
                 keys,
                 suffix,
-                key,
-                record,
-                session,
+                owned: OwnedKey::new(key, record, session),
                 signal: Arc::new(Signal::new()),
                 state: Mutex::new(State::default()),
                 wake: Notify::new(),
-                cleaned: Arc::new(Notify::new()),
             }),
         }
     }
@@ -777,7 +560,7 @@ impl EtcdLocker {
     /// to its session's lease. A hold is this key with the create revision that is its fencing
     /// token (see [`crate::guard`]).
     pub fn key(&self) -> &str {
-        &self.core.key
+        &self.core.owned.key
     }
 
     pub(crate) fn weak(&self) -> Weak<LockerCore> {
@@ -789,7 +572,7 @@ impl EtcdLocker {
     }
 
     fn span(&self, op: &'static str) -> tracing::Span {
-        tracing::debug_span!("lock_etcd", op, id = %self.core.id, lease = format_args!("{:016x}", self.core.session.current_lease()))
+        tracing::debug_span!("lock_etcd", op, id = %self.core.id, lease = format_args!("{:016x}", self.core.session().current_lease()))
     }
 }
 
@@ -851,7 +634,7 @@ impl backend::Locker for EtcdLocker {
         OpFuture::boxed(Instrument::instrument(
             async move {
                 let core = &self.core;
-                core.session.check_open()?;
+                core.session().check_open()?;
                 let rev = {
                     let mut st = core.state();
                     if st.phase != Phase::Held || token != st.rev as u64 {
@@ -867,7 +650,7 @@ impl backend::Locker for EtcdLocker {
                     rev,
                     finished: false,
                 };
-                let deleted = core.delete_own("releasing the lock", rev).await;
+                let deleted = core.owned.delete("releasing the lock", rev).await;
                 release.finished = deleted.is_ok();
                 match deleted {
                     Ok(true) => Ok(()),
@@ -891,7 +674,7 @@ impl backend::Locker for EtcdLocker {
         tracing::debug!(id = %core.id, token, "releasing a dropped hold");
         let rev = st.rev;
         // Under the lock that made us idle, as `abandon` does: a next attempt waits for it.
-        core.remove_later_locked(&mut st, rev);
+        core.owned.remove_later(&mut st.incarnations, rev);
     }
 
     fn id(&self) -> &str {
@@ -913,7 +696,7 @@ impl Drop for EtcdLocker {
         if phase != Phase::Idle {
             self.core.abandon();
         }
-        self.core.session.forget_locker(self.core.serial);
+        self.core.session().forget_locker(self.core.serial);
     }
 }
 
@@ -921,7 +704,7 @@ impl fmt::Debug for EtcdLocker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdLocker")
             .field("id", &self.core.id)
-            .field("key", &self.core.key)
+            .field("key", &self.core.owned.key)
             .field("phase", &self.core.state().phase)
             .finish()
     }
