@@ -252,6 +252,8 @@ struct Attempt<'a, T> {
     op: Option<OpFuture<'a, Result<T>>>,
     /// The session's timeout, started when the backend's attempt first had to wait.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the backend's attempt was started (it is not stored if it completed at once).
+    started: bool,
     /// Whether the attempt's first wait was set up (timer, cancellation by the session's end).
     watched: bool,
 }
@@ -263,6 +265,7 @@ impl<'a, T: Send + 'a> Attempt<'a, T> {
             locker,
             op: None,
             timer: None,
+            started: false,
             watched: false,
         }
     }
@@ -281,14 +284,16 @@ impl<'a, T: Send + 'a> Attempt<'a, T> {
         let op = match &mut self.op {
             Some(op) => op,
             None => {
+                assert!(!self.started, "a lock attempt polled after completion");
+                self.started = true;
                 if party.ends_here() {
-                    if let Err(e) = party.check_open() {
-                        self.op = Some(OpFuture::completed());
-                        return Poll::Ready(Err(e));
-                    }
+                    party.check_open()?;
                 }
-                // Usually complete at once (a free lock, an error): `OpFuture::ready`.
-                self.op.insert(start(backend))
+                // Usually complete at once (a free lock, an error): taken, never stored.
+                match start(backend).into_ready() {
+                    Ok(outcome) => return Poll::Ready(finish(backend, party, outcome, token)),
+                    Err(op) => self.op.insert(op),
+                }
             }
         };
         if let Poll::Ready(outcome) = Pin::new(op).poll(cx) {
@@ -314,10 +319,11 @@ impl<'a, T: Send + 'a> Attempt<'a, T> {
     ) -> Poll<Result<T>> {
         if !std::mem::replace(&mut self.watched, true) {
             if party.ends_here() {
-                let op = self.op.take().unwrap_or_else(OpFuture::completed);
-                let op = self.op.insert(cancel_on_end(op, party));
-                if let Poll::Ready(outcome) = Pin::new(op).poll(cx) {
-                    return Poll::Ready(finish(backend, party, outcome, token));
+                if let Some(op) = self.op.take() {
+                    let op = self.op.insert(cancel_on_end(op, party));
+                    if let Poll::Ready(outcome) = Pin::new(op).poll(cx) {
+                        return Poll::Ready(finish(backend, party, outcome, token));
+                    }
                 }
             }
             if let Some(limit) = party.timeout() {
@@ -328,7 +334,7 @@ impl<'a, T: Send + 'a> Attempt<'a, T> {
             return Poll::Pending;
         };
         std::task::ready!(timer.as_mut().poll(cx));
-        self.op = Some(OpFuture::completed());
+        self.op = None;
         Poll::Ready(Err(Error::Timeout(party.timeout().unwrap_or_default())))
     }
 }

@@ -65,10 +65,15 @@ impl<'a, T> OpFuture<'a, T> {
         OpFuture(Inner::Ready(Some(value)))
     }
 
-    /// A future that has completed: polling it again panics, dropping it does nothing.
+    /// The value of a future that is already complete, without polling it; `Err(self)` when
+    /// it must be polled.
     #[inline]
-    pub(crate) fn completed() -> Self {
-        OpFuture(Inner::Ready(None))
+    pub(crate) fn into_ready(mut self) -> Result<T, Self> {
+        match &mut self.0 {
+            // Taken out: the emptied future drops as a completed one.
+            Inner::Ready(value @ Some(_)) => Ok(value.take().expect("matched as Some")),
+            _ => Err(self),
+        }
     }
 
     /// A future that must wait: boxed.
