@@ -110,17 +110,29 @@ fn pay(config: &EtcdConfig, leases: &[i64], removals: &[Owed]) {
     config.dial_timeout = config.dial_timeout.min(EXIT_BUDGET / 2);
     let paying = async {
         let (client, _probes) = crate::connect::connect(&config).await.ok()?;
-        let kv = client.kv_client();
-        // The keys and records first (a revoke would take the keys, not the records).
-        let mut removed = 0;
-        for owed in removals {
-            let mut rev = owed.rev;
-            let removing = remove(kv.clone(), &owed.key, owed.record.as_deref(), &mut rev);
-            removed += usize::from(removing.await.is_ok());
+        // All at once: each removal and each revoke is a commit, and commits are what is slow
+        // on a busy cluster. In any order: a revoke that lands before its key's removal takes
+        // the key, and the guarded removal then deletes the record alone.
+        let mut paying = tokio::task::JoinSet::new();
+        for owed in removals.iter().cloned() {
+            let kv = client.kv_client();
+            paying.spawn(async move {
+                let mut rev = owed.rev;
+                let removing = remove(kv, &owed.key, owed.record.as_deref(), &mut rev);
+                (true, removing.await.is_ok())
+            });
         }
-        let (mut leases_client, mut revoked) = (client.lease_client(), 0);
         for &lease in leases {
-            revoked += usize::from(leases_client.revoke(lease).await.is_ok());
+            let mut leases_client = client.lease_client();
+            paying.spawn(async move { (false, leases_client.revoke(lease).await.is_ok()) });
+        }
+        let (mut removed, mut revoked) = (0, 0);
+        while let Some(paid) = paying.join_next().await {
+            match paid {
+                Ok((true, true)) => removed += 1,
+                Ok((false, true)) => revoked += 1,
+                _ => {}
+            }
         }
         Some((removed, revoked))
     };
