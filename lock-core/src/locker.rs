@@ -244,8 +244,9 @@ impl Drop for ReleaseOnDrop<'_> {
 /// A `lock()` or `try_lock()` in progress: started when first polled, under the session's
 /// timeout. One at a time per locker: it borrows the locker mutably.
 ///
-/// The backend's attempt is made in place and polled there: a contended `lock()` moves no
-/// large value around between its polls.
+/// A backend future that completed at once is taken without being stored; one that must wait
+/// is stored once and polled in place: a contended `lock()` moves no large value around
+/// between its polls.
 struct Attempt<'a, T> {
     locker: &'a Locker,
     /// The backend's attempt, once started (when first polled).
