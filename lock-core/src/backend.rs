@@ -72,7 +72,8 @@
 
 use std::sync::Arc;
 
-pub use crate::contract::{Layer, Locker, Party, Service, Session};
+pub use crate::contract::{Election, Layer, Locker, Party, Service, Session};
+pub use crate::election::Publisher;
 pub use crate::hold::Hold;
 pub use crate::id::validate_id;
 pub use crate::op::{OpFuture, PendingOp};

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::config::SessionConfig;
+use crate::election::{Leader, Observer};
 use crate::error::{Error, Result};
 use crate::hold::{Done, Hold};
 use crate::op::OpFuture;
@@ -58,6 +59,35 @@ pub trait Session: Send + Sync + Debug + 'static {
     /// Keep `party` in the locker and return it from [`Locker::party`]: it keeps the session
     /// open while the locker lives, and its fields drop after the locker's own `Drop`.
     fn new_locker(&self, id: &str, party: Party) -> Arc<dyn Locker>;
+
+    /// A locker for one permit of semaphore `id` (a valid id), which up to `limit` (at least 1)
+    /// lockers hold at once. Each permit is a hold with the whole [`Locker`] contract: its lost
+    /// signal fires before the permit can be granted to anybody else, its fencing token is
+    /// unique and greater than every earlier one of `id`, waiters are served in FIFO order,
+    /// `lock()` is cancel-safe. A `lock()` while parties of `id` that hold or wait use
+    /// another limit fails with [`Error::LimitMismatch`]: never more than the smallest limit
+    /// in use is granted at once.
+    ///
+    /// The provided method offers no semaphores.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] if the backend offers no semaphores.
+    fn new_semaphore(&self, id: &str, limit: u32, party: Party) -> Result<Arc<dyn Locker>> {
+        let _ = (id, limit, party);
+        Err(unsupported::<Self>("semaphores"))
+    }
+
+    /// A party of election `name` (a valid id): see [`Election`]. The provided method offers no
+    /// elections.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] if the backend offers no elections.
+    fn new_election(&self, name: &str, party: Party) -> Result<Arc<dyn Election>> {
+        let _ = (name, party);
+        Err(unsupported::<Self>("elections"))
+    }
 
     /// A future that resolves once the session has ended: closed, dropped, its service closed,
     /// or (for remote backends) its lease lost. `Some` for a backend that ends its sessions
@@ -148,6 +178,53 @@ pub trait Locker: Send + Sync + Debug + 'static {
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
     }
+}
+
+/// A party of one election: a [`Locker`] whose hold is leadership (its `lock()` campaigns with
+/// the value last [`propose`](Election::propose)d, and waits in FIFO order until it leads), with
+/// the election's value and its history.
+///
+/// The leader of an election is its holder; the leader's value is what it campaigned with or
+/// last proclaimed; its term's fencing token is its hold's. Every observer of the election sees
+/// every change of leader or value, in the order they happened.
+pub trait Election: Locker {
+    /// The value the next `lock()` campaigns with. The handles call it before every `lock()`.
+    fn propose(&self, value: Vec<u8>);
+
+    /// Replaces the value of this party's term with fencing token `token` (the latest it was
+    /// granted): observers see the new value.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotHeld`] if that term has ended; [`Error::AlreadyClosed`] after the session
+    /// ended; what the backend could not do.
+    fn proclaim(&self, token: u64, value: Vec<u8>) -> OpFuture<'_, Result<()>>;
+
+    /// The leader now, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyClosed`] after the session ended; what the backend could not do.
+    fn leader(&self) -> OpFuture<'_, Result<Option<Leader>>>;
+
+    /// Starts observing the election: the observer's first item is the leader now (or none),
+    /// then every change, in order (see [`Observer`]). It ends with the session.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyClosed`] after the session ended; what the backend could not do.
+    fn observe(&self) -> OpFuture<'_, Result<Observer>>;
+
+    /// This party as a plain [`Locker`] (return `self`), for the handles' attempts and layers.
+    fn into_locker(self: Arc<Self>) -> Arc<dyn Locker>;
+}
+
+/// [`Error::Unsupported`] for a backend that does not offer `what`.
+fn unsupported<S: ?Sized>(what: &str) -> Error {
+    Error::Unsupported(format!(
+        "this backend (`{}`) offers no {what}; use a backend that does (`local:`, `etcd:`)",
+        std::any::type_name::<S>()
+    ))
 }
 
 /// A wrapper around a service, its sessions and their lockers: metrics, tracing, retries,

@@ -57,6 +57,25 @@ pub enum Error {
     /// `unlock()` was called on a locker that does not hold the lock.
     #[error("this locker does not hold the lock")]
     NotHeld,
+    /// The backend does not offer this primitive (a semaphore or an election): use another
+    /// backend, or a lock.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// Two parties of one semaphore asked for different limits: the limit is part of the
+    /// semaphore, and every party must use the same one.
+    #[error(
+        "semaphore `{id}` is in use with a limit of {theirs}, and this locker asked for {ours}: \
+         every party of a semaphore must use the same limit (change it only while nobody holds \
+         or waits for it)"
+    )]
+    LimitMismatch {
+        /// The semaphore's id.
+        id: String,
+        /// The limit this locker asked for.
+        ours: u32,
+        /// The limit the semaphore is in use with.
+        theirs: u32,
+    },
     /// The lock was lost before it was released (its session ended, its lease expired, its
     /// record was removed): what was done under it may have overlapped with another holder.
     #[error("the lock was lost before it was released ({0})")]
@@ -112,6 +131,10 @@ pub enum ErrorKind {
     AlreadyLocked,
     /// [`Error::NotHeld`].
     NotHeld,
+    /// [`Error::Unsupported`].
+    Unsupported,
+    /// [`Error::LimitMismatch`].
+    LimitMismatch,
     /// [`Error::Lost`].
     Lost,
     /// [`Error::Backend`].
@@ -131,6 +154,8 @@ impl Error {
             Error::InvalidId(_) => ErrorKind::InvalidId,
             Error::AlreadyLocked => ErrorKind::AlreadyLocked,
             Error::NotHeld => ErrorKind::NotHeld,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::LimitMismatch { .. } => ErrorKind::LimitMismatch,
             Error::Lost(_) => ErrorKind::Lost,
             Error::Backend { .. } => ErrorKind::Backend,
         }

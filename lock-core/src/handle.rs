@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::config::SessionConfig;
 use crate::contract::{self, Layer, Party, ServiceShared, ServiceState, SessionState};
+use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::hold::Done;
 use crate::id::validate_id;
@@ -147,7 +148,64 @@ impl Session {
         if let Err(e) = validate_id(id) {
             return Locker::new(invalid_locker(id, e, party));
         }
-        let mut backend = self.state.backend.new_locker(id, party);
+        self.wrap(self.state.backend.new_locker(id, party))
+    }
+
+    /// A locker for one permit of semaphore `id`, which up to `limit` lockers hold at once
+    /// (across services and processes, as for locks). Each permit is a hold with a lock's whole
+    /// contract: [`lock`](Locker::lock) waits in FIFO order and returns a [`Held`](crate::Held)
+    /// whose [`lost`](crate::Held::lost) fires before the permit can be granted to anybody
+    /// else, with a fencing token of its own (unique, and greater than every earlier permit's
+    /// of `id`).
+    ///
+    /// Every party of a semaphore must use the same limit: a `lock()` while others hold or
+    /// wait with another limit fails with [`Error::LimitMismatch`]. Semaphore ids are their
+    /// own namespace on `local:`; on `etcd:` see the guide ("Semaphores").
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`]; [`Error::InvalidConfig`] for a limit of 0;
+    /// [`Error::Unsupported`] if the backend offers no semaphores.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(session: lock_core::Session) -> lock_core::Result<()> {
+    /// let mut permit = session.new_semaphore("jobs/render", 4)?; // at most 4 renders at once
+    /// let held = permit.lock().await?;
+    /// render(held.fencing_token()).await;
+    /// held.unlock().await
+    /// # }
+    /// # async fn render(_token: u64) {}
+    /// ```
+    pub fn new_semaphore(&self, id: &str, limit: u32) -> Result<Locker> {
+        validate_id(id)?;
+        if limit == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "semaphore `{id}`: a limit of 0 would never grant a permit; use 1 or more"
+            )));
+        }
+        let backend = self.state.backend.new_semaphore(id, limit, self.party())?;
+        Ok(self.wrap(backend))
+    }
+
+    /// A party of election `name`: campaign for leadership with a value, learn who leads,
+    /// observe every change (see [`Election`]). Election names are their own namespace on
+    /// `local:`; on `etcd:` an election is visible to etcd's own (`etcdctl elect`; see the
+    /// guide, "Elections").
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`]; [`Error::Unsupported`] if the backend offers no elections.
+    pub fn new_election(&self, name: &str) -> Result<Election> {
+        validate_id(name)?;
+        let backend = self.state.backend.new_election(name, self.party())?;
+        let locker = self.wrap(backend.clone().into_locker());
+        Ok(Election::new(locker, backend))
+    }
+
+    /// A locker handle of `backend`, through the service's layers.
+    fn wrap(&self, mut backend: Arc<dyn contract::Locker>) -> Locker {
         if let Some(service) = &self.state.service {
             for layer in &service.layers {
                 backend = layer.locker(backend);

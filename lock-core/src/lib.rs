@@ -106,6 +106,7 @@
 pub mod backend;
 mod config;
 mod contract;
+mod election;
 mod error;
 mod handle;
 mod hold;
@@ -119,6 +120,7 @@ mod signal;
 mod uri;
 
 pub use config::SessionConfig;
+pub use election::{Election, Leader, Observer};
 pub use error::{BoxError, Error, ErrorKind, Report, Result};
 pub use handle::{Service, Session};
 pub use hold::{Done, Fence, Lost};

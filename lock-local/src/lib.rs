@@ -12,11 +12,13 @@
 
 mod id;
 mod locker;
+mod permits;
 mod service;
 mod session;
 mod table;
 mod weak_list;
 
+pub use permits::PermitLocker;
 pub use service::LocalService;
 pub use session::LocalSession;
 pub use table::LocalLocker;

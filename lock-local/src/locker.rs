@@ -417,7 +417,7 @@ mod tests {
     #[test]
     fn a_late_unlock_of_an_evicted_hold_leaves_the_next_hold_alone() {
         let service = Arc::new(ServiceShared::default());
-        let session = LocalSession::new(service);
+        let session = LocalSession::new(service, Arc::default());
         let (first, next) = (locker(&session, "x"), locker(&session, "x"));
         let slot = first.slot.clone();
         assert!(slot.take(&first));
@@ -450,7 +450,7 @@ mod tests {
     fn a_waiter_that_sees_its_grant_is_named_by_the_word() {
         const ROUNDS: usize = 5_000;
         let service = Arc::new(ServiceShared::default());
-        let session = LocalSession::new(service);
+        let session = LocalSession::new(service, Arc::default());
         let (first, next) = (locker(&session, "x"), locker(&session, "x"));
         let slot = first.slot.clone();
         // Round r: this thread sets the round up (`go` = r); the waiter's thread watches

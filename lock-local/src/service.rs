@@ -7,6 +7,7 @@ use std::sync::Arc;
 use lock_core::backend::{self, OpFuture};
 use lock_core::{Error, Result, SessionConfig};
 
+use crate::permits::Groups;
 use crate::session::LocalSession;
 use crate::table::{ServiceShared, Wake};
 
@@ -36,6 +37,8 @@ use crate::table::{ServiceShared, Wake};
 #[derive(Clone)]
 pub struct LocalService {
     shared: Arc<ServiceShared>,
+    /// Its semaphores and elections.
+    groups: Arc<Groups>,
 }
 
 impl LocalService {
@@ -43,6 +46,7 @@ impl LocalService {
     pub fn new() -> Self {
         LocalService {
             shared: Arc::new(ServiceShared::new()),
+            groups: Arc::default(),
         }
     }
 
@@ -98,7 +102,7 @@ impl LocalService {
         if self.shared.is_closed() {
             return Err(Error::AlreadyClosed("the service was closed"));
         }
-        Ok(LocalSession::new(self.shared.clone()))
+        Ok(LocalSession::new(self.shared.clone(), self.groups.clone()))
     }
 
     /// Ends every hold and wait, then every watched session's `done()`. Sessions see the
@@ -110,6 +114,7 @@ impl LocalService {
         // Lockers taken out of queues are dropped after the table mutex: dropping the last
         // handle of a locker takes it.
         let (wakes, lockers) = self.shared.table().close();
+        self.groups.close();
         wakes.into_iter().for_each(Wake::wake);
         drop(lockers);
         let watchers = self.shared.watchers().take().unwrap_or_default();

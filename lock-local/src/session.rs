@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use lock_core::backend::{self, OpFuture};
 use lock_core::{Done, Error, LossCause, Result};
 
+use crate::permits::{Groups, Kind, PermitLocker};
 use crate::table::{LocalLocker, ServiceShared, SessionCore, IDLE};
 use crate::weak_list::WeakList;
 
@@ -19,14 +20,27 @@ pub struct LocalSession {
     core: Arc<SessionCore>,
     /// Every locker made by the session.
     lockers: Mutex<WeakList<LocalLocker>>,
+    /// The service's semaphores and elections.
+    groups: Arc<Groups>,
+    /// Every semaphore and election party made by the session.
+    parties: Mutex<WeakList<PermitLocker>>,
 }
 
 impl LocalSession {
-    pub(crate) fn new(service: Arc<ServiceShared>) -> Arc<Self> {
+    pub(crate) fn new(service: Arc<ServiceShared>, groups: Arc<Groups>) -> Arc<Self> {
         Arc::new(LocalSession {
             core: Arc::new(SessionCore::new(service)),
             lockers: Mutex::new(WeakList::default()),
+            groups,
+            parties: Mutex::new(WeakList::default()),
         })
+    }
+
+    fn party(&self, kind: Kind, id: &str, limit: u32, party: backend::Party) -> Arc<PermitLocker> {
+        let locker = self.groups.party(kind, id, limit, self.core.clone(), party);
+        let mut parties = self.parties.lock().unwrap_or_else(|e| e.into_inner());
+        parties.push(Arc::downgrade(&locker));
+        locker
     }
 
     #[cfg(test)]
@@ -51,6 +65,10 @@ impl LocalSession {
                 locker.evict((LossCause::SessionEnded, "the session ended"));
             }
         }
+        let parties = std::mem::take(&mut *self.parties.lock().unwrap_or_else(|e| e.into_inner()));
+        for party in parties.into_live() {
+            party.evict();
+        }
         self.core.end();
         if self.core.service.is_closed() {
             return Err(Error::AlreadyClosed(
@@ -68,6 +86,23 @@ impl backend::Session for LocalSession {
         let locker = LocalLocker::new(id, self.core.clone(), party);
         self.lockers_list().push(locker.weak());
         locker
+    }
+
+    fn new_semaphore(
+        &self,
+        id: &str,
+        limit: u32,
+        party: backend::Party,
+    ) -> Result<Arc<dyn backend::Locker>> {
+        Ok(self.party(Kind::Semaphore, id, limit, party))
+    }
+
+    fn new_election(
+        &self,
+        name: &str,
+        party: backend::Party,
+    ) -> Result<Arc<dyn backend::Election>> {
+        Ok(self.party(Kind::Election, name, 1, party))
     }
 
     fn done(&self) -> Option<Done> {

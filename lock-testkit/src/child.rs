@@ -157,6 +157,62 @@ async fn end_of_input(commands: &mut tokio::sync::mpsc::UnboundedReceiver<String
     while commands.recv().await.is_some() {}
 }
 
+/// The locker a command names: `sem:N:ID` is a permit of semaphore `ID` with limit `N`,
+/// `elect:ID` a candidate of election `ID` (whose `lock` campaigns with the value `child`),
+/// anything else a lock id.
+fn open_locker(session: &lock_core::Session, spec: &str) -> lock_core::Result<Candidate> {
+    if let Some(rest) = spec.strip_prefix("sem:") {
+        let (limit, id) = rest.split_once(':').unwrap_or(("", rest));
+        let limit = limit
+            .parse()
+            .map_err(|_| lock_core::Error::InvalidConfig(format!("bad limit in {spec}")))?;
+        return Ok(Candidate::Locker(session.new_semaphore(id, limit)?));
+    }
+    if let Some(name) = spec.strip_prefix("elect:") {
+        return Ok(Candidate::Election(session.new_election(name)?));
+    }
+    Ok(Candidate::Locker(session.new_locker(spec)))
+}
+
+/// What a child command acts on.
+enum Candidate {
+    Locker(lock_core::Locker),
+    Election(lock_core::Election),
+}
+
+impl Candidate {
+    async fn lock(&mut self) -> lock_core::Result<lock_core::Held> {
+        match self {
+            Candidate::Locker(locker) => locker.lock().await,
+            Candidate::Election(election) => election.campaign("child").await,
+        }
+    }
+
+    async fn try_lock(&mut self) -> lock_core::Result<Option<lock_core::Held>> {
+        match self {
+            Candidate::Locker(locker) => locker.try_lock().await,
+            Candidate::Election(_) => Err(lock_core::Error::Unsupported(
+                "the child campaigns only with `lock`".into(),
+            )),
+        }
+    }
+
+    /// Releases what it holds: a lock or permit, or (resigning) the election's term in
+    /// `holds`.
+    async fn unlock(&mut self, holds: &mut Vec<lock_core::Held>) -> lock_core::Result<()> {
+        match self {
+            Candidate::Locker(locker) => locker.unlock().await,
+            Candidate::Election(election) => {
+                let term = holds.iter().position(|h| h.id() == election.name());
+                match term {
+                    Some(at) => holds.swap_remove(at).unlock().await,
+                    None => Err(lock_core::Error::NotHeld),
+                }
+            }
+        }
+    }
+}
+
 /// The child's side: serves commands on stdin until it ends. Called by the `lock_testkit_child`
 /// test when [`CHILD_VAR`] is set.
 pub(crate) fn serve(harness: Option<Harness>) {
@@ -205,9 +261,18 @@ pub(crate) fn serve(harness: Option<Harness>) {
                 say("error unknown command");
                 continue;
             };
-            let locker = lockers
-                .entry(id.to_owned())
-                .or_insert_with(|| session.new_locker(id));
+            if !lockers.contains_key(id) {
+                match open_locker(&session, id) {
+                    Ok(locker) => lockers.insert(id.to_owned(), locker),
+                    Err(e) => {
+                        say(&format!("error {e}"));
+                        continue;
+                    }
+                };
+            }
+            let Some(locker) = lockers.get_mut(id) else {
+                continue;
+            };
             let run = async {
                 match command {
                     "lock" => match locker.lock().await {
@@ -227,7 +292,7 @@ pub(crate) fn serve(harness: Option<Harness>) {
                         Ok(None) => "busy".to_owned(),
                         Err(e) => format!("error {e}"),
                     },
-                    "unlock" => match locker.unlock().await {
+                    "unlock" => match locker.unlock(&mut holds).await {
                         Ok(()) => "unlocked".to_owned(),
                         Err(e) => format!("error {e}"),
                     },

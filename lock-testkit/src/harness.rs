@@ -96,6 +96,8 @@ pub struct Harness {
     faults: Option<Faults>,
     end_lease: Option<LeaseEnder>,
     child: Option<String>,
+    semaphores: bool,
+    elections: bool,
 }
 
 impl Harness {
@@ -129,6 +131,8 @@ impl Harness {
             faults: None,
             end_lease: None,
             child: None,
+            semaphores: true,
+            elections: true,
         }
     }
 
@@ -209,6 +213,33 @@ impl Harness {
     pub fn with_child_test(mut self, test: impl Into<String>) -> Self {
         self.child = Some(test.into());
         self
+    }
+
+    /// Declares whether the backend offers semaphores (default `true`). One that does not must
+    /// refuse them with [`Error::Unsupported`](lock_core::Error::Unsupported), which the suite
+    /// checks instead of the semaphore checks.
+    #[must_use]
+    pub fn with_semaphores(mut self, offered: bool) -> Self {
+        self.semaphores = offered;
+        self
+    }
+
+    /// Declares whether the backend offers elections (default `true`); as
+    /// [`with_semaphores`](Self::with_semaphores).
+    #[must_use]
+    pub fn with_elections(mut self, offered: bool) -> Self {
+        self.elections = offered;
+        self
+    }
+
+    /// What the backend declared: whether it offers semaphores.
+    pub fn semaphores(&self) -> bool {
+        self.semaphores
+    }
+
+    /// What the backend declared: whether it offers elections.
+    pub fn elections(&self) -> bool {
+        self.elections
     }
 
     /// What the backend declared: which lockers share locks.

@@ -188,6 +188,18 @@ macro_rules! conformance_tests {
             a_partitioned_holder_loses_before_another_is_granted,
             cancelled_unlock_during_a_blackhole_frees_the_id_once_healed,
             a_lost_lease_is_not_granted_before_its_holder_knows,
+            semaphore_admits_at_most_its_limit,
+            semaphore_waiters_are_granted_in_fifo_order_with_increasing_tokens,
+            semaphore_lost_fires_before_the_permit_is_granted_again,
+            semaphore_parties_that_disagree_on_the_limit_get_an_error,
+            semaphore_cancelled_waits_leave_nothing,
+            semaphore_permits_are_shared_across_processes,
+            election_has_one_leader_at_a_time,
+            election_leader_reports_its_value_and_term,
+            election_observers_see_every_change_in_order,
+            election_lost_fires_before_the_next_leader_is_elected,
+            election_cancelled_campaign_leaves_nothing,
+            election_is_shared_across_processes,
         }
     };
 }

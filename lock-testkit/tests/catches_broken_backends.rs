@@ -56,6 +56,64 @@ async fn the_suite_passes_the_correct_backend() {
     conformance::lock_times_out_after_session_timeout(&h)
         .await
         .unwrap();
+    conformance::semaphore_admits_at_most_its_limit(&h)
+        .await
+        .unwrap();
+    conformance::election_observers_see_every_change_in_order(&h)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_that_over_admits_is_caught() {
+    let h = harness(Bugs {
+        semaphore_over_admits: true,
+        ..Bugs::default()
+    });
+    fails(
+        conformance::semaphore_admits_at_most_its_limit(&h).await,
+        "a semaphore granting one permit too many",
+    )
+    .await;
+    fails(
+        conformance::semaphore_waiters_are_granted_in_fifo_order_with_increasing_tokens(&h).await,
+        "a semaphore granting one permit too many (try_lock)",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_election_that_hides_changes_from_observers_is_caught() {
+    let h = harness(Bugs {
+        proclaim_unobserved: true,
+        ..Bugs::default()
+    });
+    fails(
+        conformance::election_observers_see_every_change_in_order(&h).await,
+        "observers not told of a proclaimed value",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_without_the_primitives_must_refuse_them_clearly() {
+    // `local:` offers both; declared absent, the suite expects `Unsupported` and catches the
+    // dishonest declaration.
+    let h = Harness::from_uri("local:")
+        .with_sharing(Sharing::Service)
+        .with_leases(false)
+        .with_semaphores(false)
+        .with_elections(false);
+    fails(
+        conformance::semaphore_admits_at_most_its_limit(&h).await,
+        "semaphores declared absent but offered",
+    )
+    .await;
+    fails(
+        conformance::election_has_one_leader_at_a_time(&h).await,
+        "elections declared absent but offered",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,21 +7,25 @@
 //! per function.
 
 pub(crate) mod cancel;
+mod election;
 mod errors;
 mod exclusion;
 mod faults;
 mod ids;
 mod lost;
+mod semaphore;
 pub(crate) mod shared;
 mod waiting;
 
 pub use cancel::*;
+pub use election::*;
 pub use errors::*;
 pub(crate) use exclusion::fifo;
 pub use exclusion::*;
 pub use faults::*;
 pub use ids::*;
 pub use lost::*;
+pub use semaphore::*;
 pub use shared::*;
 pub use waiting::*;
 

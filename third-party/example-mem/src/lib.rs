@@ -6,13 +6,18 @@
 //! not leases (the TTL is unused): `Session::done` is the provided `None`, so the handles end
 //! them, releasing their holds and cancelling their waiters (see `lock_core::backend` for all
 //! the handles do). Deliberately simple: one mutex; every change wakes every waiter.
+//!
+//! Semaphores and elections are the same table: an id has up to `limit` holders (1 for a lock
+//! or an election), and an election's entry has observers, told of every change.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use lock_core::backend::{self, ConnectionString, Hold, OpFuture, OpenFuture, Party, Signal};
-use lock_core::{Error, Result, SessionConfig};
+use lock_core::backend::{
+    self, ConnectionString, Hold, OpFuture, OpenFuture, Party, Publisher, Signal,
+};
+use lock_core::{Error, Leader, Observer, Result, SessionConfig};
 use tokio::sync::Notify;
 
 /// Deliberate bugs, for showing that the conformance suite catches them. All off by default.
@@ -34,6 +39,10 @@ pub struct Bugs {
     pub per_service_tokens: bool,
     /// `try_lock` takes a free id even while a waiter is queued for it.
     pub try_lock_overtakes: bool,
+    /// A semaphore grants one permit more than its limit.
+    pub semaphore_over_admits: bool,
+    /// An election's `proclaim` changes the value without telling its observers.
+    pub proclaim_unobserved: bool,
 }
 
 /// A lock table, shared by every service opened from it; `example-mem:` uses [`Store::global`].
@@ -50,11 +59,29 @@ struct Table {
     changed: Notify,
 }
 
-/// An id's holder and waiters, each named by its locker's lost signal.
+/// An id's holders and waiters, each named by its locker's lost signal; an election's
+/// observers.
 #[derive(Debug, Default)]
 struct Entry {
-    holder: Option<Arc<Signal>>,
+    /// The limit its holders and waiters use.
+    limit: u32,
+    /// Each with its token and (an election leader's) value.
+    holders: Vec<(Arc<Signal>, u64, Vec<u8>)>,
     waiting: VecDeque<Arc<Signal>>,
+    observers: Vec<Publisher>,
+}
+
+impl Entry {
+    fn leader(&self) -> Option<Leader> {
+        let (_, token, value) = self.holders.first()?;
+        Some(Leader::new(value.clone(), *token))
+    }
+
+    /// Tells the observers the election's state.
+    fn publish(&mut self) {
+        let leader = self.leader();
+        self.observers.retain(|p| p.publish(leader.clone()));
+    }
 }
 
 impl Store {
@@ -101,11 +128,33 @@ impl backend::Service for Mem {
 
 impl backend::Session for Mem {
     fn new_locker(&self, id: &str, party: Party) -> Arc<dyn backend::Locker> {
-        let (mem, id, signal) = (self.clone(), id.to_owned(), Arc::default());
+        self.party("lock", id, 1, party)
+    }
+
+    fn new_semaphore(
+        &self,
+        id: &str,
+        limit: u32,
+        party: Party,
+    ) -> Result<Arc<dyn backend::Locker>> {
+        Ok(self.party("sem", id, limit, party))
+    }
+
+    fn new_election(&self, name: &str, party: Party) -> Result<Arc<dyn backend::Election>> {
+        Ok(self.party("elect", name, 1, party))
+    }
+}
+
+impl Mem {
+    /// A party of `id` in the namespace `kind`, taking up to `limit` holders.
+    fn party(&self, kind: &str, id: &str, limit: u32, party: Party) -> Arc<MemLocker> {
         Arc::new(MemLocker {
-            mem,
-            id,
-            signal,
+            mem: self.clone(),
+            key: format!("{kind}:{id}"),
+            id: id.to_owned(),
+            limit,
+            signal: Arc::default(),
+            proposal: Mutex::default(),
             party,
         })
     }
@@ -114,7 +163,12 @@ impl backend::Session for Mem {
 #[derive(Debug)]
 struct MemLocker {
     mem: Mem,
+    /// Its id in the table: kind and id.
+    key: String,
     id: String,
+    limit: u32,
+    /// The value an election campaign proposes.
+    proposal: Mutex<Vec<u8>>,
     /// Fired when this locker's hold ends; it names the locker in the table.
     signal: Arc<Signal>,
     party: Party,
@@ -125,45 +179,74 @@ impl MemLocker {
         self.mem.table.ids.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn is(&self, signal: Option<&Arc<Signal>>) -> bool {
-        signal.is_some_and(|s| Arc::ptr_eq(s, &self.signal))
+    fn holds(&self, entry: &Entry) -> bool {
+        entry
+            .holders
+            .iter()
+            .any(|h| Arc::ptr_eq(&h.0, &self.signal))
     }
 
-    /// This locker's entry for its id, unless it already holds the id.
+    /// This locker's entry for its id, unless it already holds the id or the id is in use
+    /// with another limit.
     fn entry<'a>(&self, ids: &'a mut HashMap<String, Entry>) -> Result<&'a mut Entry> {
-        let entry = ids.entry(self.id.clone()).or_default();
-        let free = !self.is(entry.holder.as_ref());
-        free.then_some(entry).ok_or(Error::AlreadyLocked)
+        let entry = ids.entry(self.key.clone()).or_default();
+        if self.holds(entry) {
+            return Err(Error::AlreadyLocked);
+        }
+        let in_use = !entry.holders.is_empty() || !entry.waiting.is_empty();
+        if in_use && entry.limit != self.limit {
+            let (id, ours, theirs) = (self.id.clone(), self.limit, entry.limit);
+            return Err(Error::LimitMismatch { id, ours, theirs });
+        }
+        entry.limit = self.limit;
+        Ok(entry)
     }
 
-    /// The hold, once this waiter is first in line and the id is free.
+    /// Whether `entry` has a permit free.
+    fn has_room(&self, entry: &Entry) -> bool {
+        let over = u32::from(self.mem.bugs.semaphore_over_admits && self.key.starts_with("sem:"));
+        entry.holders.len() < (entry.limit + over) as usize || self.mem.bugs.no_exclusion
+    }
+
+    /// The hold, once this waiter is first in line and a permit is free.
     fn first_in_line(&self) -> Option<Hold> {
         let mut ids = self.ids();
-        let entry = ids.get_mut(&self.id)?;
-        let free = entry.holder.is_none() || self.mem.bugs.no_exclusion;
+        let entry = ids.get_mut(&self.key)?;
+        let first = entry
+            .waiting
+            .front()
+            .is_some_and(|w| Arc::ptr_eq(w, &self.signal));
         // Granted, it leaves the queue when its `Withdraw` drops.
-        (free && self.is(entry.waiting.front())).then(|| self.grant(entry))
+        (first && self.has_room(entry)).then(|| self.grant(entry))
     }
 
-    /// Makes this locker the holder, with the next fencing token.
+    /// Makes this locker a holder, with the next fencing token.
     fn grant(&self, entry: &mut Entry) -> Hold {
-        entry.holder = Some(self.signal.clone());
         let mut token = self.mem.token.fetch_add(1, Relaxed) + 1;
         if self.mem.bugs.constant_tokens {
             token = 1;
         }
+        let value = self.proposal().clone();
+        entry.holders.push((self.signal.clone(), token, value));
+        entry.publish();
         Hold::new(self.signal.clone(), self.signal.epoch(), None, token)
+    }
+
+    fn proposal(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.proposal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Ends this locker's hold: its signal fires and, with `wake`, the waiters look again.
     fn end_hold(&self, wake: bool) -> Result<()> {
         let mut ids = self.ids();
-        let entry = ids.get_mut(&self.id).filter(|e| self.is(e.holder.as_ref()));
-        entry.ok_or(Error::NotHeld)?.holder = None;
+        let entry = ids.get_mut(&self.key).filter(|e| self.holds(e));
+        let entry = entry.ok_or(Error::NotHeld)?;
+        entry.holders.retain(|h| !Arc::ptr_eq(&h.0, &self.signal));
         if !self.mem.bugs.no_lost_signal {
             self.signal.fire();
         }
-        tidy(&mut ids, &self.id);
+        entry.publish();
+        tidy(&mut ids, &self.key);
         drop(ids);
         if wake {
             self.mem.table.changed.notify_waiters();
@@ -172,11 +255,14 @@ impl MemLocker {
     }
 }
 
-/// Forgets `id` once nobody holds it or waits for it.
-fn tidy(ids: &mut HashMap<String, Entry>, id: &str) {
-    let unused = |e: &Entry| e.holder.is_none() && e.waiting.is_empty();
-    if ids.get(id).is_some_and(unused) {
-        ids.remove(id);
+/// Forgets `key` once nobody holds it, waits for it or observes it.
+fn tidy(ids: &mut HashMap<String, Entry>, key: &str) {
+    let unused = |e: &mut Entry| {
+        e.observers.retain(|p| !p.is_closed());
+        e.holders.is_empty() && e.waiting.is_empty() && e.observers.is_empty()
+    };
+    if ids.get_mut(key).is_some_and(unused) {
+        ids.remove(key);
     }
 }
 
@@ -186,10 +272,10 @@ struct Withdraw<'a>(&'a MemLocker);
 impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
         let (mut ids, me) = (self.0.ids(), self.0);
-        if let Some(entry) = ids.get_mut(&me.id) {
+        if let Some(entry) = ids.get_mut(&me.key) {
             entry.waiting.retain(|w| !Arc::ptr_eq(w, &me.signal));
         }
-        tidy(&mut ids, &me.id);
+        tidy(&mut ids, &me.key);
         drop(ids);
         me.mem.table.changed.notify_waiters();
     }
@@ -221,10 +307,10 @@ impl backend::Locker for MemLocker {
     fn try_lock(&self) -> OpFuture<'_, Result<Option<Hold>>> {
         let (mut ids, bugs) = (self.ids(), self.mem.bugs);
         let outcome = self.entry(&mut ids).map(|e| {
-            let free = e.holder.is_none() && (e.waiting.is_empty() || bugs.try_lock_overtakes);
-            (free || bugs.no_exclusion).then(|| self.grant(e))
+            let free = self.has_room(e) && (e.waiting.is_empty() || bugs.try_lock_overtakes);
+            free.then(|| self.grant(e))
         });
-        tidy(&mut ids, &self.id);
+        tidy(&mut ids, &self.key);
         OpFuture::ready(outcome)
     }
 
@@ -242,6 +328,46 @@ impl backend::Locker for MemLocker {
 
     fn party(&self) -> &Party {
         &self.party
+    }
+}
+
+impl backend::Election for MemLocker {
+    fn propose(&self, value: Vec<u8>) {
+        *self.proposal() = value;
+    }
+
+    fn proclaim(&self, token: u64, value: Vec<u8>) -> OpFuture<'_, Result<()>> {
+        let mut ids = self.ids();
+        let Some(entry) = ids.get_mut(&self.key) else {
+            return OpFuture::ready(Err(Error::NotHeld));
+        };
+        let mine =
+            |h: &&mut (Arc<Signal>, u64, Vec<u8>)| Arc::ptr_eq(&h.0, &self.signal) && h.1 == token;
+        let Some(holder) = entry.holders.iter_mut().find(mine) else {
+            return OpFuture::ready(Err(Error::NotHeld));
+        };
+        holder.2 = value;
+        if !self.mem.bugs.proclaim_unobserved {
+            entry.publish();
+        }
+        OpFuture::ready(Ok(()))
+    }
+
+    fn leader(&self) -> OpFuture<'_, Result<Option<Leader>>> {
+        OpFuture::ready(Ok(self.ids().get(&self.key).and_then(Entry::leader)))
+    }
+
+    fn observe(&self) -> OpFuture<'_, Result<Observer>> {
+        let (publisher, observer) = Observer::channel();
+        let mut ids = self.ids();
+        let entry = ids.entry(self.key.clone()).or_default();
+        publisher.publish(entry.leader());
+        entry.observers.push(publisher);
+        OpFuture::ready(Ok(observer))
+    }
+
+    fn into_locker(self: Arc<Self>) -> Arc<dyn backend::Locker> {
+        self
     }
 }
 
