@@ -24,6 +24,7 @@
 mod config;
 mod connect;
 mod delay;
+mod election;
 mod error;
 mod exit;
 #[cfg(feature = "unstable-etcd-client")]
@@ -50,6 +51,7 @@ pub use delay::LockDelay;
 #[cfg_attr(docsrs, doc(cfg(feature = "unstable-etcd-client")))]
 pub use guard::guard;
 
+pub use election::EtcdElection;
 /// The etcd client this backend uses, for talking to the same cluster (e.g. guarded writes),
 /// with feature `unstable-etcd-client`: its types follow etcd-client's 0.x versions, not this
 /// crate's semver.

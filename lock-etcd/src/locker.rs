@@ -41,6 +41,7 @@ use lock_core::{Done, Error, LossCause, Result};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+use crate::election::EtcdElection;
 use crate::hub::Interest;
 use crate::keeper::EndReason;
 use crate::keys::{self, IdKeys};
@@ -113,6 +114,34 @@ impl LockerCore {
 
     fn session(&self) -> &Arc<SessionCore> {
         &self.owned.session
+    }
+
+    pub(crate) fn session_core(&self) -> &Arc<SessionCore> {
+        &self.owned.session
+    }
+
+    pub(crate) fn keys(&self) -> &IdKeys {
+        &self.keys
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.owned.key
+    }
+
+    /// Sets the value our key's next put writes (an election candidate's).
+    pub(crate) fn set_value(&self, value: Vec<u8>) {
+        self.owned.set_value(value);
+    }
+
+    /// Sends a txn of the recipe (see [`OwnedKey::txn`]).
+    pub(crate) async fn txn(&self, context: &'static str, txn: Txn) -> Result<TxnResponse> {
+        self.owned.txn(context, txn).await
+    }
+
+    /// The fencing token of the hold this locker has now, if it holds.
+    pub(crate) fn held_token(&self) -> Option<u64> {
+        let st = self.state();
+        (st.phase == Phase::Held).then_some(st.rev as u64)
     }
 
     fn canceled(&self) -> Error {
@@ -749,8 +778,9 @@ fn queue_is_empty(resp: &TxnResponse) -> bool {
     }
 }
 
-impl backend::Session for EtcdSession {
-    fn new_locker(&self, id: &str, party: backend::Party) -> Arc<dyn backend::Locker> {
+impl EtcdSession {
+    /// A locker of `id`, known to the session (which ends its hold when it ends).
+    fn locker(&self, id: &str, party: backend::Party) -> EtcdLocker {
         let key = self.core.service.next_key();
         let locker = EtcdLocker::new(key, id, self.core.clone(), party);
         self.core
@@ -759,7 +789,21 @@ impl backend::Session for EtcdSession {
         if let Some(reason) = self.core.ended() {
             locker.core().session_ended(reason);
         }
-        Arc::new(locker)
+        locker
+    }
+}
+
+impl backend::Session for EtcdSession {
+    fn new_locker(&self, id: &str, party: backend::Party) -> Arc<dyn backend::Locker> {
+        Arc::new(self.locker(id, party))
+    }
+
+    fn new_election(
+        &self,
+        name: &str,
+        party: backend::Party,
+    ) -> Result<Arc<dyn backend::Election>> {
+        Ok(Arc::new(EtcdElection::new(self.locker(name, party))))
     }
 
     fn done(&self) -> Option<Done> {

@@ -34,6 +34,9 @@ pub(crate) struct OwnedKey {
     pub(crate) session: Arc<SessionCore>,
     /// Notified whenever one of the removals finishes.
     cleaned: Arc<Notify>,
+    /// The key's value for a recipe that publishes one (an election candidate's); `None`: who
+    /// took the key, for people reading the keys.
+    value: Mutex<Option<Vec<u8>>>,
 }
 
 /// What changes of a key's ownership; kept under the recipe's lock.
@@ -138,7 +141,13 @@ impl OwnedKey {
             record,
             session,
             cleaned: Arc::new(Notify::new()),
+            value: Mutex::new(None),
         }
+    }
+
+    /// Sets the value the next put of the key writes.
+    pub(crate) fn set_value(&self, value: Vec<u8>) {
+        *self.value.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
     }
 
     pub(crate) fn kv(&self) -> KvClient {
@@ -209,9 +218,12 @@ impl OwnedKey {
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let owner = format!("{} since={since}", self.session.service.owner);
+        let value = self.value.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let value = value.unwrap_or_else(|| {
+            format!("{} since={since}", self.session.service.owner).into_bytes()
+        });
         let options = PutOptions::new().with_lease(lease).with_prev_key();
-        let mut ops = vec![TxnOp::put(self.key.as_str(), owner, Some(options))];
+        let mut ops = vec![TxnOp::put(self.key.as_str(), value, Some(options))];
         if let Some((record, value)) = &self.record {
             ops.push(TxnOp::put(record.clone(), value.as_str(), None));
         }

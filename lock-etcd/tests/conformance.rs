@@ -35,8 +35,7 @@ fn etcd() -> Option<Harness> {
         })
         .with_lease_ending(move |id| Box::pin(common::revoke_holders_lease(direct.clone(), id)))
         // Not yet on etcd: the suite checks that they are refused with `Unsupported`.
-        .with_semaphores(false)
-        .with_elections(false);
+        .with_semaphores(false);
     Some(harness)
 }
 
