@@ -158,25 +158,21 @@ impl QueueUse {
         }
     }
 
-    /// Whether the key of `suffix`, created at `rev`, is the first key of the id with no
-    /// lock-delay before it (so its locker may take the lock); `Ok(false)` also while the
-    /// queue is being read.
+    /// Whether the key of `suffix`, created at `rev`, may hold a permit of the id: among its
+    /// first keys (the first, for a lock) with no lock-delay before it taking the last
+    /// permit (so its locker may take the lock); `Ok(false)` also while the queue is being
+    /// read.
     ///
     /// # Errors
     ///
     /// When the queue could not be read from etcd.
-    pub(crate) fn is_first(&self, suffix: &str, rev: i64) -> lock_core::Result<bool> {
+    pub(crate) fn may_hold(&self, suffix: &str, rev: i64) -> lock_core::Result<bool> {
         let st = self.hub.state();
         let Some(queue) = st.queues.get(&self.range) else {
             return Ok(false);
         };
         match &queue.mirror.load {
-            Load::Ready { .. } => Ok(queue
-                .mirror
-                .by_rev
-                .first_key_value()
-                .is_some_and(|(&created, first)| created == rev && first == suffix)
-                && queue.mirror.blocked_by(rev).is_none()),
+            Load::Ready { .. } => Ok(queue.mirror.may_hold(suffix, rev)),
             Load::Loading { .. } | Load::Idle => Ok(false),
             Load::Failed(reason, true) => Err(lock_core::Error::backend_transient(
                 crate::SERVICE_ETCD,
@@ -322,7 +318,7 @@ impl Hub {
                     .map(|kv| Change::from_read(kv, since))
                     .collect();
                 let resolve = queue.mirror.install(since, snapshot, buffer);
-                (queue.mirror.head_waiter().into_iter().collect(), resolve)
+                (queue.mirror.wakeable(), resolve)
             }
             Err(e) => {
                 // `e` says "etcd backend: <what we did>: <why>"; the error made from this
@@ -381,7 +377,7 @@ impl Hub {
         for (range, changes) in by_range {
             if let Some(queue) = st.queues.get_mut(&range) {
                 resolve.extend(queue.mirror.observe(changes));
-                wakes.extend(queue.mirror.head_waiter());
+                wakes.extend(queue.mirror.wakeable());
             }
         }
         drop(st);
@@ -403,10 +399,10 @@ impl Hub {
             return;
         }
         let resolve = queue.mirror.observe(changes);
-        let wake = queue.mirror.head_waiter();
+        let wakes = queue.mirror.wakeable();
         drop(st);
         self.resolve(resolve);
-        self.wake(wake.into_iter().collect());
+        self.wake(wakes);
     }
 
     fn keys(&self) -> Vec<String> {

@@ -4,6 +4,9 @@
 //!   bound to its session's lease, ordered by create revision. This is the layout of etcd's Go
 //!   `concurrency.Mutex` (and `etcdctl lock`, and the server's Lock RPC), whose prefix for id
 //!   `ID` is `<prefix><encoded ID>/`.
+//!   A semaphore's keys are an id's queue keys whose value starts with `limit=N`; an election's
+//!   hold the candidate's value (as Go's `concurrency.Election` does). One id is one queue:
+//!   give a lock, a semaphore and an election distinct ids.
 //! - **Lock-delay records** `<prefix><encoded id>.\xff<lease>-<locker>`: one beside each queue
 //!   key of a locker whose service has a lock-delay (see `crate::delay`), put and deleted in the
 //!   same transactions as the key, bound to no lease. A record whose key is gone marks a hold
@@ -112,6 +115,19 @@ pub(crate) enum Kind {
     Record,
 }
 
+/// The value a semaphore's key starts with: its limit (`limit=N `), then who took it.
+pub(crate) fn limit_value(limit: u32, owner: &str) -> Vec<u8> {
+    format!("limit={limit} {owner}").into_bytes()
+}
+
+/// The limit a queue key's value names (`limit=N` first), if any: a semaphore's key. Every
+/// other key (a lock's, an election's, one of etcd's own recipes) counts as a lock, of one.
+pub(crate) fn limit_of(value: &[u8]) -> Option<usize> {
+    let rest = value.strip_prefix(b"limit=")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +145,15 @@ mod tests {
             }
         }
         String::from_utf8(bytes).ok()
+    }
+
+    #[test]
+    fn a_semaphores_limit_is_read_from_its_keys_value() {
+        assert_eq!(limit_of(&limit_value(4, "host=h pid=1")), Some(4));
+        assert_eq!(limit_of(b"limit=12"), Some(12));
+        assert_eq!(limit_of(b"host=h pid=1 since=1"), None); // a lock's key
+        assert_eq!(limit_of(b"10.0.0.1:80"), None); // an election's value
+        assert_eq!(limit_of(b"limit=x"), None);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The lock recipe.
+//! The lock recipe, and the semaphore's (a lock of `limit` permits).
 //!
 //! Each locker owns one key, `<prefix><id>/<lease>-<locker>`, bound to its session's lease.
 //! The keys of an id form its queue, ordered by create revision; the first key holds the lock
@@ -29,13 +29,21 @@
 //!   for those removals first.
 //! - **loss**: our key deleted by anyone else, the session's lease lost, or the session's
 //!   deadline passed, all fire `lost()`.
+//! - **semaphores**: the same, with `limit` permits: a key among the id's first `limit` keys
+//!   (counting each stale record before it as a permit still taken) holds one. The key's value
+//!   starts with `limit=N`; the txn that puts it also counts the id's keys and records and reads
+//!   its first key: a first key of another limit is [`Error::LimitMismatch`] (so every party
+//!   admitted agrees with the oldest), and at most `limit` keys, each with its record, grant a
+//!   permit at once. Otherwise the mirror wakes one waiter per permit that comes free.
 
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, TxnResponse};
+use etcd_client::{
+    Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
 use lock_core::backend::{self, Hold, OpFuture, Signal};
 use lock_core::{Done, Error, LossCause, Result};
 use tokio::sync::Notify;
@@ -96,6 +104,8 @@ impl State {
 pub(crate) struct LockerCore {
     serial: u64,
     id: String,
+    /// A semaphore's limit (its key's value says it); `None` for a lock or an election.
+    limit: Option<u32>,
     /// The id's keys, shared with the hub's queue while this locker uses it.
     keys: IdKeys,
     /// What follows the id's range in our key (and the records' prefix in our record).
@@ -367,6 +377,64 @@ impl LockerCore {
         Ok((key_created(&resp), alone))
     }
 
+    /// For a semaphore: one txn puts our key and our record, counts the id's keys and its
+    /// records (etcd counts from its index), and reads the first key (whose value names the
+    /// semaphore's limit).
+    async fn put_counted(&self, lease: i64) -> Result<TxnResponse> {
+        let mut ops = self.owned.puts(lease);
+        let count = || GetOptions::new().with_count_only();
+        ops.push(TxnOp::get(
+            &*self.keys.range,
+            Some(count().with_range(self.keys.end.to_vec())),
+        ));
+        ops.push(TxnOp::get(
+            self.keys.records.to_vec(),
+            Some(count().with_range(self.keys.range.as_bytes().to_vec())),
+        ));
+        let first = GetOptions::new()
+            .with_range(self.keys.end.to_vec())
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1);
+        ops.push(TxnOp::get(&*self.keys.range, Some(first)));
+        self.owned
+            .txn("taking a permit", Txn::new().and_then(ops))
+            .await
+    }
+
+    /// Whether a [`put_counted`](Self::put_counted) answer grants a permit at once: the
+    /// semaphore's limit is ours (else [`Error::LimitMismatch`]), at most `limit` keys are
+    /// there (ours the youngest), and every record belongs to one of them (none stale: a
+    /// hold that ended behind its holder's back keeps its permit until its lock-delay has
+    /// passed, which the mirror tells exactly; then we wait for its word).
+    fn permit_at_once(&self, resp: &TxnResponse, rev: i64, limit: u32) -> Result<bool> {
+        let ops = resp.op_responses();
+        let get = |i: usize| match ops.get(i) {
+            Some(TxnOpResponse::Get(get)) => Some(get),
+            _ => None,
+        };
+        let puts = 1 + usize::from(self.owned.record.is_some());
+        let (Some(keys), Some(records), Some(first)) = (get(puts), get(puts + 1), get(puts + 2))
+        else {
+            return Ok(false);
+        };
+        if let Some(kv) = first.kvs().first().filter(|kv| kv.create_revision() != rev) {
+            let theirs = keys::limit_of(kv.value()).unwrap_or(1);
+            if theirs != limit as usize {
+                return Err(Error::LimitMismatch {
+                    id: self.id.clone(),
+                    ours: limit,
+                    theirs: u32::try_from(theirs).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        // Every party of the semaphore writes a record beside its key, or none does.
+        let expected = match self.owned.record {
+            Some(_) => keys.count(),
+            None => 0,
+        };
+        Ok(keys.count() <= i64::from(limit) && records.count() == expected)
+    }
+
     /// One txn puts our key and our record: queues behind the id's others. Returns the key's
     /// create revision (an earlier attempt's, if that put arrived but its answer did not).
     async fn enqueue(&self, lease: i64) -> Result<i64> {
@@ -377,10 +445,20 @@ impl LockerCore {
 
     async fn acquire(self: &Arc<Self>) -> Result<Hold> {
         // Where this service already sees contention for the id, a plain put joins the queue;
-        // otherwise one txn takes a free lock outright.
+        // otherwise one txn takes a free lock outright. A semaphore always counts (and checks
+        // the limit).
         let (mut queue, busy) = self.session().service.hub.join(&self.keys);
         let core = self.clone();
-        let rev = if busy {
+        let rev = if let Some(limit) = self.limit {
+            let put = |lease| async move { core.put_counted(lease).await };
+            let resp = self.detached(|resp| Some(key_created(resp)), put).await?;
+            let rev = key_created(&resp);
+            if self.permit_at_once(&resp, rev, limit)? {
+                self.set_rev(rev)?;
+                return self.grant();
+            }
+            rev
+        } else if busy {
             self.detached(
                 |rev| Some(*rev),
                 |lease| async move { core.enqueue(lease).await },
@@ -413,7 +491,7 @@ impl LockerCore {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let first = queue.is_first(&self.suffix, rev)?;
+            let first = queue.may_hold(&self.suffix, rev)?;
             // With a record, the mirror's word is enough (see the module docs); without one,
             // etcd confirms that our key still exists.
             if first && (self.owned.record.is_some() || self.confirm_first(rev).await?) {
@@ -484,6 +562,18 @@ impl LockerCore {
 
     async fn try_acquire(self: &Arc<Self>) -> Result<Option<Hold>> {
         let core = self.clone();
+        if let Some(limit) = self.limit {
+            let put = |lease| async move { core.put_counted(lease).await };
+            let resp = self.detached(|resp| Some(key_created(resp)), put).await?;
+            let rev = key_created(&resp);
+            self.set_rev(rev)?;
+            if self.permit_at_once(&resp, rev, limit)? {
+                return self.grant().map(Some);
+            }
+            // Taken, or (records in the way) perhaps not: busy either way; our key goes.
+            self.abandon();
+            return Ok(None);
+        }
         let resp = self
             .detached(created_by_try, |lease| async move {
                 // Free: nothing in the id's range, neither keys nor records (a hold that ended
@@ -561,6 +651,7 @@ impl EtcdLocker {
     pub(crate) fn new(
         serial: u64,
         id: &str,
+        limit: Option<u32>,
         session: Arc<SessionCore>,
         party: backend::Party,
     ) -> Self {
@@ -570,14 +661,19 @@ impl EtcdLocker {
         let record = session
             .lock_delay()
             .map(|delay| (keys.record(&suffix), crate::delay::record_value(delay)));
+        let owned = OwnedKey::new(key, record, session);
+        if let Some(limit) = limit {
+            owned.set_value(keys::limit_value(limit, &owned.session.service.owner));
+        }
         EtcdLocker {
             party,
             core: Arc::new(LockerCore {
                 serial,
                 id: id.to_owned(),
+                limit,
                 keys,
                 suffix,
-                owned: OwnedKey::new(key, record, session),
+                owned,
                 signal: Arc::new(Signal::new()),
                 state: Mutex::new(State::default()),
                 wake: Notify::new(),
@@ -780,9 +876,9 @@ fn queue_is_empty(resp: &TxnResponse) -> bool {
 
 impl EtcdSession {
     /// A locker of `id`, known to the session (which ends its hold when it ends).
-    fn locker(&self, id: &str, party: backend::Party) -> EtcdLocker {
+    fn locker(&self, id: &str, limit: Option<u32>, party: backend::Party) -> EtcdLocker {
         let key = self.core.service.next_key();
-        let locker = EtcdLocker::new(key, id, self.core.clone(), party);
+        let locker = EtcdLocker::new(key, id, limit, self.core.clone(), party);
         self.core
             .lockers()
             .insert(key, locker.weak() as Weak<dyn Member>);
@@ -795,7 +891,16 @@ impl EtcdSession {
 
 impl backend::Session for EtcdSession {
     fn new_locker(&self, id: &str, party: backend::Party) -> Arc<dyn backend::Locker> {
-        Arc::new(self.locker(id, party))
+        Arc::new(self.locker(id, None, party))
+    }
+
+    fn new_semaphore(
+        &self,
+        id: &str,
+        limit: u32,
+        party: backend::Party,
+    ) -> Result<Arc<dyn backend::Locker>> {
+        Ok(Arc::new(self.locker(id, Some(limit), party)))
     }
 
     fn new_election(
@@ -803,7 +908,7 @@ impl backend::Session for EtcdSession {
         name: &str,
         party: backend::Party,
     ) -> Result<Arc<dyn backend::Election>> {
-        Ok(Arc::new(EtcdElection::new(self.locker(name, party))))
+        Ok(Arc::new(EtcdElection::new(self.locker(name, None, party))))
     }
 
     fn done(&self) -> Option<Done> {

@@ -47,6 +47,9 @@ pub(crate) struct Mirror {
     pub(crate) load: Load,
     /// Queue keys: create revision → suffix, and back.
     pub(crate) by_rev: BTreeMap<i64, String>,
+    /// The permits a key's semaphore has, for keys that say (`limit=N` in their value; any
+    /// other key counts as a lock, of one): the queue's limit is its first key's.
+    limits: HashMap<i64, usize>,
     by_suffix: HashMap<String, i64>,
     /// Lock-delay records, by suffix.
     records: HashMap<String, Record>,
@@ -54,8 +57,8 @@ pub(crate) struct Mirror {
     pub(crate) stale: BTreeMap<i64, Stale>,
     /// Local waiters by suffix: the create revision they wait with and how to wake them.
     pub(crate) waiters: HashMap<String, (i64, Wake)>,
-    /// The create revision of the first key whose waiter was last woken.
-    woken: i64,
+    /// The create revisions of the keys whose waiters were woken (at most the limit's first).
+    woken: Vec<i64>,
     /// The stale record a waiter was last said to wait for (logged once).
     announced: i64,
     /// The revision of the last change applied per key, deleted keys included (tombstones).
@@ -115,11 +118,12 @@ impl Mirror {
             keys,
             load: Load::Idle,
             by_rev: BTreeMap::new(),
+            limits: HashMap::new(),
             by_suffix: HashMap::new(),
             records: HashMap::new(),
             stale: BTreeMap::new(),
             waiters: HashMap::new(),
-            woken: 0,
+            woken: Vec::new(),
             announced: 0,
             last: HashMap::new(),
             puts_through: 0,
@@ -151,20 +155,27 @@ impl Mirror {
                 self.puts_through = self.puts_through.max(change.revision);
             }
             match (kind, change.put) {
-                (Kind::Queue, Some((created, _))) => {
+                (Kind::Queue, Some((created, value))) => {
                     if let Some(old) = self.by_suffix.insert(suffix.clone(), created) {
                         if old == created {
                             continue; // a value update of a key we know
                         }
                         self.by_rev.remove(&old);
+                        self.limits.remove(&old);
                     }
                     self.by_rev.insert(created, suffix);
+                    if let Some(limit) = crate::keys::limit_of(&value).filter(|&l| l != 1) {
+                        self.limits.insert(created, limit);
+                    }
                 }
                 (Kind::Queue, None) => {
                     if let Some(created) = self.by_suffix.remove(&suffix) {
-                        let was_first = self.by_rev.keys().next() == Some(&created);
+                        // It may have held if it was among the first `limit` keys.
+                        let limit = self.limit();
+                        let held = self.by_rev.keys().take(limit).any(|&c| c == created);
                         self.by_rev.remove(&created);
-                        deleted.push((suffix, was_first));
+                        self.limits.remove(&created);
+                        deleted.push((suffix, held));
                     }
                     self.prune();
                 }
@@ -198,7 +209,7 @@ impl Mirror {
                     if !self.by_suffix.contains_key(&suffix)
                         && !self.stale.contains_key(&record.created) =>
                 {
-                    let blocks = self.by_rev.range(..record.created).next().is_none();
+                    let blocks = self.by_rev.range(..record.created).count() < self.limit();
                     resolve.push(self.mark_stale(suffix, record, blocks, now));
                 }
                 _ => {}
@@ -295,59 +306,101 @@ impl Mirror {
         }
     }
 
-    /// The stale record that keeps the key created at `created` from the lock, if any.
-    pub(crate) fn blocked_by(&self, created: i64) -> Option<(i64, &Stale)> {
+    /// How many permits the id has: its first key's limit (1 for a lock, or an empty queue).
+    pub(crate) fn limit(&self) -> usize {
+        let first = self.by_rev.keys().next();
+        first.and_then(|c| self.limits.get(c)).copied().unwrap_or(1)
+    }
+
+    /// The stale records that may have held a permit, older than the key created at `created`:
+    /// each keeps one permit from the keys behind it while it lasts.
+    fn blocking(&self, created: i64) -> impl Iterator<Item = (i64, &Stale)> {
         self.stale
             .range(..created)
-            .find(|(_, stale)| stale.blocks)
+            .filter(|(_, stale)| stale.blocks)
             .map(|(rev, stale)| (*rev, stale))
     }
 
-    /// The waiter owning the first key, if it may have the lock and was not woken for that key
-    /// yet.
-    pub(crate) fn head_waiter(&mut self) -> Option<Wake> {
+    /// The stale record that keeps the key created at `created` from the lock (the last of
+    /// the permits), if any.
+    pub(crate) fn blocked_by(&self, created: i64) -> Option<(i64, &Stale)> {
+        let ahead = self.by_rev.range(..created).count();
+        let limit = self.limit();
+        if ahead >= limit {
+            return None; // behind keys, not records
+        }
+        self.blocking(created).nth(limit - ahead - 1)
+    }
+
+    /// Whether the key of `suffix`, created at `created`, may hold a permit: fewer than the
+    /// limit of keys and blocking stale records are older than it.
+    pub(crate) fn may_hold(&self, suffix: &str, created: i64) -> bool {
+        let limit = self.limit();
+        let ahead = self.by_rev.range(..created).take(limit).count();
+        self.by_suffix.get(suffix) == Some(&created)
+            && ahead < limit
+            && self.blocking(created).take(limit - ahead).count() < limit - ahead
+    }
+
+    /// The waiters owning keys that may now hold a permit and were not woken for them yet:
+    /// with one permit, the first key's, once.
+    pub(crate) fn wakeable(&mut self) -> Vec<Wake> {
         if !matches!(self.load, Load::Ready { .. }) {
-            return None;
+            return Vec::new();
         }
-        let (&created, suffix) = self.by_rev.first_key_value()?;
-        if created == self.woken {
-            return None;
-        }
-        let (rev, wake) = self.waiters.get(suffix)?;
-        if *rev != created {
-            return None;
-        }
-        let wake = wake.clone();
-        if let Some((token, stale)) = self.blocked_by(created) {
-            if self.announced != token {
-                tracing::debug!(
-                    range = %self.keys.range,
-                    waiter = created,
-                    vanished = token,
-                    vanished_key = %stale.suffix,
-                    lock_delay = ?stale.delay,
-                    "a waiter is first in line, behind a hold that ended without a clean release: \
-                     waiting out its lock-delay"
-                );
-                self.announced = token;
+        let limit = self.limit();
+        let first: Vec<i64> = self.by_rev.keys().take(limit).copied().collect();
+        self.woken.retain(|c| first.contains(c));
+        let mut wakes = Vec::new();
+        for created in first {
+            if self.woken.contains(&created) {
+                continue;
             }
-            return None;
+            let Some(suffix) = self.by_rev.get(&created) else {
+                continue;
+            };
+            let Some((rev, wake)) = self.waiters.get(suffix) else {
+                continue;
+            };
+            if *rev != created {
+                continue;
+            }
+            let wake = wake.clone();
+            if !self.may_hold(suffix, created) {
+                if let Some((token, stale)) = self.blocked_by(created) {
+                    if self.announced != token {
+                        tracing::debug!(
+                            range = %self.keys.range,
+                            waiter = created,
+                            vanished = token,
+                            vanished_key = %stale.suffix,
+                            lock_delay = ?stale.delay,
+                            "a waiter is next in line, behind a hold that ended without a clean \
+                             release: waiting out its lock-delay"
+                        );
+                        self.announced = token;
+                    }
+                }
+                continue;
+            }
+            self.woken.push(created);
+            wakes.push(wake);
         }
-        self.woken = created;
-        Some(wake)
+        wakes
     }
 
     /// Forgets what it mirrored, to load it again.
     pub(crate) fn reset(&mut self) {
         self.load = Load::Loading { buffer: Vec::new() };
         self.by_rev.clear();
+        self.limits.clear();
         self.by_suffix.clear();
         self.records.clear();
         self.stale.clear();
         self.last.clear();
         self.puts_through = 0;
         self.prune_at = 1024;
-        self.woken = 0;
+        self.woken.clear();
     }
 }
 
@@ -423,7 +476,7 @@ mod tests {
     }
 
     fn wake_head(queue: &mut Mirror) {
-        if let Some(w) = queue.head_waiter() {
+        for w in queue.wakeable() {
             w();
         }
     }
@@ -558,6 +611,68 @@ mod tests {
         queue.observe(vec![delete_record("b", 10)]);
         wake_head(&mut queue);
         assert_eq!(*woken.lock().unwrap(), ["b", "c"]);
+    }
+
+    fn put_permit(suffix: &str, created: i64, limit: u32) -> Change {
+        Change {
+            key: keys().key(suffix).into_bytes(),
+            revision: created,
+            put: Some((created, crate::keys::limit_value(limit, "host=h pid=1"))),
+        }
+    }
+
+    /// A semaphore of 3: the first three keys' waiters are woken, each once; a release wakes
+    /// the one waiter whose key becomes third, and nobody else.
+    #[test]
+    fn a_semaphore_wakes_one_waiter_per_permit() {
+        let mut queue = ready();
+        for (suffix, created) in [("a", 5), ("b", 6), ("c", 7), ("d", 8), ("e", 9)] {
+            queue.observe(vec![put_permit(suffix, created, 3)]);
+        }
+        assert_eq!(queue.limit(), 3);
+        let woken = waiters(
+            &mut queue,
+            &[("a", 5), ("b", 6), ("c", 7), ("d", 8), ("e", 9)],
+        );
+        wake_head(&mut queue);
+        assert_eq!(*woken.lock().unwrap(), ["a", "b", "c"]);
+        wake_head(&mut queue);
+        assert_eq!(*woken.lock().unwrap(), ["a", "b", "c"], "woken twice");
+        queue.observe(vec![delete("b", 10)]);
+        wake_head(&mut queue);
+        assert_eq!(*woken.lock().unwrap(), ["a", "b", "c", "d"]);
+        assert!(queue.may_hold("d", 8) && !queue.may_hold("e", 9));
+    }
+
+    /// A permit whose key vanished without its record (a hold that ended behind its holder's
+    /// back) stays taken until the record goes: the waiter next in line waits for it.
+    #[test]
+    fn a_semaphores_vanished_holder_keeps_its_permit_for_the_lock_delay() {
+        let mut queue = ready();
+        for (suffix, created) in [("a", 5), ("b", 6), ("c", 7)] {
+            queue.observe(vec![
+                put_permit(suffix, created, 2),
+                put_record(suffix, created, 3000),
+            ]);
+        }
+        let woken = waiters(&mut queue, &[("c", 7)]);
+        wake_head(&mut queue);
+        assert!(
+            woken.lock().unwrap().is_empty(),
+            "c was woken behind two holders"
+        );
+        let resolve = queue.observe(vec![delete("b", 8)]); // b held a permit, and vanished
+        assert_eq!(resolve.len(), 1);
+        assert!(resolve[0].2 >= Instant::now() + Duration::from_millis(2900));
+        wake_head(&mut queue);
+        assert!(
+            woken.lock().unwrap().is_empty(),
+            "c was woken during b's lock-delay"
+        );
+        assert!(!queue.may_hold("c", 7));
+        queue.observe(vec![delete_record("b", 9)]);
+        wake_head(&mut queue);
+        assert_eq!(*woken.lock().unwrap(), ["c"]);
     }
 
     /// A key that was never the first never held the lock: its record, left behind, keeps

@@ -33,9 +33,7 @@ fn etcd() -> Option<Harness> {
             let uri = format!("etcd:{}", proxies.join(","));
             Box::pin(async move { lock_core::new(&uri).await })
         })
-        .with_lease_ending(move |id| Box::pin(common::revoke_holders_lease(direct.clone(), id)))
-        // Not yet on etcd: the suite checks that they are refused with `Unsupported`.
-        .with_semaphores(false);
+        .with_lease_ending(move |id| Box::pin(common::revoke_holders_lease(direct.clone(), id)));
     Some(harness)
 }
 
