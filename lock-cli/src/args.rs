@@ -28,6 +28,20 @@ late writes.
 
 An ID that starts with `-` is given as --id=ID.";
 
+const ELECT_ABOUT: &str = "\
+Campaign in election NAME with VALUE (e.g. this machine's address), run COMMAND while leading,
+resign when COMMAND exits, and exit with COMMAND's status.
+
+Candidates are elected in the order they campaigned; others see VALUE as the leader's (`lock
+observe NAME`; on etcd also `etcdctl elect -l <prefix>NAME`). COMMAND gets the term's fencing
+token in LOCK_FENCING_TOKEN (and the name in LOCK_ID). Losing the leadership, Ctrl-C and SIGTERM
+stop COMMAND as for `lock exec` (exit 125, 130, 143).";
+
+const OBSERVE_ABOUT: &str = "\
+Print the leader of election NAME, then every change of leader or value as it happens, one line
+each: the term's fencing token, a tab, the leader's value; `-` while nobody leads. Runs until
+Ctrl-C (exit 130) or SIGTERM (143).";
+
 const STATUS_ABOUT: &str = "\
 Show who holds lock ID (lease, fencing token, since when, host and pid) and how many wait
 (etcd backend).";
@@ -41,9 +55,10 @@ ENVIRONMENT:
     LOCK_PASSWORD       the etcd password (never printed)
     RUST_LOG            log filter, as -v
 
-EXIT STATUS (exec):
+EXIT STATUS (exec, elect):
     COMMAND's status (128+N if it was killed by signal N), or
-    64   usage error (bad option, no service, unknown scheme, an id that is not UTF-8)
+    64   usage error (bad option, no service, unknown scheme, an id that is not UTF-8, a
+         --limit other parties of the id do not use)
     69   the lock service cannot be reached or refused us
     75   --try: the lock is held by someone else
     124  --timeout: the lock was not granted in time
@@ -54,7 +69,10 @@ EXIT STATUS (exec):
 
 EXAMPLE:
     export LOCK_SERVICE=etcd:http://127.0.0.1:2379
-    lock exec --ttl 10s nightly-report -- ./report.sh --date today";
+    lock exec --ttl 10s nightly-report -- ./report.sh --date today
+    lock exec --limit 4 renders -- ./render.sh       # at most 4 renders at once
+    lock elect scheduler \"$(hostname):8080\" -- ./scheduler
+    lock observe scheduler                           # who leads, as it changes";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,6 +96,12 @@ enum Sub {
     /// Run COMMAND while holding lock ID; kill it if the lock is lost.
     #[command(long_about = EXEC_ABOUT, after_help = AFTER_HELP)]
     Exec(ExecArgs),
+    /// Run COMMAND while leading election NAME with VALUE; kill it if leadership is lost.
+    #[command(long_about = ELECT_ABOUT, after_help = AFTER_HELP)]
+    Elect(ElectArgs),
+    /// Print the leader of election NAME and every change, as it happens.
+    #[command(long_about = OBSERVE_ABOUT, after_help = AFTER_HELP)]
+    Observe(ObserveArgs),
     /// Show who holds lock ID and how many wait (etcd backend).
     #[command(long_about = STATUS_ABOUT, after_help = AFTER_HELP)]
     Status(StatusArgs),
@@ -112,6 +136,10 @@ struct ExecArgs {
     /// Fail at once if the lock is held (exit 75).
     #[arg(long = "try")]
     try_only: bool,
+    /// Let up to N commands hold ID at once, across machines (a semaphore; every party of ID
+    /// must give the same N).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    limit: Option<u32>,
     /// After SIGTERM on loss, SIGKILL after DURATION.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     kill_after: Duration,
@@ -128,6 +156,40 @@ struct ExecArgs {
         allow_hyphen_values = true
     )]
     command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+struct ElectArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Give up campaigning after DURATION (exit 124).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    timeout: Option<Duration>,
+    /// After SIGTERM on loss, SIGKILL after DURATION.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    kill_after: Duration,
+    /// The election's name (UTF-8).
+    #[arg(value_name = "NAME")]
+    name: OsString,
+    /// What others see as the leader's value while this command leads (UTF-8).
+    #[arg(value_name = "VALUE")]
+    value: OsString,
+    /// The command and its arguments (after `--`).
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+struct ObserveArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The election's name (UTF-8).
+    #[arg(value_name = "NAME")]
+    name: OsString,
 }
 
 #[derive(Debug, Args)]
@@ -155,15 +217,31 @@ pub(crate) struct Common {
     pub(crate) verbose: u8,
 }
 
+/// What `lock exec` (or `lock elect`) holds while the command runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// The lock.
+    Lock,
+    /// One of the semaphore's permits (`--limit N`).
+    Permit(u32),
+    /// The election's leadership, campaigning with this value.
+    Leader(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Command {
     Exec {
         common: Common,
         id: String,
+        hold: Hold,
         timeout: Option<Duration>,
         try_only: bool,
         kill_after: Duration,
         command: Vec<OsString>,
+    },
+    Observe {
+        common: Common,
+        name: String,
     },
     Status {
         common: Common,
@@ -288,6 +366,28 @@ where
                 id: utf8("the lock id", id).map_err(Exit::usage)?,
             })
         }
+        Sub::Elect(args) => {
+            let name = utf8("the election name", args.name).map_err(Exit::usage)?;
+            let value = utf8("the value", args.value).map_err(Exit::usage)?;
+            if args.command.is_empty() {
+                return Err(Exit::usage(format!(
+                    "lock elect {name} {value}: no command to run after `--`"
+                )));
+            }
+            Ok(Command::Exec {
+                common: args.common.into_common(verbose)?,
+                id: name,
+                hold: Hold::Leader(value),
+                timeout: args.timeout,
+                try_only: false,
+                kill_after: args.kill_after,
+                command: args.command,
+            })
+        }
+        Sub::Observe(args) => Ok(Command::Observe {
+            common: args.common.into_common(verbose)?,
+            name: utf8("the election name", args.name).map_err(Exit::usage)?,
+        }),
         Sub::Exec(args) => {
             let mut command = args.command;
             let id = match args.id_option {
@@ -312,6 +412,7 @@ where
             Ok(Command::Exec {
                 common: args.common.into_common(verbose)?,
                 id,
+                hold: args.limit.map_or(Hold::Lock, Hold::Permit),
                 timeout: args.timeout,
                 try_only: args.try_only,
                 kill_after: args.kill_after,
@@ -336,11 +437,12 @@ mod tests {
 
     #[test]
     fn exec_forms() {
-        let Ok(Command::Exec { common, id, timeout, try_only, kill_after, command }) =
+        let Ok(Command::Exec { common, id, hold, timeout, try_only, kill_after, command }) =
             parse_str("-v exec --service etcd:http://h:1 --ttl 5s --timeout=30s --try --kill-after 2s job -- sh -c x")
         else {
             panic!()
         };
+        assert_eq!(hold, Hold::Lock);
         assert_eq!(common.service.as_deref(), Some("etcd:http://h:1"));
         assert_eq!((common.ttl, common.verbose), (Duration::from_secs(5), 1));
         assert_eq!(
@@ -372,6 +474,25 @@ mod tests {
             panic!()
         };
         assert_eq!(id, "-odd");
+        let Ok(Command::Exec { hold, .. }) = parse_str("exec --limit 4 renders -- true") else {
+            panic!()
+        };
+        assert_eq!(hold, Hold::Permit(4));
+        let Ok(Command::Exec {
+            id, hold, command, ..
+        }) = parse_str("elect --timeout 5s leader 10.0.0.7:80 -- ./serve --port 80")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (id.as_str(), hold),
+            ("leader", Hold::Leader("10.0.0.7:80".into()))
+        );
+        assert_eq!(command, ["./serve", "--port", "80"]);
+        let Ok(Command::Observe { name, .. }) = parse_str("observe leader") else {
+            panic!()
+        };
+        assert_eq!(name, "leader");
     }
 
     #[test]
@@ -422,6 +543,10 @@ mod tests {
             ("exec --bogus job -- x", "--bogus"),
             ("status", "ID"),
             ("status --try x", "--try"),
+            ("exec --limit 0 job -- x", "--limit"),
+            ("elect leader", "VALUE"),
+            ("elect leader me --", "no command"),
+            ("observe", "NAME"),
             ("frobnicate", "frobnicate"),
             ("exce job -- x", "exec"), // a typo: the suggestion names the command
         ] {

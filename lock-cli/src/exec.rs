@@ -1,22 +1,25 @@
-//! `lock exec ID -- COMMAND`.
+//! `lock exec ID -- COMMAND` (also with `--limit N`), and `lock elect NAME VALUE -- COMMAND`.
 
 use std::io::IsTerminal;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock::{Error, Locker, Session, SessionConfig};
+use lock::{Election, Error, Held, Locker, Session, SessionConfig};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::Child;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::args::Command;
+use crate::args::{Command, Hold};
 use crate::open::{open, unavailable, Opened};
 use crate::{exit, Failure};
 
 fn lock_error(id: &str, e: Error) -> Failure {
     match e {
+        e @ (Error::LimitMismatch { .. } | Error::Unsupported(_)) => {
+            Failure::new(exit::USAGE, e.to_string())
+        }
         Error::Timeout(after) => Failure::new(
             exit::TIMEOUT,
             format!(
@@ -89,8 +92,8 @@ async fn terminate(child: &mut Child, grace: Duration) {
 /// How long `lock` spends giving back its lock and session on its way out, whatever the exit.
 const CLEANUP_LIMIT: Duration = Duration::from_secs(1);
 
-async fn release(locker: &mut Locker) {
-    match tokio::time::timeout(CLEANUP_LIMIT, locker.unlock()).await {
+async fn release(held: Held) {
+    match tokio::time::timeout(CLEANUP_LIMIT, held.unlock()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("unlock: {} (closing the session releases it)", e.report()),
         Err(_) => tracing::warn!("unlock took longer than {CLEANUP_LIMIT:?}"),
@@ -124,6 +127,7 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
     let Command::Exec {
         common,
         id,
+        hold,
         timeout,
         try_only,
         kill_after,
@@ -155,27 +159,55 @@ pub(crate) async fn run(command: Command) -> Result<u8, Failure> {
             None,
         ),
     };
-    let mut locker = session.new_locker(&id);
-    let result = hold_and_run(
-        &opened,
-        &mut locker,
-        &id,
-        lease,
-        try_only,
-        kill_after,
-        &command,
-    )
-    .await;
-    drop(locker);
+    let party = match hold {
+        Hold::Lock => Ok(Party::Locker(session.new_locker(&id))),
+        Hold::Permit(limit) => session.new_semaphore(&id, limit).map(Party::Locker),
+        Hold::Leader(value) => session
+            .new_election(&id)
+            .map(|election| Party::Candidate(election, value)),
+    };
+    let result = match party {
+        Ok(mut party) => {
+            let result = hold_and_run(
+                &opened, &mut party, &id, lease, try_only, kill_after, &command,
+            )
+            .await;
+            drop(party);
+            result
+        }
+        Err(e) => Err(lock_error(&id, e)),
+    };
     close(&session).await;
     result
+}
+
+/// What a command runs under: a lock or a semaphore's permit, or an election's leadership.
+enum Party {
+    Locker(Locker),
+    Candidate(Election, String),
+}
+
+impl Party {
+    async fn acquire(&mut self) -> lock::Result<Held> {
+        match self {
+            Party::Locker(locker) => locker.lock().await,
+            Party::Candidate(election, value) => election.campaign(value.as_str()).await,
+        }
+    }
+
+    async fn try_acquire(&mut self) -> lock::Result<Option<Held>> {
+        match self {
+            Party::Locker(locker) => locker.try_lock().await,
+            Party::Candidate(..) => Err(Error::Unsupported("--try with an election".into())),
+        }
+    }
 }
 
 /// Takes the lock, runs the command while holding it, and releases it (the session is the
 /// caller's to close).
 async fn hold_and_run(
     opened: &Opened,
-    locker: &mut Locker,
+    party: &mut Party,
     id: &str,
     lease: Option<i64>,
     try_only: bool,
@@ -183,7 +215,7 @@ async fn hold_and_run(
     command: &[std::ffi::OsString],
 ) -> Result<u8, Failure> {
     let held = if try_only {
-        match locker.try_lock().await.map_err(|e| lock_error(id, e))? {
+        match party.try_acquire().await.map_err(|e| lock_error(id, e))? {
             Some(held) => held,
             None => {
                 return Err(Failure::new(
@@ -194,7 +226,7 @@ async fn hold_and_run(
         }
     } else {
         let held = tokio::select! {
-            held = locker.lock() => held.map_err(|e| lock_error(id, e))?,
+            held = party.acquire() => held.map_err(|e| lock_error(id, e))?,
             () = progress(opened, id, lease) => unreachable!("progress never ends"),
         };
         if std::io::stderr().is_terminal() {
@@ -214,7 +246,7 @@ async fn hold_and_run(
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            release(locker).await;
+            release(held).await;
             let status = match e.kind() {
                 std::io::ErrorKind::NotFound => exit::NOT_FOUND,
                 _ => exit::CANNOT_EXECUTE,
@@ -237,7 +269,7 @@ async fn hold_and_run(
     };
     match outcome {
         Outcome::Exited(status) => {
-            release(locker).await;
+            release(held).await;
             let status = status.map_err(|e| {
                 Failure::new(exit::UNAVAILABLE, format!("waiting for the command: {e}"))
             })?;
@@ -253,8 +285,55 @@ async fn hold_and_run(
         }
         Outcome::Signaled(sig) => {
             terminate(&mut child, kill_after).await;
-            release(locker).await;
+            release(held).await;
             Ok(128 + sig)
+        }
+    }
+}
+
+/// `lock observe NAME`: prints the leader now, then every change, until a signal.
+pub(crate) async fn observe(command: Command) -> Result<u8, Failure> {
+    let Command::Observe { common, name } = command else {
+        unreachable!("exec::observe runs observe");
+    };
+    let opened = open(&common).await?;
+    let session = opened
+        .service
+        .new_session(SessionConfig::new(common.ttl))
+        .await
+        .map_err(unavailable)?;
+    let result = print_changes(&session, &name).await;
+    close(&session).await;
+    result
+}
+
+async fn print_changes(session: &Session, name: &str) -> Result<u8, Failure> {
+    use std::io::Write;
+    let election = session
+        .new_election(name)
+        .map_err(|e| lock_error(name, e))?;
+    let mut observer = election.observe().await.map_err(unavailable)?;
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
+    loop {
+        let next = tokio::select! {
+            next = observer.next() => next.map_err(unavailable)?,
+            _ = sigterm.recv() => return Ok(128 + 15),
+            _ = sigint.recv() => return Ok(128 + 2),
+        };
+        let line = match next {
+            Some(leader) => format!(
+                "{}\t{}",
+                leader.fencing_token(),
+                String::from_utf8_lossy(leader.value())
+            ),
+            None => "-".to_owned(),
+        };
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            return Ok(0); // stdout closed (`| head`): nothing more to say
         }
     }
 }

@@ -79,11 +79,14 @@ fn main() -> ExitCode {
             );
             Ok(0)
         }
-        Command::Exec { ref common, .. } | Command::Status { ref common, .. } => {
+        Command::Exec { ref common, .. }
+        | Command::Observe { ref common, .. }
+        | Command::Status { ref common, .. } => {
             init_tracing(common.verbose);
             runtime.block_on(async {
                 match command {
                     Command::Exec { .. } => exec::run(command).await,
+                    Command::Observe { .. } => exec::observe(command).await,
                     _ => status::run(command).await,
                 }
             })

@@ -662,3 +662,107 @@ async fn a_first_keep_alive_answered_with_ttl_0_is_no_loss_and_leaves_nothing_be
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// `lock exec --limit 2`: of five racing commands, at most two run at once and two do; a
+/// party with another limit is told so (exit 64) while the others run.
+#[test]
+fn exec_with_a_limit_runs_at_most_that_many_commands_at_once() {
+    let Some(service) = service("limit") else {
+        return;
+    };
+    let dir = temp("limit");
+    let log = dir.join("log");
+    let script = format!("echo start >> {0}; sleep 1; echo end >> {0}", log.display());
+    let children: Vec<_> = (0..5)
+        .map(|_| {
+            lock(
+                &service,
+                &["exec", "--limit", "2", "jobs", "--", "sh", "-c", &script],
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let other = run(&service, &["exec", "--limit", "3", "jobs", "--", "true"]);
+    assert_eq!(other.status.code(), Some(64), "{other:?}");
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("limit of 2"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let (mut running, mut most) = (0, 0);
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        running += if line == "start" { 1 } else { -1 };
+        most = most.max(running);
+    }
+    assert_eq!(
+        most, 2,
+        "at most 2 commands at once, and 2 did run together"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `lock elect` runs its command while leading, `lock observe` prints each leader as it
+/// changes, and a second candidate leads once the first's command exits.
+#[test]
+fn elect_runs_the_command_while_leading_and_observe_prints_each_leader() {
+    use std::io::{BufRead, BufReader};
+    let Some(service) = service("elect") else {
+        return;
+    };
+    let mut observer = lock(&service, &["observe", "leader"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, rx) = std::sync::mpsc::channel();
+    let stdout = observer.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let next = || rx.recv_timeout(Duration::from_secs(15)).unwrap();
+    assert_eq!(next(), "-", "nobody leads at first");
+    let first = lock(&service, &["elect", "leader", "one", "--", "sleep", "1"])
+        .spawn()
+        .unwrap();
+    let line = next();
+    assert!(line.ends_with("\tone"), "{line}");
+    let second = lock(
+        &service,
+        &[
+            "elect",
+            "leader",
+            "two",
+            "--",
+            "sh",
+            "-c",
+            "echo $LOCK_FENCING_TOKEN",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let second = second.wait_with_output().unwrap();
+    assert!(second.status.success(), "{second:?}");
+    let token = String::from_utf8(second.stdout).unwrap();
+    let line = next();
+    assert_eq!(
+        line,
+        format!("{}\ttwo", token.trim()),
+        "the second leader, with its term"
+    );
+    assert_eq!(next(), "-", "nobody leads once the second resigned");
+    let mut first = first;
+    assert!(first.wait().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &observer.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(observer.wait().unwrap().code(), Some(130));
+}
