@@ -1,6 +1,8 @@
-//! A leader loop: candidates race for one lock; the leader works until it loses the lock, steps
-//! down at once, and campaigns again. Here the leader gives leadership up after a few rounds
-//! (dropping its `Held`), and once its session is closed under it, to show both ways out.
+//! A leader loop: candidates campaign in one election with their address; the leader publishes
+//! it, works until it loses leadership, stops at once on `lost()`, and campaigns again. An
+//! observer prints every change of leader, in order. Here each leader resigns after a few rounds
+//! of work, and one leader's session is closed under it (on etcd: its lease expired), to show
+//! both ways out.
 //!
 //! ```sh
 //! cargo run --example leader                                  # local: backend
@@ -9,37 +11,37 @@
 
 use std::time::Duration;
 
-use lock::{Service, SessionConfig};
+use lock::{Service, Session, SessionConfig};
 
-/// Campaigns for leadership `terms` times; each term lasts until the lock is lost or the work is
-/// done.
-async fn candidate(service: Service, name: String, terms: u32) -> lock::Result<()> {
-    let session = service
-        .new_session(SessionConfig::new(Duration::from_secs(5)))
-        .await?;
-    let mut locker = session.new_locker("singleton-worker");
+/// The election every candidate campaigns in.
+const ELECTION: &str = "singleton-worker";
+
+/// Campaigns for leadership `terms` times, with `address` as the leader's value; each term lasts
+/// until leadership is lost or the work is done.
+pub async fn candidate(session: Session, address: String, terms: u32) -> lock::Result<()> {
+    let mut election = session.new_election(ELECTION)?;
     for _ in 0..terms {
-        let held = locker.lock().await?;
-        let token = held.fencing_token();
-        println!("{name}: leader (fencing token {token})");
+        let term = election.campaign(address.as_str()).await?;
+        let token = term.fencing_token();
+        println!("{address}: leader (term {token})");
         tokio::select! {
-            () = held.lost() => {
-                println!("{name}: lost leadership ({:?}); stepping down at once", held.loss());
+            () = term.lost() => {
+                println!("{address}: lost leadership ({:?}); stepping down at once", term.loss());
                 continue;
             }
-            () = lead(&name, token) => {}
+            () = lead(&address, token) => {}
         }
-        println!("{name}: stepping down");
-        drop(held); // releases the lock; `held.unlock().await?` would report a failed release
+        println!("{address}: stepping down");
+        term.unlock().await?; // resign: the next candidate is elected
     }
-    session.close().await
+    Ok(())
 }
 
-/// The leader's work: every write carries the fencing token.
-async fn lead(name: &str, token: u64) {
+/// The leader's work: every write carries the term's fencing token.
+async fn lead(address: &str, token: u64) {
     for round in 1..=3 {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        println!("{name}: work round {round} with token {token}");
+        println!("{address}: work round {round} with token {token}");
     }
 }
 
@@ -48,30 +50,56 @@ async fn main() -> lock::Result<()> {
     let uri = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "local:".to_owned());
-    let service = lock::new(&uri).await?;
-    let tasks: Vec<_> = (1..=3)
-        .map(|n| tokio::spawn(candidate(service.clone(), format!("worker-{n}"), 2)))
-        .collect();
+    let service: Service = lock::new(&uri).await?;
+    let config = SessionConfig::new(Duration::from_secs(5));
+
+    // Anyone can follow who leads: the leader's address and term, every change in order.
+    let watching = service.new_session(config).await?;
+    let mut observer = watching.new_election(ELECTION)?.observe().await?;
+    let follower = tokio::spawn(async move {
+        let mut leaders = 0;
+        while let Ok(change) = observer.next().await {
+            match change {
+                Some(leader) => {
+                    leaders += 1;
+                    let address = leader.value_str().unwrap_or("?");
+                    println!(
+                        "observer: {address} leads (term {})",
+                        leader.fencing_token()
+                    );
+                }
+                None => println!("observer: nobody leads"),
+            }
+        }
+        leaders
+    });
 
     // A leader whose session ends under it (on etcd: its lease expired) steps down at once.
-    let doomed = service
-        .new_session(SessionConfig::new(Duration::from_secs(5)))
-        .await?;
-    let held = doomed.new_locker("singleton-worker").lock().await?;
-    println!("doomed: leader (fencing token {})", held.fencing_token());
-    let watcher = tokio::spawn({
-        let lost = held.lost();
-        async move {
-            lost.await;
-            println!("doomed: lost leadership; stepping down at once");
-        }
-    });
+    let doomed = service.new_session(config).await?;
+    let mut election = doomed.new_election(ELECTION)?;
+    let term = election.campaign("10.0.0.9:8080").await?;
+    println!("doomed: leader (term {})", term.fencing_token());
+    let lost = term.lost();
+    let candidates: Vec<_> = (1..=3)
+        .map(|n| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let session = service.new_session(config).await?;
+                candidate(session, format!("10.0.0.{n}:8080"), 2).await
+            })
+        })
+        .collect();
     doomed.close().await?; // its lease "expires"
-    watcher.await.expect("the watcher panicked");
-    assert!(held.is_lost());
+    lost.await;
+    println!("doomed: lost leadership; stepping down at once");
+    assert!(term.is_lost());
 
-    for task in tasks {
+    for task in candidates {
         task.await.expect("a candidate panicked")?;
     }
+    watching.close().await?;
+    let leaders = follower.await.expect("the observer panicked");
+    println!("observer: saw {leaders} leaders");
+    assert_eq!(leaders, 7, "the doomed leader, then 3 candidates × 2 terms");
     service.close().await
 }

@@ -127,14 +127,26 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     let result = tests::run(jobs, tests::WIDTH);
     report_skips(&skips);
     drop(old_cluster);
-    // The fencing example on etcd: guarded writes and the guide's `fenced_put` (the other
-    // examples run on `local:` above). `cargo test --workspace --all-features` built it.
+    // The fencing example on etcd: guarded writes and the guide's `fenced_put`; the leader and
+    // semaphore examples on etcd (all run on `local:` above too). `cargo test --workspace
+    // --all-features` built them.
     let result = result.and_then(|()| {
         let example = target_dir().join("debug/examples/fenced_write");
         step(
             "examples/fenced_write etcd:… (guarded writes, fenced_put)",
             Command::new(example).arg(format!("etcd:{}", cluster.endpoints())),
         )
+    });
+    let result = result.and_then(|()| {
+        for example in ["leader", "semaphore"] {
+            let uri = format!("etcd:{}?prefix=example-{example}/", cluster.endpoints());
+            let binary = target_dir().join(format!("debug/examples/{example}"));
+            step(
+                &format!("examples/{example} etcd:…"),
+                Command::new(binary).arg(uri),
+            )?;
+        }
+        Ok(())
     });
     drop(cluster);
     eprintln!("xtask: etcd clusters stopped");
@@ -289,6 +301,7 @@ fn first_command_needs_no_protoc() -> Result<(), String> {
 fn every_example_runs() -> Result<(), String> {
     for (example, features) in [
         ("leader", None),
+        ("semaphore", None),
         ("try_lock", None),
         ("fenced_write", None),
         ("prometheus", Some("metrics")),
