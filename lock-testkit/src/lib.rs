@@ -200,6 +200,8 @@ macro_rules! conformance_tests {
             election_lost_fires_before_the_next_leader_is_elected,
             election_cancelled_campaign_leaves_nothing,
             election_is_shared_across_processes,
+            a_partitioned_leader_loses_before_another_is_elected,
+            a_partitioned_permit_holder_loses_before_its_permit_is_granted_again,
         }
     };
 }

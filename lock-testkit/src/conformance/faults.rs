@@ -314,3 +314,150 @@ pub async fn cancelled_unlock_during_a_blackhole_frees_the_id_once_healed(h: &Ha
     healthy.close().await?;
     Ok(())
 }
+
+/// An election's leader cut off from the backend (a blackhole: partitioned, or paused as far as
+/// the backend can tell) learns it lost leadership — its term's `lost()` fires — before a
+/// candidate of another service is elected; an observer of that service then names the new
+/// leader, whose term follows the old one.
+pub async fn a_partitioned_leader_loses_before_another_is_elected(h: &Harness) -> Outcome {
+    const CHECK: &str = "a_partitioned_leader_loses_before_another_is_elected";
+    if !h.leases() || !h.elections() {
+        h.skip(CHECK, "the harness declares no leases or no elections");
+        return Ok(());
+    }
+    let Some(faulty) = Faulty::open(h, CHECK).await? else {
+        return Ok(());
+    };
+    let healthy = h.service().await?;
+    let name = h.id("partitioned-leader");
+    let session = faulty.service.new_session(h.config()).await?;
+    let mut leader = session.new_election(&name)?;
+    let term = leader.campaign("cut off").await?;
+    let watching = healthy.new_session(h.config()).await?;
+    let mut observer = watching.new_election(&name)?.observe().await?;
+    let candidates = healthy.new_session(h.config()).await?;
+    let mut candidate = candidates.new_election(&name)?;
+    let lost = term.lost();
+    let next = tokio::spawn(async move {
+        let got = candidate.campaign("healthy").await;
+        let lost_first = lost.is_lost();
+        (got.map(|t| (lost_first, t)), candidate)
+    });
+    tokio::time::sleep(h.settle()).await;
+    ensure!(
+        !next.is_finished(),
+        "a second leader was elected while the first led"
+    );
+    faulty.set(Fault::Blackhole);
+    let (got, _candidate) = joined(
+        h,
+        h.ttl() * 3 + PATIENCE,
+        "the other service's candidate after the leader was partitioned",
+        next,
+    )
+    .await?;
+    let (lost_first, new_term) = got?;
+    ensure!(
+        lost_first,
+        "another service's candidate was elected while the partitioned leader's is_lost() was \
+         still false: two leaders"
+    );
+    follows(
+        "the term after a partitioned leader",
+        new_term.fencing_token(),
+        term.fencing_token(),
+    )?;
+    let mut seen = Vec::new();
+    while seen.last() != Some(&Some("healthy".to_owned())) {
+        let change = h
+            .within(PATIENCE, "the observer's next change", observer.next())
+            .await??;
+        seen.push(change.and_then(|l| l.value_str().map(str::to_owned)));
+        ensure!(
+            seen.len() < 5,
+            "the observer never named the new leader: {seen:?}"
+        );
+    }
+    ensure!(
+        seen.first() == Some(&Some("cut off".to_owned())),
+        "the observer began with {seen:?}, not the leader that was cut off"
+    );
+    new_term.unlock().await?;
+    faulty.set(Fault::None);
+    drop((term, leader, session));
+    let _ = h
+        .within(
+            PATIENCE,
+            "closing the healed service",
+            faulty.service.close(),
+        )
+        .await?;
+    healthy.close().await?;
+    Ok(())
+}
+
+/// A semaphore's holder cut off from the backend loses its permit (`lost()` fires) before that
+/// permit is granted to a waiter of another service, while the other holder keeps its own.
+pub async fn a_partitioned_permit_holder_loses_before_its_permit_is_granted_again(
+    h: &Harness,
+) -> Outcome {
+    const CHECK: &str = "a_partitioned_permit_holder_loses_before_its_permit_is_granted_again";
+    if !h.leases() || !h.semaphores() {
+        h.skip(CHECK, "the harness declares no leases or no semaphores");
+        return Ok(());
+    }
+    let Some(faulty) = Faulty::open(h, CHECK).await? else {
+        return Ok(());
+    };
+    let healthy = h.service().await?;
+    let id = h.id("partitioned-permit");
+    let session = faulty.service.new_session(h.config()).await?;
+    let cut_off = session.new_semaphore(&id, 2)?.lock().await?;
+    let keeping = healthy.new_session(h.config()).await?;
+    let kept = keeping.new_semaphore(&id, 2)?.lock().await?;
+    let waiting = healthy.new_session(h.config()).await?;
+    let mut waiter = waiting.new_semaphore(&id, 2)?;
+    let lost = cut_off.lost();
+    let next = tokio::spawn(async move {
+        let got = waiter.lock().await;
+        let lost_first = lost.is_lost();
+        (got.map(|t| (lost_first, t)), waiter)
+    });
+    tokio::time::sleep(h.settle()).await;
+    ensure!(
+        !next.is_finished(),
+        "a third permit of a semaphore of 2 was granted"
+    );
+    faulty.set(Fault::Blackhole);
+    let (got, _waiter) = joined(
+        h,
+        h.ttl() * 3 + PATIENCE,
+        "the waiter after a holder was partitioned",
+        next,
+    )
+    .await?;
+    let (lost_first, permit) = got?;
+    ensure!(
+        lost_first,
+        "the partitioned holder's permit was granted again while its is_lost() was still false"
+    );
+    ensure!(!kept.is_lost(), "the other holder lost its permit");
+    follows(
+        "the permit granted again",
+        permit.fencing_token(),
+        kept.fencing_token(),
+    )?;
+    permit.unlock().await?;
+    kept.unlock().await?;
+    faulty.set(Fault::None);
+    drop((cut_off, session));
+    let _ = h
+        .within(
+            PATIENCE,
+            "closing the healed service",
+            faulty.service.close(),
+        )
+        .await?;
+    healthy.close().await?;
+    Ok(())
+}
