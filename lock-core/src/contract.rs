@@ -63,7 +63,8 @@ pub trait Session: Send + Sync + Debug + 'static {
     /// A locker for one permit of semaphore `id` (a valid id), which up to `limit` (at least 1)
     /// lockers hold at once. Each permit is a hold with the whole [`Locker`] contract: its lost
     /// signal fires before the permit can be granted to anybody else, its fencing token is
-    /// unique and greater than every earlier one of `id`, waiters are served in FIFO order,
+    /// unique among the permits of `id` and ordered as their parties queued (a party that
+    /// asked later gets a greater one), waiters are served in FIFO order,
     /// `lock()` is cancel-safe. A `lock()` while parties of `id` that hold or wait use
     /// another limit fails with [`Error::LimitMismatch`]: never more than the smallest limit
     /// in use is granted at once.

@@ -155,8 +155,9 @@ impl Session {
     /// (across services and processes, as for locks). Each permit is a hold with a lock's whole
     /// contract: [`lock`](Locker::lock) waits in FIFO order and returns a [`Held`](crate::Held)
     /// whose [`lost`](crate::Held::lost) fires before the permit can be granted to anybody
-    /// else, with a fencing token of its own (unique, and greater than every earlier permit's
-    /// of `id`).
+    /// else, with a fencing token of its own: unique among the permits of `id`, and ordered as
+    /// their parties queued (a party that asked later gets a greater token; permits granted at
+    /// about the same time may be granted out of token order).
     ///
     /// Every party of a semaphore must use the same limit: a `lock()` while others hold or
     /// wait with another limit fails with [`Error::LimitMismatch`]. Semaphore ids are their

@@ -1,5 +1,7 @@
 //! `cargo xtask torture --seconds N --seed S`: random faults against a private 3-member etcd
-//! cluster while clients contend on a few ids, then the history checker's verdict.
+//! cluster while clients contend on a few ids — two locks, a semaphore of two permits, an
+//! election — then the history checker's verdict (at most one holder of a lock, at most two of
+//! the semaphore, one leader per term).
 //!
 //! Faults (seeded, so a failure replays): a member killed (-9) and restarted, a member paused
 //! (SIGSTOP/SIGCONT), the leader killed, one client partitioned, slowed (latency TTL/3) or cut off
@@ -24,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lock_etcd::{EtcdConfig, EtcdService};
-use lock_testkit::contend::{Contender, Fenced};
+use lock_testkit::contend::{Contender, Fenced, Primitive};
 use lock_testkit::history::{Event, History, Kind};
 use lock_testkit::proxy::{Fault, FaultProxy};
 use lock_tools::etcd::{binaries, Cluster, ClusterSpec};
@@ -32,8 +34,14 @@ use lock_tools::etcd::{binaries, Cluster, ClusterSpec};
 use args::arg;
 
 const TTL: Duration = Duration::from_secs(3);
-const CLIENTS: usize = 8;
-const IDS: [&str; 2] = ["alpha", "beta"];
+const CLIENTS: usize = 12;
+/// What the clients contend for: client `n` takes `IDS[n % 4]`, three clients each.
+const IDS: [(&str, Primitive); 4] = [
+    ("alpha", Primitive::Lock),
+    ("beta", Primitive::Lock),
+    ("gamma", Primitive::Semaphore(2)),
+    ("leader", Primitive::Election),
+];
 
 /// xorshift64*: small, seeded, good enough to pick faults.
 struct Rng(u64);
@@ -97,6 +105,11 @@ async fn main() {
     let mut cluster = Cluster::start(&bins, &ClusterSpec::default()).expect("starting etcd");
     let prefix = format!("torture-{seed}-{}/", std::process::id());
     let history = Arc::new(History::new());
+    for (id, primitive) in IDS {
+        if let Primitive::Semaphore(limit) = primitive {
+            history.set_limit(id, limit as usize);
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let direct = etcd_client::Client::connect(cluster.urls(), None)
         .await
@@ -125,7 +138,8 @@ async fn main() {
         let contender = Contender {
             client: n,
             service: lock_core::backend::service(service),
-            id: IDS[n % IDS.len()].to_owned(),
+            id: IDS[n % IDS.len()].0.to_owned(),
+            primitive: IDS[n % IDS.len()].1,
             ttl: TTL,
             resource: resource.clone(),
             history: history.clone(),
@@ -252,6 +266,18 @@ async fn main() {
          fenced writes accepted: {}, rejected: {}",
         summary.losses, summary.writes_accepted, summary.writes_rejected
     );
+    let mut per_id: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::Acquired(_)))
+    {
+        *per_id.entry(e.id.as_str()).or_default() += 1;
+    }
+    let per_id: Vec<String> = IDS
+        .iter()
+        .map(|(id, p)| format!("{id} ({p:?}): {}", per_id.get(id).copied().unwrap_or(0)))
+        .collect();
+    println!("acquisitions by id: {}", per_id.join(", "));
     let causes: Vec<String> = causes.iter().map(|(c, n)| format!("{c}: {n}")).collect();
     println!("holds ended by: {}", causes.join(", "));
     drop(clients);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use lock_core::SessionConfig;
 use lock_etcd::{EtcdConfig, EtcdService};
-use lock_testkit::contend::{Contender, Fenced};
+use lock_testkit::contend::{Contender, Fenced, Primitive};
 use lock_testkit::history::{History, Kind};
 use lock_tools::etcd::{Cluster, ClusterSpec};
 
@@ -52,6 +52,7 @@ async fn contend(cluster: &Cluster, clients: usize, id: &str) -> Run {
             client: n,
             service: lock_core::backend::service(service),
             id: id.to_owned(),
+            primitive: Primitive::Lock,
             ttl: TTL,
             resource: resource.clone(),
             history: history.clone(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::backend::OpFuture;
-use lock_core::{Service, SessionConfig};
+use lock_core::{Election, Held, Locker, Service, Session, SessionConfig};
 
 use crate::history::{History, Kind};
 
@@ -17,6 +17,48 @@ pub trait Fenced: Send + Sync {
     fn write<'a>(&'a self, id: &'a str, token: u64) -> OpFuture<'a, Option<(bool, i64)>>;
 }
 
+/// What a contender takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Primitive {
+    /// The lock.
+    Lock,
+    /// One permit of a semaphore of this many (declare it to the history with
+    /// [`History::set_limit`]).
+    Semaphore(u32),
+    /// Leadership of the election (campaigning with the value `client N`).
+    Election,
+}
+
+/// A contender's party in its session.
+enum Party {
+    Locker(Locker),
+    Candidate(Election, String),
+}
+
+impl Party {
+    fn new(
+        session: &Session,
+        id: &str,
+        primitive: Primitive,
+        client: usize,
+    ) -> lock_core::Result<Self> {
+        Ok(match primitive {
+            Primitive::Lock => Party::Locker(session.new_locker(id)),
+            Primitive::Semaphore(limit) => Party::Locker(session.new_semaphore(id, limit)?),
+            Primitive::Election => {
+                Party::Candidate(session.new_election(id)?, format!("client {client}"))
+            }
+        })
+    }
+
+    async fn acquire(&mut self) -> lock_core::Result<Held> {
+        match self {
+            Party::Locker(locker) => locker.lock().await,
+            Party::Candidate(election, value) => election.campaign(value.as_str()).await,
+        }
+    }
+}
+
 /// One contending client.
 #[derive(Clone)]
 pub struct Contender {
@@ -24,8 +66,10 @@ pub struct Contender {
     pub client: usize,
     /// Its own service (its own connection).
     pub service: Service,
-    /// The lock id it takes.
+    /// The id it takes.
     pub id: String,
+    /// What it takes: a lock, a permit, leadership.
+    pub primitive: Primitive,
     /// Its sessions' TTL.
     pub ttl: Duration,
     /// Where it writes while holding the lock.
@@ -61,9 +105,12 @@ impl Contender {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let mut locker = session.new_locker(id);
+            let Ok(mut party) = Party::new(&session, id, self.primitive, n) else {
+                return; // a primitive the backend does not offer: nothing to contend for
+            };
             while !self.stop.load(SeqCst) && !session.done().is_done() {
-                let held = match tokio::time::timeout(Duration::from_secs(5), locker.lock()).await {
+                let held = match tokio::time::timeout(Duration::from_secs(5), party.acquire()).await
+                {
                     Ok(Ok(held)) => held,
                     _ => {
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -105,7 +152,7 @@ impl Contender {
                     continue;
                 }
                 history.record(n, id, Kind::Unlocked(token));
-                let _ = locker.unlock().await;
+                let _ = held.unlock().await;
             }
         }
         let _ = self.service.close().await;

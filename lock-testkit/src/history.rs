@@ -1,9 +1,12 @@
 //! A history of lock events from many holders, and a checker for it:
 //!
-//! - (a) fencing tokens strictly increase in grant order, per id;
+//! - (a) fencing tokens strictly increase in grant order, per id (for a semaphore: no token is
+//!   granted twice);
 //! - (b) no two holds of one id overlap while both holders run: a hold lasts from `Acquired`
 //!   to its holder's `Lost` or `Unlocked`, and time a holder spent paused (a frozen process or
-//!   runtime) does not count, since a paused holder does nothing;
+//!   runtime) does not count, since a paused holder does nothing. An id declared a semaphore of
+//!   `n` permits ([`History::set_limit`]) may have up to `n` holds running at once, never more;
+//!   an election is an id of one (one leader per term: its token);
 //! - (c) the protected resource never accepted a write whose token is older than one it had
 //!   already accepted (ordered by the resource's own revision).
 //!
@@ -91,6 +94,8 @@ impl Event {
 pub struct History {
     start: Instant,
     events: Mutex<Vec<Event>>,
+    /// Ids with more than one permit (semaphores), and how many.
+    limits: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Default for History {
@@ -118,7 +123,14 @@ impl History {
         History {
             start: Instant::now(),
             events: Mutex::new(Vec::new()),
+            limits: Mutex::default(),
         }
+    }
+
+    /// Declares `id` a semaphore of `limit` permits: up to `limit` of its holds may run at once.
+    pub fn set_limit(&self, id: &str, limit: usize) {
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        limits.insert(id.to_owned(), limit);
     }
 
     /// The offset of `at` from the start.
@@ -199,7 +211,12 @@ impl History {
     ///
     /// Every violation, each with the timeline of the events involved.
     pub fn check(&self) -> Result<Summary, Violations> {
-        check(&self.events())
+        let limits = self
+            .limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        check_with_limits(&self.events(), &limits)
     }
 }
 
@@ -306,6 +323,39 @@ fn running(
     spans
 }
 
+/// The first moment more than `limit` of `holds` run at once (paused time not counted), and
+/// those holds.
+fn most_running<'h>(
+    pauses: &[(usize, Duration, Duration)],
+    holds: &'h [Hold],
+    limit: usize,
+) -> Option<(Duration, Vec<&'h Hold>)> {
+    // Each running span's start and end; at one instant, ends come first (touching is no
+    // overlap).
+    let mut edges: Vec<(Duration, bool, usize)> = Vec::new();
+    for (i, hold) in holds.iter().enumerate() {
+        for (start, end) in running(pauses, hold.client, hold.start, hold.end) {
+            if end > start {
+                edges.push((start, true, i));
+                edges.push((end, false, i));
+            }
+        }
+    }
+    edges.sort_by_key(|&(at, starts, _)| (at, starts));
+    let mut now: Vec<usize> = Vec::new();
+    for (at, starts, i) in edges {
+        if starts {
+            now.push(i);
+            if now.len() > limit {
+                return Some((at, now.iter().map(|&i| &holds[i]).collect()));
+            }
+        } else if let Some(pos) = now.iter().position(|&j| j == i) {
+            now.swap_remove(pos);
+        }
+    }
+    None
+}
+
 fn overlap(a: &[(Duration, Duration)], b: &[(Duration, Duration)]) -> Duration {
     let mut total = Duration::ZERO;
     for &(s1, e1) in a {
@@ -325,6 +375,18 @@ fn overlap(a: &[(Duration, Duration)], b: &[(Duration, Duration)]) -> Duration {
 ///
 /// Every violation found.
 pub fn check(events: &[Event]) -> Result<Summary, Violations> {
+    check_with_limits(events, &BTreeMap::new())
+}
+
+/// Checks a list of events, with ids of more than one permit (see [`History::set_limit`]).
+///
+/// # Errors
+///
+/// Every violation found.
+pub fn check_with_limits(
+    events: &[Event],
+    limits: &BTreeMap<String, usize>,
+) -> Result<Summary, Violations> {
     let mut summary = Summary::default();
     let mut violations = Vec::new();
     let horizon = events.last().map_or(Duration::ZERO, |e| e.at);
@@ -385,8 +447,22 @@ pub fn check(events: &[Event]) -> Result<Summary, Violations> {
     }
     for (id, mut holds) in by_id {
         holds.sort_by_key(|h| h.start);
+        let limit = limits.get(id).copied().unwrap_or(1);
+        if limit > 1 {
+            // (a) for a semaphore: every permit's token is its own (permits granted at about
+            // the same time need not be granted in token order: their tokens follow the order
+            // their parties queued in).
+            let mut tokens: Vec<u64> = holds.iter().map(|h| h.token).collect();
+            tokens.sort_unstable();
+            for pair in tokens.windows(2).filter(|p| p[0] == p[1]) {
+                violations.push(format!(
+                    "(a) semaphore {id}: token {} granted twice; every permit's token is its own",
+                    pair[0]
+                ));
+            }
+        }
         // (a) tokens strictly increase in grant order.
-        for pair in holds.windows(2) {
+        for pair in holds.windows(2).filter(|_| limit == 1) {
             if pair[1].token <= pair[0].token {
                 violations.push(format!(
                     "(a) lock {id}: token {} granted after token {}; tokens must strictly increase\n{}",
@@ -396,7 +472,22 @@ pub fn check(events: &[Event]) -> Result<Summary, Violations> {
                 ));
             }
         }
-        // (b) no overlap while both run.
+        // (b) at most `limit` holds run at once (no overlap, for a lock).
+        if let Some(&limit) = limits.get(id).filter(|&&l| l > 1) {
+            if let Some((at, running_holds)) = most_running(&pauses, &holds, limit) {
+                let names: Vec<String> = running_holds
+                    .iter()
+                    .map(|h| format!("client {} (token {})", h.client, h.token))
+                    .collect();
+                violations.push(format!(
+                    "(b) semaphore {id} of {limit}: {} holds running at once at {at:?}: {}\n{}",
+                    running_holds.len(),
+                    names.join(", "),
+                    timeline(events, at.saturating_sub(Duration::from_secs(1)), at, id)
+                ));
+            }
+            continue;
+        }
         for (i, a) in holds.iter().enumerate() {
             for b in holds.iter().skip(i + 1).take_while(|b| b.start < a.end) {
                 let both = overlap(
@@ -453,6 +544,31 @@ mod tests {
             kind,
             hold: None,
         }
+    }
+
+    #[test]
+    fn a_semaphore_may_have_up_to_its_limit_of_holds_and_no_more() {
+        let events = vec![
+            ev(0, 1, Kind::Acquired(1)),
+            ev(1, 2, Kind::Acquired(2)),
+            ev(5, 1, Kind::Unlocked(1)),
+            ev(5, 3, Kind::Acquired(3)),
+            ev(9, 2, Kind::Unlocked(2)),
+            ev(9, 3, Kind::Unlocked(3)),
+        ];
+        let two = BTreeMap::from([("x".to_owned(), 2)]);
+        assert!(check_with_limits(&events, &two).is_ok());
+        assert!(check(&events).is_err(), "as a lock, holds 1 and 2 overlap");
+        let three_at_once = vec![
+            ev(0, 1, Kind::Acquired(1)),
+            ev(1, 2, Kind::Acquired(2)),
+            ev(2, 3, Kind::Acquired(3)),
+            ev(5, 1, Kind::Unlocked(1)),
+            ev(9, 2, Kind::Unlocked(2)),
+            ev(9, 3, Kind::Unlocked(3)),
+        ];
+        let err = check_with_limits(&three_at_once, &two).unwrap_err();
+        assert!(err.0[0].contains("3 holds running at once"), "{err}");
     }
 
     #[test]
