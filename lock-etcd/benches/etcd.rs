@@ -177,6 +177,12 @@ async fn contended_rpc(endpoints: &str) -> f64 {
 
 /// Ours: 16 tasks, each with its own session, on one id; handoffs per second.
 async fn contended_ours(endpoints: &str, options: &str) -> f64 {
+    contended_on(endpoints, options, None).await
+}
+
+/// 16 tasks, each with its own session, on one id: the lock, or (`Some(n)`) a semaphore of `n`
+/// permits; grants per second.
+async fn contended_on(endpoints: &str, options: &str, permits: Option<u32>) -> f64 {
     let service = ours_with(endpoints, options).await;
     let stop = Instant::now() + CONTENDED_FOR;
     let count = Arc::new(AtomicU64::new(0));
@@ -188,7 +194,10 @@ async fn contended_ours(endpoints: &str, options: &str) -> f64 {
                 .new_session(SessionConfig::new(Duration::from_secs(10)))
                 .await
                 .unwrap();
-            let mut locker = session.new_locker("contended");
+            let mut locker = match permits {
+                Some(n) => session.new_semaphore("contended", n).unwrap(),
+                None => session.new_locker("contended"),
+            };
             while Instant::now() < stop {
                 let _held = locker.lock().await.unwrap();
                 locker.unlock().await.unwrap();
@@ -619,9 +628,210 @@ async fn recovery(endpoints: &str, rows: &mut Vec<Row>) {
     }
 }
 
+/// Row 7: semaphores beside the lock, on one cluster, each 16 tasks with their own sessions:
+/// a semaphore of 1 against the lock's handoffs, a semaphore of 4 against the semaphore of 1.
+async fn semaphores(endpoints: &str, rows: &mut Vec<Row>) {
+    let lock = contended_on(endpoints, "", None).await;
+    let one = contended_on(endpoints, "", Some(1)).await;
+    let four = contended_on(endpoints, "", Some(4)).await;
+    rows.push(Row {
+        name: format!("7. semaphore of 1 permit, {CONTENDERS} tasks on one id (grants/s)"),
+        ours: format!("{one:.0}"),
+        baseline: format!("the lock: {lock:.0}"),
+        ratio: format!("{:.2}× the lock", one / lock),
+        target: "within 10 % of the lock",
+    });
+    rows.push(Row {
+        name: format!("7. semaphore of 4 permits, {CONTENDERS} tasks on one id (grants/s)"),
+        ours: format!("{four:.0}"),
+        baseline: format!("1 permit: {one:.0}"),
+        ratio: format!("{:.2}× 1 permit", four / one),
+        target: "≥ 2× 1 permit",
+    });
+}
+
+/// The child process of the election row: campaigns in `leader` on the service in
+/// `BENCH_HOLD_URI` with the value `child`, says `held`, and leads until it is killed.
+fn lead() {
+    let uri = std::env::var("BENCH_HOLD_URI").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let service = open(&uri).await;
+        let session = service
+            .new_session(SessionConfig::new(RECOVERY_TTL))
+            .await
+            .unwrap();
+        let mut election = session.new_election("leader").unwrap();
+        let _term = election.campaign("child").await.unwrap();
+        println!("held");
+        std::future::pending::<()>().await;
+    });
+}
+
+/// `etcdctl elect [args]` with its output lines, as they come.
+fn etcdctl_elect(
+    etcdctl: &std::path::Path,
+    endpoints: &str,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<(String, Instant)>,
+) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(etcdctl)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("elect")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send((line, Instant::now()));
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for `rx` to say `value`; when it did.
+fn said(rx: &std::sync::mpsc::Receiver<(String, Instant)>, value: &str) -> Instant {
+    loop {
+        let (line, at) = rx.recv_timeout(Duration::from_secs(120)).unwrap();
+        if line == value {
+            return at;
+        }
+    }
+}
+
+/// Row 8: a leader (a child process) killed with SIGKILL, to its successor observed (by an
+/// observer of another service) and elected (its `campaign()` returned), TTL 3 s; beside the
+/// same for `etcdctl elect` (whose sessions have etcd's default TTL, 60 s: it has no option).
+async fn elections(endpoints: &str, rows: &mut Vec<Row>) {
+    use std::io::BufRead;
+    const ROUNDS: usize = 3;
+    let (mut observed, mut elected) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let uri = format!("etcd:{endpoints}?prefix={}/", unique("elect"));
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("lead")
+            .env("BENCH_HOLD_URI", &uri)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "held");
+        let service = open(&uri).await;
+        let config = SessionConfig::new(RECOVERY_TTL);
+        let watching = service.new_session(config).await.unwrap();
+        let mut observer = watching
+            .new_election("leader")
+            .unwrap()
+            .observe()
+            .await
+            .unwrap();
+        let seen = tokio::spawn(async move {
+            loop {
+                let leader = observer.next().await.unwrap();
+                if leader.is_some_and(|l| l.value_str() == Some("parent")) {
+                    return Instant::now();
+                }
+            }
+        });
+        let session = service.new_session(config).await.unwrap();
+        let candidate = tokio::spawn(async move {
+            let mut election = session.new_election("leader").unwrap();
+            let term = election.campaign("parent").await.unwrap();
+            let at = Instant::now();
+            term.unlock().await.unwrap();
+            session.close().await.unwrap();
+            at
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await; // the candidate is queued
+        let killed = Instant::now();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        observed.push(seen.await.unwrap() - killed);
+        elected.push(candidate.await.unwrap() - killed);
+        service.close().await.unwrap();
+    }
+    // etcdctl elect, once (its TTL is 60 s).
+    let etcdctl = std::path::PathBuf::from(std::env::var("LOCK_ETCDCTL").unwrap_or_else(|_| {
+        let bin = std::env::var("LOCK_ETCD_BIN").unwrap_or_default();
+        format!("{bin}/etcdctl")
+    }));
+    let theirs = if etcdctl.exists() {
+        let name = unique("etcdctl-elect");
+        let (mut leader, said_leader) = etcdctl_elect(&etcdctl, endpoints, &[&name, "child"]);
+        said(&said_leader, "child");
+        let (mut listener, heard) = etcdctl_elect(&etcdctl, endpoints, &["-l", &name]);
+        said(&heard, "child");
+        let (mut candidate, said_candidate) =
+            etcdctl_elect(&etcdctl, endpoints, &[&name, "parent"]);
+        std::thread::sleep(Duration::from_millis(300));
+        let killed = Instant::now();
+        leader.kill().unwrap();
+        leader.wait().unwrap();
+        let seen = said(&heard, "parent") - killed;
+        let won = said(&said_candidate, "parent") - killed;
+        for child in [&mut listener, &mut candidate] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        format!(
+            "etcdctl elect (TTL 60 s): observed {:.2}, elected {:.2}",
+            seen.as_secs_f64(),
+            won.as_secs_f64()
+        )
+    } else {
+        "etcdctl not found".to_owned()
+    };
+    let stats = |times: &[Duration]| {
+        let mean = times.iter().sum::<Duration>() / times.len() as u32;
+        let (min, max) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+        (
+            mean,
+            format!(
+                "{:.2} ({:.2}–{:.2})",
+                mean.as_secs_f64(),
+                min.as_secs_f64(),
+                max.as_secs_f64()
+            ),
+        )
+    };
+    let ttl = RECOVERY_TTL.as_secs();
+    let (mean, figure) = stats(&observed);
+    rows.push(Row {
+        name: format!("8. leader killed with SIGKILL → new leader observed, TTL {ttl} s (s, mean (min–max) of {ROUNDS})"),
+        ours: figure,
+        baseline: theirs.clone(),
+        ratio: format!("{:.2}× TTL", mean.as_secs_f64() / ttl as f64),
+        target: "≤ TTL + 1 s",
+    });
+    let (mean, figure) = stats(&elected);
+    rows.push(Row {
+        name: format!("8. leader killed with SIGKILL → new leader elected (its campaign returns), TTL {ttl} s, lock-delay auto"),
+        ours: figure,
+        baseline: theirs,
+        ratio: format!("{:.2}× TTL", mean.as_secs_f64() / ttl as f64),
+        target: "≤ TTL + lock-delay + 1 s",
+    });
+}
+
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("hold") {
         return hold();
+    }
+    if std::env::args().nth(1).as_deref() == Some("lead") {
+        return lead();
     }
     let endpoints = std::env::var("LOCK_ETCD_ENDPOINTS")
         .expect("LOCK_ETCD_ENDPOINTS is not set: run `cargo xtask bench etcd`");
@@ -631,7 +841,8 @@ fn main() {
         .build()
         .unwrap();
     // `cargo bench` passes `--bench`; bare words run only those parts (for profiling):
-    // uncontended | contended | seed | waiters | idle | recovery | cluster.
+    // uncontended | contended | seed | waiters | idle | recovery | semaphore | election |
+    // cluster.
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -658,6 +869,12 @@ fn main() {
         }
         if run("recovery") {
             recovery(&endpoints, &mut rows).await;
+        }
+        if run("semaphore") {
+            semaphores(&endpoints, &mut rows).await;
+        }
+        if run("election") {
+            elections(&endpoints, &mut rows).await;
         }
         if let Some(cluster) = std::env::var("LOCK_ETCD_CLUSTER_ENDPOINTS")
             .ok()

@@ -434,7 +434,8 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
             cargo(&tools.protoc)
                 .args(["bench", "-p", "lock-etcd", "--bench", "etcd"])
                 .env(ENDPOINTS_VAR, single.endpoints())
-                .env("LOCK_ETCD_CLUSTER_ENDPOINTS", cluster.endpoints()),
+                .env("LOCK_ETCD_CLUSTER_ENDPOINTS", cluster.endpoints())
+                .env("LOCK_ETCDCTL", &tools.etcdctl),
         );
         drop((single, cluster));
         result?;
