@@ -200,6 +200,8 @@ macro_rules! conformance_tests {
             election_lost_fires_before_the_next_leader_is_elected,
             election_cancelled_campaign_leaves_nothing,
             election_is_shared_across_processes,
+            semaphore_acquisition_cancelled_at_any_point_leaves_nothing,
+            election_campaign_cancelled_at_any_point_leaves_nothing,
             a_partitioned_leader_loses_before_another_is_elected,
             a_partitioned_permit_holder_loses_before_its_permit_is_granted_again,
         }

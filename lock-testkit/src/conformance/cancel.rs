@@ -161,8 +161,23 @@ struct Pair {
     services: (Service, Service),
 }
 
+/// How a check makes its lockers: of a lock, or of a semaphore of one permit.
+type Make = fn(&Session, &str) -> lock_core::Result<Locker>;
+
+fn lock_locker(session: &Session, id: &str) -> lock_core::Result<Locker> {
+    Ok(session.new_locker(id))
+}
+
+fn permit_locker(session: &Session, id: &str) -> lock_core::Result<Locker> {
+    session.new_semaphore(id, 1)
+}
+
 impl Pair {
     async fn new(h: &Harness, name: &str) -> Result<Pair, Failure> {
+        Pair::made(h, name, lock_locker).await
+    }
+
+    async fn made(h: &Harness, name: &str, make: Make) -> Result<Pair, Failure> {
         let (one, two) = two_services(h).await?;
         let id = h.id(name);
         let (s1, s2) = (
@@ -170,9 +185,9 @@ impl Pair {
             two.new_session(h.config()).await?,
         );
         Ok(Pair {
-            a: s1.new_locker(&id),
-            b: s2.new_locker(&id),
-            c: s2.new_locker(&id),
+            a: make(&s1, &id)?,
+            b: make(&s2, &id)?,
+            c: make(&s2, &id)?,
             tokens: Tokens::default(),
             _sessions: (s1, s2),
             services: (one, two),
@@ -220,8 +235,8 @@ enum Acquire {
 
 /// An acquisition on a free id, dropped at every point: the id is free afterwards, the locker
 /// holds nothing (or, if it completed, holds a fresh token), and it can lock again.
-async fn acquisition_cancelled(h: &Harness, name: &str, op: Acquire) -> Outcome {
-    let mut p = Pair::new(h, name).await?;
+async fn acquisition_cancelled(h: &Harness, name: &str, op: Acquire, make: Make) -> Outcome {
+    let mut p = Pair::made(h, name, make).await?;
     let mut cuts = Cuts::new();
     while let Some(cut) = cuts.next() {
         let (a, what) = (
@@ -259,12 +274,27 @@ async fn acquisition_cancelled(h: &Harness, name: &str, op: Acquire) -> Outcome 
 /// `lock()` on a free id, dropped at every point: the id is free afterwards, the locker holds
 /// nothing (or, if it completed, holds a fresh token), and it can lock again.
 pub async fn lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outcome {
-    acquisition_cancelled(h, "cancel-lock", Acquire::Lock).await
+    acquisition_cancelled(h, "cancel-lock", Acquire::Lock, lock_locker).await
+}
+
+/// A semaphore's `lock()` and `try_lock()` on a free permit, and its `lock()` queued behind
+/// the permit's holder, dropped at every point: as for a lock (a semaphore of one permit).
+pub async fn semaphore_acquisition_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outcome {
+    if !h.semaphores() {
+        h.skip(
+            "semaphore_acquisition_cancelled_at_any_point_leaves_nothing",
+            "the harness declares no semaphores",
+        );
+        return Ok(());
+    }
+    acquisition_cancelled(h, "cancel-permit", Acquire::Lock, permit_locker).await?;
+    acquisition_cancelled(h, "cancel-try-permit", Acquire::TryLock, permit_locker).await?;
+    queued_cancelled(h, "cancel-queued-permit", permit_locker).await
 }
 
 /// `try_lock()` on a free id, dropped at every point: as for `lock()`.
 pub async fn try_lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outcome {
-    acquisition_cancelled(h, "cancel-try", Acquire::TryLock).await
+    acquisition_cancelled(h, "cancel-try", Acquire::TryLock, lock_locker).await
 }
 
 /// After a cut: the cancelled locker can lock again (a fresh token) and unlock.
@@ -284,7 +314,11 @@ async fn locks_again(locker: &mut Locker, tokens: &mut Tokens, what: &str) -> Ou
 /// `lock()` queued behind another holder, dropped at every point: once the holder unlocks, a
 /// third party is granted at once, and the cancelled locker holds nothing.
 pub async fn queued_lock_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outcome {
-    let mut p = Pair::new(h, "cancel-queued").await?;
+    queued_cancelled(h, "cancel-queued", lock_locker).await
+}
+
+async fn queued_cancelled(h: &Harness, name: &str, make: Make) -> Outcome {
+    let mut p = Pair::made(h, name, make).await?;
     let (a, holder, b) = (&mut p.a, &mut p.c, &mut p.b);
     let mut cuts = Cuts::new();
     while let Some(cut) = cuts.next() {
@@ -368,4 +402,83 @@ pub async fn close_cancelled_at_any_point_ends_the_session(h: &Harness) -> Outco
         drop((held, a, session));
     }
     p.close().await
+}
+
+/// An election's `campaign()`, on a free election and queued behind a leader, dropped at every
+/// point: afterwards another candidate is elected within [`FREED_WITHIN`] (once the leader
+/// resigned) and `leader()` names it, never the cancelled candidate; the cancelled candidate can
+/// campaign again.
+pub async fn election_campaign_cancelled_at_any_point_leaves_nothing(h: &Harness) -> Outcome {
+    const CHECK: &str = "election_campaign_cancelled_at_any_point_leaves_nothing";
+    if !h.elections() {
+        h.skip(CHECK, "the harness declares no elections");
+        return Ok(());
+    }
+    let (one, two) = two_services(h).await?;
+    let name = h.id("cancel-campaign");
+    let (s1, s2) = (
+        one.new_session(h.config()).await?,
+        two.new_session(h.config()).await?,
+    );
+    let (mut a, mut b, mut leader) = (
+        s1.new_election(&name)?,
+        s2.new_election(&name)?,
+        s2.new_election(&name)?,
+    );
+    let mut tokens = Tokens::default();
+    for queued in [false, true] {
+        let mut cuts = Cuts::new();
+        while let Some(cut) = cuts.next() {
+            let what = match queued {
+                false => format!("campaign() in a free election {cut}"),
+                true => format!("campaign() queued behind a leader {cut}"),
+            };
+            let term = match queued {
+                true => Some(leader.campaign("leader").await?),
+                false => None,
+            };
+            if let Some(term) = &term {
+                tokens.saw(term, &what)?;
+            }
+            match run(h, cut, a.campaign("cancelled")).await {
+                Ran::Completed(granted) => {
+                    cuts.polls_done();
+                    let won = granted.map_err(|e| Failure::new(format!("{what}: {e}")))?;
+                    ensure!(!queued, "{what}: elected while another candidate led");
+                    tokens.saw(&won, &what)?;
+                    won.unlock().await?;
+                }
+                Ran::Quiet => cuts.polls_done(),
+                Ran::Dropped => {}
+            }
+            if let Some(term) = term {
+                term.unlock().await?;
+            }
+            let elected = match tokio::time::timeout(FREED_WITHIN, b.campaign("next")).await {
+                Ok(elected) => elected?,
+                Err(_) => {
+                    return Err(Failure::new(format!(
+                        "{what}: no other candidate was elected within {FREED_WITHIN:?}"
+                    )))
+                }
+            };
+            tokens.saw(&elected, &what)?;
+            let named = b.leader().await?;
+            ensure!(
+                named.as_ref().and_then(|l| l.value_str()) == Some("next"),
+                "{what}: leader() named {named:?} while the next candidate led"
+            );
+            elected.unlock().await?;
+        }
+    }
+    let again = tokio::time::timeout(PATIENCE, a.campaign("again"))
+        .await
+        .map_err(|_| Failure::new("the cancelled candidate could not campaign again"))??;
+    tokens.saw(&again, "campaigning again after every cut")?;
+    again.unlock().await?;
+    one.close().await?;
+    if h.sharing() != crate::Sharing::Service {
+        two.close().await?;
+    }
+    Ok(())
 }
