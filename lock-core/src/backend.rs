@@ -73,9 +73,9 @@
 use std::sync::Arc;
 
 pub use crate::contract::{Election, Layer, Locker, Party, Service, Session};
-pub use crate::election::Publisher;
 pub use crate::hold::Hold;
 pub use crate::id::validate_id;
+pub use crate::observe::Publisher;
 pub use crate::op::{OpFuture, PendingOp};
 pub use crate::registry::{OpenFuture, Registry, ServiceFactory};
 pub use crate::secret::{is_secret_option, redact_endpoint, InvalidSecret, Secret, REDACTED};

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::config::SessionConfig;
-use crate::election::{Leader, Observer};
 use crate::error::{Error, Result};
 use crate::hold::{Done, Hold};
+use crate::observe::{Leader, Observer};
 use crate::op::OpFuture;
 use crate::signal::Signal;
 

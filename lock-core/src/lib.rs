@@ -113,6 +113,7 @@ mod hold;
 mod id;
 mod locker;
 mod loss;
+mod observe;
 mod op;
 mod registry;
 mod secret;
@@ -120,13 +121,14 @@ mod signal;
 mod uri;
 
 pub use config::SessionConfig;
-pub use election::{Election, Leader, Observer};
+pub use election::Election;
 pub use error::{BoxError, Error, ErrorKind, Report, Result};
 pub use handle::{Service, Session};
 pub use hold::{Done, Fence, Lost};
 pub use id::MAX_ID_LEN;
 pub use locker::{Held, Lock, Locker, TryLock, Unlock};
 pub use loss::{Loss, LossCause};
+pub use observe::{Leader, Observer};
 pub use registry::{new, services};
 
 #[doc(hidden)]

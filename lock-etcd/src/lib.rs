@@ -38,6 +38,7 @@ mod metrics;
 mod mirror;
 mod own;
 mod ownership;
+mod recipes;
 mod service;
 mod session;
 mod shared;

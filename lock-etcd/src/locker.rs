@@ -45,17 +45,16 @@ use etcd_client::{
     Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use lock_core::backend::{self, Hold, OpFuture, Signal};
-use lock_core::{Done, Error, LossCause, Result};
+use lock_core::{Error, LossCause, Result};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::election::EtcdElection;
 use crate::hub::Interest;
 use crate::keeper::EndReason;
 use crate::keys::{self, IdKeys};
 use crate::own::Removal;
 use crate::ownership::{Incarnations, OwnedKey};
-use crate::session::{EtcdSession, Member, SessionCore};
+use crate::session::{Member, SessionCore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Phase {
@@ -871,53 +870,6 @@ fn queue_is_empty(resp: &TxnResponse) -> bool {
     match resp.op_responses().into_iter().nth(1) {
         Some(TxnOpResponse::Get(get)) => get.count() == 0,
         _ => false,
-    }
-}
-
-impl EtcdSession {
-    /// A locker of `id`, known to the session (which ends its hold when it ends).
-    fn locker(&self, id: &str, limit: Option<u32>, party: backend::Party) -> EtcdLocker {
-        let key = self.core.service.next_key();
-        let locker = EtcdLocker::new(key, id, limit, self.core.clone(), party);
-        self.core
-            .lockers()
-            .insert(key, locker.weak() as Weak<dyn Member>);
-        if let Some(reason) = self.core.ended() {
-            locker.core().session_ended(reason);
-        }
-        locker
-    }
-}
-
-impl backend::Session for EtcdSession {
-    fn new_locker(&self, id: &str, party: backend::Party) -> Arc<dyn backend::Locker> {
-        Arc::new(self.locker(id, None, party))
-    }
-
-    fn new_semaphore(
-        &self,
-        id: &str,
-        limit: u32,
-        party: backend::Party,
-    ) -> Result<Arc<dyn backend::Locker>> {
-        Ok(Arc::new(self.locker(id, Some(limit), party)))
-    }
-
-    fn new_election(
-        &self,
-        name: &str,
-        party: backend::Party,
-    ) -> Result<Arc<dyn backend::Election>> {
-        Ok(Arc::new(EtcdElection::new(self.locker(name, None, party))))
-    }
-
-    fn done(&self) -> Option<Done> {
-        let (signal, deadline) = (&self.core.end_signal, &self.core.deadline);
-        Some(backend::done(signal.clone(), 0, Some(deadline.clone())))
-    }
-
-    fn close(&self) -> OpFuture<'_, Result<()>> {
-        OpFuture::boxed(async move { self.core.close(EndReason::Closed).await })
     }
 }
 
