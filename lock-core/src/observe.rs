@@ -58,7 +58,7 @@ impl fmt::Debug for Leader {
 
 /// The history of an election as it happens: [`next`](Observer::next) gives the leader when
 /// observing began (or `None`: nobody leads), then every change of leader or value, in the
-/// order they happened, none skipped. Made by [`Election::observe`]. It keeps its session open,
+/// order they happened, none skipped. Made by [`Election::observe`](crate::Election::observe). It keeps its session open,
 /// and ends with it.
 ///
 /// Changes queue up in the observer until they are read (one small entry each).
