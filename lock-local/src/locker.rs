@@ -56,6 +56,17 @@ impl LocalLocker {
         wake.wake();
     }
 
+    /// Ends this locker's hold as a backend that lost it would — its lost signal fires with
+    /// `cause` and `detail`, and the id goes to the next waiter — for backends built on this one
+    /// (a test backend that takes a hold away). `false` if it held nothing.
+    pub fn revoke(&self, cause: LossCause, detail: &str) -> bool {
+        let held = self.slot.is_held_by(self) && self.state.load(Acquire) != GRANTED;
+        if held {
+            self.evict((cause, detail));
+        }
+        held
+    }
+
     /// Hands what this locker holds on, under the slot's mutex (`end` says how its hold
     /// ended); whether it held the id.
     fn release_locked(&self, end: End<'_>) -> bool {

@@ -87,7 +87,11 @@ impl Groups {
     pub(crate) fn close(&self) {
         let groups: Vec<_> = lock(&self.map).values().filter_map(Weak::upgrade).collect();
         for group in groups {
-            group.end(&|_| true, "the service was closed");
+            group.end(
+                &|_| true,
+                LossCause::ServiceClosed,
+                "the service was closed",
+            );
         }
     }
 }
@@ -194,7 +198,7 @@ impl Group {
         locker: &PermitLocker,
         mine: &mut Mine,
         token: Option<u64>,
-        cause: Option<&str>,
+        cause: Option<(LossCause, &str)>,
     ) -> bool {
         let Some((held, epoch)) = mine.hold else {
             return false;
@@ -205,9 +209,9 @@ impl Group {
         mine.hold = None;
         state.holders.retain(|h| h.addr != locker.addr());
         match cause {
-            Some(detail) => {
+            Some((cause, detail)) => {
                 if locker.signal.epoch() == epoch {
-                    locker.signal.fire_because(LossCause::SessionEnded, detail);
+                    locker.signal.fire_because(cause, detail);
                 }
             }
             None => {
@@ -231,7 +235,7 @@ impl Group {
 
     /// Ends the holds and waits of the lockers `ends` selects, and the observers of the
     /// sessions it selects (their session or service closed).
-    fn end(&self, ends: &dyn Fn(&SessionCore) -> bool, why: &'static str) {
+    fn end(&self, ends: &dyn Fn(&SessionCore) -> bool, cause: LossCause, why: &'static str) {
         let mut wakers = Vec::new();
         let mut state = self.state();
         let before = state.leader();
@@ -242,7 +246,7 @@ impl Group {
             .collect();
         for locker in holders.iter().filter(|l| ends(&l.session)) {
             let mut mine = locker.mine();
-            self.end_hold(&mut state, locker, &mut mine, None, Some(why));
+            self.end_hold(&mut state, locker, &mut mine, None, Some((cause, why)));
         }
         let queued: Vec<_> = state.queue.iter().filter_map(Weak::upgrade).collect();
         for locker in queued.iter().filter(|l| ends(&l.session)) {
@@ -284,7 +288,13 @@ impl Group {
                 wakers.extend(waker);
             }
             Wait::Granted(_) => {
-                self.end_hold(state, locker, mine, None, Some(why));
+                self.end_hold(
+                    state,
+                    locker,
+                    mine,
+                    None,
+                    Some((LossCause::SessionEnded, why)),
+                );
             }
             other => mine.wait = other,
         }
@@ -323,15 +333,33 @@ impl PermitLocker {
         lock(&self.mine)
     }
 
-    /// Ends this locker's hold and wait: its session closed (its flag is set).
-    pub(crate) fn evict(&self) {
+    /// Ends the holds, waits and observers of this locker's session in its group: the session
+    /// closed (its flag is set), for `cause`.
+    pub(crate) fn evict(&self, cause: LossCause, why: &'static str) {
         let group = &self.group;
         let me = self.addr();
-        group.end(
-            &|session| std::ptr::eq(session, &*self.session),
-            "the session was closed",
-        );
+        group.end(&|session| std::ptr::eq(session, &*self.session), cause, why);
         debug_assert!(group.state().holders.iter().all(|h| h.addr != me));
+    }
+
+    /// Ends this party's hold (a permit, a term) as a backend that lost it would — its lost
+    /// signal fires with `cause` and `detail`, and the permit goes to the next waiter — for
+    /// backends built on this one (a test backend that takes a hold away). `false` if it held
+    /// nothing.
+    pub fn revoke(&self, cause: LossCause, detail: &str) -> bool {
+        let mut wakers = Vec::new();
+        let group = &self.group;
+        let mut state = group.state();
+        let mut mine = self.mine();
+        if !group.end_hold(&mut state, self, &mut mine, None, Some((cause, detail))) {
+            return false;
+        }
+        drop(mine);
+        group.promote(&mut state, &mut wakers);
+        group.publish(&mut state);
+        drop(state);
+        wakers.into_iter().for_each(Waker::wake);
+        true
     }
 
     /// Starts an attempt: granted at once, queued, or (`wait` false) refused.

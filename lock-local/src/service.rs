@@ -99,6 +99,16 @@ impl backend::Service for LocalService {
 
 impl LocalService {
     fn open_session(&self) -> Result<Arc<dyn backend::Session>> {
+        Ok(self.session()?)
+    }
+
+    /// Opens a session, as its own type (what `new_session` opens): for backends built on this
+    /// one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyClosed`] once the service is closed.
+    pub fn session(&self) -> Result<Arc<LocalSession>> {
         if self.shared.is_closed() {
             return Err(Error::AlreadyClosed("the service was closed"));
         }

@@ -36,6 +36,24 @@ impl LocalSession {
         })
     }
 
+    /// A locker of lock `id` (what `new_locker` returns), as its own type: for backends built
+    /// on this one.
+    pub fn locker(&self, id: &str, party: backend::Party) -> Arc<LocalLocker> {
+        let locker = LocalLocker::new(id, self.core.clone(), party);
+        self.lockers_list().push(locker.weak());
+        locker
+    }
+
+    /// A party of semaphore `id` with `limit` permits (`new_semaphore`), as its own type.
+    pub fn semaphore(&self, id: &str, limit: u32, party: backend::Party) -> Arc<PermitLocker> {
+        self.party(Kind::Semaphore, id, limit, party)
+    }
+
+    /// A party of election `name` (`new_election`), as its own type.
+    pub fn election(&self, name: &str, party: backend::Party) -> Arc<PermitLocker> {
+        self.party(Kind::Election, name, 1, party)
+    }
+
     fn party(&self, kind: Kind, id: &str, limit: u32, party: backend::Party) -> Arc<PermitLocker> {
         let locker = self.groups.party(kind, id, limit, self.core.clone(), party);
         let mut parties = self.parties.lock().unwrap_or_else(|e| e.into_inner());
@@ -54,6 +72,18 @@ impl LocalSession {
 
     /// Ends the session: releases its locks, cancels its waits, resolves `done()`.
     fn close_now(&self) -> Result<()> {
+        self.end_because(LossCause::SessionEnded, "the session ended")
+    }
+
+    /// Ends the session as a backend whose session ended otherwise would (for backends built on
+    /// this one: a test backend that expires a session): its holds are lost with `cause` and
+    /// `detail`, its waits fail with `Canceled`, `done()` resolves, and later attempts fail with
+    /// `AlreadyClosed`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyClosed`] if the session had already ended.
+    pub fn end_because(&self, cause: LossCause, detail: &'static str) -> Result<()> {
         if self.core.closed.swap(true, SeqCst) {
             return Err(Error::AlreadyClosed("the session was already closed"));
         }
@@ -62,12 +92,12 @@ impl LocalSession {
         // that starts an attempt now will see `closed` (see `SessionCore::check_open`).
         for locker in lockers.into_live() {
             if locker.state.load(SeqCst) != IDLE || locker.slot.is_held_by(&locker) {
-                locker.evict((LossCause::SessionEnded, "the session ended"));
+                locker.evict((cause, detail));
             }
         }
         let parties = std::mem::take(&mut *self.parties.lock().unwrap_or_else(|e| e.into_inner()));
         for party in parties.into_live() {
-            party.evict();
+            party.evict(cause, detail);
         }
         self.core.end();
         if self.core.service.is_closed() {
@@ -83,9 +113,7 @@ impl backend::Session for LocalSession {
     fn new_locker(&self, id: &str, party: backend::Party) -> Arc<dyn backend::Locker> {
         // The party keeps this session open: it ends (`Drop`) when the last handle, locker or
         // hold of it goes.
-        let locker = LocalLocker::new(id, self.core.clone(), party);
-        self.lockers_list().push(locker.weak());
-        locker
+        self.locker(id, party)
     }
 
     fn new_semaphore(

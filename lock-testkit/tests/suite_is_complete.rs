@@ -15,11 +15,11 @@ fn conformance_functions(dir: &Path) -> BTreeSet<String> {
             continue;
         }
         let source = std::fs::read_to_string(&path).expect("reading a conformance source");
-        for line in source.lines() {
-            let Some(rest) = line.trim_start().strip_prefix("pub async fn ") else {
-                continue;
-            };
+        // A signature may wrap: its arguments run to the first `)` after the name.
+        for (at, _) in source.match_indices("pub async fn ") {
+            let rest = &source[at + "pub async fn ".len()..];
             if let Some((name, args)) = rest.split_once('(') {
+                let args = args.split_once(')').map_or(args, |(args, _)| args);
                 if args.contains("Harness") {
                     found.insert(name.trim().to_owned());
                 }

@@ -119,22 +119,23 @@ pub async fn semaphore_waiters_are_granted_in_fifo_order_with_increasing_tokens(
         probe.try_lock().await?.is_none(),
         "try_lock took a third permit of a semaphore of 2"
     );
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let mut joins = Vec::new();
-    let mut sessions = Vec::new();
+    let order: Order = Arc::new(Mutex::new(Vec::new()));
+    let (mut joins, mut sessions, mut releases) = (Vec::new(), Vec::new(), Vec::new());
     for n in 0..4 {
         let service = if n % 2 == 0 { &two } else { &one };
         let session = service.new_session(h.config()).await?;
         let mut waiter = session.new_semaphore(&id, 2)?;
         sessions.push(session);
         let order = order.clone();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        releases.push(release);
         joins.push(tokio::spawn(async move {
             let held = waiter.lock().await?;
             order
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push((n, held.fencing_token()));
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = released.await; // hold until the check lets go
             held.unlock().await
         }));
         tokio::time::sleep(h.settle()).await; // queue in order
@@ -143,22 +144,56 @@ pub async fn semaphore_waiters_are_granted_in_fifo_order_with_increasing_tokens(
         order.lock().unwrap_or_else(|e| e.into_inner()).is_empty(),
         "a waiter was granted while both permits were held"
     );
+    // One permit at a time: each must go to the next waiter in line, and to nobody else.
     held_a.unlock().await?;
+    granted_in_order(h, &order, 1).await?;
     held_b.unlock().await?;
+    granted_in_order(h, &order, 2).await?;
+    let mut releases = releases.into_iter();
+    for k in 3..=4 {
+        let _ = releases.next().map(|r| r.send(()));
+        granted_in_order(h, &order, k).await?;
+    }
+    releases.for_each(|r| drop(r.send(())));
     for join in joins {
         joined(h, PATIENCE, "a queued waiter", join).await??;
     }
     let order = order.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let served: Vec<usize> = order.iter().map(|(n, _)| *n).collect();
-    ensure!(
-        served == [0, 1, 2, 3],
-        "waiters were granted in order {served:?}, expected [0, 1, 2, 3]"
-    );
     for (n, token) in order {
         follows(&format!("waiter {n}"), token, last)?;
         last = token;
     }
     drop(sessions);
+    Ok(())
+}
+
+/// The waiters granted so far, in the order they recorded it: `(queue position, token)`.
+type Order = Arc<Mutex<Vec<(usize, u64)>>>;
+
+/// Waits until `k` waiters were granted, then a settle time: exactly the first `k` in queue
+/// order must have been.
+async fn granted_in_order(h: &Harness, order: &Order, k: usize) -> Outcome {
+    let served = || -> Vec<usize> {
+        let order = order.lock().unwrap_or_else(|e| e.into_inner());
+        order.iter().map(|(n, _)| *n).collect()
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while served().len() < k {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "a freed permit was granted to no waiter within {PATIENCE:?} (granted: {:?})",
+            served()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(h.settle()).await;
+    let served = served();
+    let want: Vec<usize> = (0..k).collect();
+    ensure!(
+        served == want,
+        "with {k} permit(s) freed in turn, waiters were granted in order {served:?}, expected \
+         {want:?} (FIFO, one waiter per permit)"
+    );
     Ok(())
 }
 
