@@ -57,6 +57,19 @@ pub(crate) fn etcd_error(context: &'static str, e: etcd_client::Error) -> Error 
     }
 }
 
+/// Whether etcd refused a request because a lease it named does not exist (revoked, or
+/// expired on the server).
+pub(crate) fn is_lease_not_found(e: &Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.to_string().contains("requested lease not found") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 pub(crate) fn timeout_error(context: &'static str, after: Duration) -> Error {
     Error::backend_transient(
         crate::SERVICE_ETCD,

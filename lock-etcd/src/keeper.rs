@@ -199,6 +199,14 @@ impl Keeper {
         self.state().leases.remove(&lease);
     }
 
+    /// The cluster said `lease` does not exist (asked after a key of it was deleted, or after a
+    /// request naming it was refused): ends its session, as a keep-alive answer would.
+    pub(crate) fn lease_gone(&self, lease: i64) {
+        if let Some(session) = self.forget(lease) {
+            session.end_for(EndReason::LeaseGone);
+        }
+    }
+
     /// Stops keeping `lease` alive, returning its session if it still exists.
     fn forget(&self, lease: i64) -> Option<Arc<dyn LeaseOwner>> {
         self.state().leases.remove(&lease)?.session.upgrade()

@@ -207,14 +207,21 @@ impl LockerCore {
     /// a key deleted while its lease lives was deleted by a request; with the lease gone, the
     /// server expired or revoked it.
     fn ask_about_lease(&self, epoch: u64) {
-        let (client, lease, signal, limit) = (
+        let (client, lease, signal, limit, keeper) = (
             self.session().service.client.clone(),
             self.session().current_lease(),
             self.signal.clone(),
             self.owned.limit(),
+            self.session().service.keeper.clone(),
         );
         self.session().service.runtime.spawn(async move {
-            let answer = match crate::keeper::lease_alive(&client, lease, limit).await {
+            let alive = crate::keeper::lease_alive(&client, lease, limit).await;
+            if alive == Some(false) {
+                // The session is over: end it now rather than at the next keep-alive, so that
+                // its waiters and later calls learn it at once.
+                keeper.lease_gone(lease);
+            }
+            let answer = match alive {
                 Some(true) => format!(
                     "etcd says lease {lease:016x} is alive: the key was deleted by a delete request"
                 ),
@@ -556,7 +563,24 @@ impl LockerCore {
         };
         let result = op().await;
         attempt.finished = result.is_ok();
-        result
+        match result {
+            Err(e) if crate::error::is_lease_not_found(&e) => Err(self.lease_refused(e).await),
+            result => result,
+        }
+    }
+
+    /// etcd refused our put because it does not know the lease it named: if the cluster
+    /// confirms the lease is gone, the session ends (as a keep-alive answer would end it) and
+    /// the attempt fails as any attempt of an ended session does; else `e` stands.
+    async fn lease_refused(&self, e: Error) -> Error {
+        let session = self.session();
+        let lease = session.current_lease();
+        let (client, limit) = (&session.service.client, self.owned.limit());
+        if crate::keeper::lease_alive(client, lease, limit).await == Some(false) {
+            session.service.keeper.lease_gone(lease);
+            return Error::AlreadyClosed(EndReason::LeaseGone.describe());
+        }
+        e
     }
 
     async fn try_acquire(self: &Arc<Self>) -> Result<Option<Hold>> {

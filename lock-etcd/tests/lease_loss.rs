@@ -189,3 +189,35 @@ async fn keys_under(raw: &mut etcd_client::Client, prefix: &str) -> i64 {
     .unwrap()
     .count()
 }
+
+/// A `lock()` made right after the session's lease was revoked on the server — before any
+/// keep-alive or watch event told the session — fails as a call of an ended session does
+/// (`AlreadyClosed`), and the session ends: etcd's refusal ("requested lease not found") is
+/// not passed on as a backend error that retrying would repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_on_a_lease_revoked_behind_the_sessions_back_says_the_session_ended() {
+    let Some(endpoints) = common::shared("lock_on_a_revoked_lease") else {
+        return;
+    };
+    let prefix = common::unique_prefix("revoked-lock");
+    let service = service(&endpoints, &prefix).await;
+    let session = service
+        .new_session(SessionConfig::new(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let mut raw = common::raw(&endpoints).await;
+    // The session's lease, read from the key a first lock binds to it.
+    let held = session.new_locker("a").lock().await.unwrap();
+    let (keys, _) = common::lock_keys(&mut raw, &prefix).await;
+    let lease = keys[0].lease();
+    held.unlock().await.unwrap();
+    raw.lease_revoke(lease).await.unwrap();
+    let got = session.new_locker("b").lock().await;
+    assert!(
+        matches!(got, Err(Error::AlreadyClosed(_) | Error::Canceled(_))),
+        "a lock() on a revoked lease gave {got:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), session.done())
+        .await
+        .expect("the session ended");
+}

@@ -154,7 +154,9 @@ pub async fn semaphore_waiters_are_granted_in_fifo_order_with_increasing_tokens(
         let _ = releases.next().map(|r| r.send(()));
         granted_in_order(h, &order, k).await?;
     }
-    releases.for_each(|r| drop(r.send(())));
+    releases.for_each(|r| {
+        let _ = r.send(());
+    });
     for join in joins {
         joined(h, PATIENCE, "a queued waiter", join).await??;
     }
