@@ -13,6 +13,12 @@ pub use lock_local as local;
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use lock_etcd as etcd;
 
+/// The `test:` backend for application tests: a controller that injects faults, and the
+/// history of what happened (see the guide, "Testing your application").
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub use lock_testing as testing;
+
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
@@ -29,6 +35,8 @@ pub mod guide {}
 extern crate lock_etcd as _;
 #[cfg(feature = "local")]
 extern crate lock_local as _;
+#[cfg(feature = "testing")]
+extern crate lock_testing as _;
 
 /// The schemes of the backends this build of `lock` enables by feature, in the order of the
 /// features. `services()` lists these and any scheme another crate registered.
@@ -37,4 +45,6 @@ pub const ENABLED_BACKENDS: &[&str] = &[
     "local",
     #[cfg(feature = "etcd")]
     "etcd",
+    #[cfg(feature = "testing")]
+    "test",
 ];
