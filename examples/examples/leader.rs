@@ -1,5 +1,7 @@
-//! A leader loop: candidates campaign in one election with their address; the leader publishes
-//! it, works until it loses leadership, stops at once on `lost()`, and campaigns again. An
+//! A leader loop (`lock_examples::candidate`, tested through `lock::testing` in
+//! `tests/leader.rs`): candidates campaign in one election with their address; the leader
+//! publishes it, works until it loses leadership, stops at once on `lost()`, and campaigns
+//! again. An
 //! observer prints every change of leader, in order. Here each leader resigns after a few rounds
 //! of work, and one leader's session is closed under it (on etcd: its lease expired), to show
 //! both ways out.
@@ -11,31 +13,11 @@
 
 use std::time::Duration;
 
-use lock::{Service, Session, SessionConfig};
+use lock::{Service, SessionConfig};
+use lock_examples::candidate;
 
 /// The election every candidate campaigns in.
 const ELECTION: &str = "singleton-worker";
-
-/// Campaigns for leadership `terms` times, with `address` as the leader's value; each term lasts
-/// until leadership is lost or the work is done.
-pub async fn candidate(session: Session, address: String, terms: u32) -> lock::Result<()> {
-    let mut election = session.new_election(ELECTION)?;
-    for _ in 0..terms {
-        let term = election.campaign(address.as_str()).await?;
-        let token = term.fencing_token();
-        println!("{address}: leader (term {token})");
-        tokio::select! {
-            () = term.lost() => {
-                println!("{address}: lost leadership ({:?}); stepping down at once", term.loss());
-                continue;
-            }
-            () = lead(&address, token) => {}
-        }
-        println!("{address}: stepping down");
-        term.unlock().await?; // resign: the next candidate is elected
-    }
-    Ok(())
-}
 
 /// The leader's work: every write carries the term's fencing token.
 async fn lead(address: &str, token: u64) {
@@ -84,8 +66,11 @@ async fn main() -> lock::Result<()> {
         .map(|n| {
             let service = service.clone();
             tokio::spawn(async move {
-                let session = service.new_session(config).await?;
-                candidate(session, format!("10.0.0.{n}:8080"), 2).await
+                let address = format!("10.0.0.{n}:8080");
+                candidate(&service, ELECTION, &address, config, 2, |token| {
+                    lead(&address, token)
+                })
+                .await
             })
         })
         .collect();
