@@ -277,3 +277,40 @@ async fn a_failed_or_hung_lock_is_a_lock_on_an_unreachable_cluster() {
     assert_eq!(hung_etcd, Outcome::Failed(ErrorKind::Timeout, true));
     assert_eq!((transient_test, hung_test), (transient_etcd, hung_etcd));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_grants_are_a_slow_network() {
+    let Some(endpoints) = common::shared("same_faults_delay") else {
+        return;
+    };
+    let base = unique("delay");
+    let delay = Duration::from_millis(300);
+    let proxy = common::first_member_proxy(&endpoints).await;
+    let uri = format!("etcd:{}?request-timeout=3s", proxy.url());
+    let service = lock_core::new(&uri).await.unwrap();
+    let config = SessionConfig::new(Duration::from_secs(10)).with_timeout(Duration::from_secs(5));
+    let session = service.new_session(config).await.unwrap();
+    proxy.set(Fault::Latency(delay));
+    let start = Instant::now();
+    let on_etcd = outcome(
+        session
+            .new_locker(format!("{base}/x").as_str())
+            .lock()
+            .await,
+    );
+    let etcd_took = start.elapsed();
+    proxy.set(Fault::None);
+
+    let control = Controller::new("same-faults-delay");
+    let service = lock_core::new(&control.uri()).await.unwrap();
+    let session = service.new_session(config).await.unwrap();
+    control.delay_grants(delay);
+    let start = Instant::now();
+    let on_test = outcome(session.new_locker("x").lock().await);
+    let test_took = start.elapsed();
+
+    eprintln!("etcd: {on_etcd:?} in {etcd_took:?}\ntest: {on_test:?} in {test_took:?}");
+    assert_eq!(on_etcd, Outcome::Granted);
+    assert_eq!(on_test, on_etcd);
+    assert!(etcd_took >= delay && test_took >= delay);
+}

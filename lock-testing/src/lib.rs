@@ -115,6 +115,12 @@ impl Controller {
         self.world.take_away(id)
     }
 
+    /// Takes the one hold with fencing `token` away (one permit of a semaphore's, say), as
+    /// [`take_away`](Controller::take_away) does; `false` if no live hold has that token.
+    pub fn take_away_hold(&self, token: u64) -> bool {
+        self.world.take_away_hold(token)
+    }
+
     /// Ends the session(s) holding `id` as if their leases had expired on the server: their
     /// holds are lost as etcd reports it (`LossCause::Removed`: the lease's keys were deleted),
     /// then the sessions end: their `done()` resolves, their waiting `lock()`s fail with

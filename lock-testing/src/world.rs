@@ -269,11 +269,21 @@ impl World {
     /// Takes every hold of `id` away, as if its key were deleted by someone else.
     pub(crate) fn take_away(&self, id: &str) -> usize {
         self.fault(format!("take away every hold of {id}"));
+        self.take_away_where(&|h| h.id == id)
+    }
+
+    /// Takes the hold with fencing token `token` away (one permit of a semaphore, say).
+    pub(crate) fn take_away_hold(&self, token: u64) -> bool {
+        self.fault(format!("take away the hold with token {token}"));
+        self.take_away_where(&|h| h.token == token) == 1
+    }
+
+    fn take_away_where(&self, which: &dyn Fn(&LiveHold) -> bool) -> usize {
         let mut state = self.state();
         let taken: Vec<(u64, Weak<dyn Revoke>)> = state
             .holds
             .iter()
-            .filter(|h| h.id == id)
+            .filter(|h| which(h))
             .map(|h| (h.token, h.party.clone()))
             .collect();
         // Recorded before the holds end: the next holder is granted after.

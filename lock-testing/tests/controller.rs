@@ -150,6 +150,9 @@ async fn semaphores_and_elections_take_their_faults_too() {
         session.new_semaphore("jobs", 2).unwrap(),
     );
     let (pa, pb) = (a.lock().await.unwrap(), b.lock().await.unwrap());
+    assert!(control.take_away_hold(pa.fencing_token()), "one permit");
+    assert!(pa.is_lost() && !pb.is_lost());
+    let pa = a.lock().await.unwrap();
     assert_eq!(
         control.take_away("jobs"),
         2,
