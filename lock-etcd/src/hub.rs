@@ -136,20 +136,22 @@ impl Drop for Interest {
 pub(crate) struct QueueUse {
     hub: Arc<Hub>,
     range: Arc<str>,
-    waiting: Option<String>,
+    /// The suffix it waits with, and its limit.
+    waiting: Option<(String, usize)>,
 }
 
 impl QueueUse {
-    /// Wakes `wake` when the key of `suffix`, created at `rev`, becomes the first key of the
-    /// queue with no lock-delay before it; starts mirroring the queue if it is not mirrored yet.
-    pub(crate) fn wait(&mut self, suffix: &str, rev: i64, wake: Wake) {
+    /// Wakes `wake` when the key of `suffix`, created at `rev`, may hold one of `limit` permits
+    /// (for a lock: becomes the first key, with no lock-delay before it); starts mirroring the
+    /// queue if it is not mirrored yet.
+    pub(crate) fn wait(&mut self, suffix: &str, rev: i64, wake: Wake, limit: usize) {
         let mut st = self.hub.state();
         let st = &mut *st;
         let Some(queue) = st.queues.get_mut(&self.range) else {
             return;
         };
-        queue.mirror.waiters.insert(suffix.to_owned(), (rev, wake));
-        self.waiting = Some(suffix.to_owned());
+        queue.mirror.wait(suffix, rev, wake, limit);
+        self.waiting = Some((suffix.to_owned(), limit));
         if matches!(queue.mirror.load, Load::Idle | Load::Failed(..)) {
             st.generation += 1;
             let generation = st.generation;
@@ -172,7 +174,10 @@ impl QueueUse {
             return Ok(false);
         };
         match &queue.mirror.load {
-            Load::Ready { .. } => Ok(queue.mirror.may_hold(suffix, rev)),
+            Load::Ready { .. } => {
+                let limit = self.waiting.as_ref().map_or(1, |(_, limit)| *limit);
+                Ok(queue.mirror.may_hold(suffix, rev, limit))
+            }
             Load::Loading { .. } | Load::Idle => Ok(false),
             Load::Failed(reason, true) => Err(lock_core::Error::backend_transient(
                 crate::SERVICE_ETCD,
@@ -192,8 +197,8 @@ impl Drop for QueueUse {
         let Some(queue) = st.queues.get_mut(&self.range) else {
             return;
         };
-        if let Some(suffix) = &self.waiting {
-            queue.mirror.waiters.remove(suffix);
+        if let Some((suffix, _)) = &self.waiting {
+            queue.mirror.unwait(suffix);
         }
         queue.users -= 1;
         if queue.users == 0 {
@@ -325,13 +330,7 @@ impl Hub {
                 // adds the backend's name again, so keep only what is underneath.
                 let reason = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
                 queue.mirror.load = Load::Failed(reason, e.is_transient());
-                let wakes = queue
-                    .mirror
-                    .waiters
-                    .values()
-                    .map(|(_, w)| w.clone())
-                    .collect();
-                (wakes, Vec::new())
+                (queue.mirror.every_waiter(), Vec::new())
             }
         };
         drop(st);

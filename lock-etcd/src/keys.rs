@@ -120,8 +120,9 @@ pub(crate) fn limit_value(limit: u32, owner: &str) -> Vec<u8> {
     format!("limit={limit} {owner}").into_bytes()
 }
 
-/// The limit a queue key's value names (`limit=N` first), if any: a semaphore's key. Every
-/// other key (a lock's, an election's, one of etcd's own recipes) counts as a lock, of one.
+/// The limit a queue key's value names (`limit=N` first), if any: a semaphore's key, whose
+/// parties check their own limit against it. Waiters never take it from a value (an
+/// election's value is the application's).
 pub(crate) fn limit_of(value: &[u8]) -> Option<usize> {
     let rest = value.strip_prefix(b"limit=")?;
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();

@@ -30,8 +30,8 @@
 //! - **loss**: our key deleted by anyone else, the session's lease lost, or the session's
 //!   deadline passed, all fire `lost()`.
 //! - **semaphores**: the same, with `limit` permits: a key among the id's first `limit` keys
-//!   (counting each stale record before it as a permit still taken) holds one. The key's value
-//!   starts with `limit=N`; the txn that puts it also counts the id's keys and records and reads
+//!   (counting each stale record before it as a permit still taken) holds one; each waiter
+//!   judges by its own limit (a lock's is 1). The key's value starts with `limit=N`; the txn that puts it also counts the id's keys and records and reads
 //!   its first key: a first key of another limit is [`Error::LimitMismatch`] (so every party
 //!   admitted agrees with the oldest), and at most `limit` keys, each with its record, grant a
 //!   permit at once. Otherwise the mirror wakes one waiter per permit that comes free.
@@ -489,6 +489,7 @@ impl LockerCore {
                     core.wake.notify_one();
                 }
             }),
+            self.limit.map_or(1, |l| l as usize),
         );
         tracing::debug!(id = %self.id, key = %self.owned.key, token = rev, "waiting for the lock");
         // How long to wait before looking again when etcd disagrees with the mirror.

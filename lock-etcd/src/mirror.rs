@@ -47,16 +47,18 @@ pub(crate) struct Mirror {
     pub(crate) load: Load,
     /// Queue keys: create revision → suffix, and back.
     pub(crate) by_rev: BTreeMap<i64, String>,
-    /// The permits a key's semaphore has, for keys that say (`limit=N` in their value; any
-    /// other key counts as a lock, of one): the queue's limit is its first key's.
-    limits: HashMap<i64, usize>,
+    /// The most permits any local waiter of the id was made for (1 for a lock or an election):
+    /// how many of the first keys may have held, when one vanishes without its record.
+    limit: usize,
     by_suffix: HashMap<String, i64>,
     /// Lock-delay records, by suffix.
     records: HashMap<String, Record>,
     /// Stale records, by create revision.
     pub(crate) stale: BTreeMap<i64, Stale>,
-    /// Local waiters by suffix: the create revision they wait with and how to wake them.
-    pub(crate) waiters: HashMap<String, (i64, Wake)>,
+    /// Local waiters by suffix: the create revision they wait with, how to wake them, and
+    /// their limit (each judges by its own: a lock's or an election's waiter takes only the
+    /// first place, whatever other keys say).
+    waiters: HashMap<String, (i64, Wake, usize)>,
     /// The create revisions of the keys whose waiters were woken (at most the limit's first).
     woken: Vec<i64>,
     /// The stale record a waiter was last said to wait for (logged once).
@@ -118,7 +120,7 @@ impl Mirror {
             keys,
             load: Load::Idle,
             by_rev: BTreeMap::new(),
-            limits: HashMap::new(),
+            limit: 1,
             by_suffix: HashMap::new(),
             records: HashMap::new(),
             stale: BTreeMap::new(),
@@ -155,26 +157,20 @@ impl Mirror {
                 self.puts_through = self.puts_through.max(change.revision);
             }
             match (kind, change.put) {
-                (Kind::Queue, Some((created, value))) => {
+                (Kind::Queue, Some((created, _))) => {
                     if let Some(old) = self.by_suffix.insert(suffix.clone(), created) {
                         if old == created {
                             continue; // a value update of a key we know
                         }
                         self.by_rev.remove(&old);
-                        self.limits.remove(&old);
                     }
                     self.by_rev.insert(created, suffix);
-                    if let Some(limit) = crate::keys::limit_of(&value).filter(|&l| l != 1) {
-                        self.limits.insert(created, limit);
-                    }
                 }
                 (Kind::Queue, None) => {
                     if let Some(created) = self.by_suffix.remove(&suffix) {
                         // It may have held if it was among the first `limit` keys.
-                        let limit = self.limit();
-                        let held = self.by_rev.keys().take(limit).any(|&c| c == created);
+                        let held = self.by_rev.keys().take(self.limit).any(|&c| c == created);
                         self.by_rev.remove(&created);
-                        self.limits.remove(&created);
                         deleted.push((suffix, held));
                     }
                     self.prune();
@@ -209,7 +205,7 @@ impl Mirror {
                     if !self.by_suffix.contains_key(&suffix)
                         && !self.stale.contains_key(&record.created) =>
                 {
-                    let blocks = self.by_rev.range(..record.created).count() < self.limit();
+                    let blocks = self.by_rev.range(..record.created).count() < self.limit;
                     resolve.push(self.mark_stale(suffix, record, blocks, now));
                 }
                 _ => {}
@@ -306,10 +302,21 @@ impl Mirror {
         }
     }
 
-    /// How many permits the id has: its first key's limit (1 for a lock, or an empty queue).
-    pub(crate) fn limit(&self) -> usize {
-        let first = self.by_rev.keys().next();
-        first.and_then(|c| self.limits.get(c)).copied().unwrap_or(1)
+    /// Wakes `wake` when the key of `suffix`, created at `rev`, may hold one of `limit`
+    /// permits.
+    pub(crate) fn wait(&mut self, suffix: &str, rev: i64, wake: Wake, limit: usize) {
+        self.limit = self.limit.max(limit);
+        self.waiters.insert(suffix.to_owned(), (rev, wake, limit));
+    }
+
+    /// Every local waiter (to wake them all: the queue could not be read).
+    pub(crate) fn every_waiter(&self) -> Vec<Wake> {
+        self.waiters.values().map(|(_, w, _)| w.clone()).collect()
+    }
+
+    /// Forgets the waiter of `suffix`.
+    pub(crate) fn unwait(&mut self, suffix: &str) {
+        self.waiters.remove(suffix);
     }
 
     /// The stale records that may have held a permit, older than the key created at `created`:
@@ -321,35 +328,32 @@ impl Mirror {
             .map(|(rev, stale)| (*rev, stale))
     }
 
-    /// The stale record that keeps the key created at `created` from the lock (the last of
-    /// the permits), if any.
-    pub(crate) fn blocked_by(&self, created: i64) -> Option<(i64, &Stale)> {
+    /// The stale record that keeps the key created at `created` from the last of `limit`
+    /// permits, if any.
+    pub(crate) fn blocked_by(&self, created: i64, limit: usize) -> Option<(i64, &Stale)> {
         let ahead = self.by_rev.range(..created).count();
-        let limit = self.limit();
         if ahead >= limit {
             return None; // behind keys, not records
         }
         self.blocking(created).nth(limit - ahead - 1)
     }
 
-    /// Whether the key of `suffix`, created at `created`, may hold a permit: fewer than the
-    /// limit of keys and blocking stale records are older than it.
-    pub(crate) fn may_hold(&self, suffix: &str, created: i64) -> bool {
-        let limit = self.limit();
+    /// Whether the key of `suffix`, created at `created`, may hold one of `limit` permits:
+    /// fewer than `limit` keys and blocking stale records are older than it.
+    pub(crate) fn may_hold(&self, suffix: &str, created: i64, limit: usize) -> bool {
         let ahead = self.by_rev.range(..created).take(limit).count();
         self.by_suffix.get(suffix) == Some(&created)
             && ahead < limit
             && self.blocking(created).take(limit - ahead).count() < limit - ahead
     }
 
-    /// The waiters owning keys that may now hold a permit and were not woken for them yet:
-    /// with one permit, the first key's, once.
+    /// The waiters owning keys that may now hold a permit (each by its own limit) and were not
+    /// woken for them yet: for locks, the first key's, once.
     pub(crate) fn wakeable(&mut self) -> Vec<Wake> {
         if !matches!(self.load, Load::Ready { .. }) {
             return Vec::new();
         }
-        let limit = self.limit();
-        let first: Vec<i64> = self.by_rev.keys().take(limit).copied().collect();
+        let first: Vec<i64> = self.by_rev.keys().take(self.limit).copied().collect();
         self.woken.retain(|c| first.contains(c));
         let mut wakes = Vec::new();
         for created in first {
@@ -359,15 +363,15 @@ impl Mirror {
             let Some(suffix) = self.by_rev.get(&created) else {
                 continue;
             };
-            let Some((rev, wake)) = self.waiters.get(suffix) else {
+            let Some(&(rev, ref wake, limit)) = self.waiters.get(suffix) else {
                 continue;
             };
-            if *rev != created {
+            if rev != created {
                 continue;
             }
             let wake = wake.clone();
-            if !self.may_hold(suffix, created) {
-                if let Some((token, stale)) = self.blocked_by(created) {
+            if !self.may_hold(suffix, created, limit) {
+                if let Some((token, stale)) = self.blocked_by(created, limit) {
                     if self.announced != token {
                         tracing::debug!(
                             range = %self.keys.range,
@@ -393,7 +397,6 @@ impl Mirror {
     pub(crate) fn reset(&mut self) {
         self.load = Load::Loading { buffer: Vec::new() };
         self.by_rev.clear();
-        self.limits.clear();
         self.by_suffix.clear();
         self.records.clear();
         self.stale.clear();
@@ -461,16 +464,25 @@ mod tests {
             .map(|(r, k)| (*r, k.as_str()))
     }
 
-    /// Waiters for `suffixes` (with their create revisions), logging who is woken.
+    /// Waiters of a lock for `suffixes` (with their create revisions), logging who is woken.
     fn waiters(
         queue: &mut Mirror,
         suffixes: &[(&'static str, i64)],
+    ) -> Arc<Mutex<Vec<&'static str>>> {
+        waiters_of(queue, suffixes, 1)
+    }
+
+    /// Waiters with `limit` permits for `suffixes`, logging who is woken.
+    fn waiters_of(
+        queue: &mut Mirror,
+        suffixes: &[(&'static str, i64)],
+        limit: usize,
     ) -> Arc<Mutex<Vec<&'static str>>> {
         let woken = Arc::new(Mutex::new(Vec::new()));
         for &(suffix, rev) in suffixes {
             let log = woken.clone();
             let wake: Wake = Arc::new(move || log.lock().unwrap().push(suffix));
-            queue.waiters.insert(suffix.to_owned(), (rev, wake));
+            queue.wait(suffix, rev, wake, limit);
         }
         woken
     }
@@ -552,7 +564,10 @@ mod tests {
         queue.observe(vec![delete("b", 12)]); // b went alone, at 12
         let resolve = queue.observe(vec![put("b", 10, 10), put_record("b", 10, 3000)]);
         assert_eq!(resolve.len(), 1);
-        assert!(queue.blocked_by(11).is_some(), "b may have held: it blocks");
+        assert!(
+            queue.blocked_by(11, 1).is_some(),
+            "b may have held: it blocks"
+        );
     }
 
     #[test]
@@ -629,10 +644,10 @@ mod tests {
         for (suffix, created) in [("a", 5), ("b", 6), ("c", 7), ("d", 8), ("e", 9)] {
             queue.observe(vec![put_permit(suffix, created, 3)]);
         }
-        assert_eq!(queue.limit(), 3);
-        let woken = waiters(
+        let woken = waiters_of(
             &mut queue,
             &[("a", 5), ("b", 6), ("c", 7), ("d", 8), ("e", 9)],
+            3,
         );
         wake_head(&mut queue);
         assert_eq!(*woken.lock().unwrap(), ["a", "b", "c"]);
@@ -641,7 +656,21 @@ mod tests {
         queue.observe(vec![delete("b", 10)]);
         wake_head(&mut queue);
         assert_eq!(*woken.lock().unwrap(), ["a", "b", "c", "d"]);
-        assert!(queue.may_hold("d", 8) && !queue.may_hold("e", 9));
+        assert!(queue.may_hold("d", 8, 3) && !queue.may_hold("e", 9, 3));
+    }
+
+    /// A waiter of a lock or an election takes only the first place, whatever the other keys'
+    /// values say: an election's value (any bytes, `limit=3` too) never admits two leaders.
+    #[test]
+    fn a_lock_waiter_waits_to_be_first_whatever_values_say() {
+        let mut queue = ready();
+        for (suffix, created) in [("a", 5), ("b", 6), ("c", 7)] {
+            queue.observe(vec![put_permit(suffix, created, 3)]);
+        }
+        let woken = waiters(&mut queue, &[("a", 5), ("b", 6), ("c", 7)]);
+        wake_head(&mut queue);
+        assert_eq!(*woken.lock().unwrap(), ["a"]);
+        assert!(!queue.may_hold("b", 6, 1));
     }
 
     /// A permit whose key vanished without its record (a hold that ended behind its holder's
@@ -655,7 +684,7 @@ mod tests {
                 put_record(suffix, created, 3000),
             ]);
         }
-        let woken = waiters(&mut queue, &[("c", 7)]);
+        let woken = waiters_of(&mut queue, &[("c", 7)], 2);
         wake_head(&mut queue);
         assert!(
             woken.lock().unwrap().is_empty(),
@@ -669,7 +698,7 @@ mod tests {
             woken.lock().unwrap().is_empty(),
             "c was woken during b's lock-delay"
         );
-        assert!(!queue.may_hold("c", 7));
+        assert!(!queue.may_hold("c", 7, 2));
         queue.observe(vec![delete_record("b", 9)]);
         wake_head(&mut queue);
         assert_eq!(*woken.lock().unwrap(), ["c"]);
@@ -725,6 +754,6 @@ mod tests {
         queue.reset();
         let resolve = queue.install(10, snapshot, Vec::new());
         assert!(resolve[0].2 <= Instant::now());
-        assert!(queue.blocked_by(7).is_none());
+        assert!(queue.blocked_by(7, 1).is_none());
     }
 }
