@@ -20,15 +20,19 @@ async fn work(resource: lock::testing::Resource, token: u64) {
     }
 }
 
-/// Runs one candidate for `terms` terms on world `name`, with `fault` applied by the test
-/// `at` into the run; returns the history.
-fn scenario(name: &str, terms: usize, fault: impl FnOnce(&Controller) + Send + 'static) -> History {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// A runtime on tokio's paused clock: the same run gives the same history.
+fn paused() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
-        .unwrap();
-    runtime.block_on(async {
+        .unwrap()
+}
+
+/// Runs one candidate for `terms` terms on world `name`, with `fault` applied by the test
+/// `at` into the run; returns the history.
+fn scenario(name: &str, terms: usize, fault: impl FnOnce(&Controller) + Send + 'static) -> History {
+    paused().block_on(async {
         let control = Controller::new(name);
         let service = lock::new(&control.uri()).await.unwrap();
         let resource = control.resource("db");
@@ -117,12 +121,7 @@ fn a_leader_whose_session_expired_campaigns_again_in_a_new_session() {
 #[test]
 fn a_candidate_whose_campaign_fails_with_a_transient_error_retries() {
     let history = deterministic("transient error", || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        paused().block_on(async {
             let control = Controller::new("leader-transient");
             control.fail_next_lock(ELECTION, Injected::Transient);
             let service = lock::new(&control.uri()).await.unwrap();

@@ -536,6 +536,21 @@ const RECOVERY_TTL: Duration = Duration::from_secs(3);
 /// The child process of the recovery row: takes the lock `recovery` on the service in
 /// `BENCH_HOLD_URI`, says `held`, and holds it until it is killed.
 fn hold() {
+    in_child(|session| async move {
+        let mut locker = session.new_locker("recovery");
+        let held = locker.lock().await.unwrap();
+        (held, locker)
+    });
+}
+
+/// The body of a child process of the bench: opens a session (TTL [`RECOVERY_TTL`]) on the
+/// service in `BENCH_HOLD_URI`, takes what `take` takes, says `held`, and keeps it until it is
+/// killed.
+fn in_child<F, Fut, T>(take: F)
+where
+    F: FnOnce(lock_core::Session) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
     let uri = std::env::var("BENCH_HOLD_URI").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -544,11 +559,28 @@ fn hold() {
             .new_session(SessionConfig::new(RECOVERY_TTL))
             .await
             .unwrap();
-        let mut locker = session.new_locker("recovery");
-        let _held = locker.lock().await.unwrap();
+        let _kept = take(session).await;
         println!("held");
         std::future::pending::<()>().await;
     });
+}
+
+/// Starts this bench binary as a child that holds (`mode` `hold`: the lock `recovery`; `lead`:
+/// leadership of `leader`) on the service at `uri`, and waits until it says it does.
+fn holding_child(mode: &str, uri: &str) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg(mode)
+        .env("BENCH_HOLD_URI", uri)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held");
+    child
 }
 
 /// Row 6: a holder (a child process) killed with SIGKILL, to the next grant, with each
@@ -556,24 +588,13 @@ fn hold() {
 /// default then waits out the holder's lock-delay (its TTL), since a lease that ran out cannot
 /// be told from one revoked early.
 async fn recovery(endpoints: &str, rows: &mut Vec<Row>) {
-    use std::io::BufRead;
     const ROUNDS: usize = 3;
     let mut zero = String::new();
     for (setting, options) in SETTINGS.iter().rev() {
         let mut times = Vec::new();
         for _ in 0..ROUNDS {
             let uri = format!("etcd:{endpoints}?prefix={}/{options}", unique("recovery"));
-            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-                .arg("hold")
-                .env("BENCH_HOLD_URI", &uri)
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut line = String::new();
-            std::io::BufReader::new(child.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            assert_eq!(line.trim(), "held");
+            let mut child = holding_child("hold", &uri);
             let service = open(&uri).await;
             let session = service
                 .new_session(SessionConfig::new(RECOVERY_TTL))
@@ -653,18 +674,10 @@ async fn semaphores(endpoints: &str, rows: &mut Vec<Row>) {
 /// The child process of the election row: campaigns in `leader` on the service in
 /// `BENCH_HOLD_URI` with the value `child`, says `held`, and leads until it is killed.
 fn lead() {
-    let uri = std::env::var("BENCH_HOLD_URI").unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let service = open(&uri).await;
-        let session = service
-            .new_session(SessionConfig::new(RECOVERY_TTL))
-            .await
-            .unwrap();
+    in_child(|session| async move {
         let mut election = session.new_election("leader").unwrap();
-        let _term = election.campaign("child").await.unwrap();
-        println!("held");
-        std::future::pending::<()>().await;
+        let term = election.campaign("child").await.unwrap();
+        (term, election)
     });
 }
 
@@ -713,22 +726,11 @@ fn said(rx: &std::sync::mpsc::Receiver<(String, Instant)>, value: &str) -> Insta
 /// observer of another service) and elected (its `campaign()` returned), TTL 3 s; beside the
 /// same for `etcdctl elect` (whose sessions have etcd's default TTL, 60 s: it has no option).
 async fn elections(endpoints: &str, rows: &mut Vec<Row>) {
-    use std::io::BufRead;
     const ROUNDS: usize = 3;
     let (mut observed, mut elected) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let uri = format!("etcd:{endpoints}?prefix={}/", unique("elect"));
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .arg("lead")
-            .env("BENCH_HOLD_URI", &uri)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "held");
+        let mut child = holding_child("lead", &uri);
         let service = open(&uri).await;
         let config = SessionConfig::new(RECOVERY_TTL);
         let watching = service.new_session(config).await.unwrap();

@@ -28,17 +28,19 @@ fn etcdctl_lock(
     name: &str,
     script: &str,
 ) -> (Child, Receiver<String>) {
+    etcdctl_run(
+        etcdctl,
+        endpoints,
+        &["lock", name, "--", "sh", "-c", script],
+    )
+}
+
+/// `etcdctl <args>` on `endpoints`, and the lines it prints, as they come.
+fn etcdctl_run(etcdctl: &PathBuf, endpoints: &str, args: &[&str]) -> (Child, Receiver<String>) {
     let mut child = Command::new(etcdctl)
         .env("ETCDCTL_API", "3")
-        .args([
-            &format!("--endpoints={endpoints}"),
-            "lock",
-            name,
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
+        .arg(format!("--endpoints={endpoints}"))
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -131,25 +133,10 @@ async fn etcdctl_lock_and_ours_exclude_each_other_both_ways() {
 
 /// `etcdctl elect [args]`, and the lines it prints, as they come.
 fn etcdctl_elect(etcdctl: &PathBuf, endpoints: &str, args: &[&str]) -> (Child, Receiver<String>) {
-    let mut child = Command::new(etcdctl)
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .arg("elect")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting etcdctl");
-    let stdout = child.stdout.take().expect("etcdctl's stdout");
-    let (lines, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    (child, rx)
+    let args: Vec<&str> = std::iter::once("elect")
+        .chain(args.iter().copied())
+        .collect();
+    etcdctl_run(etcdctl, endpoints, &args)
 }
 
 /// The next value `etcdctl elect` prints (it prints the leader's key, then its value), within

@@ -82,6 +82,31 @@ impl Child {
     }
 
     /// Sends one command without waiting for its answer.
+    /// Starts the child for `check` if the harness declares that processes share locks;
+    /// otherwise reports the skip and gives `None`.
+    pub(crate) async fn if_shared(h: &Harness, check: &str) -> Result<Option<Child>, Failure> {
+        if h.sharing() != crate::Sharing::Processes {
+            h.skip(
+                check,
+                "the harness declares that processes do not share locks",
+            );
+            return Ok(None);
+        }
+        Child::start(h, check).await
+    }
+
+    /// Sends `command` (a `lock`), and reads the token of the hold the child answers with.
+    pub(crate) async fn holds(
+        &mut self,
+        command: &str,
+        what: &str,
+        check: &str,
+    ) -> Result<u64, Failure> {
+        self.send(command).await?;
+        let answer = self.answer(crate::conformance::PATIENCE, what).await?;
+        Child::token(&answer, check)?.ok_or_else(|| Failure::new(format!("{what} answered busy")))
+    }
+
     pub(crate) async fn send(&mut self, command: &str) -> Result<(), Failure> {
         let line = format!("{command}\n");
         self.stdin

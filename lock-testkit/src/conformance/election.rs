@@ -11,8 +11,8 @@ use lock_core::{Election, ErrorKind, Leader, Observer, Session};
 
 use crate::child::Child;
 use crate::conformance::shared::two_services;
-use crate::conformance::{expect_err, follows, joined, PATIENCE};
-use crate::{ensure, Failure, Harness, Outcome, Sharing};
+use crate::conformance::{expect_err, follows, joined, offered, PATIENCE};
+use crate::{ensure, Failure, Harness, Outcome};
 
 /// Election `name` in `session`, or `None` (after checking the refusal) when the harness
 /// declares no elections.
@@ -23,22 +23,7 @@ fn candidate(
     name: &str,
 ) -> Result<Option<Election>, Failure> {
     let made = session.new_election(name);
-    if h.elections() {
-        return Ok(Some(made.map_err(|e| {
-            Failure::new(format!("new_election({name:?}) failed: {e}"))
-        })?));
-    }
-    expect_err(
-        "new_election on a backend that declares no elections",
-        made,
-        "Unsupported",
-        |e| e.kind() == ErrorKind::Unsupported,
-    )?;
-    h.skip(
-        check,
-        "the harness declares no elections (refused with Unsupported)",
-    );
-    Ok(None)
+    offered(h, check, h.elections(), "elections", made)
 }
 
 /// Candidates with their own sessions (on two services when they share) campaign, lead
@@ -306,23 +291,14 @@ pub async fn election_is_shared_across_processes(h: &Harness) -> Outcome {
     let Some(mut mine) = candidate(h, CHECK, &session, &name)? else {
         return Ok(());
     };
-    if h.sharing() != Sharing::Processes {
-        h.skip(
-            CHECK,
-            "the harness declares that processes do not share locks",
-        );
-        return Ok(());
-    }
-    let Some(mut child) = Child::start(h, CHECK).await? else {
+    let Some(mut child) = Child::if_shared(h, CHECK).await? else {
         return Ok(());
     };
     let spec = format!("elect:{name}");
-    child.send(&format!("lock {spec}")).await?;
-    let theirs = Child::token(
-        &child.answer(PATIENCE, "the child's campaign").await?,
-        CHECK,
-    )?
-    .ok_or_else(|| Failure::new("the child's campaign answered busy"))?;
+    let campaign = format!("lock {spec}");
+    let theirs = child
+        .holds(&campaign, "the child's campaign", CHECK)
+        .await?;
     let seen = mine.leader().await?;
     let expect = Leader::new("child", theirs);
     ensure!(

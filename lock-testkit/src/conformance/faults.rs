@@ -50,6 +50,17 @@ impl Faulty {
     fn set(&self, fault: Fault) {
         self.proxies.iter().for_each(|p| p.set(fault));
     }
+
+    /// Heals the network, then closes this service (within the patience) and `healthy`.
+    async fn heal_and_close(self, h: &Harness, healthy: Service) -> Outcome {
+        self.set(Fault::None);
+        let closing = self.service.close();
+        let _ = h
+            .within(PATIENCE, "closing the healed service", closing)
+            .await?;
+        healthy.close().await?;
+        Ok(())
+    }
 }
 
 /// `lock()` returns within its session's timeout (+ [`TIMEOUT_SLACK`]) when the backend stops
@@ -383,17 +394,8 @@ pub async fn a_partitioned_leader_loses_before_another_is_elected(h: &Harness) -
         "the observer began with {seen:?}, not the leader that was cut off"
     );
     new_term.unlock().await?;
-    faulty.set(Fault::None);
     drop((term, leader, session));
-    let _ = h
-        .within(
-            PATIENCE,
-            "closing the healed service",
-            faulty.service.close(),
-        )
-        .await?;
-    healthy.close().await?;
-    Ok(())
+    faulty.heal_and_close(h, healthy).await
 }
 
 /// A semaphore's holder cut off from the backend loses its permit (`lost()` fires) before that
@@ -449,15 +451,6 @@ pub async fn a_partitioned_permit_holder_loses_before_its_permit_is_granted_agai
     )?;
     permit.unlock().await?;
     kept.unlock().await?;
-    faulty.set(Fault::None);
     drop((cut_off, session));
-    let _ = h
-        .within(
-            PATIENCE,
-            "closing the healed service",
-            faulty.service.close(),
-        )
-        .await?;
-    healthy.close().await?;
-    Ok(())
+    faulty.heal_and_close(h, healthy).await
 }

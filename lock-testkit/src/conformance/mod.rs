@@ -57,6 +57,33 @@ pub(crate) fn expect_err<T>(
     }
 }
 
+/// What a backend made of a primitive it may not offer (`what`: `semaphores`, `elections`):
+/// `made` itself if the harness declares it offered (its error is a failure); else, after
+/// checking that `made` is `Unsupported` and reporting the skip of `check`, `None`.
+pub(crate) fn offered<T>(
+    h: &Harness,
+    check: &str,
+    declared: bool,
+    what: &str,
+    made: Result<T, Error>,
+) -> Result<Option<T>, Failure> {
+    if declared {
+        let made = made.map_err(|e| Failure::new(format!("making a party of {what} failed: {e}")));
+        return made.map(Some);
+    }
+    expect_err(
+        &format!("{what} on a backend that declares none"),
+        made,
+        "Unsupported",
+        |e| e.kind() == lock_core::ErrorKind::Unsupported,
+    )?;
+    h.skip(
+        check,
+        &format!("the harness declares no {what} (refused with Unsupported)"),
+    );
+    Ok(None)
+}
+
 /// Checks that fencing token `later` follows `earlier` (strictly greater), saying `what` if not.
 #[track_caller]
 pub(crate) fn follows(what: &str, later: u64, earlier: u64) -> Outcome {

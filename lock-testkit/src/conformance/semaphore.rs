@@ -11,8 +11,8 @@ use lock_core::{ErrorKind, Locker, Session};
 
 use crate::child::Child;
 use crate::conformance::shared::two_services;
-use crate::conformance::{expect_err, follows, joined, PATIENCE};
-use crate::{ensure, Failure, Harness, Outcome, Sharing};
+use crate::conformance::{expect_err, follows, joined, offered, PATIENCE};
+use crate::{ensure, Failure, Harness, Outcome};
 
 /// The semaphore `id` with `limit` in `session`, or `None` (after checking the refusal) when
 /// the harness declares no semaphores.
@@ -24,22 +24,7 @@ async fn permit(
     limit: u32,
 ) -> Result<Option<Locker>, Failure> {
     let made = session.new_semaphore(id, limit);
-    if h.semaphores() {
-        return Ok(Some(made.map_err(|e| {
-            Failure::new(format!("new_semaphore({id:?}, {limit}) failed: {e}"))
-        })?));
-    }
-    expect_err(
-        "new_semaphore on a backend that declares no semaphores",
-        made,
-        "Unsupported",
-        |e| e.kind() == ErrorKind::Unsupported,
-    )?;
-    h.skip(
-        check,
-        "the harness declares no semaphores (refused with Unsupported)",
-    );
-    Ok(None)
+    offered(h, check, h.semaphores(), "semaphores", made)
 }
 
 /// Many tasks, each with its own session (on two services when they share locks), take
@@ -359,7 +344,8 @@ pub async fn semaphore_cancelled_waits_leave_nothing(h: &Harness) -> Outcome {
 }
 
 /// Another process shares a semaphore's permits as locks are shared: with the harness's
-/// declaration of [`Sharing::Processes`], its permit counts against the limit here.
+/// declaration of [`Sharing::Processes`](crate::Sharing::Processes), its permit counts against
+/// the limit here.
 pub async fn semaphore_permits_are_shared_across_processes(h: &Harness) -> Outcome {
     const CHECK: &str = "semaphore_permits_are_shared_across_processes";
     let service = h.service().await?;
@@ -368,20 +354,12 @@ pub async fn semaphore_permits_are_shared_across_processes(h: &Harness) -> Outco
     let Some(mut mine) = permit(h, CHECK, &session, &id, 2).await? else {
         return Ok(());
     };
-    if h.sharing() != Sharing::Processes {
-        h.skip(
-            CHECK,
-            "the harness declares that processes do not share locks",
-        );
-        return Ok(());
-    }
-    let Some(mut child) = Child::start(h, CHECK).await? else {
+    let Some(mut child) = Child::if_shared(h, CHECK).await? else {
         return Ok(());
     };
     let spec = format!("sem:2:{id}");
-    child.send(&format!("lock {spec}")).await?;
-    let theirs = Child::token(&child.answer(PATIENCE, "the child's permit").await?, CHECK)?
-        .ok_or_else(|| Failure::new("the child's permit answered busy"))?;
+    let lock = format!("lock {spec}");
+    let theirs = child.holds(&lock, "the child's permit", CHECK).await?;
     let held = mine.lock().await?;
     follows(
         "this process's permit after the child's",
