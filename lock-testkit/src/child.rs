@@ -95,15 +95,17 @@ impl Child {
         Child::start(h, check).await
     }
 
-    /// Sends `command` (a `lock`), and reads the token of the hold the child answers with.
+    /// Sends `command` (a `lock`), and reads (within `limit`) the token of the hold the child
+    /// answers with.
     pub(crate) async fn holds(
         &mut self,
         command: &str,
+        limit: Duration,
         what: &str,
         check: &str,
     ) -> Result<u64, Failure> {
         self.send(command).await?;
-        let answer = self.answer(crate::conformance::PATIENCE, what).await?;
+        let answer = self.answer(limit, what).await?;
         Child::token(&answer, check)?.ok_or_else(|| Failure::new(format!("{what} answered busy")))
     }
 

@@ -297,7 +297,7 @@ pub async fn election_is_shared_across_processes(h: &Harness) -> Outcome {
     let spec = format!("elect:{name}");
     let campaign = format!("lock {spec}");
     let theirs = child
-        .holds(&campaign, "the child's campaign", CHECK)
+        .holds(&campaign, PATIENCE, "the child's campaign", CHECK)
         .await?;
     let seen = mine.leader().await?;
     let expect = Leader::new("child", theirs);

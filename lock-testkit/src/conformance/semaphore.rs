@@ -359,7 +359,9 @@ pub async fn semaphore_permits_are_shared_across_processes(h: &Harness) -> Outco
     };
     let spec = format!("sem:2:{id}");
     let lock = format!("lock {spec}");
-    let theirs = child.holds(&lock, "the child's permit", CHECK).await?;
+    let theirs = child
+        .holds(&lock, PATIENCE, "the child's permit", CHECK)
+        .await?;
     let held = mine.lock().await?;
     follows(
         "this process's permit after the child's",
