@@ -59,7 +59,7 @@ impl EtcdElection {
     }
 
     fn session(&self) -> &Arc<SessionCore> {
-        self.locker.core().session_core()
+        self.locker.core().session()
     }
 }
 
@@ -72,7 +72,7 @@ struct Source {
 
 impl Source {
     fn of(locker: &EtcdLocker) -> Self {
-        let service = &locker.core().session_core().service;
+        let service = &locker.core().session().service;
         Source {
             client: service.client.clone(),
             keys: locker.core().keys().clone(),

@@ -31,10 +31,11 @@
 //!   deadline passed, all fire `lost()`.
 //! - **semaphores**: the same, with `limit` permits: a key among the id's first `limit` keys
 //!   (counting each stale record before it as a permit still taken) holds one; each waiter
-//!   judges by its own limit (a lock's is 1). The key's value starts with `limit=N`; the txn that puts it also counts the id's keys and records and reads
-//!   its first key: a first key of another limit is [`Error::LimitMismatch`] (so every party
-//!   admitted agrees with the oldest), and at most `limit` keys, each with its record, grant a
-//!   permit at once. Otherwise the mirror wakes one waiter per permit that comes free.
+//!   judges by its own limit (a lock's is 1). The key's value starts with `limit=N`; the txn
+//!   that puts it also counts the id's keys and records and reads its first key: a first key
+//!   of another limit is [`Error::LimitMismatch`] (so every party admitted agrees with the
+//!   oldest), and at most `limit` keys, each with its record, grant a permit at once.
+//!   Otherwise the mirror wakes one waiter per permit that comes free.
 
 use std::fmt;
 use std::pin::Pin;
@@ -121,11 +122,7 @@ impl LockerCore {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn session(&self) -> &Arc<SessionCore> {
-        &self.owned.session
-    }
-
-    pub(crate) fn session_core(&self) -> &Arc<SessionCore> {
+    pub(crate) fn session(&self) -> &Arc<SessionCore> {
         &self.owned.session
     }
 

@@ -9,7 +9,7 @@ use lock_core::backend::{self, Hold, OpFuture, Party};
 use lock_core::{Done, Error, Leader, LossCause, Observer, Result, SessionConfig};
 use lock_local::{LocalLocker, LocalSession, PermitLocker};
 
-use crate::world::{Injected, Revoke, World};
+use crate::world::{Revoke, World};
 
 /// A service of the `test:` backend.
 pub(crate) struct TestService {
@@ -185,10 +185,7 @@ impl TestLocker {
     /// handles' timeout ends it).
     async fn faults(&self) -> Result<()> {
         if let Some(fault) = self.world.next_fault(&self.id) {
-            if fault == Injected::Hang {
-                std::future::pending::<()>().await;
-            }
-            return Err(fault.error());
+            return Err(fault.strike().await);
         }
         // An unavailable service: the attempt waits (a session's timeout ends it, as one on
         // an unreachable etcd cluster does).
@@ -223,7 +220,7 @@ impl backend::Locker for TestLocker {
     fn try_lock(&self) -> OpFuture<'_, Result<Option<Hold>>> {
         OpFuture::boxed(async move {
             if let Some(fault) = self.world.next_fault(&self.id) {
-                return Err(fault.error());
+                return Err(fault.strike().await);
             }
             self.world.check_available()?;
             let hold = self.inner.locker().try_lock().await?;

@@ -13,7 +13,7 @@
 //! | [`take_away(id)`](Controller::take_away) — as if the key were deleted by someone else | fires, `Removed` | the id goes to the next waiter |
 //! | [`expire_session_of(id)`](Controller::expire_session_of), [`expire_all_sessions()`](Controller::expire_all_sessions) — as if the lease expired on the server | fires, `Removed` (etcd deletes the lease's keys, and its watch reports that first) | then the session ends: its `done()` resolves, its waiting `lock()`s fail with `Canceled`, later calls with `AlreadyClosed` |
 //! | [`fail_next_lock(id, Injected::Transient)`](Controller::fail_next_lock) | — | that `lock()` fails with a transient `Error::Backend` (`is_transient()`) |
-//! | [`fail_next_lock(id, Injected::Hang)`](Controller::fail_next_lock) | — | that `lock()` waits until the session's timeout: `Error::Timeout` |
+//! | [`fail_next_lock(id, Injected::Hang)`](Controller::fail_next_lock) | — | that `lock()` (or `try_lock()`) waits until the session's timeout: `Error::Timeout` |
 //! | [`delay_grants(d)`](Controller::delay_grants) | — | every `lock()` takes `d` longer |
 //! | [`set_available(false)`](Controller::set_available) | fires at the session's deadline (one TTL into the outage), `DeadlinePassed` | new sessions fail with a transient `Error::Backend`; `lock()` waits (until its timeout, or the service is back); `unlock()` fails with a transient error, the hold ending for its holder at once |
 //!

@@ -32,7 +32,9 @@ pub enum Injected {
 }
 
 impl Injected {
-    pub(crate) fn error(self) -> Error {
+    /// What the attempt it hits does: fails with its error, or (`Hang`) waits until the
+    /// handles drop it at the session's timeout.
+    pub(crate) async fn strike(self) -> Error {
         match self {
             Injected::Transient => Error::backend_transient(
                 crate::SERVICE_TEST,
@@ -42,7 +44,7 @@ impl Injected {
                 crate::SERVICE_TEST,
                 "permission denied (injected by the test controller)",
             ),
-            Injected::Hang => Error::Canceled("hung by the test controller".into()),
+            Injected::Hang => std::future::pending().await,
         }
     }
 }

@@ -86,6 +86,12 @@ async fn the_next_lock_fails_or_hangs_as_injected() {
     let hung = locker.lock().await.unwrap_err();
     assert_eq!(hung.kind(), ErrorKind::Timeout, "{hung}");
     assert_eq!(start.elapsed(), Duration::from_secs(600));
+    // A hung `try_lock()` waits for the timeout too (it never answers "busy").
+    control.fail_next_lock("x", Injected::Hang);
+    let start = tokio::time::Instant::now();
+    let hung = locker.try_lock().await.unwrap_err();
+    assert_eq!(hung.kind(), ErrorKind::Timeout, "{hung}");
+    assert_eq!(start.elapsed(), Duration::from_secs(600));
     let held = locker.lock().await.unwrap(); // the faults are used up
     held.unlock().await.unwrap();
 }
