@@ -18,7 +18,16 @@ pub(crate) fn workspace_root() -> PathBuf {
 fn cargo(protoc: &std::path::Path) -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root()).env("PROTOC", protoc);
+    if in_ci() {
+        // A clean clone builds once: incremental state (2 GB of a clean run) is never reused.
+        cmd.env("CARGO_INCREMENTAL", "0");
+    }
     cmd
+}
+
+/// Whether this runs in CI (`CI` set, and not to `false` or `0`, as CI services set it).
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 fn step(name: &str, cmd: &mut Command) -> Result<(), String> {
@@ -77,13 +86,7 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
                 .args(["doc", "--workspace", "--no-deps", "--all-features"])
                 .env("RUSTDOCFLAGS", "-D warnings"),
         )?;
-        // Every crate meant for crates.io (those without `publish = false`) packages and
-        // builds from its package alone, its workspace dependencies taken from their packages.
-        forget_packaged_workspace_crates();
-        step(
-            "cargo publish --dry-run",
-            cargo(&tools.protoc).args(["publish", "--dry-run", "--workspace", "--allow-dirty"]),
-        )?;
+        publish_dry_run(&tools)?;
         packages_carry_their_licenses(&tools)?;
     }
     versions::check(&workspace_root())?;
@@ -189,36 +192,51 @@ fn packages_carry_their_licenses(tools: &provision::Tools) -> Result<(), String>
     Ok(())
 }
 
-/// Removes what an earlier `cargo publish --dry-run` unpacked and built of this workspace's
-/// own crates. Cargo unpacks the packages it verifies from a temporary local registry (under
+/// Every crate meant for crates.io (those without `publish = false`) packages and builds from
+/// its package alone, its workspace dependencies taken from their packages. The verification
+/// builds go to a target directory of their own, removed afterwards whatever the outcome: their
+/// feature sets differ from the workspace's, so they share little with the tests' build, and
+/// kept they would add their size to the tests' on the disk.
+fn publish_dry_run(tools: &provision::Tools) -> Result<(), String> {
+    let verify = target_dir().join("publish-verify");
+    let _ = std::fs::remove_dir_all(&verify);
+    forget_packaged_workspace_crates();
+    let result = step(
+        "cargo publish --dry-run",
+        cargo(&tools.protoc)
+            .args(["publish", "--dry-run", "--workspace", "--allow-dirty"])
+            .arg("--target-dir")
+            .arg(&verify),
+    );
+    let _ = std::fs::remove_dir_all(&verify);
+    result
+}
+
+/// Removes what an earlier `cargo publish --dry-run` unpacked of this workspace's own crates.
+/// Cargo unpacks the packages it verifies from a temporary local registry (under
 /// `target/package/`) into `$CARGO_HOME/registry/src/-<hash>/`, named by crate and version
 /// only, and reuses an unpacked copy of the same version as if it could not change: a second
-/// dry run from the same checkout would build the first run's sources. It also keeps what it
-/// built of a registry crate under that crate's version alone, so the verification of a crate
-/// would link the first run's build of its workspace dependencies (seen: `lock-etcd` failed to
-/// build against an older `lock-core`). Local registries are the directories whose name starts
-/// with `-`; crates.io's copies are never touched. Forgetting the fingerprints of our crates
-/// makes cargo build them again, from the current sources.
+/// dry run from the same checkout would build the first run's sources (seen: `lock-etcd` failed
+/// to build against an older `lock-core`). Local registries are the directories whose name
+/// starts with `-`; crates.io's copies are never touched. What the dry run built is gone with
+/// its target directory ([`publish_dry_run`]).
 fn forget_packaged_workspace_crates() {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    if let Some(home) = home {
-        for kind in ["src", "cache"] {
-            let Ok(registries) = std::fs::read_dir(home.join("registry").join(kind)) else {
-                continue;
-            };
-            for registry in registries.flatten() {
-                if registry.file_name().to_string_lossy().starts_with('-') {
-                    remove_our_crates_in(&registry.path());
-                }
+    let Some(home) = home else {
+        return;
+    };
+    for kind in ["src", "cache"] {
+        let Ok(registries) = std::fs::read_dir(home.join("registry").join(kind)) else {
+            continue;
+        };
+        for registry in registries.flatten() {
+            if registry.file_name().to_string_lossy().starts_with('-') {
+                remove_our_crates_in(&registry.path());
             }
         }
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    remove_our_crates_in(&target.join("debug").join(".fingerprint"));
 }
 
 /// Removes the entries of `dir` named after one of this workspace's crates (`<crate>-…`).
@@ -297,7 +315,9 @@ fn first_command_needs_no_protoc() -> Result<(), String> {
 }
 
 /// The application examples besides the seed (`examples/examples/`), each run to its end on
-/// `local:`; each asserts what it shows, so a run that exits 0 passed.
+/// `local:` as its doc says to run it, with no `protoc`; each asserts what it shows, so a run
+/// that exits 0 passed. Like the seed's, these commands select the default members, so they
+/// share the seed's build.
 fn every_example_runs() -> Result<(), String> {
     for (example, features) in [
         ("leader", None),
@@ -309,14 +329,7 @@ fn every_example_runs() -> Result<(), String> {
         let name = format!("cargo run --example {example}");
         eprintln!("xtask: {name}");
         let mut command = cargo(std::path::Path::new("/nonexistent/protoc"));
-        command.args([
-            "run",
-            "--quiet",
-            "-p",
-            "lock-examples",
-            "--example",
-            example,
-        ]);
+        command.args(["run", "--quiet", "--example", example]);
         if let Some(features) = features {
             command.args(["--features", features]);
         }
