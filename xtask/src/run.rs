@@ -316,8 +316,8 @@ fn first_command_needs_no_protoc() -> Result<(), String> {
 
 /// The application examples besides the seed (`examples/examples/`), each run to its end on
 /// `local:` as its doc says to run it, with no `protoc`; each asserts what it shows, so a run
-/// that exits 0 passed. Like the seed's, these commands select the default members, so they
-/// share the seed's build.
+/// that exits 0 passed. Like the seed's, these commands select the default members, so those
+/// without features share the seed's build.
 fn every_example_runs() -> Result<(), String> {
     for (example, features) in [
         ("leader", None),
@@ -326,7 +326,10 @@ fn every_example_runs() -> Result<(), String> {
         ("fenced_write", None),
         ("prometheus", Some("metrics")),
     ] {
-        let name = format!("cargo run --example {example}");
+        let name = match features {
+            Some(features) => format!("cargo run --example {example} --features {features}"),
+            None => format!("cargo run --example {example}"),
+        };
         eprintln!("xtask: {name}");
         let mut command = cargo(std::path::Path::new("/nonexistent/protoc"));
         command.args(["run", "--quiet", "--example", example]);
