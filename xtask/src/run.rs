@@ -19,7 +19,7 @@ fn cargo(protoc: &std::path::Path) -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root()).env("PROTOC", protoc);
     if in_ci() {
-        // A clean clone builds once: incremental state (2 GB of a clean run) is never reused.
+        // A clean clone builds once: incremental state (2.2 GiB of a clean run) is never reused.
         cmd.env("CARGO_INCREMENTAL", "0");
     }
     cmd
